@@ -1,0 +1,211 @@
+"""Every event of a generation's log, as a tagged union on the `type` field.
+
+Tags are dotted names (`phase.completed`), never class names, so renaming a class never
+breaks the log. Schema evolution: new fields get defaults, a field's type never changes,
+and unknown fields are ignored on decode, so old and new services run side by side.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+import msgspec
+
+from contracts.phases import PhasePlan
+from contracts.schema import ProjectSchema
+
+GenerationKind = Literal["create", "iterate"]
+RetryReason = Literal["rate_limited", "server_error", "timeout", "invalid_output", "guard_rejected"]
+FileOrigin = Literal["generated", "parent"]
+Id = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+Seq = Annotated[int, msgspec.Meta(ge=1)]
+Percent = Annotated[int, msgspec.Meta(ge=0, le=100)]
+
+
+def new_event_id() -> str:
+    """A fresh event id."""
+    return str(uuid.uuid4())
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware in UTC."""
+    return datetime.now(UTC)
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """What every event carries. `seq` counts 1, 2, 3 … within one generation."""
+
+    event_id: Id
+    generation_id: Id
+    project_id: Id
+    seq: Seq
+    at: datetime
+    progress: Percent | None = None
+    # sha256 of the previous event of the generation in canonical form ("" for seq 1):
+    # each generation's log is a hash chain that `kiln audit --verify` recomputes.
+    prev_hash: str = ""
+
+
+class GenerationRequested(Event, frozen=True, kw_only=True, tag="generation.requested"):
+    """Accepted by the gateway; carries the whole request."""
+
+    owner: str
+    project_name: str
+    version: int
+    kind: GenerationKind = "create"
+    schema: ProjectSchema | None = None
+    prompt: str = ""
+    provider: str = "offline"
+    model: str | None = None
+    parent_generation_id: str | None = None
+    locked_paths: list[str] = []
+
+
+class GenerationStarted(Event, frozen=True, kw_only=True, tag="generation.started"):
+    """An orchestrator took the generation; carries the phase plan."""
+
+    plan: list[PhasePlan]
+    worker: str
+    provider: str
+    model: str | None = None
+
+
+class GenerationResumed(Event, frozen=True, kw_only=True, tag="generation.resumed"):
+    """An orchestrator took over after the previous one stopped mid-generation."""
+
+    worker: str
+    attempt: int
+    from_phase: str
+
+
+class PhaseStarted(Event, frozen=True, kw_only=True, tag="phase.started"):
+    """One phase began."""
+
+    phase: str
+    title: str = ""
+
+
+class PhaseProgress(Event, frozen=True, kw_only=True, tag="phase.progress"):
+    """Inside a long phase: how much the provider has streamed so far."""
+
+    phase: str
+    bytes_received: int = 0
+    tokens_received: int = 0
+    message: str = ""
+
+
+class PhaseCompleted(Event, frozen=True, kw_only=True, tag="phase.completed"):
+    """One phase finished; lists the files it wrote and deleted."""
+
+    phase: str
+    files: list[str] = []
+    deleted: list[str] = []
+    summary: str = ""
+    duration_ms: int = 0
+
+
+class FileWritten(Event, frozen=True, kw_only=True, tag="file.written"):
+    """One complete file of the version. `origin` says whether it came from the parent."""
+
+    path: str
+    content: str
+    sha256: str
+    size: int
+    phase: str
+    origin: FileOrigin = "generated"
+
+
+class FileDeleted(Event, frozen=True, kw_only=True, tag="file.deleted"):
+    """An explicit deletion of a file of the parent version, with its reason."""
+
+    path: str
+    reason: str
+    phase: str
+
+
+class LlmCalled(Event, frozen=True, kw_only=True, tag="llm.called"):
+    """One provider call, for cost and audit."""
+
+    provider: str
+    model: str
+    phase: str
+    tokens_in: int = 0
+    tokens_out: int = 0
+    latency_ms: int = 0
+    attempt: int = 1
+    outcome: str = "ok"
+
+
+class LlmRetrying(Event, frozen=True, kw_only=True, tag="llm.retrying"):
+    """A phase will be tried again after `delay_s` (rate limit, server error, bad output)."""
+
+    phase: str
+    reason: RetryReason
+    delay_s: float
+    attempt: int
+    message: str = ""
+
+
+class GenerationCompleted(Event, frozen=True, kw_only=True, tag="generation.completed"):
+    """Every phase finished; the version is complete."""
+
+    file_count: int
+    total_bytes: int
+    duration_ms: int
+
+
+class GenerationFailed(Event, frozen=True, kw_only=True, tag="generation.failed"):
+    """The generation stopped; files already written stay and stay downloadable."""
+
+    phase: str | None
+    message: str
+    retryable: bool = False
+    error_kind: str = "provider"
+    files_kept: int = 0
+
+
+class GenerationCancelled(Event, frozen=True, kw_only=True, tag="generation.cancelled"):
+    """Cancelled by its owner; files already written stay."""
+
+    by: str
+    reason: str = ""
+    phase: str | None = None
+    files_kept: int = 0
+
+
+AnyEvent = (
+    GenerationRequested
+    | GenerationStarted
+    | GenerationResumed
+    | PhaseStarted
+    | PhaseProgress
+    | PhaseCompleted
+    | FileWritten
+    | FileDeleted
+    | LlmCalled
+    | LlmRetrying
+    | GenerationCompleted
+    | GenerationFailed
+    | GenerationCancelled
+)
+EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__
+TERMINAL_TYPES: tuple[type[Event], ...] = (
+    GenerationCompleted,
+    GenerationFailed,
+    GenerationCancelled,
+)
+TERMINAL_TAGS = frozenset({"generation.completed", "generation.failed", "generation.cancelled"})
+
+
+def event_tag(event_type: type[Event]) -> str:
+    """The dotted `type` tag of an event class."""
+    tag = event_type.__struct_config__.tag
+    assert isinstance(tag, str)
+    return tag
+
+
+def is_terminal(event: Event) -> bool:
+    """True for the events that end a generation."""
+    return isinstance(event, TERMINAL_TYPES)

@@ -1,0 +1,120 @@
+"""JetStream streams, key-value buckets and durable consumers, as configuration values."""
+
+from __future__ import annotations
+
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from contracts import subjects
+
+EVENTS_STREAM = "KILN_EVENTS"
+COMMANDS_STREAM = "KILN_CMDS"
+CONTROL_STREAM = "KILN_CONTROL"
+DLQ_STREAM = "KILN_DLQ"
+VERSIONS_BUCKET = "KILN_VERSIONS"
+RUNS_BUCKET = "KILN_RUNS"
+
+ORCHESTRATOR_CONSUMER = "orchestrator"
+STORAGE_CONSUMER = "storage"
+
+DUPLICATE_WINDOW_S = 120.0
+# nats-server 2.15 caps consumers per stream at 1,000 unless a positive number is set.
+MAX_CONSUMERS = 100_000
+MAX_EVENT_BYTES = 1024 * 1024
+DAY_S = 24 * 3600.0
+
+
+def events_stream(replicas: int = 1) -> StreamConfig:
+    """Every generation's events, kept until deleted: the source of truth."""
+    return StreamConfig(
+        name=EVENTS_STREAM,
+        description="Kiln generation events, one subject per generation",
+        subjects=[subjects.ALL_EVENTS],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        max_consumers=MAX_CONSUMERS,
+        max_msg_size=MAX_EVENT_BYTES,
+        discard=DiscardPolicy.NEW,
+        allow_direct=True,
+    )
+
+
+def commands_stream(replicas: int = 1) -> StreamConfig:
+    """The work queue of generate commands: each is taken by one orchestrator."""
+    return StreamConfig(
+        name=COMMANDS_STREAM,
+        description="Kiln commands for the orchestrators (work queue)",
+        subjects=[subjects.ALL_COMMANDS],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        duplicate_window=DUPLICATE_WINDOW_S,
+    )
+
+
+def control_stream(replicas: int = 1) -> StreamConfig:
+    """Cancel requests, kept a day so a late orchestrator still sees them."""
+    return StreamConfig(
+        name=CONTROL_STREAM,
+        description="Kiln control messages (cancel requests)",
+        subjects=[subjects.ALL_CONTROL],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        max_age=DAY_S,
+        max_msgs_per_subject=1,
+        duplicate_window=DUPLICATE_WINDOW_S,
+    )
+
+
+def dlq_stream(replicas: int = 1) -> StreamConfig:
+    """Dead letters: messages a service could not take, with the reason, kept a week."""
+    return StreamConfig(
+        name=DLQ_STREAM,
+        description="Kiln dead letters, one subject per service",
+        subjects=[subjects.ALL_DLQ],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        max_age=7 * DAY_S,
+    )
+
+
+ALL_STREAMS = (events_stream, commands_stream, control_stream, dlq_stream)
+
+
+def orchestrator_consumer(ack_wait_s: float, max_deliver: int) -> ConsumerConfig:
+    """The orchestrators' shared durable pull consumer on the generate commands."""
+    return ConsumerConfig(
+        durable_name=ORCHESTRATOR_CONSUMER,
+        description="Kiln orchestrators take generate commands",
+        filter_subject=subjects.GENERATE_COMMANDS,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=ack_wait_s,
+        max_deliver=max_deliver,
+        max_ack_pending=10_000,
+    )
+
+
+def storage_consumer(ack_wait_s: float, name: str = STORAGE_CONSUMER) -> ConsumerConfig:
+    """The projector's durable pull consumer on every event."""
+    return ConsumerConfig(
+        durable_name=name,
+        description="Kiln storage projects events into SQL",
+        filter_subject=subjects.ALL_EVENTS,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=ack_wait_s,
+        max_deliver=-1,
+        max_ack_pending=20_000,
+    )

@@ -1,0 +1,67 @@
+"""Subject names: one place that knows how Kiln's subjects are spelled.
+
+A generation's events live on `kiln.events.<project_id>.<generation_id>`; ids are UUIDs,
+so they never contain the `.`, `*` or `>` that would break a subject.
+"""
+
+from __future__ import annotations
+
+import re
+
+EVENTS_PREFIX = "kiln.events"
+ALL_EVENTS = f"{EVENTS_PREFIX}.>"
+GENERATE_COMMANDS = "kiln.cmds.generate"
+ALL_COMMANDS = "kiln.cmds.>"
+CANCEL_PREFIX = "kiln.control.cancel"
+ALL_CONTROL = "kiln.control.>"
+ALL_CANCELS = f"{CANCEL_PREFIX}.*"
+DLQ_PREFIX = "kiln.dlq"
+ALL_DLQ = f"{DLQ_PREFIX}.>"
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _token(value: str, what: str) -> str:
+    if not _TOKEN.match(value):
+        raise ValueError(f"{what} {value!r} cannot be used in a subject")
+    return value
+
+
+def generation_events(project_id: str, generation_id: str) -> str:
+    """The subject of one generation's events."""
+    return f"{EVENTS_PREFIX}.{_token(project_id, 'project id')}.{_token(generation_id, 'generation id')}"
+
+
+def generation_events_any_project(generation_id: str) -> str:
+    """A filter for one generation's events when its project is not known."""
+    return f"{EVENTS_PREFIX}.*.{_token(generation_id, 'generation id')}"
+
+
+def project_events(project_id: str) -> str:
+    """A filter for every generation of one project."""
+    return f"{EVENTS_PREFIX}.{_token(project_id, 'project id')}.*"
+
+
+def cancel_subject(generation_id: str) -> str:
+    """Where a cancel request for one generation is published."""
+    return f"{CANCEL_PREFIX}.{_token(generation_id, 'generation id')}"
+
+
+def dlq_subject(service: str) -> str:
+    """The dead-letter subject of one service."""
+    return f"{DLQ_PREFIX}.{_token(service, 'service')}"
+
+
+def parse_event_subject(subject: str) -> tuple[str, str] | None:
+    """(project_id, generation_id) of an events subject, or None if it is not one."""
+    parts = subject.split(".")
+    if len(parts) != 4 or parts[0] != "kiln" or parts[1] != "events":
+        return None
+    return parts[2], parts[3]
+
+
+def partition_of(generation_id: str, partitions: int) -> int:
+    """The projector partition that owns a generation (stable across processes)."""
+    if partitions <= 1:
+        return 0
+    return int(generation_id.replace("-", "")[:8], 16) % partitions

@@ -1,0 +1,1 @@
+"""Plumbing every service shares: settings, broker connection, embedded nats-server, logs."""

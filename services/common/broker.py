@@ -1,0 +1,105 @@
+"""The NATS connection every service uses, and the streams it needs.
+
+Reconnects are tuned for a broker restart: a short wait between attempts and no limit on
+their number, so a service is back within a second or two of the server, not 18 s later.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.errors import BadRequestError, NotFoundError
+
+from contracts import streams
+from services.common.logs import get_logger
+from services.common.settings import Settings
+
+log = get_logger(__name__)
+
+RECONNECT_WAIT_S = 0.25
+PING_INTERVAL_S = 5
+
+
+def connect_options(settings: Settings, name: str) -> dict[str, Any]:
+    """nats.connect keyword arguments from the settings (servers, credentials, TLS)."""
+    options: dict[str, Any] = {
+        "servers": settings.nats_servers,
+        "name": name,
+        "allow_reconnect": True,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": RECONNECT_WAIT_S,
+        "connect_timeout": 2,
+        "ping_interval": PING_INTERVAL_S,
+        "max_outstanding_pings": 2,
+        "pending_size": 64 * 1024 * 1024,
+    }
+    if settings.nats_user:
+        options["user"] = settings.nats_user
+        options["password"] = settings.nats_password or ""
+    if settings.nats_token:
+        options["token"] = settings.nats_token
+    if settings.nats_creds:
+        options["user_credentials"] = settings.nats_creds
+    if settings.nats_nkey_seed:
+        options["nkeys_seed"] = settings.nats_nkey_seed
+    if settings.nats_tls_ca or settings.nats_tls_cert:
+        context = ssl.create_default_context(cafile=settings.nats_tls_ca)
+        if settings.nats_tls_cert:
+            context.load_cert_chain(settings.nats_tls_cert, settings.nats_tls_key)
+        options["tls"] = context
+    return options
+
+
+async def connect(settings: Settings, name: str) -> Client:
+    """A connected NATS client that logs its disconnects and reconnects."""
+
+    async def disconnected() -> None:
+        log.warning("NATS connection lost; reconnecting", client=name)
+
+    async def reconnected() -> None:
+        log.info("NATS connection re-established", client=name, server=str(nc.connected_url))
+
+    async def error(exc: Exception) -> None:
+        log.warning("NATS client error: {error}", client=name, error=repr(exc))
+
+    nc = await nats.connect(
+        **connect_options(settings, name),
+        disconnected_cb=disconnected,
+        reconnected_cb=reconnected,
+        error_cb=error,
+    )
+    return nc
+
+
+async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
+    """Create Kiln's streams and buckets, or bring their configuration up to date."""
+    for make in streams.ALL_STREAMS:
+        config = make(replicas)
+        try:
+            await js.add_stream(config)
+        except BadRequestError as exc:
+            if exc.err_code != 10058:  # stream name already in use with a different configuration
+                raise
+            await js.update_stream(config)
+    try:
+        await js.key_value(streams.VERSIONS_BUCKET)
+    except (NotFoundError, nats.js.errors.BucketNotFoundError):
+        await js.create_key_value(
+            bucket=streams.VERSIONS_BUCKET,
+            description="Latest version number of each project",
+            history=1,
+            replicas=replicas,
+        )
+    try:
+        await js.key_value(streams.RUNS_BUCKET)
+    except (NotFoundError, nats.js.errors.BucketNotFoundError):
+        await js.create_key_value(
+            bucket=streams.RUNS_BUCKET,
+            description="Heartbeats of running generations (generation id → worker and time)",
+            history=1,
+            replicas=replicas,
+        )

@@ -1,0 +1,254 @@
+"""The consumer loop, written once: fetch, handle, then ack, retry or dead-letter.
+
+A handler returns an explicit outcome for each message instead of acking as a side effect:
+
+- `Ack()` — done;
+- `Retry(reason)` — redeliver later, with a backoff that grows with each delivery, until
+  `max_deliveries`, after which the message is dead-lettered;
+- `DeadLetter(reason)` — the message can never be handled (undecodable, invalid): it is
+  copied to `kiln.dlq.<service>` with the reason and terminated, so it never blocks the
+  consumer.
+
+A handler that raises is treated as `Retry`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig
+from nats.js.errors import NotFoundError
+
+from contracts import subjects
+from services.common.logs import get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The message is handled."""
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Handle the message again later."""
+
+    reason: str
+    delay_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """The message can never be handled: park it with the reason."""
+
+    reason: str
+
+
+Outcome = Ack | Retry | DeadLetter
+
+
+def retry_delay(deliveries: int, base_s: float = 0.5, cap_s: float = 30.0) -> float:
+    """Backoff before the next delivery: 0.5 s, 1 s, 2 s … up to 30 s."""
+    return min(base_s * 2 ** max(deliveries - 1, 0), cap_s)
+
+
+def deliveries_of(msg: Msg) -> int:
+    """How many times this message has been delivered (1 on the first)."""
+    try:
+        return int(msg.metadata.num_delivered)
+    except Exception:
+        return 1
+
+
+class PullWorker:
+    """A durable pull consumer of one service, and the loops that drive it."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        *,
+        service: str,
+        stream: str,
+        config: ConsumerConfig,
+        max_deliveries: int = 10,
+    ) -> None:
+        self.js = js
+        self.service = service
+        self.stream = stream
+        self.config = config
+        self.max_deliveries = max_deliveries
+        self._sub: JetStreamContext.PullSubscription | None = None
+
+    async def _subscription(self) -> JetStreamContext.PullSubscription:
+        if self._sub is None:
+            assert self.config.durable_name
+            self._sub = await self.js.pull_subscribe(
+                self.config.filter_subject or "",
+                durable=self.config.durable_name,
+                stream=self.stream,
+                config=self.config,
+            )
+        return self._sub
+
+    async def fetch(self, batch: int, timeout_s: float) -> list[Msg]:
+        """Up to `batch` messages, waiting at most `timeout_s`; [] when none or when offline."""
+        try:
+            sub = await self._subscription()
+            return await sub.fetch(batch, timeout=timeout_s)
+        except (TimeoutError, nats.errors.TimeoutError):
+            # nats-py raises the plain asyncio one when the deadline passes between its
+            # two requests of a batch fetch.
+            return []
+        except NotFoundError:
+            log.warning(
+                "Consumer {consumer} is gone; recreating it", consumer=self.config.durable_name
+            )
+            self._sub = None
+            await asyncio.sleep(0.2)
+            return []
+        except (
+            nats.errors.ConnectionClosedError,
+            nats.errors.ConnectionReconnectingError,
+            nats.errors.NoRespondersError,
+            nats.errors.StaleConnectionError,
+            nats.js.errors.ServiceUnavailableError,
+            nats.js.errors.APIError,
+        ) as exc:
+            log.warning(
+                "Fetch from {consumer} failed: {error}",
+                consumer=self.config.durable_name,
+                error=repr(exc),
+            )
+            await asyncio.sleep(0.25)
+            return []
+
+    async def settle(self, msg: Msg, outcome: Outcome) -> None:
+        """Apply one outcome to one message."""
+        try:
+            if isinstance(outcome, Ack):
+                await msg.ack()
+            elif isinstance(outcome, Retry):
+                deliveries = deliveries_of(msg)
+                if deliveries >= self.max_deliveries:
+                    await self.dead_letter(
+                        msg, f"gave up after {deliveries} deliveries: {outcome.reason}"
+                    )
+                    return
+                await msg.nak(
+                    delay=outcome.delay_s
+                    if outcome.delay_s is not None
+                    else retry_delay(deliveries)
+                )
+            else:
+                await self.dead_letter(msg, outcome.reason)
+        except (nats.errors.Error, nats.errors.MsgAlreadyAckdError) as exc:
+            # The broker redelivers whatever was not settled; nothing is lost.
+            log.warning(
+                "Could not settle a message: {error}", service=self.service, error=repr(exc)
+            )
+
+    async def dead_letter(self, msg: Msg, reason: str) -> None:
+        """Copy the message to `kiln.dlq.<service>` with the reason, then terminate it."""
+        meta = None
+        with contextlib.suppress(Exception):
+            meta = msg.metadata
+        headers = {
+            "Kiln-Dlq-Reason": reason[:1000],
+            "Kiln-Dlq-Service": self.service,
+            "Kiln-Dlq-Subject": msg.subject,
+            "Kiln-Dlq-Stream-Seq": str(meta.sequence.stream if meta else ""),
+            "Kiln-Dlq-Deliveries": str(meta.num_delivered if meta else ""),
+        }
+        await self.js.publish(subjects.dlq_subject(self.service), msg.data, headers=headers)
+        await msg.term()
+        log.warning(
+            "Dead-lettered a message on {subject}: {reason}",
+            subject=msg.subject,
+            reason=reason[:300],
+            service=self.service,
+        )
+
+    async def run_batches(
+        self,
+        handle: Callable[[list[Msg]], Awaitable[list[Outcome]]],
+        stop: asyncio.Event,
+        *,
+        batch: int = 256,
+        fetch_timeout_s: float = 0.5,
+    ) -> None:
+        """Fetch batches and hand each whole batch to `handle` until `stop` is set."""
+        while not stop.is_set():
+            msgs = await self.fetch(batch, fetch_timeout_s)
+            if not msgs:
+                continue
+            try:
+                outcomes = await handle(msgs)
+            except Exception as exc:
+                log.exception("Handler of {service} failed on a batch", service=self.service)
+                outcomes = [Retry(f"handler failed: {exc!r}")] * len(msgs)
+            for msg, outcome in zip(msgs, outcomes, strict=True):
+                await self.settle(msg, outcome)
+
+    async def run_each(
+        self,
+        handle: Callable[[Msg], Awaitable[Outcome]],
+        stop: asyncio.Event,
+        *,
+        concurrency: int,
+        heartbeat_s: float,
+        fetch_timeout_s: float = 0.5,
+    ) -> None:
+        """Handle up to `concurrency` messages at once, each in its own task.
+
+        While a message is being handled, its delivery is kept alive (`in_progress`) every
+        `heartbeat_s`, so a long job is not handed to another worker. On stop, in-flight
+        handlers are awaited; the broker redelivers whatever they do not settle.
+        """
+        running: set[asyncio.Task[None]] = set()
+        slots = asyncio.Semaphore(concurrency)
+
+        async def one(msg: Msg) -> None:
+            keepalive = asyncio.create_task(self._keep_alive(msg, heartbeat_s))
+            try:
+                try:
+                    outcome = await handle(msg)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.exception("Handler of {service} failed", service=self.service)
+                    outcome = Retry(f"handler failed: {exc!r}")
+            finally:
+                keepalive.cancel()
+                slots.release()
+            await self.settle(msg, outcome)
+
+        try:
+            while not stop.is_set():
+                await slots.acquire()
+                if stop.is_set():
+                    slots.release()
+                    break
+                msgs = await self.fetch(1, fetch_timeout_s)
+                if not msgs:
+                    slots.release()
+                    continue
+                task = asyncio.create_task(one(msgs[0]))
+                running.add(task)
+                task.add_done_callback(running.discard)
+        finally:
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+
+    @staticmethod
+    async def _keep_alive(msg: Msg, every_s: float) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()

@@ -1,0 +1,276 @@
+"""Reading and appending one generation's events on its JetStream subject.
+
+The log is the source of truth: the orchestrator rebuilds a generation from it to resume,
+the gateway serves it to late clients. Appends are guarded by the subject's last stream
+sequence (`Nats-Expected-Last-Subject-Sequence`), so a second writer is refused by the
+stream instead of interleaving its events, and carry `Nats-Msg-Id: <generation>:<seq>`,
+so a retried publish is stored once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import nats.errors
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import APIError, NotFoundError
+
+from contracts import streams, subjects
+from contracts.codec import DecodeError, decode_event, encode, event_hash
+from contracts.events import AnyEvent, Event, event_tag, new_event_id, utc_now
+from services.common.logs import get_logger
+
+log = get_logger(__name__)
+
+WRONG_LAST_SEQUENCE = 10071
+E = TypeVar("E", bound=Event)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event as the stream holds it: its stream sequence, raw bytes and decoded value."""
+
+    stream_seq: int
+    data: bytes
+    event: AnyEvent
+
+
+class WriterConflict(RuntimeError):
+    """Another writer appended to the generation's subject: this one must stop."""
+
+
+class LogUnavailable(RuntimeError):
+    """The broker did not take an append after retrying for a while."""
+
+
+async def last_stream_seq(js: JetStreamContext, generation_id: str) -> int:
+    """The stream sequence of a generation's last event (0 if it has none)."""
+    try:
+        msg = await js.get_last_msg(
+            streams.EVENTS_STREAM, subjects.generation_events_any_project(generation_id)
+        )
+    except NotFoundError:
+        return 0
+    return int(msg.seq or 0)
+
+
+async def read_generation(
+    js: JetStreamContext,
+    generation_id: str,
+    *,
+    after_stream_seq: int = 0,
+    idle_timeout_s: float = 10.0,
+) -> list[StoredEvent]:
+    """Every event of a generation after `after_stream_seq`, in order.
+
+    Reads with a short-lived ordered consumer up to the last event that existed when the
+    read began. Events that do not decode are skipped with a warning (they cannot have been
+    written by Kiln; the audit's hash check reports them).
+    """
+    target = await last_stream_seq(js, generation_id)
+    if target <= after_stream_seq:
+        return []
+    config = ConsumerConfig(
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=after_stream_seq + 1,
+        inactive_threshold=5.0,
+    )
+    sub = await js.subscribe(
+        subjects.generation_events_any_project(generation_id),
+        stream=streams.EVENTS_STREAM,
+        ordered_consumer=True,
+        config=config,
+    )
+    events: list[StoredEvent] = []
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=idle_timeout_s)
+            seq = msg.metadata.sequence.stream
+            try:
+                events.append(StoredEvent(seq, msg.data, decode_event(msg.data)))
+            except DecodeError as exc:
+                log.warning(
+                    "Skipped an undecodable event of generation {generation_id}",
+                    generation_id=generation_id,
+                    stream_seq=seq,
+                    reason=exc.reason,
+                )
+            if seq >= target:
+                return events
+    finally:
+        await sub.unsubscribe()
+
+
+def cloudevents_headers(event: Event, source: str) -> dict[str, str]:
+    """CloudEvents binary-mode attributes for an event, as NATS headers."""
+    return {
+        "ce-specversion": "1.0",
+        "ce-id": event.event_id,
+        "ce-source": source,
+        "ce-type": f"kiln.{event_tag(type(event))}",
+        "ce-time": event.at.isoformat().replace("+00:00", "Z"),
+        "ce-subject": event.generation_id,
+        "content-type": "application/json",
+    }
+
+
+class GenerationWriter:
+    """Appends events to one generation's subject, numbering and chaining them."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        project_id: str,
+        generation_id: str,
+        *,
+        source: str,
+        last_seq: int = 0,
+        last_stream_seq: int = 0,
+        last_data: bytes | None = None,
+        retry_for_s: float = 60.0,
+    ) -> None:
+        self.js = js
+        self.project_id = project_id
+        self.generation_id = generation_id
+        self.subject = subjects.generation_events(project_id, generation_id)
+        self.source = source
+        self.last_seq = last_seq
+        self.last_stream_seq = last_stream_seq
+        self.last_data = last_data
+        self.retry_for_s = retry_for_s
+
+    @classmethod
+    def after(
+        cls, js: JetStreamContext, history: list[StoredEvent], *, source: str, **kwargs: Any
+    ) -> GenerationWriter:
+        """A writer that continues a generation whose log so far is `history` (non-empty)."""
+        last = history[-1]
+        return cls(
+            js,
+            last.event.project_id,
+            last.event.generation_id,
+            source=source,
+            last_seq=last.event.seq,
+            last_stream_seq=last.stream_seq,
+            last_data=last.data,
+            **kwargs,
+        )
+
+    def build(self, event_type: type[E], /, **fields: Any) -> E:
+        """The next event of this generation, numbered and chained, not yet published."""
+        return event_type(
+            event_id=new_event_id(),
+            generation_id=self.generation_id,
+            project_id=self.project_id,
+            seq=self.last_seq + 1,
+            at=utc_now(),
+            prev_hash=event_hash(self.last_data) if self.last_data else "",
+            **fields,
+        )
+
+    async def emit(self, event_type: type[E], /, **fields: Any) -> E:
+        """Build the next event and append it; WriterConflict if another writer got there."""
+        event = self.build(event_type, **fields)
+        await self.append(event)
+        return event
+
+    async def append(self, event: Event) -> StoredEvent:
+        """Append a built event (its seq must be `last_seq + 1`)."""
+        assert event.seq == self.last_seq + 1, "events are appended in order"
+        data = encode(event)
+        msg_id = f"{self.generation_id}:{event.seq}"
+        headers = {
+            "Nats-Msg-Id": msg_id,
+            "Nats-Expected-Last-Subject-Sequence": str(self.last_stream_seq),
+            **cloudevents_headers(event, self.source),
+        }
+        stream_seq = await self._publish(data, headers, msg_id)
+        self.last_seq = event.seq
+        self.last_stream_seq = stream_seq
+        self.last_data = data
+        return StoredEvent(stream_seq, data, event)  # type: ignore[arg-type]
+
+    async def _publish(self, data: bytes, headers: dict[str, str], msg_id: str) -> int:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.retry_for_s
+        delay = 0.1
+        while True:
+            try:
+                ack = await self.js.publish(self.subject, data, headers=headers, timeout=5.0)
+                return int(ack.seq)
+            except APIError as exc:
+                if exc.err_code != WRONG_LAST_SEQUENCE:
+                    raise
+                # Either our own earlier attempt was stored (its ack was lost) or another
+                # writer appended: the subject's last message tells which.
+                stored = await self._stored_as(msg_id)
+                if stored is not None:
+                    return stored
+                raise WriterConflict(
+                    f"another writer appended to generation {self.generation_id}"
+                ) from None
+            except (
+                nats.errors.TimeoutError,
+                nats.errors.NoRespondersError,
+                nats.errors.ConnectionClosedError,
+                nats.js.errors.NoStreamResponseError,
+                nats.errors.ConnectionReconnectingError,
+                nats.errors.StaleConnectionError,
+                nats.errors.OutboundBufferLimitError,
+            ) as exc:
+                if loop.time() > deadline:
+                    raise LogUnavailable(
+                        f"could not append to generation {self.generation_id}: {exc!r}"
+                    ) from None
+                log.warning(
+                    "Append to generation {generation_id} not acknowledged; retrying",
+                    generation_id=self.generation_id,
+                    error=repr(exc),
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _stored_as(self, msg_id: str) -> int | None:
+        try:
+            last = await self.js.get_last_msg(streams.EVENTS_STREAM, self.subject)
+        except NotFoundError:
+            return None
+        if last.headers and last.headers.get("Nats-Msg-Id") == msg_id:
+            return int(last.seq or 0)
+        return None
+
+
+async def follow_new(
+    js: JetStreamContext,
+    subject: str,
+    stream: str,
+    cb: Any,
+    *,
+    idle_heartbeat_s: float = 2.0,
+) -> JetStreamContext.PushSubscription:
+    """An ordered consumer delivering every message on `subject` published from now on.
+
+    It starts after the stream's current last sequence, and tells nats-py so: otherwise a
+    reset before the first message (after a broker restart) would replay the whole stream.
+    Two missed heartbeats (`idle_heartbeat_s` each) makes the client recreate the consumer
+    where it left off, so a broker restart costs seconds, not the 18 s of the defaults.
+    """
+    info = await js.stream_info(stream)
+    start = int(info.state.last_seq) + 1
+    sub = await js.subscribe(
+        subject,
+        stream=stream,
+        ordered_consumer=True,
+        cb=cb,
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start),
+        idle_heartbeat=idle_heartbeat_s,
+        pending_msgs_limit=-1,
+        pending_bytes_limit=-1,
+    )
+    jsi = getattr(sub._sub, "_jsi", None)
+    if jsi is not None:
+        jsi._sseq = start - 1
+    return sub
