@@ -1,0 +1,1 @@
+"""Alembic migrations of the read model (run by `kiln migrate`, never by the services)."""

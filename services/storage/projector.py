@@ -1,0 +1,632 @@
+"""The projector: events from the stream, applied to SQL exactly once and in order.
+
+Each batch is one transaction that also records the consumer's position (the highest
+stream sequence below which every message is handled), and messages are acked only after
+it commits: a redelivered message at or below the position is recognised and skipped.
+
+Order matters (a generation's state is a fold), so a message is applied only when every
+message between the position and it is handled. A gap (an earlier message failed, or was
+lost in flight and awaits redelivery) is checked against the stream: if a message really
+is missing, the later ones wait (`Retry`) instead of jumping ahead of it.
+
+A generation's status, progress and phase come from `contracts.state.apply`, the fold the
+orchestrator and the gateway use too; this module only stores what it returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from contracts import subjects
+from contracts.codec import DecodeError, decode_event, event_hash
+from contracts.events import (
+    AnyEvent,
+    FileDeleted,
+    FileWritten,
+    GenerationRequested,
+    event_tag,
+)
+from contracts.paths import PathRejected, safe_path
+from contracts.state import FileState, GenerationState, apply, new_state
+from contracts.streams import EVENTS_STREAM, STORAGE_CONSUMER
+from services.common.consumer import Ack, DeadLetter, Outcome, Retry
+from services.common.logs import get_logger
+from services.storage.models import (
+    blobs_table,
+    events_table,
+    generation_files_table,
+    generations_table,
+    positions_table,
+    projects_table,
+)
+
+log = get_logger(__name__)
+
+HOLD_RETRY_S = 1.0
+
+
+class Projector:
+    """Applies batches of events to the read model; plug `handle` into `PullWorker.run_batches`.
+
+    `js` is used to tell a real gap in the stream (a message still to come) from deleted
+    sequences; without it, gaps are trusted to be empty.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        consumer: str = STORAGE_CONSUMER,
+        js: JetStreamContext | None = None,
+        stream: str = EVENTS_STREAM,
+    ) -> None:
+        self.engine = engine
+        self.consumer = consumer
+        self.js = js
+        self.stream = stream
+        self.batches = 0
+        self.failed_batches = 0
+        self.events_applied = 0
+        self.events_skipped = 0
+        self.dead_letters = 0
+        self.last_applied_stream_seq = 0
+        self.apply_seconds = 0.0
+        self.last_batch_seconds = 0.0
+
+    async def position(self) -> int:
+        """The stream sequence this consumer has applied up to (0 before the first batch)."""
+        async with self.engine.connect() as conn:
+            return await _read_position(conn, self.consumer)
+
+    async def handle(self, msgs: list[Msg]) -> list[Outcome]:
+        """Apply a batch in one transaction; one outcome per message, in the order given."""
+        started = time.perf_counter()
+        try:
+            try:
+                result = await self._run(msgs, careful=False)
+            except Exception as exc:
+                if not _refused(exc):
+                    raise
+                log.warning(
+                    "A batch of {count} events could not be stored ({error}); "
+                    "storing it event by event",
+                    count=len(msgs),
+                    error=_reason(exc),
+                )
+                result = await self._run(msgs, careful=True)
+        except Exception as exc:
+            if isinstance(exc, OSError | TimeoutError | OperationalError | InterfaceError):
+                log.warning(
+                    "The database failed a batch of {count} events ({error}); it will be retried",
+                    count=len(msgs),
+                    error=_reason(exc),
+                )
+            else:
+                log.exception(
+                    "Projecting a batch of {count} events failed; it will be retried",
+                    count=len(msgs),
+                )
+            self.failed_batches += 1
+            return [Retry(f"database error: {_reason(exc)}")] * len(msgs)
+
+        elapsed = time.perf_counter() - started
+        self.batches += 1
+        self.apply_seconds += elapsed
+        self.last_batch_seconds = elapsed
+        self.events_applied += sum(result.applied.values())
+        self.events_skipped += result.skipped
+        self.dead_letters += sum(isinstance(o, DeadLetter) for o in result.outcomes.values())
+        self.last_applied_stream_seq = max(self.last_applied_stream_seq, result.position)
+        for generation_id, count in result.applied.items():
+            log.info(
+                "Projected {count} events of generation {generation_id}",
+                count=count,
+                generation_id=generation_id,
+                stream_seq=result.last_seq_of[generation_id],
+            )
+        return [result.outcomes[i] for i in range(len(msgs))]
+
+    async def _run(self, msgs: list[Msg], *, careful: bool) -> _BatchResult:
+        result = _BatchResult()
+        async with self.engine.begin() as conn:
+            position = await _read_position(conn, self.consumer)
+            result.position = position
+            todo = await self._plan(msgs, position, result)
+            writer = _Writer(conn)
+            for index, msg, seq in todo:
+                if careful:
+                    outcome = await self._apply_guarded(writer, msg, seq)
+                else:
+                    outcome = await writer.apply(msg, seq)
+                    if isinstance(outcome, DeadLetter):
+                        await writer.seen(msg.subject, seq)
+                result.outcomes[index] = outcome
+                if isinstance(outcome, Ack) and writer.generation_id is not None:
+                    result.applied[writer.generation_id] += 1
+                    result.last_seq_of[writer.generation_id] = seq
+            await writer.flush()
+            if todo:
+                result.position = todo[-1][2]
+                await _write_position(conn, self.consumer, result.position)
+        return result
+
+    async def _apply_guarded(self, writer: _Writer, msg: Msg, seq: int) -> Outcome:
+        """One message in its own savepoint: if it cannot be stored, it alone is dead-lettered."""
+        try:
+            async with writer.conn.begin_nested():
+                outcome = await writer.apply(msg, seq)
+                await writer.flush()
+        except Exception as exc:
+            if not _refused(exc):
+                raise
+            writer.forget()
+            outcome = DeadLetter(f"the event could not be stored: {_reason(exc)}")
+        if isinstance(outcome, DeadLetter):
+            try:
+                async with writer.conn.begin_nested():
+                    await writer.seen(msg.subject, seq)
+                    await writer.flush()
+            except Exception as exc:
+                if not _refused(exc):
+                    raise
+                writer.forget()
+        return outcome
+
+    async def _plan(
+        self, msgs: list[Msg], position: int, result: _BatchResult
+    ) -> list[tuple[int, Msg, int]]:
+        """The messages to apply now, in stream order; the others' outcomes go in `result`."""
+        todo: list[tuple[int, Msg, int]] = []
+        taken: set[int] = set()
+        expected = position + 1
+        waiting_for: int | None = None
+        ordered = sorted((_stream_seq(msg), index, msg) for index, msg in enumerate(msgs))
+        for seq, index, msg in ordered:
+            if seq <= position or seq in taken:
+                result.outcomes[index] = Ack()
+                result.skipped += 1
+                continue
+            if waiting_for is None and seq > expected and not await self._gap_empty(expected, seq):
+                waiting_for = expected
+                log.warning(
+                    "Stream seq {missing} is not projected yet; later events wait for it",
+                    missing=expected,
+                    held_from=seq,
+                    consumer=self.consumer,
+                )
+            if waiting_for is not None:
+                result.outcomes[index] = Retry(
+                    f"waiting for stream seq {waiting_for} to be projected first",
+                    delay_s=HOLD_RETRY_S,
+                )
+                continue
+            taken.add(seq)
+            todo.append((index, msg, seq))
+            expected = seq + 1
+        return todo
+
+    async def _gap_empty(self, first: int, before: int) -> bool:
+        """True when the stream holds no event with a sequence in [first, before)."""
+        if self.js is None:
+            return True
+        try:
+            found = await self.js.get_msg(
+                self.stream, seq=first, subject=subjects.ALL_EVENTS, next=True
+            )
+        except NotFoundError:
+            return True
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.warning("Could not look into the stream: {error}", error=repr(exc))
+            return False
+        return int(found.seq or 0) >= before
+
+
+@dataclass
+class _BatchResult:
+    outcomes: dict[int, Outcome] = field(default_factory=dict)
+    applied: Counter[str] = field(default_factory=Counter)
+    last_seq_of: dict[str, int] = field(default_factory=dict)
+    skipped: int = 0
+    position: int = 0
+
+
+@dataclass
+class _Generation:
+    """A generation row being updated within a batch."""
+
+    state: GenerationState
+    last_stream_seq: int
+    dirty: bool = False
+    files_changed: bool = False
+
+
+class _Writer:
+    """Applies events within one transaction; generation rows are written on `flush`."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+        self.generations: dict[str, _Generation] = {}
+        self.blobs: set[str] = set()
+        self.audit: list[dict[str, Any]] = []
+        self.generation_id: str | None = None
+
+    def forget(self) -> None:
+        """Drop what is cached (after a savepoint rollback the database is the truth)."""
+        self.generations.clear()
+        self.blobs.clear()
+        self.audit.clear()
+
+    async def apply(self, msg: Msg, seq: int) -> Outcome:
+        """Validate one message and apply it; DeadLetter (having written nothing) if invalid."""
+        self.generation_id = None
+        try:
+            event = decode_event(msg.data)
+        except DecodeError as exc:
+            return DeadLetter(exc.reason)
+        problem = _problem(msg.subject, event)
+        if problem is not None:
+            return DeadLetter(problem)
+
+        generation = await self._generation(event.generation_id)
+        if generation is None:
+            if not isinstance(event, GenerationRequested):
+                return DeadLetter(
+                    f"generation {event.generation_id} has no generation.requested event "
+                    f"before this {event_tag(type(event))} event"
+                )
+            holder = await self._version_holder(event.project_id, event.version)
+            if holder is not None:
+                return DeadLetter(
+                    f"version {event.version} of project {event.project_id} "
+                    f"is already generation {holder}"
+                )
+            await self._create(event, seq)
+        elif generation.state.project_id != event.project_id:
+            return DeadLetter(
+                f"generation {event.generation_id} belongs to project "
+                f"{generation.state.project_id}, not {event.project_id}"
+            )
+        else:
+            await self._fold(generation, event, seq)
+
+        self.audit.append(_audit_row(msg.data, seq, event))
+        self.generation_id = event.generation_id
+        return Ack()
+
+    async def seen(self, subject: str, seq: int) -> None:
+        """Count a dead-lettered message as handled for its generation's `last_stream_seq`."""
+        ids = subjects.parse_event_subject(subject)
+        if ids is None:
+            return
+        generation = await self._generation(ids[1])
+        if generation is None or generation.state.project_id != ids[0]:
+            return
+        generation.last_stream_seq = max(generation.last_stream_seq, seq)
+        generation.dirty = True
+
+    async def flush(self) -> None:
+        """Write the changed generation rows and the pending audit rows."""
+        now = datetime.now(UTC)
+        for generation_id, generation in self.generations.items():
+            if not generation.dirty:
+                continue
+            values = _row_values(generation.state)
+            if generation.files_changed:
+                count, total = (
+                    await self.conn.execute(
+                        select(
+                            func.count(), func.coalesce(func.sum(generation_files_table.c.size), 0)
+                        ).where(generation_files_table.c.generation_id == generation_id)
+                    )
+                ).one()
+                values.update(file_count=int(count), total_bytes=int(total))
+            values.update(last_stream_seq=generation.last_stream_seq, updated_at=now)
+            await self.conn.execute(
+                update(generations_table)
+                .where(generations_table.c.id == generation_id)
+                .values(**values)
+            )
+            generation.dirty = generation.files_changed = False
+        if self.audit:
+            await self.conn.execute(insert(events_table), self.audit)
+            self.audit = []
+
+    async def _fold(self, generation: _Generation, event: AnyEvent, seq: int) -> None:
+        path = event.path if isinstance(event, FileWritten | FileDeleted) else None
+        if isinstance(event, FileWritten):
+            await self._store_blob(event)
+        before = await self._file(event.generation_id, path) if path else None
+        # The fold decides whether the event changes the version's files (it ignores
+        # events after a terminal one, or already applied): show it the one file concerned.
+        generation.state.files = {path: before} if path and before else {}
+        apply(generation.state, event, keep_content=False)
+        after = generation.state.files.get(path) if path else None
+        generation.state.files = {}
+        if path and after != before:
+            await self._write_file(event.generation_id, path, before, after)
+            generation.files_changed = True
+        generation.last_stream_seq = max(generation.last_stream_seq, seq)
+        generation.dirty = True
+
+    async def _create(self, event: GenerationRequested, seq: int) -> None:
+        project = (
+            await self.conn.execute(
+                select(projects_table.c.latest_version).where(
+                    projects_table.c.id == event.project_id
+                )
+            )
+        ).first()
+        if project is None:
+            await self.conn.execute(
+                insert(projects_table).values(
+                    id=event.project_id,
+                    owner=event.owner,
+                    name=event.project_name,
+                    created_at=event.at,
+                    latest_version=event.version,
+                )
+            )
+        elif event.version > project.latest_version:
+            await self.conn.execute(
+                update(projects_table)
+                .where(projects_table.c.id == event.project_id)
+                .values(latest_version=event.version)
+            )
+        state = apply(new_state(event), event, keep_content=False)
+        await self.conn.execute(
+            insert(generations_table).values(
+                id=event.generation_id,
+                project_id=event.project_id,
+                file_count=0,
+                total_bytes=0,
+                last_stream_seq=seq,
+                updated_at=datetime.now(UTC),
+                **_row_values(state),
+            )
+        )
+        self.generations[event.generation_id] = _Generation(state, seq)
+
+    async def _generation(self, generation_id: str) -> _Generation | None:
+        cached = self.generations.get(generation_id)
+        if cached is not None:
+            return cached
+        row = (
+            await self.conn.execute(
+                select(generations_table).where(generations_table.c.id == generation_id)
+            )
+        ).first()
+        if row is None:
+            return None
+        generation = _Generation(_state_of(row), int(row.last_stream_seq))
+        self.generations[generation_id] = generation
+        return generation
+
+    async def _version_holder(self, project_id: str, version: int) -> str | None:
+        return (
+            await self.conn.execute(
+                select(generations_table.c.id).where(
+                    generations_table.c.project_id == project_id,
+                    generations_table.c.version == version,
+                )
+            )
+        ).scalar()
+
+    async def _store_blob(self, event: FileWritten) -> None:
+        if event.sha256 in self.blobs:
+            return
+        exists = (
+            await self.conn.execute(
+                select(blobs_table.c.size).where(blobs_table.c.sha256 == event.sha256)
+            )
+        ).first()
+        if exists is None:
+            await self.conn.execute(
+                insert(blobs_table).values(
+                    sha256=event.sha256, size=event.size, content=event.content.encode()
+                )
+            )
+        self.blobs.add(event.sha256)
+
+    async def _file(self, generation_id: str, path: str) -> FileState | None:
+        row = (
+            await self.conn.execute(
+                select(generation_files_table).where(
+                    generation_files_table.c.generation_id == generation_id,
+                    generation_files_table.c.path == path,
+                )
+            )
+        ).first()
+        if row is None:
+            return None
+        return FileState(
+            path=row.path, sha256=row.sha256, size=row.size, phase=row.phase, origin=row.origin
+        )
+
+    async def _write_file(
+        self, generation_id: str, path: str, before: FileState | None, after: FileState | None
+    ) -> None:
+        where = (generation_files_table.c.generation_id == generation_id) & (
+            generation_files_table.c.path == path
+        )
+        if after is None:
+            await self.conn.execute(generation_files_table.delete().where(where))
+            return
+        values = {
+            "sha256": after.sha256,
+            "size": after.size,
+            "phase": after.phase,
+            "origin": after.origin,
+        }
+        if before is None:
+            await self.conn.execute(
+                insert(generation_files_table).values(
+                    generation_id=generation_id, path=path, **values
+                )
+            )
+        else:
+            await self.conn.execute(update(generation_files_table).where(where).values(**values))
+
+
+def _problem(subject: str, event: AnyEvent) -> str | None:
+    """Why a decoded event cannot be projected, or None."""
+    ids = subjects.parse_event_subject(subject)
+    if ids != (event.project_id, event.generation_id):
+        return (
+            f"an event of generation {event.generation_id} in project {event.project_id} "
+            f"was published on {subject!r}"
+        )
+    if isinstance(event, FileWritten | FileDeleted):
+        try:
+            normalised = safe_path(event.path)
+        except PathRejected as exc:
+            return str(exc)
+        if normalised != event.path:
+            return f"path {event.path[:80]!r} is not in its normal form {normalised[:80]!r}"
+    if isinstance(event, FileWritten):
+        data = event.content.encode()
+        if len(data) != event.size:
+            return f"{event.path!r} is {len(data)} bytes, not the {event.size} its event says"
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != event.sha256:
+            return f"the content of {event.path!r} has sha256 {digest}, not {event.sha256}"
+    return None
+
+
+def _audit_row(data: bytes, seq: int, event: AnyEvent) -> dict[str, Any]:
+    """The audit index row of an event: its JSON object with any file content left out."""
+    body: dict[str, Any] = msgspec.json.decode(data)
+    if isinstance(event, FileWritten):
+        body.pop("content", None)
+    return {
+        "stream_seq": seq,
+        "generation_id": event.generation_id,
+        "project_id": event.project_id,
+        "seq": event.seq,
+        "type": event_tag(type(event)),
+        "at": event.at,
+        "progress": event.progress,
+        "body": body,
+        "hash": event_hash(data),
+    }
+
+
+def _row_values(state: GenerationState) -> dict[str, Any]:
+    """The generations columns the fold owns."""
+    return {
+        "owner": state.owner,
+        "version": state.version,
+        "parent_generation_id": state.parent_generation_id,
+        "kind": state.kind,
+        "provider": state.provider,
+        "model": state.model,
+        "prompt": state.prompt,
+        "locked_paths": list(state.locked_paths),
+        "status": state.status,
+        "progress": state.progress,
+        "phase": state.phase,
+        "error": state.error,
+        "error_phase": state.error_phase,
+        "error_kind": state.error_kind,
+        "retryable": state.retryable,
+        "tokens_in": state.tokens_in,
+        "tokens_out": state.tokens_out,
+        "llm_calls": state.llm_calls,
+        "phase_durations": dict(state.phase_durations_ms),
+        "created_at": state.created_at,
+        "started_at": state.started_at,
+        "finished_at": state.finished_at,
+        "last_seq": state.last_seq,
+    }
+
+
+def _state_of(row: Row[Any]) -> GenerationState:
+    """A generation's folded state as its row holds it (without files)."""
+    return GenerationState(
+        generation_id=row.id,
+        project_id=row.project_id,
+        owner=row.owner,
+        version=row.version,
+        kind=row.kind,
+        parent_generation_id=row.parent_generation_id,
+        provider=row.provider,
+        model=row.model,
+        prompt=row.prompt,
+        locked_paths=list(row.locked_paths or []),
+        status=row.status,
+        progress=row.progress,
+        phase=row.phase,
+        phases_completed=list(row.phase_durations or {}),
+        phase_durations_ms=dict(row.phase_durations or {}),
+        tokens_in=row.tokens_in,
+        tokens_out=row.tokens_out,
+        llm_calls=row.llm_calls,
+        error=row.error,
+        error_phase=row.error_phase,
+        error_kind=row.error_kind,
+        retryable=row.retryable,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        last_seq=row.last_seq,
+    )
+
+
+async def _read_position(conn: AsyncConnection, consumer: str) -> int:
+    value = (
+        await conn.execute(
+            select(positions_table.c.stream_seq).where(positions_table.c.consumer == consumer)
+        )
+    ).scalar()
+    return int(value or 0)
+
+
+async def _write_position(conn: AsyncConnection, consumer: str, stream_seq: int) -> None:
+    updated = await conn.execute(
+        update(positions_table)
+        .where(positions_table.c.consumer == consumer)
+        .values(stream_seq=stream_seq)
+    )
+    if updated.rowcount == 0:
+        await conn.execute(insert(positions_table).values(consumer=consumer, stream_seq=stream_seq))
+
+
+def _stream_seq(msg: Msg) -> int:
+    return int(msg.metadata.sequence.stream)
+
+
+def _refused(exc: BaseException) -> bool:
+    """True when the database refused what one event holds (a number out of range, a NUL
+    in a text, a constraint): no retry can fix that, so the event alone is dead-lettered.
+
+    Anything else (the database unreachable or locked, a missing table, a bug) fails the
+    whole batch, which is retried: the projector waits rather than drop events.
+    """
+    if isinstance(exc, IntegrityError | DataError | OverflowError):
+        return True
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        # PostgreSQL's SQLSTATE classes 22 (data exception) and 23 (integrity violation).
+        code = str(getattr(exc.orig, "pgcode", None) or getattr(exc.orig, "sqlstate", None) or "")
+        return code[:2] in ("22", "23")
+    return False
+
+
+def _reason(exc: BaseException) -> str:
+    """A short description of a database error (the driver's message, not the SQL)."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]

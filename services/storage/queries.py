@@ -1,0 +1,359 @@
+"""Read-only queries of the read model: what the gateway imports.
+
+Nothing here writes. Every method opens a connection, reads, and lets it roll back.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from sqlalchemy import func, select, text
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from contracts.streams import STORAGE_CONSUMER
+from services.storage.models import (
+    blobs_table,
+    events_table,
+    generation_files_table,
+    generations_table,
+    positions_table,
+    projects_table,
+)
+
+
+class GenerationView(msgspec.Struct, frozen=True, kw_only=True):
+    """One generation as the read model holds it."""
+
+    generation_id: str
+    project_id: str
+    project_name: str
+    owner: str
+    version: int
+    parent_generation_id: str | None
+    kind: str
+    provider: str
+    model: str | None
+    prompt: str
+    locked_paths: list[str]
+    status: str
+    progress: int
+    phase: str | None
+    error: str | None
+    error_phase: str | None
+    error_kind: str | None
+    retryable: bool
+    file_count: int
+    total_bytes: int
+    tokens_in: int
+    tokens_out: int
+    llm_calls: int
+    phase_durations: dict[str, int]
+    created_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    last_seq: int
+    last_stream_seq: int
+    updated_at: datetime
+
+
+class FileEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One file of a version (its content is fetched separately)."""
+
+    path: str
+    size: int
+    sha256: str
+    phase: str
+    origin: str
+
+
+class VersionEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One version of a project, as a project's listing shows it."""
+
+    generation_id: str
+    version: int
+    parent_generation_id: str | None
+    kind: str
+    status: str
+    progress: int
+    prompt: str
+    provider: str
+    file_count: int
+    total_bytes: int
+    created_at: datetime | None
+    finished_at: datetime | None
+
+
+class ProjectView(msgspec.Struct, frozen=True, kw_only=True):
+    """A project and its versions, sorted by version."""
+
+    project_id: str
+    name: str
+    owner: str
+    created_at: datetime
+    latest_version: int
+    versions: list[VersionEntry]
+
+    @property
+    def id(self) -> str:
+        """The project's id (the same as `project_id`)."""
+        return self.project_id
+
+
+class EventEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One event of the audit index; `body` is the event without any file content."""
+
+    stream_seq: int
+    seq: int
+    type: str
+    at: datetime
+    progress: int | None
+    body: dict[str, Any]
+    hash: str
+
+
+class ReadModel:
+    """Read-only access to the projected generations, files, events and projects."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def generation(self, generation_id: str) -> GenerationView | None:
+        """One generation with its project's name, or None."""
+        query = (
+            select(generations_table, projects_table.c.name.label("project_name"))
+            .join(projects_table, projects_table.c.id == generations_table.c.project_id)
+            .where(generations_table.c.id == generation_id)
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else _generation_view(row)
+
+    async def files(self, generation_id: str) -> list[FileEntry]:
+        """The files of a version, sorted by path."""
+        query = (
+            select(generation_files_table)
+            .where(generation_files_table.c.generation_id == generation_id)
+            .order_by(generation_files_table.c.path)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_file_entry(row) for row in rows]
+
+    async def file(self, generation_id: str, path: str) -> tuple[FileEntry, bytes] | None:
+        """One file of a version and its content, or None."""
+        query = (
+            select(generation_files_table, blobs_table.c.content)
+            .join(blobs_table, blobs_table.c.sha256 == generation_files_table.c.sha256)
+            .where(
+                generation_files_table.c.generation_id == generation_id,
+                generation_files_table.c.path == path,
+            )
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else (_file_entry(row), bytes(row.content))
+
+    async def contents(self, generation_id: str) -> dict[str, bytes]:
+        """path → content of every file of a version (for archives and diffs)."""
+        query = (
+            select(generation_files_table.c.path, blobs_table.c.content)
+            .join(blobs_table, blobs_table.c.sha256 == generation_files_table.c.sha256)
+            .where(generation_files_table.c.generation_id == generation_id)
+            .order_by(generation_files_table.c.path)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return {row.path: bytes(row.content) for row in rows}
+
+    async def events(self, generation_id: str) -> list[EventEntry]:
+        """The audit index of a generation, in stream order."""
+        query = (
+            select(events_table)
+            .where(events_table.c.generation_id == generation_id)
+            .order_by(events_table.c.stream_seq)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            EventEntry(
+                stream_seq=row.stream_seq,
+                seq=row.seq,
+                type=row.type,
+                at=row.at,
+                progress=row.progress,
+                body=dict(row.body),
+                hash=row.hash,
+            )
+            for row in rows
+        ]
+
+    async def projects(self, owner: str) -> list[ProjectView]:
+        """Every project of an owner with its versions, the newest project first."""
+        async with self.engine.connect() as conn:
+            projects = (
+                await conn.execute(
+                    select(projects_table)
+                    .where(projects_table.c.owner == owner)
+                    .order_by(projects_table.c.created_at.desc(), projects_table.c.id)
+                )
+            ).all()
+            versions = (
+                await conn.execute(
+                    _versions_query().where(
+                        generations_table.c.project_id.in_(
+                            select(projects_table.c.id).where(projects_table.c.owner == owner)
+                        )
+                    )
+                )
+            ).all()
+        by_project: dict[str, list[VersionEntry]] = {}
+        for row in versions:
+            by_project.setdefault(row.project_id, []).append(_version_entry(row))
+        return [_project_view(row, by_project.get(row.id, [])) for row in projects]
+
+    async def project(self, project_id: str) -> ProjectView | None:
+        """One project with its versions, or None."""
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(select(projects_table).where(projects_table.c.id == project_id))
+            ).first()
+            if row is None:
+                return None
+            versions = (
+                await conn.execute(
+                    _versions_query().where(generations_table.c.project_id == project_id)
+                )
+            ).all()
+        return _project_view(row, [_version_entry(v) for v in versions])
+
+    async def storage_stats(self) -> dict[str, int]:
+        """Blobs stored against files listed: what content addressing saves.
+
+        `blobs` and `blob_bytes` are what is stored; `files` and `file_bytes` what every
+        version lists; `saved_bytes` the difference.
+        """
+        async with self.engine.connect() as conn:
+            blobs, blob_bytes = (
+                await conn.execute(
+                    select(func.count(), func.coalesce(func.sum(blobs_table.c.size), 0))
+                )
+            ).one()
+            files, file_bytes = (
+                await conn.execute(
+                    select(func.count(), func.coalesce(func.sum(generation_files_table.c.size), 0))
+                )
+            ).one()
+        return {
+            "blobs": int(blobs),
+            "blob_bytes": int(blob_bytes),
+            "files": int(files),
+            "file_bytes": int(file_bytes),
+            "saved_bytes": int(file_bytes) - int(blob_bytes),
+        }
+
+    async def ping(self) -> None:
+        """Raise unless the database answers."""
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def applied_stream_seq(self, consumer: str = STORAGE_CONSUMER) -> int:
+        """The stream sequence a projector has applied up to (0 before its first batch)."""
+        async with self.engine.connect() as conn:
+            value = (
+                await conn.execute(
+                    select(positions_table.c.stream_seq).where(
+                        positions_table.c.consumer == consumer
+                    )
+                )
+            ).scalar()
+        return int(value or 0)
+
+
+def _versions_query() -> Any:
+    return select(
+        generations_table.c.id,
+        generations_table.c.project_id,
+        generations_table.c.version,
+        generations_table.c.parent_generation_id,
+        generations_table.c.kind,
+        generations_table.c.status,
+        generations_table.c.progress,
+        generations_table.c.prompt,
+        generations_table.c.provider,
+        generations_table.c.file_count,
+        generations_table.c.total_bytes,
+        generations_table.c.created_at,
+        generations_table.c.finished_at,
+    ).order_by(generations_table.c.project_id, generations_table.c.version)
+
+
+def _generation_view(row: Row[Any]) -> GenerationView:
+    return GenerationView(
+        generation_id=row.id,
+        project_id=row.project_id,
+        project_name=row.project_name,
+        owner=row.owner,
+        version=row.version,
+        parent_generation_id=row.parent_generation_id,
+        kind=row.kind,
+        provider=row.provider,
+        model=row.model,
+        prompt=row.prompt,
+        locked_paths=list(row.locked_paths or []),
+        status=row.status,
+        progress=row.progress,
+        phase=row.phase,
+        error=row.error,
+        error_phase=row.error_phase,
+        error_kind=row.error_kind,
+        retryable=bool(row.retryable),
+        file_count=row.file_count,
+        total_bytes=row.total_bytes,
+        tokens_in=row.tokens_in,
+        tokens_out=row.tokens_out,
+        llm_calls=row.llm_calls,
+        phase_durations=dict(row.phase_durations or {}),
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        last_seq=row.last_seq,
+        last_stream_seq=row.last_stream_seq,
+        updated_at=row.updated_at,
+    )
+
+
+def _file_entry(row: Row[Any]) -> FileEntry:
+    return FileEntry(
+        path=row.path, size=row.size, sha256=row.sha256, phase=row.phase, origin=row.origin
+    )
+
+
+def _version_entry(row: Row[Any]) -> VersionEntry:
+    return VersionEntry(
+        generation_id=row.id,
+        version=row.version,
+        parent_generation_id=row.parent_generation_id,
+        kind=row.kind,
+        status=row.status,
+        progress=row.progress,
+        prompt=row.prompt,
+        provider=row.provider,
+        file_count=row.file_count,
+        total_bytes=row.total_bytes,
+        created_at=row.created_at,
+        finished_at=row.finished_at,
+    )
+
+
+def _project_view(row: Row[Any], versions: list[VersionEntry]) -> ProjectView:
+    return ProjectView(
+        project_id=row.id,
+        name=row.name,
+        owner=row.owner,
+        created_at=row.created_at,
+        latest_version=row.latest_version,
+        versions=versions,
+    )

@@ -1,0 +1,149 @@
+"""The storage service: one durable pull consumer on every event, feeding the projector."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from contracts.streams import EVENTS_STREAM, storage_consumer
+from services.common.broker import connect, ensure_streams
+from services.common.consumer import PullWorker
+from services.common.health import HealthServer
+from services.common.logs import get_logger
+from services.common.settings import Settings
+from services.storage.db import check_migrated, create_engine, shown_url
+from services.storage.projector import Projector
+from services.storage.queries import ReadModel
+
+log = get_logger(__name__)
+
+ACK_WAIT_S = 30.0
+BATCH = 256
+# Events are the source of truth: a database outage, however long, must make the
+# projector wait and retry, never dead-letter an event it could not store.
+MAX_DELIVERIES = 1_000_000
+
+
+class StorageService:
+    """Projects every generation's events into the read model until stopped."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.projector: Projector | None = None
+        self.ready = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume and project until `stop` is set; then close the NATS connection and the database."""
+        url = self.settings.effective_database_url
+        engine = create_engine(url)
+        try:
+            await check_migrated(engine)
+            nc = await connect(self.settings, "kiln-storage")
+            try:
+                js = nc.jetstream()
+                await ensure_streams(js, self.settings.stream_replicas)
+                config = storage_consumer(ack_wait_s=ACK_WAIT_S)
+                projector = Projector(
+                    engine, consumer=config.durable_name or "storage", js=js, stream=EVENTS_STREAM
+                )
+                self.projector = projector
+                position = await projector.position()
+                await _resume_at(js, config, position)
+                worker = PullWorker(
+                    js,
+                    service="storage",
+                    stream=EVENTS_STREAM,
+                    config=config,
+                    max_deliveries=MAX_DELIVERIES,
+                )
+                health = None
+                if self.settings.health_port:
+                    read_model = ReadModel(engine)
+
+                    async def readiness() -> dict[str, str]:
+                        try:
+                            await asyncio.wait_for(read_model.ping(), 2.0)
+                            database = "ok"
+                        except Exception as exc:
+                            database = f"unavailable: {exc!r}"[:200]
+                        return {
+                            "nats": "ok" if nc.is_connected else "disconnected",
+                            "database": database,
+                        }
+
+                    health = HealthServer(
+                        self.settings.health_host, self.settings.health_port, readiness
+                    )
+                    await health.start()
+                log.info(
+                    "Storage projecting {stream} into {database} after stream seq {position}",
+                    stream=EVENTS_STREAM,
+                    database=shown_url(engine.url),
+                    position=position,
+                )
+                self.ready.set()
+                try:
+                    await worker.run_batches(projector.handle, stop, batch=BATCH)
+                finally:
+                    if health is not None:
+                        await health.stop()
+            finally:
+                # Not `nc.drain()`: nats-py never marks what a pull subscription fetched as
+                # done, so a drain sits out its whole timeout. Every settle has been sent by
+                # now; a flush makes sure the server has them all before the connection ends.
+                with contextlib.suppress(Exception):
+                    await nc.flush(timeout=5)
+                await nc.close()
+        finally:
+            await engine.dispose()
+            log.info("Storage stopped")
+
+
+async def _resume_at(js: JetStreamContext, config: ConsumerConfig, position: int) -> None:
+    """Make the durable consumer deliver from `position + 1` when it would not.
+
+    After a crash, messages delivered but never applied wait out their ack wait before
+    they are redelivered, while newer ones flow at once; the projector would hold those
+    back until the old ones return. Starting the consumer at the position avoids the wait.
+    It also keeps a lost consumer from replaying the whole stream.
+    """
+    name = config.durable_name
+    assert name, "the storage consumer is durable"
+    try:
+        info = await js.consumer_info(EVENTS_STREAM, name)
+    except NotFoundError:
+        info = None
+    stream = await js.stream_info(EVENTS_STREAM)
+    last = int(stream.state.last_seq)
+    if position > last:
+        log.error(
+            "The database has applied stream seq {position} but {stream} ends at {last}: "
+            "the stream was recreated or the database belongs to another one; "
+            "events up to seq {position} will be skipped",
+            position=position,
+            stream=EVENTS_STREAM,
+            last=last,
+        )
+        return
+    if info is None and position == 0:
+        return
+    if info is not None and int(info.delivered.stream_seq or 0) <= position:
+        return
+    if info is not None:
+        await js.delete_consumer(EVENTS_STREAM, name)
+    await js.add_consumer(
+        EVENTS_STREAM,
+        dataclasses.replace(
+            config, deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=position + 1
+        ),
+    )
+    log.info(
+        "Consumer {consumer} restarts after stream seq {position}",
+        consumer=name,
+        position=position,
+    )

@@ -1,0 +1,404 @@
+"""The projector against a real nats-server and a real database (SQLite, and PostgreSQL
+where configured): rows, exactly-once redelivery, dead letters, order after failures."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import Any
+
+import msgspec
+import pytest
+from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from contracts import subjects
+from contracts.codec import encode
+from contracts.events import FileWritten, GenerationCompleted, LlmCalled, PhaseStarted
+from contracts.streams import DLQ_STREAM, EVENTS_STREAM, STORAGE_CONSUMER, storage_consumer
+from services.common.consumer import Ack, Retry
+from services.common.eventlog import GenerationWriter
+from services.common.settings import Settings
+from services.storage.models import Base
+from services.storage.projector import Projector
+from services.storage.queries import ReadModel
+from tests.storage.conftest import (
+    publish_generation,
+    running_storage,
+    sha,
+    wait_applied,
+    wait_until,
+    write_file,
+)
+
+FILES = {
+    "app/models.py": "class Product:\n    title: str\n",
+    "app/__init__.py": "",
+    "README.md": "# Shop\n\nA small shop. ✓\n",
+}
+
+
+async def snapshot(engine: AsyncEngine) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table, in primary-key order."""
+    rows: dict[str, list[tuple[Any, ...]]] = {}
+    async with engine.connect() as conn:
+        for table in Base.metadata.sorted_tables:
+            query = select(table).order_by(*table.primary_key.columns)
+            rows[table.name] = [tuple(row) for row in (await conn.execute(query)).all()]
+    return rows
+
+
+async def count(engine: AsyncEngine, table: str) -> int:
+    """Rows in a table."""
+    async with engine.connect() as conn:
+        return int((await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one())
+
+
+async def dead_letters(js: JetStreamContext) -> list[RawStreamMsg]:
+    """Every message on the dead-letter stream."""
+    state = (await js.stream_info(DLQ_STREAM)).state
+    if not state.messages:
+        return []
+    return [await js.get_msg(DLQ_STREAM, seq) for seq in range(state.first_seq, state.last_seq + 1)]
+
+
+async def wait_dead_letters(js: JetStreamContext, n: int) -> list[RawStreamMsg]:
+    """The dead letters, once there are at least `n`."""
+
+    async def enough() -> bool:
+        return len(await dead_letters(js)) >= n
+
+    await wait_until(enough, what=f"{n} dead letters")
+    return await dead_letters(js)
+
+
+def reason(letter: RawStreamMsg) -> str:
+    """The reason a dead letter carries."""
+    assert letter.headers is not None
+    return str(letter.headers["Kiln-Dlq-Reason"])
+
+
+async def test_projects_a_generation(
+    js: JetStreamContext, storage_settings: Settings, read_model: ReadModel, engine: AsyncEngine
+) -> None:
+    writer = await publish_generation(js, FILES)
+    async with running_storage(storage_settings) as service:
+        await wait_applied(read_model, writer.last_stream_seq)
+        assert service.projector is not None
+        assert service.projector.events_applied == writer.last_seq
+        assert service.projector.last_applied_stream_seq == writer.last_stream_seq
+
+    view = await read_model.generation(writer.generation_id)
+    assert view is not None
+    assert (view.status, view.progress, view.phase) == ("completed", 100, "models")
+    assert (view.owner, view.project_name, view.version, view.kind) == (
+        "alice",
+        "shop",
+        1,
+        "create",
+    )
+    assert view.file_count == 3
+    assert view.total_bytes == sum(len(c.encode()) for c in FILES.values())
+    assert (view.tokens_in, view.tokens_out, view.llm_calls) == (10, 20, 1)
+    assert view.phase_durations == {"models": 12}
+    assert view.model == "offline-1"
+    assert (view.last_seq, view.last_stream_seq) == (writer.last_seq, writer.last_stream_seq)
+    assert view.created_at is not None and view.created_at.tzinfo is not None
+    assert view.started_at is not None and view.finished_at is not None
+
+    assert await count(engine, "projects") == 1
+    assert await count(engine, "blobs") == 3
+    assert await count(engine, "generation_files") == 3
+    assert await count(engine, "events") == writer.last_seq
+    project = await read_model.project(writer.project_id)
+    assert project is not None and project.latest_version == 1
+
+
+async def test_the_audit_index_rederives_every_event_hash(
+    js: JetStreamContext, storage_settings: Settings, read_model: ReadModel
+) -> None:
+    writer = await publish_generation(js, FILES)
+    async with running_storage(storage_settings):
+        await wait_applied(read_model, writer.last_stream_seq)
+
+    entries = await read_model.events(writer.generation_id)
+    contents = await read_model.contents(writer.generation_id)
+    assert [e.seq for e in entries] == list(range(1, writer.last_seq + 1))
+    previous = ""
+    for entry in entries:
+        body = dict(entry.body)
+        assert body["prev_hash"] == previous
+        if entry.type == "file.written":
+            assert "content" not in body
+            body["content"] = contents[body["path"]].decode()
+        canonical = msgspec.json.encode(body, order="sorted")
+        assert hashlib.sha256(canonical).hexdigest() == entry.hash
+        previous = entry.hash
+
+
+async def test_a_redelivered_stream_changes_nothing(
+    js: JetStreamContext, storage_settings: Settings, read_model: ReadModel, engine: AsyncEngine
+) -> None:
+    writer = await publish_generation(js, FILES)
+    async with running_storage(storage_settings):
+        await wait_applied(read_model, writer.last_stream_seq)
+    before = await snapshot(engine)
+
+    # The consumer forgets everything it delivered: the whole stream comes again.
+    await js.delete_consumer(EVENTS_STREAM, STORAGE_CONSUMER)
+    await js.add_consumer(EVENTS_STREAM, storage_consumer(ack_wait_s=30))
+    async with running_storage(storage_settings) as service:
+        projector = service.projector
+        assert projector is not None
+
+        async def all_skipped() -> bool:
+            return projector.events_skipped >= writer.last_seq
+
+        await wait_until(all_skipped, what="the redelivered events to be skipped")
+        assert projector.events_applied == 0
+        info = await js.consumer_info(EVENTS_STREAM, STORAGE_CONSUMER)
+        assert info.ack_floor.stream_seq == writer.last_stream_seq
+
+    assert await snapshot(engine) == before
+
+
+async def test_the_same_batch_twice_is_applied_once(
+    js: JetStreamContext, read_model: ReadModel, engine: AsyncEngine
+) -> None:
+    writer = await publish_generation(js, FILES)
+    sub = await js.pull_subscribe(subjects.ALL_EVENTS, durable="twice", stream=EVENTS_STREAM)
+    msgs = await sub.fetch(100, timeout=5)
+    assert len(msgs) == writer.last_seq
+    projector = Projector(engine, consumer="twice", js=js)
+
+    assert await projector.handle(msgs) == [Ack()] * len(msgs)
+    before = await snapshot(engine)
+    assert await projector.handle(msgs) == [Ack()] * len(msgs)
+    assert await snapshot(engine) == before
+    assert projector.events_applied == writer.last_seq
+    assert projector.events_skipped == writer.last_seq
+    assert await read_model.applied_stream_seq("twice") == writer.last_stream_seq
+
+
+async def test_later_events_wait_for_an_earlier_one_still_to_come(
+    js: JetStreamContext, read_model: ReadModel, engine: AsyncEngine
+) -> None:
+    writer = await publish_generation(js, FILES)
+    sub = await js.pull_subscribe(subjects.ALL_EVENTS, durable="gap", stream=EVENTS_STREAM)
+    msgs = await sub.fetch(100, timeout=5)
+    projector = Projector(engine, consumer="gap", js=js)
+
+    # As after a failed batch or a message lost in flight: the first three are missing.
+    held = await projector.handle(msgs[3:])
+    assert all(isinstance(o, Retry) for o in held)
+    assert await read_model.applied_stream_seq("gap") == 0
+    assert await read_model.generation(writer.generation_id) is None
+
+    assert await projector.handle(msgs[:3]) == [Ack()] * 3
+    assert await projector.handle(msgs[3:]) == [Ack()] * (len(msgs) - 3)
+    view = await read_model.generation(writer.generation_id)
+    assert view is not None and view.status == "completed" and view.file_count == 3
+
+
+async def test_a_gap_of_deleted_messages_does_not_hold_anything(
+    js: JetStreamContext, read_model: ReadModel, engine: AsyncEngine
+) -> None:
+    doomed = await js.publish(subjects.generation_events("p", "g"), b"{}")
+    await js.delete_msg(EVENTS_STREAM, doomed.seq)
+    writer = await publish_generation(js, FILES)
+    sub = await js.pull_subscribe(subjects.ALL_EVENTS, durable="deleted", stream=EVENTS_STREAM)
+    msgs = await sub.fetch(100, timeout=5)
+    projector = Projector(engine, consumer="deleted", js=js)
+
+    assert await projector.handle(msgs) == [Ack()] * len(msgs)
+    assert await read_model.applied_stream_seq("deleted") == writer.last_stream_seq
+
+
+async def test_a_poison_message_is_dead_lettered_and_blocks_nothing(
+    js: JetStreamContext, storage_settings: Settings, read_model: ReadModel
+) -> None:
+    poison = b"\x00this is not an event"
+    subject = subjects.generation_events(str(uuid.uuid4()), str(uuid.uuid4()))
+    stored = await js.publish(subject, poison)
+    writer = await publish_generation(js, FILES)
+
+    async with running_storage(storage_settings):
+        await wait_applied(read_model, writer.last_stream_seq)
+        [letter] = await wait_dead_letters(js, 1)
+
+    assert letter.subject == subjects.dlq_subject("storage")
+    assert letter.data == poison
+    assert reason(letter).startswith("not a valid event")
+    assert letter.headers is not None
+    assert letter.headers["Kiln-Dlq-Subject"] == subject
+    assert letter.headers["Kiln-Dlq-Stream-Seq"] == str(stored.seq)
+    view = await read_model.generation(writer.generation_id)
+    assert view is not None and view.status == "completed"
+
+
+def _file_event(path: str, content: str, **overrides: Any) -> dict[str, Any]:
+    fields = {
+        "path": path,
+        "content": content,
+        "sha256": sha(content),
+        "size": len(content.encode()),
+        "phase": "models",
+    }
+    return {**fields, **overrides}
+
+
+async def _bad_event(js: JetStreamContext, writer: GenerationWriter, kind: str) -> None:
+    """Append one event that storage must refuse, in the middle of `writer`'s generation."""
+    if kind == "unsafe path":
+        await writer.emit(FileWritten, **_file_event("../escape.py", "x = 1\n"))
+    elif kind == "hidden file":
+        await writer.emit(FileWritten, **_file_event(".env", "SECRET=1\n"))
+    elif kind == "sha256 mismatch":
+        await writer.emit(FileWritten, **_file_event("bad.py", "x = 1\n", sha256="0" * 64))
+    elif kind == "size mismatch":
+        await writer.emit(FileWritten, **_file_event("bad.py", "x = 1\n", size=99))
+    elif kind == "database refusal":
+        await writer.emit(LlmCalled, provider="offline", model="m", phase="models", tokens_in=2**63)
+    elif kind == "subject mismatch":
+        other = GenerationWriter(js, str(uuid.uuid4()), str(uuid.uuid4()), source="test")
+        ack = await js.publish(writer.subject, encode(other.build(PhaseStarted, phase="x")))
+        writer.last_stream_seq = ack.seq
+    elif kind == "no generation.requested":
+        orphan = GenerationWriter(js, writer.project_id, str(uuid.uuid4()), source="test")
+        await orphan.emit(PhaseStarted, phase="models")
+    else:
+        raise AssertionError(kind)
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("unsafe path", "contains '..'"),
+        ("hidden file", "hidden file"),
+        ("sha256 mismatch", "has sha256"),
+        ("size mismatch", "not the 99 its event says"),
+        ("subject mismatch", "was published on"),
+        ("no generation.requested", "has no generation.requested event"),
+        ("database refusal", "could not be stored"),
+    ],
+)
+async def test_an_invalid_event_is_dead_lettered_and_the_rest_applied(
+    js: JetStreamContext,
+    storage_settings: Settings,
+    read_model: ReadModel,
+    kind: str,
+    expected: str,
+) -> None:
+    writer = await publish_generation(js, FILES, complete=False)
+    await _bad_event(js, writer, kind)
+    await write_file(writer, "after.py", "AFTER = True\n", "models")
+    await writer.emit(GenerationCompleted, file_count=4, total_bytes=0, duration_ms=1)
+
+    async with running_storage(storage_settings):
+        await wait_applied(read_model, writer.last_stream_seq)
+        [letter] = await wait_dead_letters(js, 1)
+
+    assert expected in reason(letter), reason(letter)
+    view = await read_model.generation(writer.generation_id)
+    assert view is not None
+    assert view.status == "completed"
+    assert view.last_stream_seq == writer.last_stream_seq
+    assert view.llm_calls == 1
+    paths = [f.path for f in await read_model.files(writer.generation_id)]
+    assert paths == sorted([*FILES, "after.py"])
+
+
+async def test_content_shared_by_versions_is_stored_once(
+    js: JetStreamContext, storage_settings: Settings, read_model: ReadModel, engine: AsyncEngine
+) -> None:
+    shared = "def shared():\n    return 42\n" * 20
+    v1 = await publish_generation(
+        js, {"shared.py": shared, "b.py": "B = 1\n", "gone.py": "GONE = 1\n"}
+    )
+    v2 = await publish_generation(
+        js,
+        {"shared.py": shared, "b.py": "B = 2\n", "gone.py": "GONE = 1\n", "new.py": "N = 1\n"},
+        project_id=v1.project_id,
+        version=2,
+        parent=v1.generation_id,
+        deleted=("gone.py",),
+    )
+    async with running_storage(storage_settings):
+        await wait_applied(read_model, v2.last_stream_seq)
+
+    assert [f.path for f in await read_model.files(v2.generation_id)] == [
+        "b.py",
+        "new.py",
+        "shared.py",
+    ]
+    assert await count(engine, "blobs") == 5  # shared, B=1, GONE, B=2, N
+    stats = await read_model.storage_stats()
+    assert (stats["blobs"], stats["files"]) == (5, 6)
+    assert stats["saved_bytes"] == len(shared.encode())
+    project = await read_model.project(v1.project_id)
+    assert project is not None
+    assert project.latest_version == 2
+    assert [(v.version, v.parent_generation_id) for v in project.versions] == [
+        (1, None),
+        (2, v1.generation_id),
+    ]
+
+
+async def test_a_database_outage_loses_and_reorders_nothing(
+    js: JetStreamContext, storage_settings: Settings, read_model: ReadModel, engine: AsyncEngine
+) -> None:
+    first = await publish_generation(js, FILES)
+    async with running_storage(storage_settings) as service:
+        projector = service.projector
+        assert projector is not None
+        await wait_applied(read_model, first.last_stream_seq)
+
+        async with engine.begin() as conn:
+            await conn.execute(text("ALTER TABLE events RENAME TO events_away"))
+        second = await publish_generation(js, {"two.py": "TWO = 2\n"})
+
+        async def failed() -> bool:
+            return projector.failed_batches >= 1
+
+        await wait_until(failed, what="a batch to fail")
+        # Newer events arrive while the failed ones wait for redelivery.
+        third = await publish_generation(js, {"three.py": "THREE = 3\n"})
+        await wait_until(failed, what="a batch to fail")
+        assert await read_model.applied_stream_seq() == first.last_stream_seq
+
+        async with engine.begin() as conn:
+            await conn.execute(text("ALTER TABLE events_away RENAME TO events"))
+        await wait_applied(read_model, third.last_stream_seq, timeout=30)
+
+    for writer in (second, third):
+        view = await read_model.generation(writer.generation_id)
+        assert view is not None
+        assert (view.status, view.file_count, view.last_seq) == ("completed", 1, writer.last_seq)
+        assert len(await read_model.events(writer.generation_id)) == writer.last_seq
+    assert await dead_letters(js) == []
+
+
+async def test_restarting_after_a_crash_does_not_wait_for_redelivery(
+    js: JetStreamContext, storage_settings: Settings, read_model: ReadModel
+) -> None:
+    first = await publish_generation(js, FILES)
+    async with running_storage(storage_settings):
+        await wait_applied(read_model, first.last_stream_seq)
+    second = await publish_generation(js, {"two.py": "TWO = 2\n"})
+    # A projector that fetched these and died before committing: they stay unacked
+    # until their 30 s ack wait runs out.
+    crashed = await js.pull_subscribe(
+        subjects.ALL_EVENTS, durable=STORAGE_CONSUMER, stream=EVENTS_STREAM
+    )
+    assert len(await crashed.fetch(100, timeout=5)) == second.last_seq
+    await crashed.unsubscribe()
+    third = await publish_generation(js, {"three.py": "THREE = 3\n"})
+
+    async with running_storage(storage_settings):
+        await wait_applied(read_model, third.last_stream_seq, timeout=15)
+
+    for writer in (second, third):
+        view = await read_model.generation(writer.generation_id)
+        assert view is not None and view.status == "completed" and view.file_count == 1
