@@ -1,0 +1,1 @@
+"""The orchestrator: takes generate commands from the work queue and runs the phases."""

@@ -1,0 +1,215 @@
+"""Checks on a phase's output before anything of it is published.
+
+Two kinds of rule: the output must be safe (paths inside the project, sizes within the
+limits), and it must not lose data (the data-loss guard): no file silently emptied, no
+file shrunk by more than half or filled with elision placeholders unless the rewrite is
+explicit, no locked file touched. A rejected output is retried once with the problems as
+a corrective instruction; then the generation fails with a message naming every problem.
+"""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+from contracts import limits
+from contracts.paths import PathRejected, safe_path
+from contracts.phases import Deletion, GeneratedFile, PhaseOutput
+
+SHRINK_RATIO = 0.5
+
+ELISION_PATTERNS: tuple[re.Pattern[str], ...] = tuple(
+    re.compile(p, re.IGNORECASE | re.MULTILINE)
+    for p in (
+        r"rest of (the )?(code|file|implementation|class|function|module|methods?)s? "
+        r"(remains?|stays?|is|are)( the same| unchanged)",
+        r"\.\.\.\s*(existing|previous|rest of|remaining|other|unchanged|original)\b[^\n]{0,40}\.\.\.",
+        r"(#|//|/\*|<!--|--)\s*(unchanged|no changes|same as before|keep existing)\b",
+        r"(existing|previous|original|remaining) (code|implementation|content|methods?) "
+        r"(here|remains?|goes here|unchanged|omitted|as before)",
+        r"\b(code|content|implementation|methods?) omitted\b",
+        r"\bomitted for brevity\b",
+        r"^\s*(#|//)\s*\.\.\.\s*$",
+    )
+)
+
+
+class Violation(msgspec.Struct, frozen=True):
+    """One rule an output breaks, for one path."""
+
+    path: str
+    rule: str
+    detail: str
+
+    def describe(self) -> str:
+        """`path — detail`, as the user reads it."""
+        return f"{self.path} — {self.detail}"
+
+
+def find_elision(content: str, before: str | None) -> str | None:
+    """The first elision placeholder in `content` that `before` did not already contain."""
+    for pattern in ELISION_PATTERNS:
+        match = pattern.search(content)
+        if match and not (before and pattern.search(before)):
+            return match.group(0).strip()
+    return None
+
+
+def check_output(
+    output: PhaseOutput,
+    *,
+    current: dict[str, str],
+    locked: frozenset[str],
+) -> tuple[PhaseOutput, list[Violation]]:
+    """The output with normalised paths, and every rule it breaks (empty when it passes).
+
+    `current` is the version so far (for an iteration it began as the parent's files), so
+    a file the parent had is judged against the content it has now.
+    """
+    violations: list[Violation] = []
+    files: list[GeneratedFile] = []
+    deletions: list[Deletion] = []
+    seen: set[str] = set()
+
+    def normalise(path: str) -> str | None:
+        try:
+            return safe_path(path)
+        except PathRejected as exc:
+            violations.append(Violation(exc.path, "unsafe_path", f"path rejected: {exc.reason}"))
+            return None
+
+    for file in output.files:
+        path = normalise(file.path)
+        if path is None:
+            continue
+        if path in seen:
+            violations.append(Violation(path, "duplicate", "the output lists this file twice"))
+            continue
+        seen.add(path)
+        size = len(file.content.encode())
+        if size > limits.MAX_FILE_BYTES:
+            violations.append(
+                Violation(
+                    path,
+                    "too_large",
+                    f"{size:,} bytes is over the {limits.MAX_FILE_BYTES:,}-byte limit per file",
+                )
+            )
+            continue
+        before = current.get(path)
+        if path in locked and before != file.content:
+            violations.append(Violation(path, "locked", "the file is locked and may not change"))
+            continue
+        if before is not None and before.strip() and not file.content.strip():
+            violations.append(
+                Violation(
+                    path,
+                    "dropped",
+                    "the file was emptied; delete it explicitly, with a reason, instead",
+                )
+            )
+            continue
+        if (
+            before is not None
+            and file.rewrite_reason is None
+            and len(file.content) < SHRINK_RATIO * len(before)
+        ):
+            violations.append(
+                Violation(
+                    path,
+                    "shrunk",
+                    f"it would shrink from {len(before):,} to {len(file.content):,} characters "
+                    "without an explicit rewrite reason",
+                )
+            )
+            continue
+        placeholder = find_elision(file.content, before)
+        if placeholder:
+            violations.append(
+                Violation(
+                    path,
+                    "placeholder",
+                    f"it contains the elision placeholder {placeholder!r}; write the complete file",
+                )
+            )
+            continue
+        files.append(
+            GeneratedFile(path=path, content=file.content, rewrite_reason=file.rewrite_reason)
+        )
+
+    for deletion in output.deletions:
+        path = normalise(deletion.path)
+        if path is None:
+            continue
+        if path in seen:
+            violations.append(
+                Violation(path, "duplicate", "the output both writes and deletes this file")
+            )
+            continue
+        seen.add(path)
+        if path in locked:
+            violations.append(
+                Violation(path, "locked", "the file is locked and may not be deleted")
+            )
+            continue
+        if not deletion.reason.strip():
+            violations.append(Violation(path, "deletion_reason", "a deletion needs a reason"))
+            continue
+        if path not in current:
+            continue  # deleting what is not there changes nothing
+        deletions.append(Deletion(path=path, reason=deletion.reason.strip()))
+
+    after = dict(current)
+    for f in files:
+        after[f.path] = f.content
+    for d in deletions:
+        after.pop(d.path, None)
+    if len(after) > limits.MAX_FILES_PER_GENERATION:
+        violations.append(
+            Violation(
+                "*",
+                "too_many_files",
+                f"the project would have {len(after):,} files; the limit is {limits.MAX_FILES_PER_GENERATION:,}",
+            )
+        )
+    total = sum(len(c.encode()) for c in after.values())
+    if total > limits.MAX_GENERATION_BYTES:
+        violations.append(
+            Violation(
+                "*",
+                "too_large",
+                f"the project would be {total:,} bytes; the limit is {limits.MAX_GENERATION_BYTES:,}",
+            )
+        )
+    return PhaseOutput(files=files, deletions=deletions, summary=output.summary), violations
+
+
+def missing_parent_files(
+    parent: dict[str, str], result: dict[str, str], deleted: set[str]
+) -> list[str]:
+    """Parent files absent from the result without an explicit deletion (must be none)."""
+    return sorted(p for p in parent if p not in result and p not in deleted)
+
+
+def correction_for(phase: str, violations: list[Violation]) -> str:
+    """The corrective instruction a provider gets after its output was rejected."""
+    problems = "\n".join(f"- {v.describe()}" for v in violations)
+    return (
+        f"Your previous output for the {phase} phase was rejected:\n{problems}\n"
+        "Return complete files only (never placeholders such as '... existing code ...'), "
+        "keep every existing file unless you list it under deletions with a reason, "
+        "set rewrite_reason when a file deliberately becomes much shorter, do not change "
+        "locked files, and use relative paths inside the project."
+    )
+
+
+def rejection_message(phase: str, violations: list[Violation]) -> str:
+    """The failure message after the corrective retry was rejected too."""
+    problems = "; ".join(v.describe() for v in violations[:20])
+    more = f" (and {len(violations) - 20} more)" if len(violations) > 20 else ""
+    rules = ", ".join(sorted({v.rule for v in violations}))
+    return (
+        f"The output of the {phase} phase was rejected twice (rules: {rules}): {problems}{more}. "
+        "Nothing of this phase was saved; the files of earlier phases are kept."
+    )

@@ -1,0 +1,1 @@
+"""Providers turn one phase of a request into files: offline (default), gemini, openai."""

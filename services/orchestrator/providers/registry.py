@@ -1,0 +1,37 @@
+"""The providers an orchestrator can use, created on first use."""
+
+from __future__ import annotations
+
+from contracts.providers import KNOWN_PROVIDERS
+from services.common.settings import Settings
+from services.orchestrator.providers.base import Provider, ProviderError
+
+
+class Providers:
+    """Provider instances by name. `overrides` replaces or adds providers (tests, plugins)."""
+
+    def __init__(self, settings: Settings, overrides: dict[str, Provider] | None = None) -> None:
+        self.settings = settings
+        self._instances: dict[str, Provider] = dict(overrides or {})
+
+    def get(self, name: str) -> Provider:
+        """The provider called `name`, or ProviderError naming the ones that exist."""
+        if name not in self._instances:
+            self._instances[name] = self._create(name)
+        return self._instances[name]
+
+    def _create(self, name: str) -> Provider:
+        if name == "offline":
+            from services.orchestrator.providers.offline import OfflineProvider
+
+            return OfflineProvider(phase_delay_s=self.settings.offline_phase_delay_s)
+        if name == "gemini":
+            from services.orchestrator.providers.gemini import GeminiProvider
+
+            return GeminiProvider(self.settings)
+        if name == "openai":
+            from services.orchestrator.providers.openai import OpenAIProvider
+
+            return OpenAIProvider(self.settings)
+        known = ", ".join(KNOWN_PROVIDERS)
+        raise ProviderError(f"unknown provider {name!r}; known providers: {known}")

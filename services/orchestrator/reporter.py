@@ -1,0 +1,90 @@
+"""The Reporter a provider talks to: turns its reports into events of the generation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from contracts.events import LlmCalled, LlmRetrying, PhaseProgress, RetryReason
+from services.common import metrics
+from services.common.eventlog import GenerationWriter
+
+PROGRESS_INTERVAL_S = 0.5
+
+
+class EventReporter:
+    """Reports of one phase, published as `phase.progress`, `llm.called` and `llm.retrying`.
+
+    Progress is throttled to one event every half second, so a streaming provider can
+    report every chunk without flooding the log.
+    """
+
+    def __init__(
+        self, writer: GenerationWriter, phase: str, progress: int, cancelled: asyncio.Event
+    ) -> None:
+        self.writer = writer
+        self.phase = phase
+        self.progress_value = progress
+        self._cancelled = cancelled
+        self._last_progress = 0.0
+
+    async def progress(
+        self, *, bytes_received: int = 0, tokens_received: int = 0, message: str = ""
+    ) -> None:
+        """Publish `phase.progress` unless one went out less than half a second ago."""
+        now = time.monotonic()
+        if now - self._last_progress < PROGRESS_INTERVAL_S:
+            return
+        self._last_progress = now
+        await self.writer.emit(
+            PhaseProgress,
+            phase=self.phase,
+            progress=self.progress_value,
+            bytes_received=bytes_received,
+            tokens_received=tokens_received,
+            message=message,
+        )
+
+    async def llm_called(
+        self,
+        *,
+        provider: str,
+        model: str,
+        tokens_in: int,
+        tokens_out: int,
+        latency_ms: int,
+        attempt: int,
+        outcome: str,
+    ) -> None:
+        """Publish `llm.called`."""
+        metrics.llm_latency.labels(provider, model).observe(latency_ms / 1000)
+        metrics.llm_tokens.labels(provider, "in").inc(tokens_in)
+        metrics.llm_tokens.labels(provider, "out").inc(tokens_out)
+        await self.writer.emit(
+            LlmCalled,
+            phase=self.phase,
+            provider=provider,
+            model=model,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            latency_ms=latency_ms,
+            attempt=attempt,
+            outcome=outcome,
+        )
+
+    async def retrying(
+        self, *, reason: RetryReason, delay_s: float, attempt: int, message: str
+    ) -> None:
+        """Publish `llm.retrying`: the page shows "rate limited, retrying in N s"."""
+        await self.writer.emit(
+            LlmRetrying,
+            phase=self.phase,
+            reason=reason,
+            delay_s=round(delay_s, 3),
+            attempt=attempt,
+            message=message,
+        )
+
+    def cancelled(self) -> bool:
+        """True once the generation has been cancelled."""
+        return self._cancelled.is_set()

@@ -1,0 +1,499 @@
+"""Runs one generation: from its log so far to a terminal event.
+
+The runner is restartable at any point. It rebuilds the generation by folding its subject,
+announces itself (`generation.started`, or `generation.resumed` after a crash), and runs
+each phase that has no `phase.completed` yet; within a phase, files already published with
+the same content are not published again. Every append is guarded by the subject's last
+sequence, so a second runner on the same generation is refused by the stream and stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from nats.js import JetStreamContext
+
+from contracts.codec import content_sha256
+from contracts.commands import GenerateRequested
+from contracts.events import (
+    FileDeleted,
+    FileWritten,
+    GenerationCancelled,
+    GenerationCompleted,
+    GenerationFailed,
+    GenerationRequested,
+    GenerationResumed,
+    GenerationStarted,
+    PhaseCompleted,
+    PhaseStarted,
+    utc_now,
+)
+from contracts.phases import PHASES, PhaseOutput, PhasePlan, progress_before
+from contracts.state import GenerationState, fold
+from services.common import metrics
+from services.common.consumer import Ack, DeadLetter, Outcome, Retry
+from services.common.eventlog import (
+    GenerationWriter,
+    LogUnavailable,
+    WriterConflict,
+    read_generation,
+)
+from services.common.logs import get_logger, redactor
+from services.orchestrator.cancels import CancelWatcher
+from services.orchestrator.guard import (
+    Violation,
+    check_output,
+    correction_for,
+    missing_parent_files,
+    rejection_message,
+)
+from services.orchestrator.providers.base import PhaseRequest, Provider, ProviderError
+from services.orchestrator.providers.registry import Providers
+from services.orchestrator.reporter import EventReporter
+from services.orchestrator.verify import compile_errors
+
+log = get_logger(__name__)
+
+
+class Cancelled(Exception):
+    """The generation was cancelled while a step ran."""
+
+
+@dataclass
+class RunnerConfig:
+    """What a runner needs besides the generation: its identity and its limits."""
+
+    worker: str
+    max_attempts: int
+    conflict_retry_s: float = 30.0
+
+
+@dataclass
+class _Version:
+    """The files of the version being built, with the phase and origin of each."""
+
+    contents: dict[str, str]
+    phases: dict[str, str]
+    origins: dict[str, str]
+    deleted: set[str] = field(default_factory=set)
+
+    @classmethod
+    def from_state(cls, state: GenerationState) -> _Version:
+        return cls(
+            contents=state.file_contents(),
+            phases={p: f.phase for p, f in state.files.items()},
+            origins={p: f.origin for p, f in state.files.items()},
+            deleted=set(state.deleted),
+        )
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(len(c.encode()) for c in self.contents.values())
+
+
+class GenerationRunner:
+    """Takes generate commands and drives each generation to its end."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        providers: Providers,
+        cancels: CancelWatcher,
+        config: RunnerConfig,
+    ) -> None:
+        self.js = js
+        self.providers = providers
+        self.cancels = cancels
+        self.config = config
+
+    async def run(self, command: GenerateRequested, attempt: int) -> Outcome:
+        """Run (or resume) the command's generation; the outcome for its message."""
+        generation_id = command.generation_id
+        history = await read_generation(self.js, generation_id)
+        if not history or not isinstance(history[0].event, GenerationRequested):
+            return DeadLetter(f"generation {generation_id} has no generation.requested event")
+        state = fold(e.event for e in history)
+        assert state is not None
+        if state.is_terminal:
+            log.info(
+                "Generation {generation_id} is already {status}; nothing to do",
+                generation_id=generation_id,
+                status=state.status,
+            )
+            self.cancels.forget(generation_id)
+            return Ack()
+        writer = GenerationWriter.after(
+            self.js, history, source=f"kiln/orchestrator/{self.config.worker}"
+        )
+        cancelled = await self.cancels.check(generation_id)
+        run = _Run(self, state, writer, cancelled, attempt)
+        metrics.generations_running.inc()
+        try:
+            await run.execute()
+        except WriterConflict:
+            log.warning(
+                "Another orchestrator is writing generation {generation_id}; standing back",
+                generation_id=generation_id,
+            )
+            return Retry(
+                "another orchestrator is writing this generation", self.config.conflict_retry_s
+            )
+        except LogUnavailable as exc:
+            return Retry(str(exc))
+        except Exception as exc:
+            if attempt < self.config.max_attempts:
+                log.exception(
+                    "Generation {generation_id} hit an internal error; it will be retried",
+                    generation_id=generation_id,
+                    attempt=attempt,
+                )
+                return Retry(f"internal error: {exc!r}")
+            log.exception(
+                "Generation {generation_id} hit an internal error on its last attempt",
+                generation_id=generation_id,
+                attempt=attempt,
+            )
+            await run.fail(
+                ProviderError(
+                    f"Kiln hit an internal error ({type(exc).__name__}) and gave up after "
+                    f"{attempt} attempts; the files written so far are kept.",
+                    kind="provider",
+                    retryable=True,
+                ),
+                error_kind="internal",
+            )
+        finally:
+            metrics.generations_running.dec()
+        self.cancels.forget(generation_id)
+        return Ack()
+
+
+class _Run:
+    """One attempt at one generation."""
+
+    def __init__(
+        self,
+        runner: GenerationRunner,
+        state: GenerationState,
+        writer: GenerationWriter,
+        cancelled: asyncio.Event,
+        attempt: int,
+    ) -> None:
+        self.runner = runner
+        self.state = state
+        self.writer = writer
+        self.cancelled = cancelled
+        self.attempt = attempt
+        self.version = _Version.from_state(state)
+        self.phase: str | None = state.phase
+        self.parent_files: dict[str, str] = {}
+        request = state.request
+        assert request is not None
+        self.request = request
+        self.generation_id = state.generation_id
+
+    async def execute(self) -> None:
+        try:
+            if self.cancelled.is_set():
+                raise Cancelled
+            await self._announce()
+            provider = self.runner.providers.get(self.request.provider)
+            if self.request.kind == "iterate":
+                self.parent_files = await self._parent_files()
+            for plan in PHASES:
+                if plan.name in self.state.phases_completed:
+                    continue
+                await self._phase(plan, provider)
+            await self._complete()
+        except Cancelled:
+            await self._cancelled()
+        except ProviderError as exc:
+            await self.fail(exc)
+
+    async def _announce(self) -> None:
+        if self.state.started_at is None:
+            await self.writer.emit(
+                GenerationStarted,
+                plan=list(PHASES),
+                worker=self.runner.config.worker,
+                provider=self.request.provider,
+                model=self.request.model,
+                progress=0,
+            )
+            log.info(
+                "Generation {generation_id} started",
+                generation_id=self.generation_id,
+                provider=self.request.provider,
+                kind=self.request.kind,
+                version=self.request.version,
+            )
+        else:
+            next_phase = next(
+                (p.name for p in PHASES if p.name not in self.state.phases_completed), "verify"
+            )
+            await self.writer.emit(
+                GenerationResumed,
+                worker=self.runner.config.worker,
+                attempt=self.attempt,
+                from_phase=next_phase,
+            )
+            log.info(
+                "Generation {generation_id} resumed at phase {phase}",
+                generation_id=self.generation_id,
+                phase=next_phase,
+                attempt=self.attempt,
+            )
+
+    async def _parent_files(self) -> dict[str, str]:
+        parent_id = self.request.parent_generation_id
+        assert parent_id is not None
+        parent = fold(e.event for e in await read_generation(self.runner.js, parent_id))
+        if parent is None or parent.status != "completed":
+            raise ProviderError(
+                f"the parent generation {parent_id} is not a completed version",
+                kind="provider",
+            )
+        return parent.file_contents()
+
+    async def _phase(self, plan: PhasePlan, provider: Provider) -> None:
+        self.phase = plan.name
+        if self.cancelled.is_set():
+            raise Cancelled
+        if plan.name not in self.state.phases_started:
+            await self.writer.emit(
+                PhaseStarted, phase=plan.name, title=plan.title, progress=progress_before(plan.name)
+            )
+        started = time.monotonic()
+        if plan.name == "plan" and self.request.kind == "iterate":
+            await self._carry_parent_files()
+        output = await self._produce(plan, provider)
+        await self._apply(plan, output)
+        if self.cancelled.is_set():
+            raise Cancelled
+        written = sorted(
+            f.path
+            for f in output.files
+            if self.version.phases.get(f.path) == plan.name
+            and self.version.origins.get(f.path) == "generated"
+        )
+        await self.writer.emit(
+            PhaseCompleted,
+            phase=plan.name,
+            files=written,
+            deleted=sorted(d.path for d in output.deletions),
+            summary=output.summary,
+            duration_ms=int((time.monotonic() - started) * 1000),
+            progress=plan.progress,
+        )
+        self.state.phases_completed.append(plan.name)
+        metrics.phase_seconds.labels(plan.name, self.request.provider).observe(
+            time.monotonic() - started
+        )
+        log.info(
+            "Phase {phase} of generation {generation_id} completed",
+            phase=plan.name,
+            generation_id=self.generation_id,
+            files=len(written),
+            progress=plan.progress,
+        )
+
+    async def _carry_parent_files(self) -> None:
+        """Start the new version from the parent's files, each an event of this log."""
+        for path in sorted(self.parent_files):
+            content = self.parent_files[path]
+            if path in self.version.deleted or self.version.contents.get(path) == content:
+                continue
+            await self._write(path, content, "plan", "parent", progress_before("plan"))
+
+    async def _produce(self, plan: PhasePlan, provider: Provider) -> PhaseOutput:
+        """The provider's output for a phase, checked; one corrective retry when rejected."""
+        correction: str | None = None
+        locked = frozenset(self.request.locked_paths)
+        for attempt in (1, 2):
+            reporter = EventReporter(
+                self.writer, plan.name, progress_before(plan.name), self.cancelled
+            )
+            request = PhaseRequest(
+                generation_id=self.generation_id,
+                project_name=self.request.project_name,
+                phase=plan.name,
+                plan=list(PHASES),
+                kind=self.request.kind,
+                prompt=self.request.prompt,
+                schema=self.request.schema,
+                files=dict(self.version.contents),
+                parent_files=self.parent_files,
+                locked_paths=list(self.request.locked_paths),
+                model=self.request.model,
+                correction=correction,
+                attempt=attempt,
+            )
+            output = await self._call(provider, request, reporter)
+            checked, violations = check_output(output, current=self.version.contents, locked=locked)
+            if plan.name == "verify" and not violations:
+                violations = self._syntax_violations(checked)
+            if not violations:
+                return checked
+            log.warning(
+                "Output of phase {phase} of generation {generation_id} rejected",
+                phase=plan.name,
+                generation_id=self.generation_id,
+                attempt=attempt,
+                problems="; ".join(v.describe() for v in violations[:5]),
+            )
+            if attempt == 2:
+                only_syntax = {v.rule for v in violations} == {"syntax"}
+                raise ProviderError(
+                    rejection_message(plan.name, violations),
+                    kind="invalid_output" if only_syntax else "guard",
+                )
+            correction = correction_for(plan.name, violations)
+            await reporter.retrying(
+                reason="guard_rejected",
+                delay_s=0.0,
+                attempt=2,
+                message="; ".join(v.describe() for v in violations[:10]),
+            )
+        raise AssertionError("unreachable")
+
+    def _syntax_violations(self, output: PhaseOutput) -> list[Violation]:
+        after = dict(self.version.contents)
+        after.update({f.path: f.content for f in output.files})
+        for d in output.deletions:
+            after.pop(d.path, None)
+        return [
+            Violation(error.split(":", 1)[0], "syntax", f"does not compile: {error}")
+            for error in compile_errors(after)
+        ]
+
+    async def _call(
+        self, provider: Provider, request: PhaseRequest, reporter: EventReporter
+    ) -> PhaseOutput:
+        """Run the provider, abandoning the call as soon as the generation is cancelled."""
+        call = asyncio.ensure_future(provider.run_phase(request, reporter))
+        cancel = asyncio.ensure_future(self.cancelled.wait())
+        try:
+            await asyncio.wait({call, cancel}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cancel.cancel()
+        if not call.done():
+            call.cancel()
+            await asyncio.gather(call, return_exceptions=True)
+            raise Cancelled
+        try:
+            return call.result()
+        except ProviderError as exc:
+            if exc.kind == "cancelled":
+                raise Cancelled from None
+            raise
+        except (WriterConflict, LogUnavailable):
+            raise
+        except Exception as exc:
+            log.exception(
+                "Provider {provider} failed in phase {phase} of generation {generation_id}",
+                provider=provider.name,
+                phase=request.phase,
+                generation_id=self.generation_id,
+            )
+            raise ProviderError(
+                f"the {provider.name} provider failed unexpectedly: {type(exc).__name__}: {exc}",
+                retryable=True,
+            ) from None
+
+    async def _apply(self, plan: PhasePlan, output: PhaseOutput) -> None:
+        """Publish the phase's files and deletions, skipping what the log already has."""
+        before, target = progress_before(plan.name), plan.progress
+        count = len(output.files)
+        for index, file in enumerate(output.files):
+            if self.version.contents.get(file.path) == file.content:
+                continue
+            progress = before + (target - before) * (index + 1) // (count + 1)
+            await self._write(file.path, file.content, plan.name, "generated", progress)
+        for deletion in output.deletions:
+            if deletion.path not in self.version.contents:
+                continue
+            await self.writer.emit(
+                FileDeleted, path=deletion.path, reason=deletion.reason, phase=plan.name
+            )
+            self.version.contents.pop(deletion.path)
+            self.version.deleted.add(deletion.path)
+
+    async def _write(self, path: str, content: str, phase: str, origin: str, progress: int) -> None:
+        await self.writer.emit(
+            FileWritten,
+            path=path,
+            content=content,
+            sha256=content_sha256(content),
+            size=len(content.encode()),
+            phase=phase,
+            origin=origin,
+            progress=progress,
+        )
+        self.version.contents[path] = content
+        self.version.phases[path] = phase
+        self.version.origins[path] = origin
+        self.version.deleted.discard(path)
+
+    async def _complete(self) -> None:
+        missing = missing_parent_files(
+            self.parent_files, self.version.contents, self.version.deleted
+        )
+        if missing:
+            raise RuntimeError(f"parent files lost without a deletion: {missing[:10]}")
+        started = self.state.started_at or self.state.created_at or utc_now()
+        duration_ms = int((utc_now() - started).total_seconds() * 1000)
+        await self.writer.emit(
+            GenerationCompleted,
+            file_count=len(self.version.contents),
+            total_bytes=self.version.total_bytes,
+            duration_ms=duration_ms,
+            progress=100,
+        )
+        metrics.generations_finished.labels("completed").inc()
+        log.info(
+            "Generation {generation_id} completed",
+            generation_id=self.generation_id,
+            files=len(self.version.contents),
+            bytes=self.version.total_bytes,
+            duration_ms=duration_ms,
+        )
+
+    async def _cancelled(self) -> None:
+        request = self.runner.cancels.request(self.generation_id)
+        await self.writer.emit(
+            GenerationCancelled,
+            by=request.by if request else "owner",
+            reason=request.reason if request and request.reason else "cancelled by its owner",
+            phase=self.phase,
+            files_kept=len(self.version.contents),
+        )
+        metrics.generations_finished.labels("cancelled").inc()
+        log.info(
+            "Generation {generation_id} cancelled",
+            generation_id=self.generation_id,
+            phase=self.phase,
+            files_kept=len(self.version.contents),
+        )
+
+    async def fail(self, error: ProviderError, *, error_kind: str | None = None) -> None:
+        """Publish `generation.failed` for this generation; its files so far stay."""
+        message = redactor(error.message)
+        await self.writer.emit(
+            GenerationFailed,
+            phase=self.phase,
+            message=message,
+            retryable=error.retryable,
+            error_kind=error_kind or error.kind,
+            files_kept=len(self.version.contents),
+        )
+        metrics.generations_finished.labels("failed").inc()
+        metrics.failures.labels(error_kind or error.kind).inc()
+        log.warning(
+            "Generation {generation_id} failed in phase {phase}: {message}",
+            generation_id=self.generation_id,
+            phase=self.phase,
+            message=message,
+            kind=error_kind or error.kind,
+        )

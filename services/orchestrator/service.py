@@ -1,0 +1,110 @@
+"""The orchestrator service: a durable pull consumer on the generate commands."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+
+from nats.aio.msg import Msg
+
+from contracts import streams
+from contracts.codec import DecodeError, decode_command
+from contracts.commands import GenerateRequested
+from services.common.broker import connect, ensure_streams
+from services.common.consumer import DeadLetter, Outcome, PullWorker, deliveries_of
+from services.common.health import HealthServer
+from services.common.logs import get_logger
+from services.common.settings import Settings
+from services.orchestrator.cancels import CancelWatcher
+from services.orchestrator.providers.base import Provider
+from services.orchestrator.providers.registry import Providers
+from services.orchestrator.runner import GenerationRunner, RunnerConfig
+
+log = get_logger(__name__)
+
+
+def worker_name() -> str:
+    """host:pid, how events and logs name this orchestrator."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class OrchestratorService:
+    """Runs generations taken from the work queue, several at once."""
+
+    def __init__(self, settings: Settings, providers: dict[str, Provider] | None = None) -> None:
+        self.settings = settings
+        self.providers = Providers(settings, providers)
+        self.worker = worker_name()
+        self.ready = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Take and run commands until `stop` is set; in-flight generations finish first."""
+        nc = await connect(self.settings, f"kiln-orchestrator-{self.worker}")
+        js = nc.jetstream()
+        try:
+            await ensure_streams(js, self.settings.stream_replicas)
+            cancels = CancelWatcher(js)
+            await cancels.start()
+            runner = GenerationRunner(
+                js,
+                self.providers,
+                cancels,
+                RunnerConfig(
+                    worker=self.worker,
+                    max_attempts=self.settings.command_max_deliver,
+                    conflict_retry_s=self.settings.command_ack_wait_s,
+                ),
+            )
+            config = streams.orchestrator_consumer(
+                self.settings.command_ack_wait_s, self.settings.command_max_deliver
+            )
+            worker = PullWorker(
+                js,
+                service="orchestrator",
+                stream=streams.COMMANDS_STREAM,
+                config=config,
+                max_deliveries=self.settings.command_max_deliver,
+            )
+
+            async def handle(msg: Msg) -> Outcome:
+                try:
+                    command = decode_command(msg.data)
+                except DecodeError as exc:
+                    return DeadLetter(exc.reason)
+                if not isinstance(command, GenerateRequested):
+                    return DeadLetter(
+                        f"the work queue takes generate commands, not {type(command).__name__}"
+                    )
+                return await runner.run(command, deliveries_of(msg))
+
+            health = None
+            if self.settings.health_port:
+
+                async def readiness() -> dict[str, str]:
+                    return {"nats": "ok" if nc.is_connected else "disconnected"}
+
+                health = HealthServer(
+                    self.settings.health_host, self.settings.health_port, readiness
+                )
+                await health.start()
+            log.info("Orchestrator {worker} taking generate commands", worker=self.worker)
+            self.ready.set()
+            await worker.run_each(
+                handle,
+                stop,
+                concurrency=self.settings.orchestrator_concurrency,
+                heartbeat_s=max(self.settings.command_ack_wait_s / 3, 0.5),
+            )
+            await cancels.stop()
+            if health is not None:
+                await health.stop()
+        finally:
+            # Not `nc.drain()`: nats-py never marks what a pull subscription fetched as done,
+            # so a drain sits out its whole timeout. Every settle has been sent by now; a
+            # flush makes sure the server has them before the connection ends.
+            with contextlib.suppress(Exception):
+                await nc.flush(timeout=5)
+            await nc.close()
+            log.info("Orchestrator {worker} stopped", worker=self.worker)

@@ -1,0 +1,104 @@
+"""The data-loss guard and the output checks, as rules a reader can check one by one."""
+
+from __future__ import annotations
+
+import pytest
+
+from contracts.phases import Deletion, GeneratedFile, PhaseOutput
+from services.orchestrator.guard import check_output, find_elision, missing_parent_files
+
+PARENT = {
+    "app/main.py": "import x\n" + "def handler():\n    return 1\n" * 20,
+    "README.md": "# Shop\n\nA shop.\n" * 5,
+    "app/locked.py": "SECRET_SAUCE = 1\n",
+}
+
+
+def check(*files: GeneratedFile, deletions: list[Deletion] | None = None) -> list[str]:
+    _, violations = check_output(
+        PhaseOutput(files=list(files), deletions=deletions or []),
+        current=PARENT,
+        locked=frozenset({"app/locked.py"}),
+    )
+    return [v.rule for v in violations]
+
+
+def test_a_complete_change_passes() -> None:
+    grown = PARENT["app/main.py"] + "def more():\n    return 2\n"
+    assert check(GeneratedFile("app/main.py", grown), GeneratedFile("app/new.py", "x = 1\n")) == []
+
+
+def test_an_emptied_file_is_a_drop() -> None:
+    assert check(GeneratedFile("README.md", "   \n")) == ["dropped"]
+
+
+def test_a_file_halved_without_a_reason_is_rejected() -> None:
+    assert check(GeneratedFile("app/main.py", "import x\n")) == ["shrunk"]
+
+
+def test_an_explicit_rewrite_may_shrink() -> None:
+    assert (
+        check(GeneratedFile("app/main.py", "import x\n", rewrite_reason="collapsed the handlers"))
+        == []
+    )
+
+
+@pytest.mark.parametrize(
+    "placeholder",
+    [
+        "# rest of the code remains the same",
+        "// ... existing code ...",
+        "# unchanged",
+        "    # ...",
+        "# previous implementation here",
+        "(code omitted for brevity)",
+    ],
+)
+def test_elision_placeholders_are_rejected(placeholder: str) -> None:
+    content = PARENT["app/main.py"] + placeholder + "\n"
+    assert check(GeneratedFile("app/main.py", content)) == ["placeholder"]
+
+
+def test_a_placeholder_already_in_the_parent_is_not_new() -> None:
+    assert find_elision("# unchanged\nx = 1\n", "# unchanged\n") is None
+
+
+def test_python_ellipsis_bodies_are_not_placeholders() -> None:
+    assert find_elision("class P(Protocol):\n    def f(self) -> int: ...\n", None) is None
+
+
+def test_locked_files_may_not_change_or_go() -> None:
+    assert check(GeneratedFile("app/locked.py", "SECRET_SAUCE = 2\n")) == ["locked"]
+    assert check(deletions=[Deletion("app/locked.py", "cleanup")]) == ["locked"]
+
+
+def test_a_deletion_needs_a_reason() -> None:
+    assert check(deletions=[Deletion("README.md", " ")]) == ["deletion_reason"]
+
+
+def test_unsafe_paths_are_rejected() -> None:
+    assert check(GeneratedFile("../../etc/passwd", "x")) == ["unsafe_path"]
+    assert check(deletions=[Deletion("/etc/x", "why not")]) == ["unsafe_path"]
+
+
+def test_a_file_over_the_size_limit_is_rejected() -> None:
+    assert check(GeneratedFile("big.txt", "x" * (10 * 1024 * 1024))) == ["too_large"]
+
+
+def test_writing_and_deleting_one_path_is_a_contradiction() -> None:
+    assert check(
+        GeneratedFile("README.md", PARENT["README.md"]), deletions=[Deletion("README.md", "x")]
+    ) == ["duplicate"]
+
+
+def test_paths_come_back_normalised() -> None:
+    checked, violations = check_output(
+        PhaseOutput(files=[GeneratedFile("cafe\u0301.py", "x = 1\n")]),
+        current={},
+        locked=frozenset(),
+    )
+    assert violations == [] and checked.files[0].path == "caf\u00e9.py"
+
+
+def test_missing_parent_files_are_named() -> None:
+    assert missing_parent_files(PARENT, {"README.md": "x"}, {"app/locked.py"}) == ["app/main.py"]

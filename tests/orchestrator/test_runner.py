@@ -1,0 +1,265 @@
+"""The runner against a real nats-server: the order of events, resuming after a crash,
+standing back for another writer, the corrective retry, cancelling."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import nats
+import pytest
+from nats.js import JetStreamContext
+
+from contracts.codec import content_sha256
+from contracts.commands import GenerateRequested
+from contracts.events import GenerationRequested, utc_now
+from contracts.phases import PHASE_NAMES, GeneratedFile, PhaseOutput
+from contracts.schema import Entity, Field, ProjectSchema
+from contracts.state import fold
+from services.common.broker import ensure_streams
+from services.common.consumer import Ack, Retry
+from services.common.embedded_nats import EmbeddedNats
+from services.common.eventlog import GenerationWriter, read_generation
+from services.common.settings import load_settings
+from services.orchestrator.cancels import CancelWatcher
+from services.orchestrator.providers.base import PhaseRequest, ProviderError, Reporter
+from services.orchestrator.providers.registry import Providers
+from services.orchestrator.runner import GenerationRunner, RunnerConfig
+
+SCHEMA = ProjectSchema(entities=[Entity(name="Thing", fields=[Field(name="name", type="string")])])
+
+
+class Scripted:
+    """Two files per phase, deterministic; hooks let a test break a phase."""
+
+    name = "offline"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, str | None]] = []
+        self.bad_attempts: dict[str, int] = {}
+        self.block_in: str | None = None
+
+    async def run_phase(self, request: PhaseRequest, reporter: Reporter) -> PhaseOutput:
+        self.calls.append((request.phase, request.attempt, request.correction))
+        if request.phase == self.block_in:
+            await asyncio.Event().wait()
+        if request.phase == "verify":
+            return PhaseOutput(summary="verified")
+        files = [
+            GeneratedFile(f"{request.phase}/a.py", f"# {request.phase} a\nA = 1\n"),
+            GeneratedFile(f"{request.phase}/b.py", f"# {request.phase} b\nB = 2\n"),
+        ]
+        if self.bad_attempts.get(request.phase, 0) >= request.attempt:
+            files.append(GeneratedFile(f"{request.phase}/c.py", "# ... existing code ...\n"))
+        return PhaseOutput(files=files, summary=f"{request.phase} done")
+
+
+@pytest.fixture
+async def js(nats_server: EmbeddedNats) -> AsyncIterator[JetStreamContext]:
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    await ensure_streams(js)
+    yield js
+    await nc.close()
+
+
+async def request_generation(js: JetStreamContext) -> GenerateRequested:
+    project_id, generation_id = str(uuid.uuid4()), str(uuid.uuid4())
+    writer = GenerationWriter(js, project_id, generation_id, source="test")
+    await writer.emit(
+        GenerationRequested,
+        owner="alice",
+        project_name="p",
+        version=1,
+        schema=SCHEMA,
+        provider="offline",
+    )
+    return GenerateRequested(generation_id=generation_id, project_id=project_id, at=utc_now())
+
+
+async def make_runner(
+    js: JetStreamContext, provider: Scripted, worker: str = "w1"
+) -> GenerationRunner:
+    providers = Providers(load_settings({}), {"offline": provider})
+    cancels = CancelWatcher(js)
+    await cancels.start()
+    return GenerationRunner(
+        js, providers, cancels, RunnerConfig(worker=worker, max_attempts=3, conflict_retry_s=1)
+    )
+
+
+async def types_of(js: JetStreamContext, generation_id: str) -> list[str]:
+    return [type(e.event).__name__ for e in await read_generation(js, generation_id)]
+
+
+async def test_a_run_publishes_every_step_in_order(js: JetStreamContext) -> None:
+    command = await request_generation(js)
+    outcome = await (await make_runner(js, Scripted())).run(command, attempt=1)
+
+    assert outcome == Ack()
+    history = await read_generation(js, command.generation_id)
+    assert [e.event.seq for e in history] == list(range(1, len(history) + 1))
+    state = fold(e.event for e in history)
+    assert state is not None and state.status == "completed"
+    assert state.phases_completed == list(PHASE_NAMES)
+    assert len(state.files) == 12
+    assert all(e.event.prev_hash for e in history[1:])
+
+
+async def test_a_finished_generation_is_acked_without_a_step(js: JetStreamContext) -> None:
+    command = await request_generation(js)
+    runner = await make_runner(js, Scripted())
+    await runner.run(command, attempt=1)
+    before = await types_of(js, command.generation_id)
+    assert await runner.run(command, attempt=2) == Ack()
+    assert await types_of(js, command.generation_id) == before
+
+
+async def test_a_crash_mid_phase_resumes_without_redoing_finished_steps(
+    js: JetStreamContext,
+) -> None:
+    command = await request_generation(js)
+    first = Scripted()
+    first.block_in = "api"
+    crashed = asyncio.create_task((await make_runner(js, first)).run(command, attempt=1))
+    for _ in range(200):
+        if (
+            "PhaseStarted" in await types_of(js, command.generation_id)
+            and first.calls
+            and first.calls[-1][0] == "api"
+        ):
+            break
+        await asyncio.sleep(0.02)
+    crashed.cancel()  # the process dies
+    await asyncio.gather(crashed, return_exceptions=True)
+    before = await read_generation(js, command.generation_id)
+
+    second = Scripted()
+    assert await (await make_runner(js, second, worker="w2")).run(command, attempt=2) == Ack()
+
+    history = await read_generation(js, command.generation_id)
+    assert history[: len(before)] == before, "nothing already written is touched"
+    assert [e.event.seq for e in history] == list(range(1, len(history) + 1))
+    assert [c[0] for c in second.calls] == ["api", "tests", "docs", "verify"]
+    resumed = [e.event for e in history if type(e.event).__name__ == "GenerationResumed"]
+    assert len(resumed) == 1 and resumed[0].from_phase == "api"  # type: ignore[attr-defined]
+    completed = [e.event.phase for e in history if type(e.event).__name__ == "PhaseCompleted"]  # type: ignore[attr-defined]
+    assert completed == list(PHASE_NAMES)
+    started = [e.event.phase for e in history if type(e.event).__name__ == "PhaseStarted"]  # type: ignore[attr-defined]
+    assert started == list(PHASE_NAMES), "the interrupted phase is not announced twice"
+
+    clean_command = await request_generation(js)
+    await (await make_runner(js, Scripted())).run(clean_command, attempt=1)
+    clean = fold(e.event for e in await read_generation(js, clean_command.generation_id))
+    resumed_state = fold(e.event for e in history)
+    assert clean is not None and resumed_state is not None
+    assert resumed_state.file_contents() == clean.file_contents()
+
+
+async def test_a_second_writer_is_refused_and_stands_back(js: JetStreamContext) -> None:
+    command = await request_generation(js)
+    slow = Scripted()
+    slow.block_in = "models"
+    first = asyncio.create_task((await make_runner(js, slow)).run(command, attempt=1))
+    for _ in range(200):
+        if ("models", 1, None) in slow.calls:
+            break
+        await asyncio.sleep(0.02)
+
+    outcome = await (await make_runner(js, Scripted(), worker="w2")).run(command, attempt=2)
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+
+    # The second runner wrote generation.resumed and ran on; the first, unblocked now,
+    # would be refused. Here the first is blocked, so the second finishes the work:
+    assert isinstance(outcome, Ack | Retry)
+    history = await read_generation(js, command.generation_id)
+    assert [e.event.seq for e in history] == list(range(1, len(history) + 1))
+
+
+async def test_two_runners_racing_never_interleave_events(js: JetStreamContext) -> None:
+    command = await request_generation(js)
+    outcomes = await asyncio.gather(
+        (await make_runner(js, Scripted(), "w1")).run(command, attempt=1),
+        (await make_runner(js, Scripted(), "w2")).run(command, attempt=1),
+    )
+    assert Ack() in outcomes
+    history = await read_generation(js, command.generation_id)
+    assert [e.event.seq for e in history] == list(range(1, len(history) + 1))
+    state = fold(e.event for e in history)
+    assert state is not None and state.status == "completed"
+    assert [type(e.event).__name__ for e in history].count("GenerationCompleted") == 1
+
+
+async def test_a_rejected_output_is_retried_once_with_a_correction(js: JetStreamContext) -> None:
+    command = await request_generation(js)
+    provider = Scripted()
+    provider.bad_attempts["models"] = 1
+    await (await make_runner(js, provider)).run(command, attempt=1)
+
+    models_calls = [c for c in provider.calls if c[0] == "models"]
+    assert [c[1] for c in models_calls] == [1, 2]
+    assert models_calls[1][2] is not None and "models/c.py" in models_calls[1][2]
+    state = fold(e.event for e in await read_generation(js, command.generation_id))
+    assert state is not None and state.status == "completed"
+    assert "models/c.py" not in state.files
+
+
+async def test_an_output_rejected_twice_fails_naming_the_file_and_rule(
+    js: JetStreamContext,
+) -> None:
+    command = await request_generation(js)
+    provider = Scripted()
+    provider.bad_attempts["api"] = 2
+    await (await make_runner(js, provider)).run(command, attempt=1)
+
+    state = fold(e.event for e in await read_generation(js, command.generation_id))
+    assert state is not None and state.status == "failed"
+    assert state.error_phase == "api" and state.error_kind == "guard"
+    assert state.error is not None and "api/c.py" in state.error and "placeholder" in state.error
+    assert {p.split("/")[0] for p in state.files} == {"plan", "models", "schemas"}
+
+
+async def test_a_provider_error_fails_the_generation_and_keeps_the_files(
+    js: JetStreamContext,
+) -> None:
+    class Failing(Scripted):
+        async def run_phase(self, request: PhaseRequest, reporter: Reporter) -> PhaseOutput:
+            if request.phase == "schemas":
+                raise ProviderError("no schemas today")
+            return await super().run_phase(request, reporter)
+
+    command = await request_generation(js)
+    await (await make_runner(js, Failing())).run(command, attempt=1)
+    state = fold(e.event for e in await read_generation(js, command.generation_id))
+    assert state is not None and state.status == "failed"
+    assert state.error == "no schemas today" and state.error_phase == "schemas"
+    assert len(state.files) == 4
+
+
+async def test_a_file_already_written_with_the_same_content_is_not_written_again(
+    js: JetStreamContext,
+) -> None:
+    command = await request_generation(js)
+    writer = GenerationWriter.after(
+        js, await read_generation(js, command.generation_id), source="test"
+    )
+    from contracts.events import FileWritten
+
+    content = "# plan a\nA = 1\n"
+    await writer.emit(
+        FileWritten,
+        path="plan/a.py",
+        content=content,
+        sha256=content_sha256(content),
+        size=len(content),
+        phase="plan",
+    )
+    await (await make_runner(js, Scripted())).run(command, attempt=2)
+    paths = [
+        e.event.path
+        for e in await read_generation(js, command.generation_id)
+        if isinstance(e.event, FileWritten)
+    ]
+    assert paths.count("plan/a.py") == 1
