@@ -1,0 +1,106 @@
+"""The gateway's composition root: `create_app(settings)` wires every part together."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+
+from services.common import metrics
+from services.common.broker import connect, ensure_streams
+from services.common.logs import get_logger
+from services.common.settings import Settings, SettingsError, parse_api_keys, token_secret
+from services.gateway.auth import ApiKeys
+from services.gateway.commands import Commands
+from services.gateway.errors import exception_handlers
+from services.gateway.hub import Hub
+from services.gateway.routes.generations import GenerationController
+from services.gateway.routes.health import healthz, readyz
+from services.gateway.routes.page import index, static_files
+from services.gateway.routes.projects import ProjectController
+from services.gateway.state import Gateway
+from services.gateway.tokens import TokenSigner
+from services.gateway.views import Views
+from services.storage.db import check_migrated, create_engine
+from services.storage.queries import ReadModel
+
+log = get_logger(__name__)
+
+VERSION = "0.1.0"
+
+
+def create_app(settings: Settings) -> Litestar:
+    """The gateway application; connects to NATS and the database when it starts."""
+    if not settings.api_keys:
+        raise SettingsError(
+            "the gateway needs KILN_API_KEYS (`user:key,user:key`); `kiln up` makes one for you"
+        )
+    keys = ApiKeys(parse_api_keys(settings.api_keys))
+    tokens = TokenSigner(token_secret(settings), settings.sse_token_ttl_s)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        nc = await connect(settings, "kiln-gateway")
+        js = nc.jetstream()
+        engine = create_engine(settings.effective_database_url)
+        try:
+            await ensure_streams(js, settings.stream_replicas)
+            await check_migrated(engine)
+            read_model = ReadModel(engine)
+            hub = Hub(nc, js, keepalive_s=settings.sse_keepalive_s)
+            hub.on_replay = metrics.replay_seconds.observe
+            await hub.start()
+            gw = Gateway(
+                settings=settings,
+                nc=nc,
+                js=js,
+                read_model=read_model,
+                views=Views(js, read_model),
+                commands=Commands(js),
+                hub=hub,
+                keys=keys,
+                tokens=tokens,
+            )
+            app.state["gateway"] = gw
+            log.info("Gateway ready")
+            try:
+                yield
+            finally:
+                gw.stop_streams()
+                await hub.stop()
+        finally:
+            await nc.drain()
+            await engine.dispose()
+            log.info("Gateway stopped")
+
+    return Litestar(
+        route_handlers=[
+            GenerationController,
+            ProjectController,
+            healthz,
+            readyz,
+            index,
+            static_files,
+        ],
+        lifespan=[lifespan],
+        exception_handlers=exception_handlers,
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="Kiln",
+            version=VERSION,
+            description="Generates whole software projects with an LLM, phase by phase.",
+            path="/schema",
+            components=Components(
+                security_schemes={
+                    "BearerAuth": SecurityScheme(
+                        type="http", scheme="bearer", description="An API key"
+                    )
+                }
+            ),
+            security=[{"BearerAuth": []}],
+        ),
+        debug=False,
+    )

@@ -1,0 +1,215 @@
+"""What the gateway writes: the first event of a generation, its command, cancels.
+
+The gateway publishes `generation.requested` (seq 1, on an empty subject) and then the
+generate command; from then on the orchestrator is the generation's only writer. Version
+numbers come from a key-value bucket updated with compare-and-set, so two iterations of
+one project never get the same version, whatever the read model has caught up with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import nats.errors
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from contracts import streams, subjects
+from contracts.codec import DecodeError, decode_event, encode
+from contracts.commands import CancelRequested, GenerateRequested
+from contracts.events import GenerationCancelled, GenerationRequested, utc_now
+from contracts.schema import ProjectSchema
+from contracts.state import GenerationState
+from services.common.eventlog import GenerationWriter, LogUnavailable, WriterConflict
+from services.common.logs import get_logger
+from services.gateway.errors import Unavailable
+
+log = get_logger(__name__)
+
+SOURCE = "kiln/gateway"
+
+
+class Commands:
+    """Publishes new generations, iterations and cancels."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self.js = js
+        self._versions: KeyValue | None = None
+
+    async def _kv(self) -> KeyValue:
+        if self._versions is None:
+            self._versions = await self.js.key_value(streams.VERSIONS_BUCKET)
+        return self._versions
+
+    async def next_version(self, project_id: str, floor: int) -> int:
+        """The next version of a project (one above the highest ever handed out)."""
+        kv = await self._kv()
+        for _ in range(50):
+            try:
+                entry = await kv.get(project_id)
+            except KeyNotFoundError:
+                try:
+                    await kv.create(project_id, str(floor + 1).encode())
+                    return floor + 1
+                except KeyWrongLastSequenceError:
+                    continue
+            current = int(entry.value or b"0")
+            version = max(current, floor) + 1
+            try:
+                await kv.update(project_id, str(version).encode(), last=entry.revision)
+                return version
+            except KeyWrongLastSequenceError:
+                await asyncio.sleep(0.005)
+        raise Unavailable("too many concurrent iterations of this project; try again")
+
+    async def create(
+        self,
+        *,
+        owner: str,
+        project_name: str,
+        schema: ProjectSchema,
+        prompt: str,
+        provider: str,
+        model: str | None,
+    ) -> GenerationRequested:
+        """Publish a new project's first generation (version 1)."""
+        project_id = str(uuid.uuid4())
+        kv = await self._kv()
+        await kv.create(project_id, b"1")
+        return await self._request(
+            project_id,
+            owner=owner,
+            project_name=project_name,
+            version=1,
+            kind="create",
+            schema=schema,
+            prompt=prompt,
+            provider=provider,
+            model=model,
+        )
+
+    async def iterate(
+        self,
+        *,
+        owner: str,
+        parent: GenerationState,
+        prompt: str,
+        locked_paths: list[str],
+        provider: str,
+        model: str | None,
+        latest_known_version: int,
+    ) -> GenerationRequested:
+        """Publish a new version of the parent's project."""
+        version = await self.next_version(parent.project_id, latest_known_version)
+        return await self._request(
+            parent.project_id,
+            owner=owner,
+            project_name=parent.project_name,
+            version=version,
+            kind="iterate",
+            schema=None,
+            prompt=prompt,
+            provider=provider,
+            model=model,
+            parent_generation_id=parent.generation_id,
+            locked_paths=locked_paths,
+        )
+
+    async def _request(self, project_id: str, **fields: object) -> GenerationRequested:
+        generation_id = str(uuid.uuid4())
+        writer = GenerationWriter(
+            self.js, project_id, generation_id, source=SOURCE, retry_for_s=5.0
+        )
+        try:
+            event = await writer.emit(GenerationRequested, progress=0, **fields)
+            command = GenerateRequested(
+                generation_id=generation_id, project_id=project_id, at=utc_now()
+            )
+            await self._publish_command(
+                subjects.GENERATE_COMMANDS, encode(command), f"generate:{generation_id}"
+            )
+        except (LogUnavailable, nats.errors.Error) as exc:
+            log.error(
+                "Could not publish generation {generation_id}: {error}",
+                generation_id=generation_id,
+                error=repr(exc),
+            )
+            raise Unavailable(
+                "the message broker did not accept the request; try again in a moment"
+            ) from None
+        log.info(
+            "Generation {generation_id} requested",
+            generation_id=generation_id,
+            project_id=project_id,
+            version=fields.get("version"),
+            kind=fields.get("kind"),
+            owner=fields.get("owner"),
+        )
+        return event
+
+    async def _publish_command(self, subject: str, data: bytes, msg_id: str) -> None:
+        delay = 0.05
+        for attempt in range(6):
+            try:
+                await self.js.publish(subject, data, headers={"Nats-Msg-Id": msg_id}, timeout=2.0)
+                return
+            except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError):
+                if attempt == 5:
+                    raise
+                await asyncio.sleep(delay)
+                delay *= 2
+
+    async def cancel(self, state: GenerationState, by: str, reason: str) -> None:
+        """Ask the orchestrators to stop the generation; a pending one is cancelled at once."""
+        command = CancelRequested(
+            generation_id=state.generation_id,
+            project_id=state.project_id,
+            at=utc_now(),
+            by=by,
+            reason=reason,
+        )
+        await self._publish_command(
+            subjects.cancel_subject(state.generation_id),
+            encode(command),
+            f"cancel:{state.generation_id}",
+        )
+        log.info(
+            "Cancel requested for generation {generation_id}",
+            generation_id=state.generation_id,
+            by=by,
+        )
+        if state.status != "pending":
+            return
+        # Nobody has started it: end it here, unless an orchestrator gets there first (then
+        # the stream refuses this append and the orchestrator sees the cancel request).
+        try:
+            last = await self.js.get_last_msg(
+                streams.EVENTS_STREAM, subjects.generation_events_any_project(state.generation_id)
+            )
+            last_event = decode_event(last.data or b"")
+        except (nats.js.errors.NotFoundError, DecodeError):
+            return
+        if not isinstance(last_event, GenerationRequested):
+            return
+        writer = GenerationWriter(
+            self.js,
+            state.project_id,
+            state.generation_id,
+            source=SOURCE,
+            last_seq=last_event.seq,
+            last_stream_seq=int(last.seq or 0),
+            last_data=last.data,
+            retry_for_s=5.0,
+        )
+        try:
+            await writer.emit(
+                GenerationCancelled,
+                by=by,
+                reason=reason or f"cancelled by {by}",
+                phase=None,
+                files_kept=0,
+            )
+        except WriterConflict:
+            pass

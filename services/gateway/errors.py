@@ -1,0 +1,168 @@
+"""The gateway's errors, and the one place that maps them (and Litestar's) to HTTP.
+
+Every error is `application/problem+json` with a `detail` a person can act on. A client
+error is never a 5xx; an unexpected error is a 500 with no traceback and a log line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    NotFoundException,
+    ValidationException,
+)
+
+from services.common.logs import get_logger, redactor
+
+log = get_logger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class GatewayError(Exception):
+    """An error with an HTTP status and a message for the person who made the request."""
+
+    status = 500
+    title = "Internal Server Error"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+        self.headers: dict[str, str] = {}
+
+
+class BadRequest(GatewayError):
+    """The request is malformed or breaks a rule; `problems` says which."""
+
+    status, title = 400, "Bad Request"
+
+
+class Unauthorized(GatewayError):
+    """No valid API key or SSE token."""
+
+    status, title = 401, "Unauthorized"
+
+
+class NotFound(GatewayError):
+    """No such resource for this caller (another tenant's resources are not revealed)."""
+
+    status, title = 404, "Not Found"
+
+
+class Conflict(GatewayError):
+    """The resource is in a state that does not allow the request."""
+
+    status, title = 409, "Conflict"
+
+
+class PayloadTooLarge(GatewayError):
+    """The request body is over the limit."""
+
+    status, title = 413, "Payload Too Large"
+
+
+class TooManyRequests(GatewayError):
+    """A rate limit was hit; `Retry-After` says when to try again."""
+
+    status, title = 429, "Too Many Requests"
+
+    def __init__(self, detail: str, retry_after_s: int, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.headers["Retry-After"] = str(retry_after_s)
+
+
+class Unavailable(GatewayError):
+    """A dependency (NATS, the database, the projector) is not ready; retry shortly."""
+
+    status, title = 503, "Service Unavailable"
+
+    def __init__(self, detail: str, retry_after_s: int = 1, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.headers["Retry-After"] = str(retry_after_s)
+
+
+def problem(
+    status: int, title: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
+) -> Response[Any]:
+    """A problem+json response."""
+    body = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": redactor(detail),
+        **extra,
+    }
+    return Response(
+        content=body, status_code=status, media_type=PROBLEM_JSON, headers=headers or {}
+    )
+
+
+def _gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Response[Any]:
+    return problem(exc.status, exc.title, exc.detail, exc.headers, **exc.extra)
+
+
+def _validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
+    problems = []
+    for item in exc.extra or []:
+        if isinstance(item, dict):
+            key = item.get("key") or item.get("source") or "body"
+            problems.append({"location": str(key), "message": str(item.get("message", ""))})
+    detail = exc.detail or "The request is not valid"
+    if detail.startswith("Validation failed for "):
+        detail = "The request body is not valid"
+    if problems:
+        detail += ": " + "; ".join(
+            f"{p['location']}: {p['message']}"
+            if p["location"] not in ("body", "")
+            else p["message"]
+            for p in problems
+        )
+    return problem(400, "Bad Request", detail, problems=problems)
+
+
+def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    status = exc.status_code
+    if status == 413:
+        return problem(
+            413,
+            "Payload Too Large",
+            "The request body is larger than the gateway accepts (KILN_MAX_BODY_BYTES).",
+        )
+    if status == 404 and isinstance(exc, NotFoundException):
+        return problem(404, "Not Found", f"No route or resource at {request.url.path}.")
+    if status == 405:
+        return problem(
+            405,
+            "Method Not Allowed",
+            f"{request.method} is not allowed on {request.url.path}.",
+            headers=dict(exc.headers or {}),
+        )
+    if isinstance(exc, NotAuthorizedException):
+        return problem(401, "Unauthorized", exc.detail)
+    detail = exc.detail if status < 500 else "The gateway could not handle the request."
+    return problem(status, "Error", detail)
+
+
+def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.error(
+        "Unhandled error on {method} {path}: {error}",
+        method=request.method,
+        path=request.url.path,
+        error=f"{type(exc).__name__}: {exc}",
+    )
+    return problem(
+        500, "Internal Server Error", "The gateway hit an unexpected error; it has been logged."
+    )
+
+
+exception_handlers: dict[Any, Any] = {
+    GatewayError: _gateway_error,
+    ValidationException: _validation_error,
+    HTTPException: _http_error,
+    Exception: _unexpected,
+}

@@ -1,0 +1,1 @@
+"""HTTP routes, thin: they parse, call the gateway's parts, and shape the answer."""

@@ -1,0 +1,378 @@
+"""/generations: create, iterate, follow, inspect, download, cancel."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from litestar import Controller, Request, Response, get, post
+from litestar.di import Provide
+from litestar.params import Parameter
+
+from contracts.codec import DecodeError, decode_event
+from contracts.events import TERMINAL_TAGS, event_tag
+from contracts.paths import PathRejected, safe_path
+from contracts.providers import DEFAULT_PROVIDER, KNOWN_PROVIDERS
+from contracts.schema import schema_problems
+from contracts.state import GenerationState
+from services.common.logs import get_logger
+from services.gateway.archive import build_zip
+from services.gateway.diffs import as_patch, diff_versions
+from services.gateway.errors import BadRequest, Conflict, NotFound, Unauthorized
+from services.gateway.routes.dependencies import checked_id, current_user, gateway
+from services.gateway.schemas import (
+    Accepted,
+    AuditEvent,
+    AuditLog,
+    CancelGeneration,
+    CreateGeneration,
+    Diff,
+    FileInfo,
+    FileList,
+    GenerationStatus,
+    IterateGeneration,
+    StreamToken,
+)
+from services.gateway.sse import SSEResponse, WatchSession
+from services.gateway.state import Gateway
+from services.gateway.tokens import TokenInvalid
+from services.gateway.views import stream_url
+
+log = get_logger(__name__)
+
+
+def _provider(gw: Gateway, name: str | None) -> str:
+    provider = name or DEFAULT_PROVIDER
+    if provider not in KNOWN_PROVIDERS:
+        raise BadRequest(
+            f"Unknown provider {provider!r}; choose one of: {', '.join(KNOWN_PROVIDERS)}.",
+            problems=[{"location": "provider", "message": "unknown provider"}],
+        )
+    if provider == "gemini" and not gw.settings.effective_gemini_key:
+        raise BadRequest(
+            "The gemini provider is not configured on this server: set GEMINI_API_KEY (or "
+            "GOOGLE_API_KEY) for the orchestrator, or use the offline provider.",
+            problems=[{"location": "provider", "message": "gemini has no API key configured"}],
+        )
+    if provider == "openai" and not gw.settings.openai_base_url:
+        raise BadRequest(
+            "The openai provider is not configured on this server: set KILN_OPENAI_BASE_URL "
+            "(and KILN_OPENAI_API_KEY and KILN_OPENAI_MODEL as the endpoint needs) for the "
+            "orchestrator, or use the offline provider.",
+            problems=[{"location": "provider", "message": "openai has no base URL configured"}],
+        )
+    return provider
+
+
+def _accepted(gw: Gateway, event: Any) -> Accepted:
+    token, _ = gw.tokens.issue(event.generation_id, event.owner)
+    return Accepted(
+        generation_id=event.generation_id,
+        project_id=event.project_id,
+        version=event.version,
+        status="pending",
+        sse_token=token,
+        stream_url=stream_url(event.generation_id, token),
+        status_url=f"/generations/{event.generation_id}",
+        parent_generation_id=event.parent_generation_id,
+    )
+
+
+class GenerationController(Controller):
+    """Generations: each one version of a project, built phase by phase."""
+
+    path = "/generations"
+    tags = ["generations"]
+    dependencies = {
+        "gw": Provide(gateway, sync_to_thread=False),
+        "user": Provide(current_user, sync_to_thread=False),
+    }
+
+    @post("/", status_code=201, summary="Create a project and generate its first version")
+    async def create(self, data: CreateGeneration, gw: Gateway, user: str) -> Accepted:
+        """Accepts the request, publishes it, and returns where to follow it."""
+        problems = schema_problems(data.schema)
+        if problems:
+            raise BadRequest(
+                "The schema is not valid: "
+                + "; ".join(f"schema.{p.location}: {p.message}" for p in problems[:20]),
+                problems=[
+                    {"location": f"schema.{p.location}", "message": p.message} for p in problems
+                ],
+            )
+        provider = _provider(gw, data.provider)
+        event = await gw.commands.create(
+            owner=user,
+            project_name=data.project_name.strip() or "project",
+            schema=data.schema,
+            prompt=data.prompt,
+            provider=provider,
+            model=data.model,
+        )
+        return _accepted(gw, event)
+
+    @post("/iterate", status_code=201, summary="Make a new version from any completed version")
+    async def iterate(self, data: IterateGeneration, gw: Gateway, user: str) -> Accepted:
+        """The new version starts from the parent's files; nothing of the parent changes."""
+        parent_id = checked_id(data.parent_generation_id)
+        parent = await gw.views.state(parent_id, user)
+        if parent.status != "completed":
+            raise Conflict(
+                f"The parent generation is {parent.status}; only a completed version can be "
+                "iterated on." + (" Wait until it completes." if not parent.is_terminal else ""),
+                parent_status=parent.status,
+            )
+        locked: list[str] = []
+        for index, path in enumerate(data.locked_paths):
+            try:
+                normalised = safe_path(path)
+            except PathRejected as exc:
+                raise BadRequest(
+                    f"locked_paths[{index}]: {exc}",
+                    problems=[{"location": f"locked_paths[{index}]", "message": exc.reason}],
+                ) from None
+            if normalised not in parent.files:
+                raise BadRequest(
+                    f"locked_paths[{index}]: {normalised!r} is not a file of the parent version.",
+                    problems=[
+                        {
+                            "location": f"locked_paths[{index}]",
+                            "message": "not a file of the parent",
+                        }
+                    ],
+                )
+            locked.append(normalised)
+        provider = _provider(gw, data.provider or parent.provider)
+        project = await gw.read_model.project(parent.project_id)
+        event = await gw.commands.iterate(
+            owner=user,
+            parent=parent,
+            prompt=data.modification_prompt,
+            locked_paths=sorted(set(locked)),
+            provider=provider,
+            model=data.model or (parent.model if provider == parent.provider else None),
+            latest_known_version=max(parent.version, project.latest_version if project else 0),
+        )
+        return _accepted(gw, event)
+
+    @get("/{generation_id:str}", summary="Where a generation stands")
+    async def status(self, generation_id: str, gw: Gateway, user: str) -> GenerationStatus:
+        """Status, progress, phase, version, parent, files, timings, error."""
+        return await gw.views.status(checked_id(generation_id), user)
+
+    @get("/{generation_id:str}/files", summary="The files of a version")
+    async def files(self, generation_id: str, gw: Gateway, user: str) -> FileList:
+        """Path, size and sha256 of every file of the version (so far, while it runs)."""
+        view = await gw.views.settled(checked_id(generation_id), user)
+        entries = await gw.read_model.files(view.generation_id)
+        return FileList(
+            generation_id=view.generation_id,
+            version=view.version,
+            status=view.status,  # type: ignore[arg-type]
+            file_count=len(entries),
+            total_bytes=sum(e.size for e in entries),
+            files=[
+                FileInfo(path=e.path, size=e.size, sha256=e.sha256, phase=e.phase, origin=e.origin)
+                for e in entries
+            ],
+        )
+
+    @get(
+        "/{generation_id:str}/files/{file_path:path}",
+        summary="One file of a version",
+        media_type="text/plain",
+    )
+    async def file(
+        self, generation_id: str, file_path: str, gw: Gateway, user: str
+    ) -> Response[bytes]:
+        """The file's content."""
+        view = await gw.views.settled(checked_id(generation_id), user)
+        try:
+            path = safe_path(file_path.lstrip("/"))
+        except PathRejected as exc:
+            raise BadRequest(str(exc)) from None
+        found = await gw.read_model.file(view.generation_id, path)
+        if found is None:
+            raise NotFound(f"Version {view.version} has no file {path!r}.")
+        entry, content = found
+        return Response(
+            content=content,
+            media_type="text/plain; charset=utf-8",
+            headers={
+                "ETag": f'"{entry.sha256}"',
+                "X-Content-SHA256": entry.sha256,
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
+
+    @get(
+        "/{generation_id:str}/archive", summary="The version as a zip", media_type="application/zip"
+    )
+    async def archive(self, generation_id: str, gw: Gateway, user: str) -> Response[bytes]:
+        """Exactly the files of the version, at the root of the zip."""
+        view = await gw.views.settled(checked_id(generation_id), user)
+        contents = await gw.read_model.contents(view.generation_id)
+        slug = (
+            "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in view.project_name).strip(
+                "-"
+            )
+            or "project"
+        )
+        return Response(
+            content=build_zip(contents),
+            media_type="application/zip",
+            headers={"Content-Disposition": f'attachment; filename="{slug}-v{view.version}.zip"'},
+        )
+
+    @get("/{generation_id:str}/diff", summary="The version against its parent")
+    async def diff(
+        self,
+        generation_id: str,
+        gw: Gateway,
+        user: str,
+        format: Annotated[
+            str, Parameter(query="format", default="json", pattern="^(json|patch)$")
+        ] = "json",
+    ) -> Response[Any]:
+        """Per-file status and unified diffs (`?format=patch` for one patch text)."""
+        view = await gw.views.settled(checked_id(generation_id), user)
+        contents = await gw.read_model.contents(view.generation_id)
+        parent_contents: dict[str, bytes] = {}
+        if view.parent_generation_id:
+            await gw.views.settled(view.parent_generation_id, user)
+            parent_contents = await gw.read_model.contents(view.parent_generation_id)
+        reasons = {
+            e.body.get("path", ""): e.body.get("reason", "")
+            for e in await gw.read_model.events(view.generation_id)
+            if e.type == "file.deleted"
+        }
+        summary, files = diff_versions(parent_contents, contents, reasons)
+        if format == "patch":
+            return Response(content=as_patch(files), media_type="text/x-diff; charset=utf-8")
+        return Response(
+            content=Diff(
+                generation_id=view.generation_id,
+                parent_generation_id=view.parent_generation_id,
+                summary=summary,
+                files=files,
+            )
+        )
+
+    @get("/{generation_id:str}/events", summary="The generation's audit log")
+    async def events(self, generation_id: str, gw: Gateway, user: str) -> AuditLog:
+        """Every event in order, file contents left out (they are in /files)."""
+        view = await gw.views.settled(checked_id(generation_id), user)
+        entries = await gw.read_model.events(view.generation_id)
+        return AuditLog(
+            generation_id=view.generation_id,
+            count=len(entries),
+            events=[
+                AuditEvent(
+                    stream_seq=e.stream_seq,
+                    seq=e.seq,
+                    type=e.type,
+                    at=e.at,
+                    progress=e.progress,
+                    event=e.body,
+                    hash=e.hash,
+                )
+                for e in entries
+            ],
+        )
+
+    @post("/{generation_id:str}/stream-token", status_code=200, summary="A fresh SSE token")
+    async def stream_token(self, generation_id: str, gw: Gateway, user: str) -> StreamToken:
+        """SSE tokens are short-lived; a reconnecting page asks for a new one here."""
+        state = await gw.views.status(checked_id(generation_id), user)
+        token, expires = gw.tokens.issue(state.generation_id, user)
+        return StreamToken(
+            generation_id=state.generation_id,
+            sse_token=token,
+            stream_url=stream_url(state.generation_id, token),
+            expires_at=datetime.fromtimestamp(expires, UTC),
+        )
+
+    @post(
+        "/{generation_id:str}/cancel",
+        status_code=202,
+        summary="Cancel a pending or running generation",
+    )
+    async def cancel(
+        self, generation_id: str, gw: Gateway, user: str, data: CancelGeneration | None = None
+    ) -> GenerationStatus:
+        """Stops at the next step; the files written so far are kept."""
+        state: GenerationState = await gw.views.state(checked_id(generation_id), user)
+        if state.is_terminal:
+            raise Conflict(
+                f"The generation is already {state.status}; there is nothing to cancel.",
+                status=state.status,
+            )
+        await gw.commands.cancel(
+            state, by=user, reason=(data.reason if data else "") or f"cancelled by {user}"
+        )
+        return await gw.views.status(state.generation_id, user)
+
+    @get(
+        "/{generation_id:str}/stream",
+        summary="Server-Sent Events: replay, then live",
+        media_type="text/event-stream",
+        dependencies={"user": Provide(lambda: "", sync_to_thread=False)},
+        responses={},
+    )
+    async def stream(
+        self,
+        request: Request[Any, Any, Any],
+        generation_id: str,
+        gw: Gateway,
+        token: str | None = None,
+        last_event_id: Annotated[int | None, Parameter(query="last_event_id", ge=0)] = None,
+    ) -> Response[Any]:
+        """`id:` is the stream sequence, `event:` the type, `data:` the event as JSON.
+
+        Authenticate with `?token=` (from the POST or /stream-token) or an API key. Resume
+        with the `Last-Event-ID` header or `?last_event_id=`. The stream ends after the
+        terminal event; a resume after the end gets 204, which stops EventSource retrying.
+        """
+        generation_id = checked_id(generation_id)
+        if token is None and request.headers.get("authorization"):
+            owner = gw.keys.user_for(request.headers.get("authorization"))
+            await gw.views.status(generation_id, owner)
+        else:
+            try:
+                owner = gw.tokens.verify(token, generation_id)
+            except TokenInvalid as exc:
+                log.info(
+                    "SSE token rejected for generation {generation_id}: {reason}",
+                    generation_id=generation_id,
+                    reason=str(exc),
+                )
+                raise Unauthorized(str(exc)) from None
+        log.info(
+            "SSE token validated for generation {generation_id}",
+            generation_id=generation_id,
+            owner=owner,
+        )
+        header = request.headers.get("last-event-id")
+        after = last_event_id or 0
+        if header:
+            try:
+                after = max(after, int(header))
+            except ValueError:
+                raise BadRequest(
+                    "The Last-Event-ID header must be a number (an SSE id from this stream)."
+                ) from None
+        if after and await _ended_before(gw, generation_id, after):
+            return Response(content=b"", status_code=204)
+        return SSEResponse(
+            WatchSession(gw.hub, generation_id, after, gw.stats, stopping=gw.stopping)
+        )
+
+
+async def _ended_before(gw: Gateway, generation_id: str, after: int) -> bool:
+    """True when the generation has ended and the client has everything up to its end."""
+    try:
+        last = await gw.js.get_last_msg("KILN_EVENTS", f"kiln.events.*.{generation_id}")
+        event = decode_event(last.data or b"")
+    except (DecodeError, Exception):
+        return False
+    return event_tag(type(event)) in TERMINAL_TAGS and after >= int(last.seq or 0)

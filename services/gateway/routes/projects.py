@@ -1,0 +1,63 @@
+"""/projects: the caller's projects and their versions."""
+
+from __future__ import annotations
+
+from litestar import Controller, get
+from litestar.di import Provide
+
+from services.gateway.errors import NotFound
+from services.gateway.routes.dependencies import checked_id, current_user, gateway
+from services.gateway.schemas import ProjectInfo, ProjectList, VersionInfo
+from services.gateway.state import Gateway
+from services.storage.queries import ProjectView
+
+
+def project_info(project: ProjectView) -> ProjectInfo:
+    """The API's shape of a project."""
+    return ProjectInfo(
+        project_id=project.project_id,
+        name=project.name,
+        created_at=project.created_at,
+        latest_version=project.latest_version,
+        versions=[
+            VersionInfo(
+                generation_id=v.generation_id,
+                version=v.version,
+                parent_generation_id=v.parent_generation_id,
+                kind=v.kind,
+                status=v.status,  # type: ignore[arg-type]
+                progress=v.progress,
+                prompt=v.prompt,
+                provider=v.provider,
+                file_count=v.file_count,
+                total_bytes=v.total_bytes,
+                created_at=v.created_at,
+                finished_at=v.finished_at,
+            )
+            for v in project.versions
+        ],
+    )
+
+
+class ProjectController(Controller):
+    """Projects: each a tree of versions."""
+
+    path = "/projects"
+    tags = ["projects"]
+    dependencies = {
+        "gw": Provide(gateway, sync_to_thread=False),
+        "user": Provide(current_user, sync_to_thread=False),
+    }
+
+    @get("/", summary="The caller's projects")
+    async def list_projects(self, gw: Gateway, user: str) -> ProjectList:
+        """Every project of the caller with its versions, newest first."""
+        return ProjectList(projects=[project_info(p) for p in await gw.read_model.projects(user)])
+
+    @get("/{project_id:str}", summary="One project and its versions")
+    async def get_project(self, project_id: str, gw: Gateway, user: str) -> ProjectInfo:
+        """The project's versions, each naming its parent (a tree)."""
+        project = await gw.read_model.project(checked_id(project_id, "project"))
+        if project is None or project.owner != user:
+            raise NotFound(f"There is no project {project_id}.")
+        return project_info(project)

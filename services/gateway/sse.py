@@ -1,0 +1,191 @@
+"""One SSE connection: replay from the shared log, then follow it live.
+
+The response is written straight to the ASGI `send` in batches: each time the watcher
+wakes it sends every block the log gained as one chunk (one write per batch, not per
+event). Disconnects are noticed through `receive`; keepalive comments come from the
+hub's single shared tick, not a timer per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from litestar import Request, Response
+from litestar.response.base import ASGIResponse
+from litestar.types import Receive, Send
+
+from services.common import metrics
+from services.common.logs import get_logger
+from services.gateway.hub import GenerationLog, Hub
+
+log = get_logger(__name__)
+
+MAX_CHUNK_BYTES = 512 * 1024
+RETRY_MS = 2000
+
+
+class StreamStats:
+    """Counters the metrics endpoint reads."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.opened_total = 0
+        self.events_sent = 0
+
+
+class _SSEASGIResponse(ASGIResponse):
+    # A stream has no length; Litestar would otherwise send `content-length: 0`.
+    _should_set_content_length = False
+
+    def __init__(self, session: WatchSession, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.session = session
+
+    async def send_body(self, send: Send, receive: Receive) -> None:
+        await self.session.run(send, receive)
+
+
+class SSEResponse(Response[bytes]):
+    """A text/event-stream response driven by a WatchSession."""
+
+    def __init__(self, session: WatchSession) -> None:
+        super().__init__(
+            content=b"",
+            media_type="text/event-stream",
+            headers={
+                "Cache-Control": "no-cache, no-transform",
+                "X-Accel-Buffering": "no",
+                "Connection": "keep-alive",
+            },
+        )
+        self.session = session
+
+    def to_asgi_response(
+        self, app: Any, request: Request[Any, Any, Any], **kwargs: Any
+    ) -> ASGIResponse:
+        headers = {**(kwargs.get("headers") or {}), **self.headers}
+        return _SSEASGIResponse(
+            self.session,
+            status_code=200,
+            media_type="text/event-stream",
+            headers=headers,
+            encoded_headers=kwargs.get("encoded_headers"),
+            is_head_response=kwargs.get("is_head_response", False),
+        )
+
+
+class WatchSession:
+    """Sends one generation's events to one client, from `after_seq` on, until the end."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        generation_id: str,
+        after_seq: int,
+        stats: StreamStats,
+        on_close: Callable[[], None] | None = None,
+        stopping: asyncio.Future[None] | None = None,
+    ) -> None:
+        self.hub = hub
+        self.generation_id = generation_id
+        self.after_seq = after_seq
+        self.stats = stats
+        self.on_close = on_close
+        self.stopping = stopping
+        self.sent = 0
+
+    async def run(self, send: Send, receive: Receive) -> None:
+        """Write the stream until the terminal event, a disconnect or the gateway stopping."""
+        generation_log = self.hub.attach(self.generation_id)
+        disconnected = asyncio.ensure_future(_wait_for_disconnect(receive))
+        self.stats.open += 1
+        self.stats.opened_total += 1
+        metrics.sse_open.inc()
+        reason = "client disconnected"
+        log.info(
+            "SSE stream opened for generation {generation_id}",
+            generation_id=self.generation_id,
+            after=self.after_seq,
+        )
+        try:
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b"retry: %d\n\n" % RETRY_MS,
+                    "more_body": True,
+                }
+            )
+            reason = await self._pump(generation_log, send, disconnected)
+        finally:
+            disconnected.cancel()
+            self.hub.detach(generation_log)
+            self.stats.open -= 1
+            metrics.sse_open.dec()
+            if self.on_close:
+                self.on_close()
+            with contextlib.suppress(Exception):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            log.info(
+                "SSE stream closed for generation {generation_id}: {reason}",
+                generation_id=self.generation_id,
+                reason=reason,
+                events_sent=self.sent,
+            )
+
+    async def _pump(
+        self, generation_log: GenerationLog, send: Send, disconnected: asyncio.Future[None]
+    ) -> str:
+        last_sent = self.after_seq
+        while True:
+            if generation_log.failed is not None:
+                return "the replay failed; the client will reconnect"
+            # Positions are found by stream sequence, never kept as indexes: the log may
+            # still be filling in from the replay below what was sent.
+            position = generation_log.position_after(last_sent)
+            end = len(generation_log.chunks)
+            if position < end:
+                while position < end:
+                    chunk, stop = _take(generation_log.chunks, position, end)
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    self.sent += stop - position
+                    self.stats.events_sent += stop - position
+                    metrics.sse_events.inc(stop - position)
+                    position = stop
+                last_sent = generation_log.seqs[end - 1]
+                continue
+            if generation_log.replayed and generation_log.complete:
+                return "the generation ended"
+            if disconnected.done():
+                return "client disconnected"
+            if self.stopping is not None and self.stopping.done():
+                return "the gateway is stopping"
+            # Shared futures: waiting on them creates no task per connection.
+            tick = self.hub.tick()
+            waiters: set[asyncio.Future[Any]] = {generation_log.changed(), tick, disconnected}
+            if self.stopping is not None:
+                waiters.add(self.stopping)
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            if tick.done() and not disconnected.done():
+                await send(
+                    {"type": "http.response.body", "body": b": keepalive\n\n", "more_body": True}
+                )
+
+
+def _take(chunks: list[bytes], start: int, end: int) -> tuple[bytes, int]:
+    """Join blocks from `start` into one write of at most ~MAX_CHUNK_BYTES."""
+    size = 0
+    stop = start
+    while stop < end and (size == 0 or size + len(chunks[stop]) <= MAX_CHUNK_BYTES):
+        size += len(chunks[stop])
+        stop += 1
+    return b"".join(chunks[start:stop]), stop
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return

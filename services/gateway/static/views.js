@@ -1,0 +1,235 @@
+// DOM helpers and the renderers of the generation page's parts.
+
+import { fileTree, formatBytes, formatDuration, isTerminal } from "./model.js";
+
+export function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name === "class") node.className = value;
+    else if (name === "text") node.textContent = value;
+    else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else if (name in node && typeof value !== "string") node[name] = value;
+    else node.setAttribute(name, value === true ? "" : value);
+  }
+  node.append(...children.flat().filter((child) => child !== null && child !== undefined));
+  return node;
+}
+
+// Clone a <template> and collect its `data-ref` parts.
+export function mountTemplate(id, container) {
+  const fragment = document.getElementById(id).content.cloneNode(true);
+  const refs = {};
+  for (const node of fragment.querySelectorAll("[data-ref]")) refs[node.dataset.ref] = node;
+  container.replaceChildren(fragment);
+  return refs;
+}
+
+export function show(node, visible) {
+  node.hidden = !visible;
+}
+
+export function showError(node, message) {
+  node.textContent = message || "";
+  node.hidden = !message;
+}
+
+export function time(ms) {
+  return ms ? new Date(ms).toLocaleTimeString() : "";
+}
+
+const STATE_LABELS = { waiting: "waiting", running: "running", done: "done", stopped: "stopped" };
+
+export function renderTimeline(list, model, now) {
+  const items = [...model.phases.values()].map((phase) => {
+    let detail = "";
+    if (phase.state === "done") detail = formatDuration(phase.durationMs);
+    else if (phase.state === "running" && phase.startedAt) detail = formatDuration(now - phase.startedAt);
+    const failedHere = model.failure && model.failure.phase === phase.name;
+    const ended = isTerminal(model);
+    let label = STATE_LABELS[phase.state];
+    if (failedHere) label = "failed";
+    else if (ended && phase.state === "waiting") label = "not run";
+    return el(
+      "li",
+      { class: `phase ${phase.state}`, "data-phase": phase.name, "data-state": phase.state },
+      el("span", { class: "dot", "aria-hidden": "true" }),
+      el("span", { class: "phase-name" }, el("strong", { text: phase.name }), " ", phase.title),
+      el("span", { class: "phase-state" }, detail || label),
+      el("span", { class: "visually-hidden", text: detail ? ` (${label})` : "" }),
+    );
+  });
+  if (!items.length) items.push(el("li", { class: "muted", text: "Waiting for an orchestrator to start…" }));
+  for (const note of model.notes) items.push(el("li", { class: "note", text: note }));
+  list.replaceChildren(...items);
+}
+
+export function renderUsage(list, model, now) {
+  const rows = [
+    ["Provider", model.provider + (model.modelName ? ` (${model.modelName})` : "")],
+    ["Files", `${model.files.size} · ${formatBytes(sumSizes(model))}`],
+    [
+      "Tokens",
+      model.llmCalls
+        ? `${model.tokensIn.toLocaleString()} in · ${model.tokensOut.toLocaleString()} out (${model.llmCalls} call${model.llmCalls === 1 ? "" : "s"})`
+        : "none reported",
+    ],
+    ["Elapsed", model.startedAt ? formatDuration((model.finishedAt || now) - model.startedAt) : "not started"],
+  ];
+  list.replaceChildren(...rows.flatMap(([term, value]) => [el("dt", { text: term }), el("dd", { text: value })]));
+}
+
+function sumSizes(model) {
+  let total = 0;
+  for (const file of model.files.values()) total += file.size || 0;
+  return total;
+}
+
+// The file tree. Files are buttons (they open the viewer); with `lockable`, each has a
+// checkbox that locks it for the next iteration.
+export function renderTree(nav, { files, selected, locked, lockable, onOpen, onLock }) {
+  if (!files.size) {
+    nav.replaceChildren(el("p", { class: "muted", text: "No files yet." }));
+    return;
+  }
+  const hint = lockable ? el("p", { class: "hint", text: "Tick a file to lock it in the next version." }) : null;
+  nav.replaceChildren(...[hint, treeList(fileTree(files.keys()), { files, selected, locked, lockable, onOpen, onLock })].filter(Boolean));
+}
+
+function treeList(node, options) {
+  const items = [];
+  for (const [name, child] of node.dirs) {
+    items.push(
+      el("li", { class: "dir" }, el("details", { open: true }, el("summary", { text: `${name}/` }), treeList(child, options))),
+    );
+  }
+  for (const path of node.files) items.push(fileItem(path, options));
+  return el("ul", {}, items);
+}
+
+function fileItem(path, { files, selected, locked, lockable, onOpen, onLock }) {
+  const info = files.get(path);
+  const lock = lockable
+    ? el("input", {
+        type: "checkbox",
+        class: "lock",
+        checked: locked.has(path),
+        "aria-label": `Lock ${path}`,
+        title: "Lock: keep this file exactly as it is in the next version",
+        onchange: (event) => onLock(path, event.target.checked),
+      })
+    : null;
+  return el(
+    "li",
+    { class: "file", "data-path": path },
+    lock,
+    el("button", {
+      type: "button",
+      class: "file-button",
+      "aria-current": path === selected ? "true" : undefined,
+      text: path.split("/").pop(),
+      title: path,
+      onclick: () => onOpen(path),
+    }),
+    el("span", { class: "size", text: formatBytes(info?.size) }),
+  );
+}
+
+export function eventItem(entry) {
+  return el(
+    "li",
+    { "data-id": String(entry.id), "data-seq": String(entry.seq), "data-type": entry.type },
+    el("span", { class: "event-id", text: `#${entry.seq}`, title: `stream id ${entry.id}` }),
+    el("time", { datetime: entry.at, text: time(Date.parse(entry.at)) }),
+    el("code", { class: "event-type", text: entry.type }),
+    el("span", { class: "event-text", text: entry.text }),
+  );
+}
+
+function diffLineClass(line) {
+  if (line.startsWith("+++") || line.startsWith("---")) return "meta";
+  if (line.startsWith("@@")) return "hunk";
+  if (line.startsWith("+")) return "add";
+  if (line.startsWith("-")) return "del";
+  return "ctx";
+}
+
+export function renderDiff(container, summaryNode, diff) {
+  const { added, modified, deleted, unchanged } = diff.summary;
+  summaryNode.replaceChildren(
+    el("span", { class: "added", text: `${added} added` }), " · ",
+    el("span", { class: "modified", text: `${modified} modified` }), " · ",
+    el("span", { class: "deleted", text: `${deleted} deleted` }), " · ",
+    el("span", { text: `${unchanged} unchanged` }),
+  );
+  const openAll = diff.files.length <= 6;
+  container.replaceChildren(
+    ...diff.files.map((file) =>
+      el(
+        "details",
+        { class: "diff-file", open: openAll, "data-path": file.path, "data-status": file.status },
+        el("summary", {}, el("span", { class: `badge ${file.status}`, text: file.status }), " ", el("code", { text: file.path })),
+        file.reason ? el("p", { class: "hint", text: `Reason: ${file.reason}` }) : null,
+        el(
+          "pre",
+          { class: "diff" },
+          el("code", {}, file.diff.split("\n").filter((line, i, all) => line || i < all.length - 1)
+            .map((line) => el("span", { class: diffLineClass(line), text: `${line}\n` }))),
+        ),
+      ),
+    ),
+  );
+  if (!diff.files.length) container.replaceChildren(el("p", { class: "muted", text: "No file changed." }));
+}
+
+// A project's versions as a tree: each version under the one it was made from.
+export function renderVersions(container, versions, current) {
+  const ids = new Set(versions.map((v) => v.generation_id));
+  const children = new Map();
+  for (const version of [...versions].sort((a, b) => a.version - b.version)) {
+    const parent = ids.has(version.parent_generation_id) ? version.parent_generation_id : null;
+    if (!children.has(parent)) children.set(parent, []);
+    children.get(parent).push(version);
+  }
+  const branch = (parent) =>
+    el("ul", { class: "version-tree" }, (children.get(parent) || []).map((version) => versionItem(version, current, children, branch)));
+  container.replaceChildren(branch(null));
+}
+
+function versionItem(version, current, children, branch) {
+  const isCurrent = current && version.generation_id === current.id;
+  const status = isCurrent ? current.status : version.status;
+  return el(
+    "li",
+    { "data-generation": version.generation_id },
+    el(
+      "a",
+      { href: `#/g/${version.generation_id}`, "aria-current": isCurrent ? "page" : undefined },
+      el("strong", { text: `v${version.version}` }),
+    ),
+    " ",
+    el("span", { class: "badge", "data-status": status, text: status }),
+    " ",
+    el("span", { class: "prompt", text: version.kind === "iterate" ? version.prompt : "first version" }),
+    children.has(version.generation_id) ? branch(version.generation_id) : null,
+  );
+}
+
+export function renderAudit(container, log) {
+  const rows = log.events.map((e) =>
+    el(
+      "tr",
+      {},
+      el("td", { text: String(e.stream_seq) }),
+      el("td", { text: String(e.seq) }),
+      el("td", {}, el("code", { text: e.type })),
+      el("td", {}, el("time", { datetime: e.at, text: new Date(e.at).toLocaleTimeString() })),
+      el("td", { text: e.progress == null ? "" : `${e.progress}%` }),
+      el("td", {}, el("code", { class: "hash", title: e.hash, text: e.hash.slice(0, 12) })),
+    ),
+  );
+  const head = el("tr", {}, ["Stream id", "Seq", "Type", "At", "Progress", "Hash"].map((h) => el("th", { scope: "col", text: h })));
+  container.replaceChildren(
+    el("div", { class: "table-scroll" }, el("table", { class: "audit-table" }, el("thead", {}, head), el("tbody", {}, rows))),
+  );
+}
