@@ -1,0 +1,1 @@
+"""Kiln's services: orchestrator, storage, gateway, the CLI, and their shared plumbing."""

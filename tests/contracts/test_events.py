@@ -1,0 +1,134 @@
+"""Events round-trip, decode defensively, and evolve without breaking old readers."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from contracts.codec import DecodeError, canonical, decode_command, decode_event, encode, event_hash
+from contracts.commands import CancelRequested, GenerateRequested
+from contracts.events import (
+    EVENT_TYPES,
+    FileWritten,
+    GenerationRequested,
+    PhaseCompleted,
+    event_tag,
+    utc_now,
+)
+from contracts.phases import PHASES
+from contracts.schema import ProjectSchema
+
+BASE = {"event_id": "e1", "generation_id": "g1", "project_id": "p1", "seq": 1, "at": utc_now()}
+
+REQUIRED = {
+    "generation.requested": {"owner": "alice", "project_name": "shop", "version": 1},
+    "generation.started": {"plan": list(PHASES), "worker": "w", "provider": "offline"},
+    "generation.resumed": {"worker": "w", "attempt": 2, "from_phase": "api"},
+    "phase.started": {"phase": "plan"},
+    "phase.progress": {"phase": "plan", "bytes_received": 10},
+    "phase.completed": {"phase": "plan", "files": ["a.py"]},
+    "file.written": {
+        "path": "a.py",
+        "content": "x = 1\n",
+        "sha256": "0" * 64,
+        "size": 6,
+        "phase": "plan",
+    },
+    "file.deleted": {"path": "a.py", "reason": "gone", "phase": "api"},
+    "llm.called": {"provider": "gemini", "model": "m", "phase": "plan"},
+    "llm.retrying": {"phase": "plan", "reason": "rate_limited", "delay_s": 2.0, "attempt": 2},
+    "generation.completed": {"file_count": 1, "total_bytes": 6, "duration_ms": 10},
+    "generation.failed": {"phase": "api", "message": "boom"},
+    "generation.cancelled": {"by": "alice"},
+}
+
+
+@pytest.mark.parametrize("event_type", EVENT_TYPES, ids=event_tag)
+def test_every_event_round_trips_with_its_dotted_tag(event_type: type) -> None:
+    tag = event_tag(event_type)
+    event = event_type(**BASE, **REQUIRED[tag])
+    data = encode(event)
+    assert msgspec.json.decode(data)["type"] == tag
+    assert decode_event(data) == event
+
+
+def test_every_event_type_has_a_case_here() -> None:
+    assert {event_tag(t) for t in EVENT_TYPES} == set(REQUIRED)
+
+
+def test_an_old_reader_decodes_a_newer_event_with_unknown_fields() -> None:
+    newer = msgspec.json.decode(encode(PhaseCompleted(**BASE, phase="plan")))
+    newer["a_field_from_the_future"] = {"nested": [1, 2]}
+    decoded = decode_event(msgspec.json.encode(newer))
+    assert isinstance(decoded, PhaseCompleted) and decoded.phase == "plan"
+
+
+def test_the_hash_counts_fields_an_old_reader_does_not_know() -> None:
+    data = encode(PhaseCompleted(**BASE, phase="plan"))
+    newer = msgspec.json.decode(data)
+    newer["extra"] = 1
+    assert event_hash(data) != event_hash(msgspec.json.encode(newer))
+
+
+def test_canonical_form_does_not_depend_on_key_order() -> None:
+    assert canonical(b'{"b": 1, "a": [2, {"d": 1, "c": 2}]}') == canonical(
+        b'{"a":[2,{"c":2,"d":1}],"b":1}'
+    )
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"null",
+        b"[]",
+        b'{"type": "no.such.event"}',
+        b'{"type": "phase.started"}',
+        b'{"type": "phase.started", "event_id": "e", "generation_id": "g", "project_id": "p", "seq": 0, "at": "2026-01-01T00:00:00Z", "phase": "x"}',
+        b'{"type": "phase.started", "event_id": "e", "generation_id": "g.x", "project_id": "p", "seq": 1, "at": "2026-01-01T00:00:00Z", "phase": "x"}',
+        b"\xff\xfe",
+    ],
+)
+def test_invalid_events_raise_one_typed_error(data: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decode_event(data)
+
+
+@given(st.binary(max_size=300))
+def test_the_event_decoder_never_crashes_on_arbitrary_bytes(data: bytes) -> None:
+    try:
+        decode_event(data)
+    except DecodeError:
+        pass
+
+
+@given(st.binary(max_size=300))
+def test_the_command_decoder_never_crashes_on_arbitrary_bytes(data: bytes) -> None:
+    try:
+        decode_command(data)
+    except DecodeError:
+        pass
+
+
+def test_commands_round_trip() -> None:
+    for command in (
+        GenerateRequested(generation_id="g", project_id="p", at=utc_now()),
+        CancelRequested(generation_id="g", project_id="p", at=utc_now(), by="alice"),
+    ):
+        assert decode_command(encode(command)) == command
+
+
+def test_the_request_carries_the_schema() -> None:
+    schema = ProjectSchema(entities=[])
+    event = GenerationRequested(**BASE, owner="a", project_name="p", version=1, schema=schema)
+    decoded = decode_event(encode(event))
+    assert isinstance(decoded, GenerationRequested) and decoded.schema == schema
+
+
+def test_file_written_keeps_content_exactly() -> None:
+    content = 'line\nwith "quotes" and \u00e9 and \x00 nothing else\n'
+    event = FileWritten(**BASE, path="a.txt", content=content, sha256="x", size=1, phase="plan")
+    decoded = decode_event(encode(event))
+    assert isinstance(decoded, FileWritten) and decoded.content == content

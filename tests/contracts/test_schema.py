@@ -1,0 +1,87 @@
+"""The entity schema: what a person gets told when it is wrong."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from contracts.schema import ProjectSchema, schema_problems
+
+
+def problems(doc: dict) -> list[str]:
+    return [
+        f"{p.location}: {p.message}" for p in schema_problems(msgspec.convert(doc, ProjectSchema))
+    ]
+
+
+def entity(name: str, *fields: tuple[str, str], relations: list[dict] | None = None) -> dict:
+    return {
+        "name": name,
+        "fields": [{"name": n, "type": t} for n, t in fields],
+        "relations": relations or [],
+    }
+
+
+def test_a_valid_schema_has_no_problems() -> None:
+    doc = {
+        "entities": [
+            entity("Category", ("title", "string")),
+            entity(
+                "Product",
+                ("title", "string"),
+                ("price", "decimal"),
+                relations=[{"name": "category", "target": "Category", "kind": "many_to_one"}],
+            ),
+        ]
+    }
+    assert problems(doc) == []
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        ({"entities": []}, "at least one entity"),
+        ({"entities": [entity("product", ("a", "string"))]}, "PascalCase"),
+        (
+            {"entities": [entity("A", ("a", "string")), entity("A", ("b", "string"))]},
+            "duplicate entity name",
+        ),
+        ({"entities": [entity("A", ("Title", "string"))]}, "snake_case"),
+        ({"entities": [entity("A", ("class", "string"))]}, "Python keyword"),
+        ({"entities": [entity("A", ("id", "string"))]}, "reserved"),
+        ({"entities": [entity("A", ("a", "string"), ("a", "text"))]}, "duplicate field name"),
+        ({"entities": [entity("A", ("a", "enum"))]}, "non-empty list of values"),
+        (
+            {"entities": [entity("A", relations=[{"name": "b", "target": "B"}])]},
+            "unknown entity 'B'",
+        ),
+        ({"entities": [entity("Base", ("a", "string"))]}, "reserved"),
+    ],
+)
+def test_each_broken_rule_is_named(doc: dict, expected: str) -> None:
+    found = problems(doc)
+    assert any(expected in p for p in found), found
+
+
+def test_the_location_points_into_the_document() -> None:
+    found = problems({"entities": [entity("A", ("ok", "string"), ("Bad", "string"))]})
+    assert found[0].startswith("entities[0].fields[1].name")
+
+
+def test_unknown_field_types_are_refused_by_the_decoder() -> None:
+    with pytest.raises(msgspec.ValidationError, match="type"):
+        msgspec.convert({"entities": [entity("A", ("a", "blob"))]}, ProjectSchema)
+
+
+def test_enum_values_are_checked() -> None:
+    doc = {
+        "entities": [
+            {
+                "name": "A",
+                "fields": [{"name": "s", "type": "enum", "values": ["ok", "ok", "not ok"]}],
+            }
+        ]
+    }
+    found = problems(doc)
+    assert any("duplicate enum value" in p for p in found)
+    assert any("must be an identifier" in p for p in found)
