@@ -204,12 +204,15 @@ class PullWorker:
         concurrency: int,
         heartbeat_s: float,
         fetch_timeout_s: float = 0.5,
+        grace_s: float | None = None,
     ) -> None:
         """Handle up to `concurrency` messages at once, each in its own task.
 
         While a message is being handled, its delivery is kept alive (`in_progress`) every
-        `heartbeat_s`, so a long job is not handed to another worker. On stop, in-flight
-        handlers are awaited; the broker redelivers whatever they do not settle.
+        `heartbeat_s`, so a long job is not handed to another worker. On stop, no message is
+        fetched any more and in-flight handlers get `grace_s` (None: as long as they need) to
+        finish; those still running then are cancelled and their messages handed back (nak),
+        so another worker takes them at once.
         """
         running: set[asyncio.Task[None]] = set()
         slots = asyncio.Semaphore(concurrency)
@@ -220,6 +223,9 @@ class PullWorker:
                 try:
                     outcome = await handle(msg)
                 except asyncio.CancelledError:
+                    keepalive.cancel()
+                    with contextlib.suppress(Exception):
+                        await msg.nak()
                     raise
                 except Exception as exc:
                     log.exception("Handler of {service} failed", service=self.service)
@@ -244,7 +250,17 @@ class PullWorker:
                 task.add_done_callback(running.discard)
         finally:
             if running:
-                await asyncio.gather(*running, return_exceptions=True)
+                _, unfinished = await asyncio.wait(set(running), timeout=grace_s)
+                if unfinished:
+                    log.info(
+                        "Handing {count} unfinished messages back to {consumer}",
+                        count=len(unfinished),
+                        consumer=self.config.durable_name,
+                        service=self.service,
+                    )
+                    for task in unfinished:
+                        task.cancel()
+                    await asyncio.gather(*unfinished, return_exceptions=True)
 
     @staticmethod
     async def _keep_alive(msg: Msg, every_s: float) -> None:

@@ -79,6 +79,7 @@ class EmbeddedNats:
         cluster_port: int | None = None,
         routes: list[int] | None = None,
         log_file: Path | None = None,
+        extra_config: str = "",
     ) -> None:
         self.store_dir = Path(store_dir)
         self.host = host
@@ -88,6 +89,8 @@ class EmbeddedNats:
         self.cluster_port = cluster_port
         self.routes = routes or []
         self.log_file = log_file or self.store_dir / "nats-server.log"
+        self.extra_config = extra_config
+        """More nats-server configuration (for instance an `authorization { … }` block)."""
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -115,6 +118,8 @@ class EmbeddedNats:
                 f"  routes: [{routes}]",
                 "}",
             ]
+        if self.extra_config:
+            lines.append(self.extra_config)
         return "\n".join(lines) + "\n"
 
     def start(self, timeout: float = 10.0) -> EmbeddedNats:

@@ -15,7 +15,7 @@ from typing import Any
 
 from litestar import Request, Response
 from litestar.response.base import ASGIResponse
-from litestar.types import Receive, Send
+from litestar.types import Receive, Scope, Send
 
 from services.common import metrics
 from services.common.logs import get_logger
@@ -46,6 +46,14 @@ class _SSEASGIResponse(ASGIResponse):
 
     async def send_body(self, send: Send, receive: Receive) -> None:
         await self.session.run(send, receive)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # The session's own close already ran unless the response never got to its body.
+            if self.session.on_close:
+                self.session.on_close()
 
 
 class SSEResponse(Response[bytes]):

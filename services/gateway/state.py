@@ -12,6 +12,7 @@ from services.common.settings import Settings
 from services.gateway.auth import ApiKeys
 from services.gateway.commands import Commands
 from services.gateway.hub import Hub
+from services.gateway.quotas import GenerationRateLimit, StreamSlots
 from services.gateway.sse import StreamStats
 from services.gateway.tokens import TokenSigner
 from services.gateway.views import Views
@@ -31,6 +32,8 @@ class Gateway:
     hub: Hub
     keys: ApiKeys
     tokens: TokenSigner
+    rate_limit: GenerationRateLimit
+    stream_slots: StreamSlots
     stats: StreamStats = field(default_factory=StreamStats)
     stopping: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()

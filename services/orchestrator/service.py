@@ -96,6 +96,7 @@ class OrchestratorService:
                 stop,
                 concurrency=self.settings.orchestrator_concurrency,
                 heartbeat_s=max(self.settings.command_ack_wait_s / 3, 0.5),
+                grace_s=self.settings.shutdown_grace_s,
             )
             await cancels.stop()
             if health is not None:

@@ -11,6 +11,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from contracts.streams import EVENTS_STREAM, storage_consumer
+from services.common import metrics
 from services.common.broker import connect, ensure_streams
 from services.common.consumer import PullWorker
 from services.common.health import HealthServer
@@ -27,6 +28,7 @@ BATCH = 256
 # Events are the source of truth: a database outage, however long, must make the
 # projector wait and retry, never dead-letter an event it could not store.
 MAX_DELIVERIES = 1_000_000
+LAG_INTERVAL_S = 1.0
 
 
 class StorageService:
@@ -53,6 +55,7 @@ class StorageService:
                 )
                 self.projector = projector
                 position = await projector.position()
+                projector.last_applied_stream_seq = position
                 await _resume_at(js, config, position)
                 worker = PullWorker(
                     js,
@@ -87,9 +90,13 @@ class StorageService:
                     position=position,
                 )
                 self.ready.set()
+                lag = asyncio.create_task(_report_lag(js, projector, stop))
                 try:
                     await worker.run_batches(projector.handle, stop, batch=BATCH)
                 finally:
+                    lag.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await lag
                     if health is not None:
                         await health.stop()
             finally:
@@ -102,6 +109,18 @@ class StorageService:
         finally:
             await engine.dispose()
             log.info("Storage stopped")
+
+
+async def _report_lag(js: JetStreamContext, projector: Projector, stop: asyncio.Event) -> None:
+    """Set the lag gauge (the stream's last sequence minus the applied one) every second."""
+    while not stop.is_set():
+        with contextlib.suppress(Exception):
+            info = await js.stream_info(EVENTS_STREAM)
+            last = int(info.state.last_seq)
+            metrics.storage_lag.set(max(last - projector.last_applied_stream_seq, 0))
+            metrics.storage_applied_seq.set(projector.last_applied_stream_seq)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), LAG_INTERVAL_S)
 
 
 async def _resume_at(js: JetStreamContext, config: ConsumerConfig, position: int) -> None:
