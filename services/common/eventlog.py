@@ -200,13 +200,18 @@ class GenerationWriter:
         while True:
             try:
                 ack = await self.js.publish(self.subject, data, headers=headers, timeout=5.0)
+                if ack.duplicate and not await self._holds(int(ack.seq), data):
+                    # Same Msg-Id, other bytes: another writer stored this seq first.
+                    raise WriterConflict(
+                        f"another writer appended to generation {self.generation_id}"
+                    )
                 return int(ack.seq)
             except APIError as exc:
                 if exc.err_code != WRONG_LAST_SEQUENCE:
                     raise
                 # Either our own earlier attempt was stored (its ack was lost) or another
                 # writer appended: the subject's last message tells which.
-                stored = await self._stored_as(msg_id)
+                stored = await self._stored_as(msg_id, data)
                 if stored is not None:
                     return stored
                 raise WriterConflict(
@@ -233,14 +238,23 @@ class GenerationWriter:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    async def _stored_as(self, msg_id: str) -> int | None:
+    async def _stored_as(self, msg_id: str, data: bytes) -> int | None:
+        """The stream seq of this very event if it is the subject's last message."""
         try:
             last = await self.js.get_last_msg(streams.EVENTS_STREAM, self.subject)
         except NotFoundError:
             return None
-        if last.headers and last.headers.get("Nats-Msg-Id") == msg_id:
+        if last.headers and last.headers.get("Nats-Msg-Id") == msg_id and last.data == data:
             return int(last.seq or 0)
         return None
+
+    async def _holds(self, stream_seq: int, data: bytes) -> bool:
+        """True when the stream's message at `stream_seq` is exactly `data`."""
+        try:
+            stored = await self.js.get_msg(streams.EVENTS_STREAM, stream_seq)
+        except NotFoundError:
+            return False
+        return stored.data == data
 
 
 async def follow_new(

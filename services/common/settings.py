@@ -103,6 +103,27 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_body_bytes: Annotated[
         int, _setting("KILN_MAX_BODY_BYTES", "Largest request body the gateway accepts.")
     ] = 1024 * 1024
+    generations_per_minute: Annotated[
+        float,
+        _setting(
+            "KILN_GENERATIONS_PER_MINUTE",
+            "New generations (creates and iterations) one API key may start per minute; 0 for "
+            "no limit.",
+        ),
+    ] = 60.0
+    generation_burst: Annotated[
+        int,
+        _setting(
+            "KILN_GENERATION_BURST", "New generations one API key may start at once, in a burst."
+        ),
+    ] = 60
+    max_streams_per_key: Annotated[
+        int,
+        _setting(
+            "KILN_MAX_STREAMS_PER_KEY",
+            "Open SSE streams one user may hold at once on one gateway; 0 for no limit.",
+        ),
+    ] = 2000
     command_ack_wait_s: Annotated[
         float,
         _setting(
@@ -117,10 +138,27 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "KILN_COMMAND_MAX_DELIVER", "Attempts at a generate command before it is given up."
         ),
     ] = 5
+    stale_run_after_s: Annotated[
+        float,
+        _setting(
+            "KILN_STALE_RUN_AFTER",
+            "Seconds without an orchestrator heartbeat after which an unfinished generation is "
+            "marked failed by the watchdog.",
+        ),
+    ] = 120.0
     orchestrator_concurrency: Annotated[
         int,
         _setting("KILN_ORCHESTRATOR_CONCURRENCY", "Generations one orchestrator runs at once."),
     ] = 4
+    shutdown_grace_s: Annotated[
+        float,
+        _setting(
+            "KILN_SHUTDOWN_GRACE",
+            "Seconds a stopping orchestrator lets its running generations go on; then it hands "
+            "them back to the work queue and another orchestrator resumes each at its "
+            "unfinished phase.",
+        ),
+    ] = 5.0
     offline_phase_delay_s: Annotated[
         float,
         _setting(

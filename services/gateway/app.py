@@ -17,8 +17,10 @@ from services.gateway.auth import ApiKeys
 from services.gateway.commands import Commands
 from services.gateway.errors import exception_handlers
 from services.gateway.hub import Hub
+from services.gateway.middleware import request_metrics
+from services.gateway.quotas import GenerationRateLimit, StreamSlots
 from services.gateway.routes.generations import GenerationController
-from services.gateway.routes.health import healthz, readyz
+from services.gateway.routes.health import healthz, prometheus_metrics, readyz
 from services.gateway.routes.page import index, static_files
 from services.gateway.routes.projects import ProjectController
 from services.gateway.state import Gateway
@@ -63,6 +65,10 @@ def create_app(settings: Settings) -> Litestar:
                 hub=hub,
                 keys=keys,
                 tokens=tokens,
+                rate_limit=GenerationRateLimit(
+                    settings.generations_per_minute, settings.generation_burst
+                ),
+                stream_slots=StreamSlots(settings.max_streams_per_key),
             )
             app.state["gateway"] = gw
             log.info("Gateway ready")
@@ -77,15 +83,18 @@ def create_app(settings: Settings) -> Litestar:
             log.info("Gateway stopped")
 
     return Litestar(
+        logging_config=None,  # Kiln's own redacting formatter handles every line
         route_handlers=[
             GenerationController,
             ProjectController,
             healthz,
             readyz,
+            prometheus_metrics,
             index,
             static_files,
         ],
         lifespan=[lifespan],
+        middleware=[request_metrics],
         exception_handlers=exception_handlers,
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(

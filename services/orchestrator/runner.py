@@ -53,6 +53,7 @@ from services.orchestrator.providers.base import PhaseRequest, Provider, Provide
 from services.orchestrator.providers.registry import Providers
 from services.orchestrator.reporter import EventReporter
 from services.orchestrator.verify import compile_errors
+from services.orchestrator.watchdog import Heartbeats
 
 log = get_logger(__name__)
 
@@ -68,6 +69,7 @@ class RunnerConfig:
     worker: str
     max_attempts: int
     conflict_retry_s: float = 30.0
+    heartbeat_s: float = 5.0
 
 
 @dataclass
@@ -102,11 +104,13 @@ class GenerationRunner:
         providers: Providers,
         cancels: CancelWatcher,
         config: RunnerConfig,
+        heartbeats: Heartbeats | None = None,
     ) -> None:
         self.js = js
         self.providers = providers
         self.cancels = cancels
         self.config = config
+        self.heartbeats = heartbeats
 
     async def run(self, command: GenerateRequested, attempt: int) -> Outcome:
         """Run (or resume) the command's generation; the outcome for its message."""
@@ -130,6 +134,13 @@ class GenerationRunner:
         cancelled = await self.cancels.check(generation_id)
         run = _Run(self, state, writer, cancelled, attempt)
         metrics.generations_running.inc()
+        beating = (
+            asyncio.create_task(
+                self.heartbeats.keep_beating(generation_id, self.config.heartbeat_s)
+            )
+            if self.heartbeats
+            else None
+        )
         try:
             await run.execute()
         except WriterConflict:
@@ -142,6 +153,14 @@ class GenerationRunner:
             )
         except LogUnavailable as exc:
             return Retry(str(exc))
+        except asyncio.CancelledError:
+            log.info(
+                "Generation {generation_id} interrupted by a shutdown; another orchestrator "
+                "resumes it",
+                generation_id=generation_id,
+                phase=run.phase,
+            )
+            raise
         except Exception as exc:
             if attempt < self.config.max_attempts:
                 log.exception(
@@ -166,7 +185,11 @@ class GenerationRunner:
             )
         finally:
             metrics.generations_running.dec()
+            if beating is not None:
+                beating.cancel()
         self.cancels.forget(generation_id)
+        if self.heartbeats is not None:
+            await self.heartbeats.clear(generation_id)
         return Ack()
 
 

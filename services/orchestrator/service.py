@@ -21,6 +21,7 @@ from services.orchestrator.cancels import CancelWatcher
 from services.orchestrator.providers.base import Provider
 from services.orchestrator.providers.registry import Providers
 from services.orchestrator.runner import GenerationRunner, RunnerConfig
+from services.orchestrator.watchdog import Heartbeats, Watchdog
 
 log = get_logger(__name__)
 
@@ -47,6 +48,8 @@ class OrchestratorService:
             await ensure_streams(js, self.settings.stream_replicas)
             cancels = CancelWatcher(js)
             await cancels.start()
+            runs = await js.key_value(streams.RUNS_BUCKET)
+            stale_after = self.settings.stale_run_after_s
             runner = GenerationRunner(
                 js,
                 self.providers,
@@ -55,7 +58,12 @@ class OrchestratorService:
                     worker=self.worker,
                     max_attempts=self.settings.command_max_deliver,
                     conflict_retry_s=self.settings.command_ack_wait_s,
+                    heartbeat_s=max(min(stale_after / 6, 10.0), 0.2),
                 ),
+                Heartbeats(runs, self.worker),
+            )
+            watchdog = asyncio.create_task(
+                Watchdog(nc, js, runs, worker=self.worker, stale_after_s=stale_after).run(stop)
             )
             config = streams.orchestrator_consumer(
                 self.settings.command_ack_wait_s, self.settings.command_max_deliver
@@ -99,6 +107,7 @@ class OrchestratorService:
                 grace_s=self.settings.shutdown_grace_s,
             )
             await cancels.stop()
+            await watchdog
             if health is not None:
                 await health.stop()
         finally:

@@ -101,6 +101,7 @@ class GenerationController(Controller):
                 ],
             )
         provider = _provider(gw, data.provider)
+        gw.rate_limit.take(user)
         event = await gw.commands.create(
             owner=user,
             project_name=data.project_name.strip() or "project",
@@ -144,6 +145,7 @@ class GenerationController(Controller):
             locked.append(normalised)
         provider = _provider(gw, data.provider or parent.provider)
         project = await gw.read_model.project(parent.project_id)
+        gw.rate_limit.take(user)
         event = await gw.commands.iterate(
             owner=user,
             parent=parent,
@@ -363,8 +365,11 @@ class GenerationController(Controller):
                 ) from None
         if after and await _ended_before(gw, generation_id, after):
             return Response(content=b"", status_code=204)
+        release = gw.stream_slots.acquire(owner)
         return SSEResponse(
-            WatchSession(gw.hub, generation_id, after, gw.stats, stopping=gw.stopping)
+            WatchSession(
+                gw.hub, generation_id, after, gw.stats, on_close=release, stopping=gw.stopping
+            )
         )
 
 
