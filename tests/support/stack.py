@@ -16,6 +16,7 @@ import msgspec
 import uvicorn
 from httpx_sse import aconnect_sse
 
+from contracts.events import TERMINAL_TAGS
 from services.common.embedded_nats import free_port
 from services.common.settings import Settings
 from services.gateway.app import create_app
@@ -177,6 +178,32 @@ class Stack:
                     if limit is not None and len(received) >= limit:
                         break
         return received
+
+    async def follow(self, stream_url: str, *, timeout: float = 60) -> AsyncIterator[SSEEvent]:
+        """Follow a stream like EventSource does: reconnect with Last-Event-ID whenever the
+        connection ends before the terminal event, stop at it (or at a 204)."""
+        last_id: int | None = None
+        async with asyncio.timeout(timeout):
+            while True:
+                headers = {"Last-Event-ID": str(last_id)} if last_id is not None else {}
+                try:
+                    async with aconnect_sse(
+                        self.anonymous, "GET", stream_url, headers=headers
+                    ) as source:
+                        if source.response.status_code == 204:
+                            return
+                        source.response.raise_for_status()
+                        async for message in source.aiter_sse():
+                            if not message.id:
+                                continue
+                            event = SSEEvent(int(message.id), message.event, message.json())
+                            last_id = event.id
+                            yield event
+                            if event.type in TERMINAL_TAGS:
+                                return
+                except (httpx.TransportError, httpx.HTTPStatusError):
+                    pass
+                await asyncio.sleep(0.5)
 
     async def wait_status(
         self, generation_id: str, *statuses: str, timeout: float = 60
