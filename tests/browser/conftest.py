@@ -3,6 +3,7 @@ in-process Kiln stack and the browser run side by side."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -65,12 +66,15 @@ class Screenshots:
 
     async def take(self, page, state: str, *, full_page: bool = True) -> Path:  # type: ignore[no-untyped-def]
         path = SCREENSHOTS / f"{self.test_name}-{state}.png"
-        await page.screenshot(path=str(path), full_page=full_page)
+        await page.screenshot(path=str(path), full_page=full_page, animations="disabled")
         return path
 
     @staticmethod
     def publish_for_readme(path: Path) -> None:
-        """The README's picture of the page mid-generation."""
+        """The README's picture of the page mid-generation: written when it is missing or
+        when KILN_UPDATE_README_SCREENSHOT=1, so a test run leaves the tree unchanged."""
+        if README_SCREENSHOT.exists() and os.environ.get("KILN_UPDATE_README_SCREENSHOT") != "1":
+            return
         README_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, README_SCREENSHOT)
 

@@ -5,9 +5,26 @@ from __future__ import annotations
 from pathlib import Path
 
 from litestar import Response, get
+from litestar.datastructures import CacheControlHeader
 from litestar.static_files import create_static_files_router
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+# The page shows what a model wrote: it runs only its own scripts and talks only to its
+# own origin, so nothing in a generated file can load or send anything elsewhere.
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "connect-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+    ]
+)
 
 
 @get("/", include_in_schema=False, media_type="text/html")
@@ -16,10 +33,20 @@ async def index() -> Response[bytes]:
     return Response(
         (STATIC_DIR / "index.html").read_bytes(),
         media_type="text/html; charset=utf-8",
-        headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+        headers={
+            "Cache-Control": "no-cache",
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+            "Referrer-Policy": "no-referrer",
+        },
     )
 
 
+# Revalidated on every load, so a page never runs scripts older than the gateway serving it.
 static_files = create_static_files_router(
-    path="/static", directories=[STATIC_DIR], include_in_schema=False, name="static"
+    path="/static",
+    directories=[STATIC_DIR],
+    include_in_schema=False,
+    name="static",
+    cache_control=CacheControlHeader(no_cache=True),
 )

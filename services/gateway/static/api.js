@@ -38,7 +38,21 @@ export function takeKeyFromUrl() {
   return true;
 }
 
-async function send(path, { method = "GET", body, signal } = {}) {
+const UNAVAILABLE_RETRIES = 3;
+
+// A read answered 503 ("still being stored", a dependency starting) is retried after its
+// Retry-After; a POST never is (it may have been acted on).
+async function send(path, options = {}) {
+  const retries = (options.method || "GET") === "GET" ? UNAVAILABLE_RETRIES : 0;
+  for (let attempt = 0; ; attempt += 1) {
+    const response = await sendOnce(path, options);
+    if (response.status !== 503 || attempt >= retries) return response;
+    const seconds = Number(response.headers.get("Retry-After")) || 1;
+    await new Promise((resolve) => setTimeout(resolve, Math.min(seconds, 5) * 1000));
+  }
+}
+
+async function sendOnce(path, { method = "GET", body, signal } = {}) {
   const headers = { Authorization: `Bearer ${getKey()}`, Accept: "application/json" };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   try {

@@ -8,6 +8,7 @@ import { highlightInto } from "./syntax.js";
 import {
   el,
   eventItem,
+  keepFocus,
   mountTemplate,
   renderAudit,
   renderDiff,
@@ -37,6 +38,7 @@ export class GenerationPage {
     this.selected = null;
     this.versions = null;
     this.treeKey = "";
+    this.versionsKey = "";
     this.frame = 0;
     this.watcher = null;
     this.destroyed = false;
@@ -49,6 +51,13 @@ export class GenerationPage {
     r.download.addEventListener("click", () => this.download());
     r["iterate-form"].addEventListener("submit", (event) => this.iterate(event));
     r["audit-load"].addEventListener("click", () => this.loadAudit());
+    r.examples.addEventListener("click", (event) => {
+      const example = event.target.closest("button");
+      if (!example) return;
+      const prompt = r["iterate-form"].elements.prompt;
+      prompt.value = example.textContent;
+      prompt.focus();
+    });
     this.ticker = setInterval(() => this.tick(), 1000);
   }
 
@@ -144,7 +153,17 @@ export class GenerationPage {
     renderUsage(this.refs.usage, this.model, now);
     this.renderFiles();
     this.refs["event-count"].textContent = `(${this.model.events.length})`;
-    if (this.model.version) renderVersions(this.refs.versions, this.versions || [this.ownVersion()], this.model);
+    this.renderVersionTree();
+  }
+
+  // Drawn again only when a version or a status changes, so a focused link keeps its focus.
+  renderVersionTree() {
+    if (!this.model.version) return;
+    const versions = this.versions || [this.ownVersion()];
+    const key = JSON.stringify([this.model.status, versions.map((v) => [v.generation_id, v.status])]);
+    if (key === this.versionsKey) return;
+    this.versionsKey = key;
+    keepFocus(this.refs.versions, () => renderVersions(this.refs.versions, versions, this.model));
   }
 
   renderHeader() {

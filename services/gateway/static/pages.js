@@ -153,9 +153,9 @@ export function showCreatePage(container, { navigate, onAuthError }) {
   });
 }
 
-// A 400's problems go next to the field they name; the detail is always shown.
+// A 400's problems go next to the field they name; the detail is shown below the form
+// (shortened when it only repeats the schema problems listed under the editor).
 function showServerProblems(refs, fieldErrors, editor, error) {
-  showError(refs.error, error.detail);
   const schemaProblems = [];
   for (const problem of error.problems || []) {
     const location = String(problem.location || "");
@@ -168,7 +168,15 @@ function showServerProblems(refs, fieldErrors, editor, error) {
   if (schemaProblems.length) {
     renderProblems(refs["schema-problems"], schemaProblems, editor);
     editor.setAttribute("aria-invalid", "true");
+    refs["schema-state"].textContent = "";
   }
+  const count = schemaProblems.length;
+  showError(
+    refs.error,
+    count && error.detail.startsWith("The schema is not valid")
+      ? `The schema is not valid: ${count} problem${count === 1 ? "" : "s"}, listed under the editor.`
+      : error.detail,
+  );
 }
 
 export async function showProjectsPage(container, { onAuthError }) {

@@ -34,6 +34,15 @@ export function showError(node, message) {
   node.hidden = !message;
 }
 
+// Re-render `container` without losing the keyboard focus inside it: the element that had
+// it is found again by its `data-focus-key`.
+export function keepFocus(container, render) {
+  const active = document.activeElement;
+  const key = active && container.contains(active) ? active.dataset.focusKey : undefined;
+  render();
+  if (key) container.querySelector(`[data-focus-key="${CSS.escape(key)}"]`)?.focus();
+}
+
 export function time(ms) {
   return ms ? new Date(ms).toLocaleTimeString() : "";
 }
@@ -87,20 +96,28 @@ function sumSizes(model) {
 
 // The file tree. Files are buttons (they open the viewer); with `lockable`, each has a
 // checkbox that locks it for the next iteration.
+// Folders the reader closed stay closed, and the focus stays where it was.
 export function renderTree(nav, { files, selected, locked, lockable, onOpen, onLock }) {
   if (!files.size) {
     nav.replaceChildren(el("p", { class: "muted", text: "No files yet." }));
     return;
   }
+  const closed = new Set([...nav.querySelectorAll("details:not([open])")].map((d) => d.dataset.dir));
+  const options = { files, selected, locked, lockable, onOpen, onLock, closed };
   const hint = lockable ? el("p", { class: "hint", text: "Tick a file to lock it in the next version." }) : null;
-  nav.replaceChildren(...[hint, treeList(fileTree(files.keys()), { files, selected, locked, lockable, onOpen, onLock })].filter(Boolean));
+  keepFocus(nav, () => nav.replaceChildren(...[hint, treeList(fileTree(files.keys()), options, "")].filter(Boolean)));
 }
 
-function treeList(node, options) {
+function treeList(node, options, prefix) {
   const items = [];
   for (const [name, child] of node.dirs) {
+    const dir = `${prefix}${name}/`;
     items.push(
-      el("li", { class: "dir" }, el("details", { open: true }, el("summary", { text: `${name}/` }), treeList(child, options))),
+      el(
+        "li",
+        { class: "dir" },
+        el("details", { open: !options.closed.has(dir), "data-dir": dir }, el("summary", { text: `${name}/` }), treeList(child, options, dir)),
+      ),
     );
   }
   for (const path of node.files) items.push(fileItem(path, options));
@@ -115,6 +132,7 @@ function fileItem(path, { files, selected, locked, lockable, onOpen, onLock }) {
         class: "lock",
         checked: locked.has(path),
         "aria-label": `Lock ${path}`,
+        "data-focus-key": `lock:${path}`,
         title: "Lock: keep this file exactly as it is in the next version",
         onchange: (event) => onLock(path, event.target.checked),
       })
@@ -127,6 +145,7 @@ function fileItem(path, { files, selected, locked, lockable, onOpen, onLock }) {
       type: "button",
       class: "file-button",
       "aria-current": path === selected ? "true" : undefined,
+      "data-focus-key": `open:${path}`,
       text: path.split("/").pop(),
       title: path,
       onclick: () => onOpen(path),
@@ -204,7 +223,11 @@ function versionItem(version, current, children, branch) {
     { "data-generation": version.generation_id },
     el(
       "a",
-      { href: `#/g/${version.generation_id}`, "aria-current": isCurrent ? "page" : undefined },
+      {
+        href: `#/g/${version.generation_id}`,
+        "aria-current": isCurrent ? "page" : undefined,
+        "data-focus-key": `version:${version.generation_id}`,
+      },
       el("strong", { text: `v${version.version}` }),
     ),
     " ",
