@@ -6,6 +6,7 @@ error is never a 5xx; an unexpected error is a 500 with no traceback and a log l
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
 from litestar import Request, Response
@@ -113,6 +114,14 @@ def _validation_error(request: Request[Any, Any, Any], exc: ValidationException)
             key = item.get("key") or item.get("source") or "body"
             problems.append({"location": str(key), "message": str(item.get("message", ""))})
     detail = exc.detail or "The request is not valid"
+    if _is_json_syntax(detail) or any(_is_json_syntax(p["message"]) for p in problems):
+        reason = next((p["message"] for p in problems if p["message"]), detail)
+        return problem(
+            400,
+            "Bad Request",
+            f"The request body is malformed JSON ({reason}); send one JSON object.",
+            problems=[{"location": "body", "message": f"malformed JSON: {reason}"}],
+        )
     if detail.startswith("Validation failed for "):
         detail = "The request body is not valid"
     if problems:
@@ -123,6 +132,14 @@ def _validation_error(request: Request[Any, Any, Any], exc: ValidationException)
             for p in problems
         )
     return problem(400, "Bad Request", detail, problems=problems)
+
+
+_PHRASES = {s.value for s in HTTPStatus}
+
+
+def _is_json_syntax(message: str) -> bool:
+    """msgspec's words for bytes that are not JSON at all (not a wrong shape)."""
+    return message.startswith(("Input data was truncated", "JSON is malformed"))
 
 
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
@@ -144,8 +161,15 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
         )
     if isinstance(exc, NotAuthorizedException):
         return problem(401, "Unauthorized", exc.detail)
+    if status == 400 and _is_json_syntax(exc.detail):
+        return problem(
+            400,
+            "Bad Request",
+            f"The request body is malformed JSON ({exc.detail}); send one JSON object.",
+            problems=[{"location": "body", "message": f"malformed JSON: {exc.detail}"}],
+        )
     detail = exc.detail if status < 500 else "The gateway could not handle the request."
-    return problem(status, "Error", detail)
+    return problem(status, HTTPStatus(status).phrase if status in _PHRASES else "Error", detail)
 
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:

@@ -1,0 +1,136 @@
+"""The project spec: what the offline provider knows about a project it generated.
+
+Every project the offline provider writes carries its spec as `kiln.json` (the name, the
+entities exactly as in the schema, the optional features), so a later iteration rebuilds
+the project from the spec plus the requested modification instead of parsing code. The
+file is canonical JSON — sorted keys, two-space indent, one trailing newline — so the same
+spec is always the same bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import msgspec
+
+from contracts import limits
+from contracts.schema import Entity, ProjectSchema, schema_problems
+
+SPEC_PATH = "kiln.json"
+SPEC_FORMAT = 1
+
+Feature = Literal["auth", "docker", "pagination"]
+FEATURES: tuple[str, ...] = Feature.__args__  # type: ignore[attr-defined]
+FEATURE_TITLES: dict[str, str] = {
+    "auth": "authentication",
+    "docker": "a Dockerfile",
+    "pagination": "pagination",
+}
+
+# Model classes the authentication feature defines next to the entities.
+AUTH_CLASS_NAMES = frozenset({"AuthUser", "AuthToken"})
+
+
+class SpecError(ValueError):
+    """A kiln.json that cannot be read; the message says what is wrong with it."""
+
+
+class ProjectSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A generated project: its name, its entities and the features it has."""
+
+    format: int = SPEC_FORMAT
+    name: str
+    description: str = ""
+    entities: list[Entity]
+    features: list[Feature] = []
+
+    def has(self, feature: str) -> bool:
+        """True when the project has `feature`."""
+        return feature in self.features
+
+    def entity(self, name: str) -> Entity | None:
+        """The entity called `name` (case-insensitive), or None."""
+        lowered = name.lower()
+        return next((e for e in self.entities if e.name.lower() == lowered), None)
+
+
+def spec_from_schema(name: str, schema: ProjectSchema, description: str = "") -> ProjectSpec:
+    """The spec of a new project built from a submitted schema (no features yet)."""
+    return ProjectSpec(name=name, description=description, entities=list(schema.entities))
+
+
+def dump_spec(spec: ProjectSpec) -> str:
+    """The canonical kiln.json text of `spec`: sorted keys, indent 2, trailing newline.
+
+    A spec whose indented form would exceed the per-file limit is written compact (still
+    sorted, still with the trailing newline).
+    """
+    normalised = msgspec.structs.replace(spec, features=sorted(set(spec.features)))
+    raw = msgspec.json.encode(normalised, order="sorted")
+    pretty = msgspec.json.format(raw, indent=2)
+    chosen = pretty if len(pretty) < limits.MAX_FILE_BYTES else raw
+    return chosen.decode() + "\n"
+
+
+def load_spec(text: str) -> ProjectSpec:
+    """The spec in a kiln.json text, or SpecError naming what is wrong."""
+    try:
+        spec = msgspec.json.decode(text.encode(), type=ProjectSpec)
+    except msgspec.DecodeError as exc:
+        raise SpecError(f"{SPEC_PATH} is not a valid project spec: {exc}") from None
+    if spec.format != SPEC_FORMAT:
+        raise SpecError(
+            f"{SPEC_PATH} has format {spec.format}; this Kiln reads format {SPEC_FORMAT}"
+        )
+    return spec
+
+
+_ENTITY_INDEX = re.compile(r"^entities\[(\d+)\]")
+
+
+def spec_problems(spec: ProjectSpec) -> list[str]:
+    """Every rule the spec breaks, one readable sentence each (empty when it is valid).
+
+    The rules of the schema (`contracts.schema.schema_problems`), with the place named by
+    entity rather than by index, plus the names the optional features reserve.
+    """
+    problems: list[str] = []
+    for problem in schema_problems(ProjectSchema(entities=list(spec.entities))):
+        location = problem.location
+        match = _ENTITY_INDEX.match(location)
+        if match and int(match.group(1)) < len(spec.entities):
+            location = spec.entities[int(match.group(1))].name + location[match.end() :]
+        problems.append(f"{location}: {problem.message}")
+    if spec.has("auth"):
+        for entity in spec.entities:
+            if entity.name in AUTH_CLASS_NAMES:
+                problems.append(
+                    f"{entity.name}: the entity name {entity.name!r} is used by the "
+                    "authentication feature; choose another"
+                )
+    problems.extend(_member_clashes(spec))
+    return problems
+
+
+def _member_clashes(spec: ProjectSpec) -> list[str]:
+    """Relations whose API name clashes with another member of the same entity.
+
+    A many_to_one or one_to_one relation `owner` is the column `owner_id`; a many_to_many
+    relation `tags` is the list `tags`. The schema rules catch most clashes; these are the
+    ones they cannot see, such as a many_to_many `owner_id` next to a many_to_one `owner`.
+    """
+    problems: list[str] = []
+    for entity in spec.entities:
+        seen = {field.name for field in entity.fields}
+        for relation in entity.relations:
+            if relation.kind == "one_to_many":
+                continue
+            member = relation.name if relation.kind == "many_to_many" else f"{relation.name}_id"
+            if member in seen:
+                problems.append(
+                    f"{entity.name}.{relation.name}: the relation's member {member!r} clashes "
+                    f"with another member of {entity.name!r}; rename one of them"
+                )
+            seen.add(member)
+    return problems

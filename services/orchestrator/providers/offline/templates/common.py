@@ -1,0 +1,157 @@
+"""Small helpers every template uses: imports that never clash with a generated name,
+Python and Markdown literals, and the per-type details of a field."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from services.orchestrator.guard import find_elision
+from services.orchestrator.providers.offline.layout import Column
+
+
+@dataclass
+class Imports:
+    """The imports of one generated module, each under a name that clashes with nothing.
+
+    `taken` holds the names the module defines itself and the field names used in its
+    class bodies (a field named `str` or `Mapped` would shadow the import inside the
+    class). An import whose name is taken is bound under `_<name>` instead, which no
+    entity or field name can be (those never start with an underscore).
+    """
+
+    taken: set[str]
+    _plain: set[str] = field(default_factory=set)
+    _from: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def module(self, module: str, alias: str | None = None) -> str:
+        """Import `module` (optionally `as alias`); the name to use it by."""
+        local = alias or module
+        if local in self.taken:
+            local = f"_{local}"
+        self._plain.add(f"import {module}" if local == module else f"import {module} as {local}")
+        return local
+
+    def name(self, module: str, name: str) -> str:
+        """Import `name` from `module`; the name to use it by."""
+        local = f"_{name}" if name in self.taken else name
+        self._from.setdefault(module, {})[name] = local
+        return local
+
+    def builtin(self, name: str) -> str:
+        """A builtin such as `str`, qualified through `builtins` when a field shadows it."""
+        if name not in self.taken:
+            return name
+        return f"{self.module('builtins', '_builtins')}.{name}"
+
+    def render(self, first_party: tuple[str, ...] = ("app", "tests")) -> str:
+        """The import block: standard library, third party, the project's own (isort order)."""
+        groups: dict[int, tuple[list[str], list[str]]] = {0: ([], []), 1: ([], []), 2: ([], [])}
+        for line in self._plain:
+            groups[_section(line.split()[1], first_party)][0].append(line)
+        for module, names in self._from.items():
+            parts = sorted(n if n == local else f"{n} as {local}" for n, local in names.items())
+            line = f"from {module} import {', '.join(parts)}"
+            if len(line) > 100:
+                line = f"from {module} import (\n" + "".join(f"    {p},\n" for p in parts) + ")"
+            groups[_section(module, first_party)][1].append(line)
+        blocks = ["\n".join([*sorted(plain), *sorted(froms)]) for plain, froms in groups.values()]
+        return "\n\n".join(block for block in blocks if block)
+
+
+STDLIB = frozenset(
+    {"builtins", "collections", "datetime", "decimal", "os", "typing", "uuid", "asyncio"}
+)
+
+
+def _section(module: str, first_party: tuple[str, ...]) -> int:
+    top = module.split(".")[0]
+    if top in STDLIB:
+        return 0
+    return 2 if top in first_party else 1
+
+
+def py(value: object) -> str:
+    """A Python literal for a JSON-like value (str, int, float, bool, None, list, dict).
+
+    Strings are double-quoted, as a formatter would write them.
+    """
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{py(k)}: {py(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(py(v) for v in value) + "]"
+    return repr(value)
+
+
+def markdown(text: str) -> str:
+    """Text from a schema made safe for a Markdown table cell or paragraph.
+
+    One line, `|` escaped; text that reads like an elision placeholder (which the
+    data-loss guard would reject) is left out.
+    """
+    flat = " ".join(text.split()).replace("|", "\\|")
+    return "" if find_elision(flat, None) else flat
+
+
+SQL_TYPES: dict[str, str] = {
+    "string": "String(255)",
+    "text": "Text()",
+    "integer": "Integer()",
+    "float": "Float()",
+    "decimal": "DecimalString()",
+    "boolean": "Boolean()",
+    "date": "Date()",
+    "datetime": "DateTime()",
+    "uuid": "Uuid()",
+    "enum": "String(64)",
+}
+
+TYPE_TITLES: dict[str, str] = {
+    "string": "string (at most 255 characters)",
+    "text": "text",
+    "integer": "integer",
+    "float": "number",
+    "decimal": 'decimal (sent and returned as a string, e.g. "12.50")',
+    "boolean": "boolean",
+    "date": "date (`YYYY-MM-DD`)",
+    "datetime": "date and time (ISO 8601)",
+    "uuid": "UUID",
+    "enum": "one of",
+}
+
+
+def python_type(column: Column, imports: Imports) -> str:
+    """The Python type of a column's values (enums are plain strings in the models)."""
+    kind = column.type
+    if kind in ("string", "text", "enum"):
+        return imports.builtin("str")
+    if kind == "integer":
+        return imports.builtin("int")
+    if kind == "float":
+        return imports.builtin("float")
+    if kind == "boolean":
+        return imports.builtin("bool")
+    if kind == "decimal":
+        return f"{imports.module('decimal', '_decimal')}.Decimal"
+    if kind == "date":
+        return f"{imports.module('datetime', '_dt')}.date"
+    if kind == "datetime":
+        return f"{imports.module('datetime', '_dt')}.datetime"
+    return f"{imports.module('uuid', '_uuid')}.UUID"
+
+
+def sql_type(column: Column, imports: Imports) -> str:
+    """The SQLAlchemy column type expression of a column."""
+    expression = SQL_TYPES[column.type]
+    name = expression.split("(")[0]
+    module = "app.db" if name == "DecimalString" else "sqlalchemy"
+    return imports.name(module, name) + expression[len(name) :]
+
+
+def module_docstring(text: str) -> str:
+    """A module docstring line (the text must not contain quotes or backslashes)."""
+    return f'"""{text}"""'

@@ -1,0 +1,272 @@
+"""The generated project: complete, compiling, deterministic, within limits — and working:
+its own test suite passes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from contracts import limits
+from contracts.paths import safe_path
+from services.orchestrator.guard import find_elision
+from services.orchestrator.providers.offline.project import Build, build_project
+from services.orchestrator.providers.offline.spec import (
+    ProjectSpec,
+    dump_spec,
+    load_spec,
+    spec_from_schema,
+    spec_problems,
+)
+from tests.orchestrator.providers.offline.helpers import SHOP, numbered, schema
+
+# Field and entity names that shadow what the generated code itself uses.
+AWKWARD: dict[str, Any] = {
+    "entities": [
+        {
+            "name": "Column",
+            "fields": [
+                {"name": name, "type": kind, "required": i % 2 == 0}
+                for i, (name, kind) in enumerate(
+                    [
+                        ("str", "string"),
+                        ("int", "integer"),
+                        ("float", "float"),
+                        ("bool", "boolean"),
+                        ("list", "text"),
+                        ("mapped_column", "decimal"),
+                        ("relationship", "date"),
+                        ("msgspec", "datetime"),
+                        ("self", "uuid"),
+                        ("values", "string"),
+                        ("session", "integer"),
+                        ("a_1", "string"),
+                        ("a1", "string"),
+                    ]
+                )
+            ]
+            + [{"name": "read", "type": "enum", "values": ["value", "name", "mro"]}],
+            "relations": [
+                {"name": "mapped", "target": "Mapped", "kind": "many_to_many"},
+                {"name": "struct", "target": "Struct", "required": True},
+                {"name": "literal", "target": "Literal", "kind": "one_to_many"},
+            ],
+        },
+        {
+            "name": "Mapped",
+            "fields": [{"name": "x", "type": "string"}],
+            "relations": [{"name": "column", "target": "Column", "required": True}],
+        },
+        {
+            "name": "Struct",
+            "fields": [{"name": "y", "type": "integer"}],
+            "relations": [{"name": "con", "target": "Con", "required": True}],
+        },
+        {
+            "name": "Con",
+            "fields": [{"name": "z", "type": "integer"}],
+            "relations": [
+                {"name": "struct", "target": "Struct", "required": True},
+                {"name": "me", "target": "Con", "required": True, "kind": "one_to_one"},
+            ],
+        },
+        {
+            "name": "Literal",
+            "fields": [{"name": "w", "type": "boolean"}],
+            "relations": [
+                {"name": "values", "target": "Literal", "kind": "many_to_many"},
+                {"name": "items", "target": "Literal", "kind": "one_to_many"},
+            ],
+        },
+        {"name": "A" + "Bc" * 31 + "D", "fields": [{"name": "v", "type": "string"}]},
+        {"name": "Bus", "fields": [{"name": "t", "type": "string"}]},
+        {"name": "Buse", "fields": [{"name": "t", "type": "string"}]},
+    ]
+}
+
+ALL_FEATURES = ["auth", "docker", "pagination"]
+
+
+def make_spec(document: dict[str, Any], features: list[str] | None = None) -> ProjectSpec:
+    spec = spec_from_schema("My shop", schema(document), "a small shop")
+    spec = msgspec.structs.replace(spec, features=features or [])
+    assert spec_problems(spec) == []
+    return spec
+
+
+def write(build: Build, root: Path) -> Path:
+    for path, (_, content) in build.items():
+        target = root / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+    return root
+
+
+def run_pytest(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def check_build(build: Build) -> None:
+    """Every file compiles (Python), has a safe path, no elision, and fits the limits."""
+    assert len(build) <= limits.MAX_FILES_PER_GENERATION
+    total = 0
+    for path, (phase, content) in build.items():
+        assert safe_path(path) == path
+        assert phase in ("plan", "models", "schemas", "api", "tests", "docs"), path
+        size = len(content.encode())
+        assert size <= limits.MAX_FILE_BYTES, path
+        total += size
+        assert content.endswith("\n") and content.strip(), path
+        assert find_elision(content, None) is None, path
+        if path.endswith(".py"):
+            compile(content, path, "exec", dont_inherit=True)
+    assert total <= limits.MAX_GENERATION_BYTES
+
+
+@pytest.mark.parametrize(
+    ("document", "features"),
+    [(SHOP, []), (SHOP, ALL_FEATURES), (AWKWARD, ALL_FEATURES), (AWKWARD, [])],
+    ids=["shop", "shop-all-features", "awkward-all-features", "awkward"],
+)
+def test_every_file_compiles_and_fits(document: dict[str, Any], features: list[str]) -> None:
+    check_build(build_project(make_spec(document, features)))
+
+
+def test_the_files_belong_to_their_phases() -> None:
+    build = build_project(make_spec(SHOP, ALL_FEATURES))
+    phases = {path: phase for path, (phase, _) in build.items()}
+
+    assert {p for p, ph in phases.items() if ph == "plan"} == {
+        "kiln.json",
+        "pyproject.toml",
+        ".gitignore",
+        "app/__init__.py",
+        "Dockerfile",
+        ".dockerignore",
+    }
+    assert phases["app/db.py"] == phases["app/models/product.py"] == "models"
+    assert phases["app/auth/models.py"] == "models"
+    assert phases["app/schemas/product.py"] == phases["app/auth/schemas.py"] == "schemas"
+    assert phases["app/routes/product.py"] == phases["app/main.py"] == "api"
+    assert phases["app/pagination.py"] == phases["app/auth/security.py"] == "api"
+    assert all(ph == "tests" for p, ph in phases.items() if p.startswith("tests/"))
+    assert {p for p, ph in phases.items() if ph == "docs"} == {"README.md", "docs/api.md"}
+    assert load_spec(build["kiln.json"][1]) == make_spec(SHOP, ALL_FEATURES)
+
+
+def test_the_build_is_deterministic() -> None:
+    spec = make_spec(SHOP, ALL_FEATURES)
+    first = build_project(spec)
+
+    again = build_project(load_spec(dump_spec(spec)))
+    reordered = build_project(msgspec.structs.replace(spec, features=ALL_FEATURES[::-1]))
+
+    assert first == again == reordered
+    assert list(first) == sorted(first)
+
+
+def test_a_relation_declared_on_both_sides_is_one_column() -> None:
+    build = build_project(make_spec(SHOP))
+    product_model = build["app/models/product.py"][1]
+
+    assert "category_id" in product_model and "category_products_id" not in product_model
+    assert '@get("/{item_id:int}/products")' in build["app/routes/category.py"][1]
+
+
+def test_a_cycle_of_required_references_is_generated_optional() -> None:
+    build = build_project(make_spec(AWKWARD))
+
+    assert "struct_id: Mapped[int | None]" in build["app/models/con_.py"][1]
+    assert "part of a cycle of required references" in build["docs/api.md"][1]
+    # Not in a cycle; `_Mapped` because the entity Mapped shadows SQLAlchemy's Mapped.
+    assert "column_id: _Mapped[int] =" in build["app/models/mapped.py"][1]
+
+
+def test_200_entities_build_within_the_limits_and_20_quickly() -> None:
+    timings: dict[int, float] = {}
+    for count in (1, 20, 200):
+        spec = make_spec(msgspec.to_builtins(numbered(count)), ALL_FEATURES)
+        started = time.perf_counter()
+        build = build_project(spec)
+        timings[count] = time.perf_counter() - started
+        check_build(build)
+        assert sum(1 for p in build if p.startswith("app/models/")) == count + 1
+    print(f"build times: { {k: f'{v * 1000:.1f} ms' for k, v in timings.items()} }")
+    assert timings[20] < 0.1
+    assert timings[200] < 2.0
+
+
+def test_a_large_schema_stays_within_the_limits() -> None:
+    document = msgspec.to_builtins(numbered(200))
+    for entity in document["entities"]:
+        entity["fields"] += [{"name": f"field_{i}", "type": "string"} for i in range(20)]
+
+    check_build(build_project(make_spec(document, ALL_FEATURES)))
+
+
+def test_the_generated_tests_pass_for_a_small_project(tmp_path: Path) -> None:
+    one = {"entities": [SHOP["entities"][2]]}
+    project = write(build_project(make_spec(one)), tmp_path)
+
+    result = run_pytest(project, "-x")
+
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout
+
+
+@pytest.mark.slow
+def test_the_generated_tests_pass_with_relations_enums_auth_and_pagination(
+    tmp_path: Path,
+) -> None:
+    project = write(build_project(make_spec(SHOP, ALL_FEATURES)), tmp_path)
+
+    result = run_pytest(project)
+
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "failed" not in result.stdout and " passed" in result.stdout
+
+
+SMOKE = """
+from litestar.testing import TestClient
+
+import tests.factories as factories  # noqa: F401
+from app.main import create_app
+from importlib import import_module
+import pkgutil
+
+app = create_app("sqlite+aiosqlite:///smoke.db")
+with TestClient(app) as client:
+    for info in sorted(pkgutil.iter_modules(factories.__path__), key=lambda m: m.name):
+        module = import_module(f"tests.factories.{info.name}")
+        created = getattr(module, f"make_{info.name}")(client)
+        assert created["id"] >= 1, created
+print("smoke ok")
+"""
+
+
+def test_awkward_names_work_at_runtime(tmp_path: Path) -> None:
+    project = write(build_project(make_spec(AWKWARD)), tmp_path)
+    (project / "smoke.py").write_text(SMOKE)
+
+    result = subprocess.run(
+        [sys.executable, "smoke.py"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PYTHONPATH": str(project), "PATH": "/usr/bin:/bin"},
+    )
+
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "smoke ok" in result.stdout
