@@ -62,10 +62,10 @@ def main(argv: list[str] | None = None) -> None:
 
             run_gateway(settings)
         elif args.command == "migrate":
-            from services.storage.db import migrate
+            from services.storage.db import migrate, shown_url
 
             migrate(settings.effective_database_url)
-            print(f"Database is up to date: {settings.effective_database_url}")
+            print(f"Database is up to date: {shown_url(settings.effective_database_url)}")
         elif args.command == "settings":
             from services.cli.settings_doc import settings_table
 

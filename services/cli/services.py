@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
+import signal
+import sys
 from typing import Any
 
 from services.cli.runtime import run_until_signalled
@@ -21,9 +22,13 @@ def run_orchestrator(settings: Settings) -> None:
 
 def run_storage(settings: Settings) -> None:
     """Run one storage projector until SIGTERM."""
+    from services.storage.db import DatabaseNotMigrated
     from services.storage.service import StorageService
 
-    run_until_signalled(settings, "storage", StorageService(settings).run)
+    try:
+        run_until_signalled(settings, "storage", StorageService(settings).run)
+    except DatabaseNotMigrated as exc:
+        sys.exit(f"kiln storage: {exc}")
 
 
 def run_gateway(settings: Settings) -> None:
@@ -56,5 +61,12 @@ def run_gateway(settings: Settings) -> None:
         backlog=4096,
     )
     server = Server(config)
+    # Once stopped, uvicorn raises the signal it caught again with the handler it found; a
+    # SIGTERM is how a gateway is meant to stop, so it then ends with code 0, not killed.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     log.info("Gateway listening on http://{host}:{port}", host=settings.host, port=settings.port)
-    asyncio.run(server.serve())
+    # uvicorn's own run() picks the event loop (uvloop when installed, as the other services
+    # use); `asyncio.run(server.serve())` would always take the slower default loop.
+    server.run()
+    if not server.started:
+        sys.exit("kiln gateway: the gateway could not start; the reason is logged above")

@@ -263,7 +263,7 @@ async def follow_new(
     stream: str,
     cb: Any,
     *,
-    idle_heartbeat_s: float = 2.0,
+    idle_heartbeat_s: float = 1.0,
 ) -> JetStreamContext.PushSubscription:
     """An ordered consumer delivering every message on `subject` published from now on.
 

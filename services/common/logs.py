@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from typing import Any
 
 _TOKEN_PARAM = re.compile(r"(token=)[^&\s\"']+")
+# A request line about one generation (`GET /generations/<id>/stream`) names it as a field.
+_GENERATION_PATH = re.compile(r"/generations/([0-9a-fA-F-]{36})\b")
 
 
 class Redactor:
@@ -52,6 +54,10 @@ class _Formatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields: dict[str, Any] = dict(getattr(record, "fields", {}) or {})
         message = record.getMessage()
+        if "generation_id" not in fields:
+            named = _GENERATION_PATH.search(message)
+            if named:
+                fields["generation_id"] = named.group(1)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         stamp += f".{int(record.msecs):03d}Z"
         if record.exc_info:

@@ -30,8 +30,12 @@ class GatewayError(Exception):
     status = 500
     title = "Internal Server Error"
 
+    RESERVED = frozenset({"type", "title", "status", "detail", "instance"})
+
     def __init__(self, detail: str, **extra: Any) -> None:
         super().__init__(detail)
+        clash = self.RESERVED & extra.keys()
+        assert not clash, f"problem+json members cannot be extras: {sorted(clash)}"
         self.detail = detail
         self.extra = extra
         self.headers: dict[str, str] = {}

@@ -118,7 +118,14 @@ async def current_revision(engine: AsyncEngine) -> str | None:
 
 
 async def check_migrated(engine: AsyncEngine) -> None:
-    """Raise DatabaseNotMigrated unless the database is at the newest migration."""
+    """Raise DatabaseNotMigrated unless the database is at the newest migration.
+
+    A SQLite file that does not exist is not created by the check.
+    """
+    if _missing_sqlite_file(engine.url):
+        raise DatabaseNotMigrated(
+            f"the database at {shown_url(engine.url)} is not migrated: run `kiln migrate`"
+        )
     current = await current_revision(engine)
     head = await asyncio.to_thread(head_revision)
     if current == head:
@@ -130,6 +137,14 @@ async def check_migrated(engine: AsyncEngine) -> None:
             "does not know: it was migrated by a newer Kiln"
         )
     raise DatabaseNotMigrated(f"the database at {where} is not migrated: run `kiln migrate`")
+
+
+def _missing_sqlite_file(url: URL) -> bool:
+    database = url.database
+    if url.get_backend_name() != "sqlite" or database in (None, "", ":memory:"):
+        return False
+    assert database is not None
+    return not database.startswith("file:") and not Path(database).expanduser().exists()
 
 
 def _known(revision: str) -> bool:

@@ -44,6 +44,7 @@ from contracts.events import (
 from contracts.paths import PathRejected, safe_path
 from contracts.state import FileState, GenerationState, apply, new_state
 from contracts.streams import EVENTS_STREAM, STORAGE_CONSUMER
+from services.common import metrics
 from services.common.consumer import Ack, DeadLetter, Outcome, Retry
 from services.common.logs import get_logger
 from services.storage.models import (
@@ -132,6 +133,10 @@ class Projector:
         self.events_skipped += result.skipped
         self.dead_letters += sum(isinstance(o, DeadLetter) for o in result.outcomes.values())
         self.last_applied_stream_seq = max(self.last_applied_stream_seq, result.position)
+        metrics.storage_batch_size.observe(len(msgs))
+        metrics.storage_apply_seconds.observe(elapsed)
+        metrics.storage_events.inc(sum(result.applied.values()))
+        metrics.storage_applied_seq.set(self.last_applied_stream_seq)
         for generation_id, count in result.applied.items():
             log.info(
                 "Projected {count} events of generation {generation_id}",

@@ -71,7 +71,6 @@ async def test_every_route_hides_another_users_generation(settings: Settings) ->
             response = await stack.bob.request(method, path, json=body)
             assert response.status_code == 404, (method, path, response.status_code, response.text)
             assert response.headers["content-type"].startswith("application/problem+json")
-            assert alice["generation_id"] not in response.text or "not found" in response.text
             attacked.append(f"{method} {template}")
 
         # The routes of the design are all among those attacked.

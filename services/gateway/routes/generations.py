@@ -307,7 +307,7 @@ class GenerationController(Controller):
         if state.is_terminal:
             raise Conflict(
                 f"The generation is already {state.status}; there is nothing to cancel.",
-                status=state.status,
+                generation_status=state.status,
             )
         await gw.commands.cancel(
             state, by=user, reason=(data.reason if data else "") or f"cancelled by {user}"

@@ -1,0 +1,35 @@
+# syntax=docker/dockerfile:1
+# One image for every Kiln service: `kiln orchestrator`, `kiln storage`, `kiln gateway`,
+# `kiln migrate` (see compose.yaml), or `kiln up` for everything in one container.
+
+ARG PYTHON_VERSION=3.11
+
+# --- build: install Kiln and its pinned dependencies into a virtual environment
+FROM python:${PYTHON_VERSION}-slim AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/kiln
+WORKDIR /src
+COPY pyproject.toml constraints.txt README.md ./
+COPY contracts ./contracts
+COPY services ./services
+RUN /opt/kiln/bin/pip install --constraint constraints.txt . \
+    && /opt/kiln/bin/kiln settings >/dev/null
+
+# --- runtime: the virtual environment only, run as an unprivileged user
+FROM python:${PYTHON_VERSION}-slim AS runtime
+RUN groupadd --system --gid 10001 kiln \
+    && useradd --system --uid 10001 --gid kiln --home-dir /var/lib/kiln --create-home kiln
+COPY --from=build /opt/kiln /opt/kiln
+ENV PATH=/opt/kiln/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    KILN_DATA_DIR=/var/lib/kiln \
+    KILN_HOST=0.0.0.0
+WORKDIR /var/lib/kiln
+USER kiln:kiln
+EXPOSE 8000 9090
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["kiln"]
+CMD ["up"]

@@ -1,0 +1,265 @@
+"""Kiln as an operator runs it past one machine: each service its own process
+(`python -m services.cli.main <service>`), several of a kind, one nats-server, one
+migrated database; and the client-side checks the operations tests share."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import nats
+from httpx_sse import aconnect_sse
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from prometheus_client.parser import text_string_to_metric_families
+
+from contracts import subjects
+from contracts.streams import EVENTS_STREAM
+from services.common.embedded_nats import free_port
+from tests.conftest import ALICE_KEY
+from tests.support.processes import Processes, ServiceProcess
+from tests.support.stack import SCHEMA_ONE
+
+TERMINAL = {"generation.completed", "generation.failed", "generation.cancelled"}
+START_TIMEOUT_S = 120.0
+
+
+@dataclass(eq=False)
+class Service:
+    """A running service process and the base URL of its HTTP endpoints."""
+
+    process: ServiceProcess
+    url: str
+
+    @property
+    def pid(self) -> int:
+        return self.process.process.pid
+
+
+class Cluster:
+    """Starts services as processes sharing one environment; stops them all (by PID)."""
+
+    def __init__(self, tmp_path: Path, nats_url: str, **env: str) -> None:
+        self.nats_url = nats_url
+        self.processes = Processes(
+            tmp_path,
+            {
+                "NATS_URL": nats_url,
+                "KILN_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'kiln.db'}",
+                "KILN_DATA_DIR": str(tmp_path / "data"),
+                "KILN_API_KEYS": f"alice:{ALICE_KEY}",
+                "KILN_SECRET": "ops-test-secret-not-for-production",
+                "KILN_COMMAND_ACK_WAIT": "5",
+                "KILN_GENERATIONS_PER_MINUTE": "0",
+                "KILN_LOG_FORMAT": "json",
+                **env,
+            },
+        )
+
+    def migrate(self) -> None:
+        """`kiln migrate`, as an operator runs it before the services."""
+        self.processes.migrate()
+
+    def _with_health(self, service: str, name: str, **env: str) -> Service:
+        port = free_port()
+        process = self.processes.start(
+            service, name, KILN_HEALTH_HOST="127.0.0.1", KILN_HEALTH_PORT=str(port), **env
+        )
+        url = f"http://127.0.0.1:{port}"
+        process.wait_http(f"{url}/readyz", timeout=START_TIMEOUT_S)
+        return Service(process, url)
+
+    def storage(self, name: str = "storage", **env: str) -> Service:
+        return self._with_health("storage", name, **env)
+
+    def orchestrator(self, name: str = "orchestrator", **env: str) -> Service:
+        return self._with_health("orchestrator", name, **env)
+
+    def gateway(self, name: str = "gateway", **env: str) -> Service:
+        port = free_port()
+        process = self.processes.start(
+            "gateway", name, KILN_HOST="127.0.0.1", KILN_PORT=str(port), **env
+        )
+        url = f"http://127.0.0.1:{port}"
+        process.wait_http(f"{url}/readyz", timeout=START_TIMEOUT_S)
+        return Service(process, url)
+
+    def stop_all(self) -> None:
+        self.processes.stop_all()
+
+
+def client(url: str) -> httpx.AsyncClient:
+    """alice's client for one gateway."""
+    return httpx.AsyncClient(
+        base_url=url, headers={"Authorization": f"Bearer {ALICE_KEY}"}, timeout=60
+    )
+
+
+async def create(gateway: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
+    """POST /generations; the 201 body."""
+    payload = {"project_name": "shop", "schema": SCHEMA_ONE, "prompt": "a small shop", **body}
+    response = await gateway.post("/generations", json=payload)
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+class SSEEvent(msgspec.Struct, frozen=True):
+    """One event as an SSE client received it."""
+
+    id: int
+    type: str
+    data: dict[str, Any]
+
+
+async def watch(
+    url: str,
+    stream_url: str,
+    *,
+    last_event_id: int | None = None,
+    received: list[SSEEvent] | None = None,
+    timeout: float = 180,
+) -> list[SSEEvent]:
+    """Read a stream until the server ends it; every event received, in order.
+
+    Events are appended to `received` as they arrive (a caller can look while it runs).
+    """
+    events = received if received is not None else []
+    headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
+    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(60, read=90)) as http:
+        async with asyncio.timeout(timeout):
+            # A gateway that stops ends the body early; that is the end of this stream.
+            with contextlib.suppress(httpx.RemoteProtocolError, httpx.ReadError):
+                async with aconnect_sse(http, "GET", stream_url, headers=headers) as source:
+                    source.response.raise_for_status()
+                    async for message in source.aiter_sse():
+                        if message.id:
+                            events.append(SSEEvent(int(message.id), message.event, message.json()))
+    return events
+
+
+async def wait_status(
+    gateway: httpx.AsyncClient, generation_id: str, *statuses: str, timeout: float = 180
+) -> dict[str, Any]:
+    """Poll GET /generations/{id} (the read model) until its status is one of `statuses`."""
+    wanted = statuses or ("completed", "failed", "cancelled")
+    async with asyncio.timeout(timeout):
+        while True:
+            response = await gateway.get(f"/generations/{generation_id}")
+            if response.status_code == 200 and response.json()["status"] in wanted:
+                return dict(response.json())
+            await asyncio.sleep(0.1)
+
+
+@dataclass(frozen=True)
+class StreamMessage:
+    """One message of KILN_EVENTS as the broker holds it."""
+
+    stream_seq: int
+    subject: str
+    msg_id: str
+    event: dict[str, Any]
+
+
+async def stream_messages(nats_url: str) -> list[StreamMessage]:
+    """Every message of the events stream, read from the broker itself."""
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        last = int((await js.stream_info(EVENTS_STREAM)).state.last_seq)
+        messages: list[StreamMessage] = []
+        if not last:
+            return messages
+        sub = await js.subscribe(
+            subjects.ALL_EVENTS,
+            stream=EVENTS_STREAM,
+            ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+        )
+        try:
+            while True:
+                msg = await sub.next_msg(timeout=30)
+                seq = int(msg.metadata.sequence.stream)
+                messages.append(
+                    StreamMessage(
+                        seq,
+                        msg.subject,
+                        (msg.headers or {}).get("Nats-Msg-Id", ""),
+                        msgspec.json.decode(msg.data),
+                    )
+                )
+                if seq >= last:
+                    return messages
+        finally:
+            await sub.unsubscribe()
+    finally:
+        await nc.close()
+
+
+def by_generation(messages: list[StreamMessage]) -> dict[str, list[StreamMessage]]:
+    """The stream's messages grouped by generation, each group in stream order."""
+    groups: dict[str, list[StreamMessage]] = {}
+    for message in messages:
+        groups.setdefault(message.event["generation_id"], []).append(message)
+    return groups
+
+
+def check_log_is_whole(generation_id: str, messages: list[StreamMessage]) -> None:
+    """One writer's log: seq 1..n, every Nats-Msg-Id once, exactly one terminal event, last."""
+    assert [m.event["seq"] for m in messages] == list(range(1, len(messages) + 1)), generation_id
+    ids = Counter(m.msg_id for m in messages)
+    assert all(ids.values()) and max(ids.values()) == 1, f"duplicated Nats-Msg-Id: {ids}"
+    assert set(ids) == {f"{generation_id}:{m.event['seq']}" for m in messages}
+    types = [m.event["type"] for m in messages]
+    assert types.count("generation.completed") == 1, (generation_id, types)
+    assert sum(t in TERMINAL for t in types) == 1, (generation_id, types)
+    assert types[-1] == "generation.completed", (generation_id, types)
+
+
+def check_sse_matches_log(
+    received: list[SSEEvent], messages: list[StreamMessage], *, after: int = 0
+) -> None:
+    """An SSE client got exactly the log's events after `after`: ids, types and bodies."""
+    expected = [m for m in messages if m.stream_seq > after]
+    assert [(e.id, e.type) for e in received] == [(m.stream_seq, m.event["type"]) for m in expected]
+    assert [e.data for e in received] == [m.event for m in expected]
+
+
+async def scrape(url: str) -> dict[str, float]:
+    """A service's /metrics as {`name{label="v",…}`: value} (and each name's sum over labels)."""
+    async with httpx.AsyncClient(timeout=30) as http:
+        response = await http.get(f"{url}/metrics")
+    assert response.status_code == 200, response.text
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}"] = sample.value
+            values[sample.name] = values.get(sample.name, 0.0) + sample.value
+    return values
+
+
+async def eventually(
+    check: Callable[[], bool | Awaitable[bool]], timeout: float = 120, every_s: float = 0.05
+) -> None:
+    """Wait until `check()` is true; TimeoutError after `timeout` seconds."""
+    async with asyncio.timeout(timeout):
+        while True:
+            result = check()
+            if result if isinstance(result, bool) else await result:
+                return
+            await asyncio.sleep(every_s)
+
+
+def wait_exit(service: Service, timeout: float) -> tuple[int | None, float]:
+    """Wait for the process to exit; its exit code (None if still running) and seconds taken."""
+    started = time.monotonic()
+    with contextlib.suppress(Exception):
+        service.process.process.wait(timeout)
+    return service.process.process.poll(), time.monotonic() - started
