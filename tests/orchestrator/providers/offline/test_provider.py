@@ -111,7 +111,7 @@ async def test_iterate_add_authentication(provider: OfflineProvider, shop: Gener
     assert all(not o.deletions for o in result.outputs.values())
     assert load_spec(result.files["kiln.json"]).features == ["auth"]
     assert "hashlib.pbkdf2_hmac" in result.files["app/auth/security.py"]
-    assert "guards=WRITE_GUARDS" in result.files["app/routes/product.py"]
+    assert result.files["app/routes/product.py"].count("guards=ROUTE_GUARDS") == 5, "every route"
     assert result.outputs["api"].summary == "Wrote 6 files to add authentication."
 
 

@@ -127,7 +127,7 @@ def route_module(project: ProjectLayout, entity: EntityLayout) -> str:
     get_or_404 = imports.name("app.crud", "get_or_404")
     guards = ""
     if project.auth:
-        guards = f", guards={imports.name('app.auth.security', 'WRITE_GUARDS')}"
+        guards = f", guards={imports.name('app.auth.security', 'ROUTE_GUARDS')}"
     paging_args: list[str] = []
     paging_query = ""
     if project.pagination:
@@ -192,7 +192,7 @@ def route_module(project: ProjectLayout, entity: EntityLayout) -> str:
             f"    path = {py(entity.path)}",
             f"    tags = [{py(entity.name)}]",
             "",
-            f"    @{get}()",
+            f"    @{get}({guards.removeprefix(', ')})",
             "    async def index(",
             "        self,",
             f"        session: {session_type},",
@@ -219,7 +219,7 @@ def route_module(project: ProjectLayout, entity: EntityLayout) -> str:
             "        await session.commit()",
             "        return schemas.to_read(item)",
             "",
-            f'    @{get}("/{{item_id:int}}")',
+            f'    @{get}("/{{item_id:int}}"{guards})',
             "    async def read(",
             f"        self, item_id: {path_id}, session: {session_type}",
             f"    ) -> {read}:",

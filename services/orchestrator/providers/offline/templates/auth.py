@@ -1,4 +1,4 @@
-"""The authentication feature: users, PBKDF2 password hashes, bearer tokens, a write guard.
+"""The authentication feature: users, PBKDF2 password hashes, bearer tokens, a guard on every entity route.
 
 Its files live in the `app/auth` package and `tests/auth`, apart from the entities, so no
 entity name can clash with them; only the model class names AuthUser and AuthToken are
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from services.orchestrator.providers.offline.layout import ProjectLayout
 
-PACKAGE = '"""Authentication: users, password hashes, bearer tokens and the write guard."""\n'
+PACKAGE = '"""Authentication: users, password hashes, bearer tokens and the route guard."""\n'
 
 MODELS = '''"""The users who may sign in, and the bearer tokens they hold."""
 
@@ -75,7 +75,7 @@ class AuthTokenRead(Struct):
     token_type: str = "bearer"
 '''
 
-SECURITY = '''"""Password hashing (PBKDF2-HMAC-SHA256), bearer tokens and the guard of write routes."""
+SECURITY = '''"""Password hashing (PBKDF2-HMAC-SHA256), bearer tokens and the guard of the entity routes."""
 
 from __future__ import annotations
 
@@ -153,7 +153,7 @@ async def requires_user(connection: ASGIConnection, _: BaseRouteHandler) -> None
         raise NotAuthorizedException("a valid bearer token is required (POST /auth/token)")
 
 
-WRITE_GUARDS: list[Guard] = [requires_user]
+ROUTE_GUARDS: list[Guard] = [requires_user]
 '''
 
 ROUTES = '''"""Register, get a token, see who you are, sign out."""

@@ -40,8 +40,8 @@ def readme(project: ProjectLayout) -> str:
         features.append(
             "- Authentication: `POST /auth/register`, `POST /auth/token` (a bearer token), "
             "`GET /auth/me`, `POST /auth/logout`. Passwords are stored as salted "
-            "PBKDF2-HMAC-SHA256 hashes. Every create, update and delete needs "
-            "`Authorization: Bearer <token>`; reads are public."
+            "PBKDF2-HMAC-SHA256 hashes. Every entity route (reads "
+            "too) needs `Authorization: Bearer <token>`."
         )
     if project.pagination:
         features.append(
@@ -89,7 +89,7 @@ def readme(project: ProjectLayout) -> str:
     if project.pagination:
         lines.append("- `app/pagination.py`: limit and offset of the list routes")
     if project.auth:
-        lines.append("- `app/auth/`: users, password hashes, tokens and the write guard")
+        lines.append("- `app/auth/`: users, password hashes, tokens and the route guard")
     lines.extend(
         [
             "- `tests/`: one test module per entity, `factories.py` for valid bodies",
@@ -106,7 +106,7 @@ def api_doc(project: ProjectLayout) -> str:
     if project.auth:
         lines.extend(
             [
-                "Create, update and delete need `Authorization: Bearer <token>`; get a token "
+                "Every entity route needs `Authorization: Bearer <token>`; get a token "
                 'from `POST /auth/token` with `{"username": ..., "password": ...}` after '
                 "`POST /auth/register` with the same body.",
                 "",

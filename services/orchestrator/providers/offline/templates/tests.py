@@ -340,9 +340,9 @@ def entity_tests(project: ProjectLayout, entity: EntityLayout) -> str:
 
 
 def auth_tests(project: ProjectLayout) -> str:
-    """`tests/auth/test_auth.py`: registering, tokens, and the guard on write routes."""
+    """`tests/auth/test_auth.py`: registering, tokens, and the guard on every entity route."""
     first = project.entities[0]
-    return f'''"""Authentication: register, sign in, and the guard on every write route."""
+    return f'''"""Authentication: register, sign in, and the guard on every entity route."""
 
 from __future__ import annotations
 
@@ -382,11 +382,12 @@ def test_a_username_is_registered_once(anonymous: TestClient[Any]) -> None:
     assert anonymous.post("/auth/register", json=USER).status_code == 409
 
 
-def test_writes_need_a_token_and_reads_do_not(anonymous: TestClient[Any]) -> None:
+def test_every_entity_route_needs_a_token(anonymous: TestClient[Any]) -> None:
     assert anonymous.post({first.path!r}, json={{}}).status_code == 401
     assert anonymous.patch({(first.path + "/1")!r}, json={{}}).status_code == 401
     assert anonymous.delete({(first.path + "/1")!r}).status_code == 401
-    assert anonymous.get({first.path!r}).status_code == 200
+    assert anonymous.get({first.path!r}).status_code == 401
+    assert anonymous.get({(first.path + "/1")!r}).status_code == 401
 
 
 def test_a_bad_token_is_refused(anonymous: TestClient[Any]) -> None:
