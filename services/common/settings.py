@@ -131,7 +131,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "Seconds before a generate command held by a silent orchestrator is handed to "
             "another (a running one renews it).",
         ),
-    ] = 30.0
+    ] = 10.0
     command_max_deliver: Annotated[
         int,
         _setting(

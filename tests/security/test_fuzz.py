@@ -40,7 +40,7 @@ def test_generated_requests_get_no_5xx_and_documented_responses(
                 "--checks", "not_a_server_error,response_schema_conformance",
                 "--max-examples", "10",
                 "--seed", "20261124",
-                "--max-time", "60",
+                "--max-time", "40",
                 "--request-timeout", "10",
                 "--exclude-path-regex", r".*/stream$",
                 "--workers", "1",
