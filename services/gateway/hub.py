@@ -77,6 +77,7 @@ class GenerationLog:
         self.failed: BaseException | None = None
         self.complete = False
         self.watchers = 0
+        self.ticks = 0
         self.idle_since = time.monotonic()
         self._target = 0
         self._pending: list[tuple[int, str, bytes]] = []
@@ -93,7 +94,7 @@ class GenerationLog:
 
     def changed(self) -> asyncio.Future[None]:
         """A future shared by every watcher, resolved when the log grows, finishes
-        replaying, or fails. Never cancel it: others wait on it too."""
+        replaying, fails, or at a keepalive tick. Never cancel it: others wait on it too."""
         return self._changed
 
     def _notify(self) -> None:
@@ -148,7 +149,6 @@ class Hub:
         self.logs: dict[str, GenerationLog] = {}
         self._live: JetStreamContext.PushSubscription | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._tick: asyncio.Future[None] | None = None
         self._background: list[asyncio.Task[None]] = []
         self.replays_started = 0
         self.on_replay: Callable[[float], None] | None = None
@@ -265,18 +265,19 @@ class Hub:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
-    def tick(self) -> asyncio.Future[None]:
-        """A future shared by every watcher, resolved at the next keepalive tick."""
-        if self._tick is None or self._tick.done():
-            self._tick = asyncio.get_running_loop().create_future()
-        return self._tick
+    def wake_all(self) -> None:
+        """Wake every watcher (to notice that the gateway is stopping)."""
+        for generation_log in self.logs.values():
+            generation_log._notify()
 
     async def _keepalive_loop(self) -> None:
+        # The tick reaches watchers through their log's `changed` future: a future shared
+        # by all 1,000 watchers would cost each wake-up an O(watchers) callback removal.
         while True:
             await asyncio.sleep(self.keepalive_s)
-            tick, self._tick = self._tick, None
-            if tick is not None and not tick.done():
-                tick.set_result(None)
+            for generation_log in self.logs.values():
+                generation_log.ticks += 1
+                generation_log._notify()
 
     async def _sweep_loop(self) -> None:
         while True:

@@ -147,6 +147,7 @@ class WatchSession:
         self, generation_log: GenerationLog, send: Send, disconnected: asyncio.Future[None]
     ) -> str:
         last_sent = self.after_seq
+        ticks = generation_log.ticks
         while True:
             if generation_log.failed is not None:
                 return "the replay failed; the client will reconnect"
@@ -170,13 +171,14 @@ class WatchSession:
                 return "client disconnected"
             if self.stopping is not None and self.stopping.done():
                 return "the gateway is stopping"
-            # Shared futures: waiting on them creates no task per connection.
-            tick = self.hub.tick()
-            waiters: set[asyncio.Future[Any]] = {generation_log.changed(), tick, disconnected}
-            if self.stopping is not None:
-                waiters.add(self.stopping)
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            if tick.done() and not disconnected.done():
+            # The log's shared future also resolves at keepalive ticks and when the gateway
+            # stops: waiting creates no task per connection, and no future with a callback
+            # per watcher (removing one from such a list on every wake-up is O(watchers)).
+            await asyncio.wait(
+                {generation_log.changed(), disconnected}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if generation_log.ticks != ticks and not disconnected.done():
+                ticks = generation_log.ticks
                 await send(
                     {"type": "http.response.body", "body": b": keepalive\n\n", "more_body": True}
                 )

@@ -43,3 +43,5 @@ class Gateway:
         """Tell every open SSE stream to end (clients reconnect with Last-Event-ID)."""
         if not self.stopping.done():
             self.stopping.set_result(None)
+            # Called from a signal handler too: wake the watchers from the loop.
+            self.stopping.get_loop().call_soon(self.hub.wake_all)

@@ -1,0 +1,1 @@
+"""Minimal servers the bench measures Kiln against."""

@@ -1,0 +1,1 @@
+"""Load generators: separate processes, driven over stdin/stdout by `workers.Worker`."""

@@ -1,0 +1,259 @@
+"""SSE clients on raw asyncio sockets: HTTP/1.1 (chunked or not), SSE parsed by the spec
+(with a fast path for the `id/event/data` blocks servers write), ids checked for order.
+
+Run as `python -m bench.loadgen.sse '<json config>'`; see `workers.py` for the protocol.
+Config: host, port, paths (one stream per path), ready ("headers" or "event": the first
+event received), decode (decode every event's JSON data), hold (stay connected until
+`stop`), wait_go (connect on `go`), timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from typing import Any, cast
+
+import msgspec
+
+from bench.loadgen.workers import Control
+
+TERMINAL = frozenset({b"generation.completed", b"generation.failed", b"generation.cancelled"})
+MARK = "bench "
+
+
+class _Data(msgspec.Struct):
+    type: str
+    seq: int
+    message: str = ""
+
+
+_decode = msgspec.json.Decoder(_Data).decode
+
+
+class Client(asyncio.Protocol):
+    """One SSE stream."""
+
+    def __init__(self, request: bytes, ready_on_event: bool, decode: bool, latencies: list[int]):
+        loop = asyncio.get_running_loop()
+        self.request = request
+        self.ready_on_event = ready_on_event
+        self.decode = decode
+        self.latencies = latencies
+        self.ready = loop.create_future()
+        self.done = loop.create_future()
+        self.transport: asyncio.Transport | None = None
+        self.head = b""
+        self.status = 0
+        self.chunked: bool | None = None
+        self.raw = b""
+        self.chunk_left = 0
+        self.crlf_left = 0
+        self.sse = b""
+        self.events = 0
+        self.marked = 0
+        self.keepalives = 0
+        self.last_id = 0
+        self.disorder = 0
+        self.terminal = False
+        self.error = ""
+        self.done_at = 0.0
+        self.closing = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.transport.write(self.request)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.terminal and not self.closing and not self.error:
+            self.error = f"connection closed before the end ({exc!r})"
+        self._finish()
+
+    def _finish(self) -> None:
+        if not self.done.done():
+            self.done_at = time.time()
+            self.done.set_result(None)
+        if not self.ready.done():
+            self.ready.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        if self.chunked is None:
+            self.head += data
+            end = self.head.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head, data = self.head[:end], self.head[end + 4 :]
+            self.head = b""
+            lines = head.split(b"\r\n")
+            self.status = int(lines[0].split()[1])
+            names = {line.partition(b":")[0].strip().lower(): line for line in lines[1:]}
+            self.chunked = b"chunked" in names.get(b"transfer-encoding", b"").lower()
+            if self.status != 200:
+                self.error = f"HTTP {self.status}"
+                self.close()
+                return
+            if not self.ready_on_event and not self.ready.done():
+                self.ready.set_result(None)
+            if not data:
+                return
+        self._sse(self._unchunk(data) if self.chunked else data)
+
+    def _unchunk(self, data: bytes) -> bytes:
+        raw = self.raw + data if self.raw else data
+        pieces = []
+        pos, end = 0, len(raw)
+        while pos < end:
+            if self.chunk_left:
+                take = min(self.chunk_left, end - pos)
+                pieces.append(raw[pos : pos + take])
+                pos += take
+                self.chunk_left -= take
+                if not self.chunk_left:
+                    self.crlf_left = 2
+                continue
+            if self.crlf_left:
+                skip = min(self.crlf_left, end - pos)
+                pos += skip
+                self.crlf_left -= skip
+                continue
+            line_end = raw.find(b"\r\n", pos)
+            if line_end < 0:
+                break
+            size = int(raw[pos:line_end].split(b";")[0], 16)
+            pos = line_end + 2
+            if size == 0:
+                break
+            self.chunk_left = size
+        self.raw = raw[pos:]
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def _sse(self, text: bytes) -> None:
+        buf = self.sse + text if self.sse else text
+        if b"\r" in buf:
+            keep_cr = buf.endswith(b"\r")
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            if keep_cr:  # a CRLF split between two reads: decide on the next read
+                buf = buf[:-1] + b"\r"
+        blocks = buf.split(b"\n\n")
+        self.sse = blocks.pop()
+        for block in blocks:
+            if not block:
+                continue
+            # Fast path for the `id: N\nevent: T\ndata: D` block a server writes; anything
+            # else takes the general path of the SSE spec.
+            i1 = block.find(b"\n")
+            i2 = block.find(b"\n", i1 + 1) if i1 > 0 else -1
+            if (
+                i2 > 0
+                and block.startswith(b"id: ")
+                and block.startswith(b"event: ", i1 + 1)
+                and block.startswith(b"data: ", i2 + 1)
+                and block.find(b"\n", i2 + 1) < 0
+            ):
+                self._event(block[4:i1], block[i1 + 8 : i2], block[i2 + 7 :])
+            else:
+                self._general(block)
+            if self.terminal:
+                return
+
+    def _general(self, block: bytes) -> None:
+        event_id: bytes | None = None
+        event_type = b"message"
+        data: list[bytes] = []
+        for line in block.split(b"\n"):
+            if line.startswith(b":"):
+                self.keepalives += 1
+                continue
+            name, _, value = line.partition(b":")
+            if value.startswith(b" "):
+                value = value[1:]
+            if name == b"id":
+                event_id = value
+            elif name == b"event":
+                event_type = value
+            elif name == b"data":
+                data.append(value)
+        if data:
+            self._event(event_id, event_type, b"\n".join(data))
+
+    def _event(self, event_id: bytes | None, event_type: bytes, data: bytes) -> None:
+        self.events += 1
+        if event_id:
+            seq = int(event_id)
+            if seq <= self.last_id:
+                self.disorder += 1
+            self.last_id = seq
+        if self.decode:
+            body = _decode(data)
+            if body.message.startswith(MARK):
+                self.marked += 1
+                self.latencies.append(int((time.time() - float(body.message[6:])) * 1e6))
+        if not self.ready.done():
+            self.ready.set_result(None)
+        if event_type in TERMINAL:
+            self.terminal = True
+            self.close()
+
+    def close(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+        self._finish()
+
+
+async def run(control: Control, config: dict[str, Any]) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    host, port = config["host"], config["port"]
+    latencies: list[int] = []
+    requests = [
+        (
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n"
+            "Cache-Control: no-cache\r\n\r\n"
+        ).encode()
+        for path in config["paths"]
+    ]
+    if config.get("wait_go"):
+        await control.wait("go")
+    started = time.time()
+    cpu = time.process_time()
+    clients = [
+        Client(request, config.get("ready") == "event", config.get("decode", False), latencies)
+        for request in requests
+    ]
+
+    async def connect(client: Client) -> None:
+        try:
+            await loop.create_connection(lambda: client, host, port)
+        except OSError as exc:
+            client.error = f"connect failed: {exc!r}"
+            client._finish()
+
+    await asyncio.gather(*(connect(c) for c in clients))
+    timeout = config.get("timeout", 120.0)
+    await asyncio.wait_for(asyncio.gather(*(c.ready for c in clients)), timeout)
+    control.send({"ready": time.time()})
+    if config.get("hold"):
+        await control.wait("stop")
+        for client in clients:
+            client.close()
+    await asyncio.wait([c.done for c in clients], timeout=timeout)
+    cpu = time.process_time() - cpu
+    done_at = [c.done_at for c in clients if c.done.done()]
+    return {
+        "started": started,
+        "finished": max(done_at) if done_at else time.time(),
+        "cpu_s": cpu,
+        "streams": len(clients),
+        "completed": sum(c.terminal for c in clients),
+        "events": sum(c.events for c in clients),
+        "marked": [c.marked for c in clients],
+        "last_ids": [c.last_id for c in clients],
+        "disorder": sum(c.disorder for c in clients),
+        "keepalives": sum(c.keepalives for c in clients),
+        "errors": sorted({c.error for c in clients if c.error})[:5],
+        "latencies_us": latencies,
+    }
+
+
+if __name__ == "__main__":
+    Control.main(run, sys.argv[1])

@@ -1,0 +1,114 @@
+"""B5 projection: Kiln's storage service (unchanged, in its own process, on SQLite) applies
+50,000 events with file contents, committed; timed from the moment it is ready. Baseline:
+a raw durable pull consumer fetching (batches of 256, as storage) and acking the same
+events. Each run starts from an empty database and a new consumer; a Kiln run is capped
+at MAX_SECONDS (its rate is what it committed by then)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from nats.js.errors import NotFoundError
+
+from bench import events
+from bench.env import Stack
+from bench.loadgen.workers import Worker
+from bench.report import Measurements, Row, client_note
+from bench.scenarios import Context
+from contracts import streams, subjects
+from services.storage.db import migrate
+
+TITLE = "B5 projection"
+# A Kiln run stops here and reports the rate it reached, so that the whole bench stays
+# under ten minutes however slow the projection is (the note says how far it got).
+MAX_SECONDS = 30.0
+
+
+async def _go(worker: Worker) -> dict:
+    try:
+        await worker.start()
+        await worker.send("go")
+        return await worker.result(600)
+    finally:
+        await worker.stop()
+
+
+async def run(ctx: Context) -> list[Row]:
+    total = ctx.size(50_000, 300)
+    per_generation = ctx.size(1000, 50)
+    max_seconds = ctx.seconds(MAX_SECONDS, 60.0)
+    rates = Measurements()
+    applied: list[int] = []
+    storage_cpu = 0.0
+    async with Stack(ctx.dir("b5")) as stack:
+        assert stack.nc is not None
+        for _ in range(total // per_generation):
+            gen = events.writer(stack.js)
+            await events.fill(stack.nc, gen, events.history(per_generation, salt=gen.generation_id))
+        info = await stack.js.stream_info(streams.EVENTS_STREAM)
+        target = int(info.state.last_seq)
+        ctx.log(f"{TITLE}: {info.state.messages:,} events, {info.state.bytes / 1e6:.0f} MB stored")
+        for run in range(1, ctx.runs + 1):
+            database = ctx.dir("b5") / f"projection-{run}.db"
+            url = f"sqlite+aiosqlite:///{database}"
+            await asyncio.to_thread(migrate, url)
+            with contextlib.suppress(NotFoundError):
+                await stack.js.delete_consumer(streams.EVENTS_STREAM, streams.STORAGE_CONSUMER)
+            kiln = Worker(
+                "bench.loadgen.storage",
+                {"target": target, "max_seconds": max_seconds},
+                ctx.dir("b5"),
+                profile=ctx.profile and run == 1,
+            )
+            kiln.env = {**stack.env(), "KILN_DATABASE_URL": url}
+            k = await _go(kiln)
+            raw = Worker(
+                "bench.loadgen.raw_nats",
+                {
+                    "url": stack.nats_url,
+                    "mode": "pull",
+                    "stream": streams.EVENTS_STREAM,
+                    "subject": subjects.ALL_EVENTS,
+                    "durable": f"bench-raw-{run}",
+                    "target": target,
+                    "batch": 256,
+                },
+                ctx.dir("b5"),
+            )
+            b = await _go(raw)
+            if not k["complete"] and k["finished"] - k["started"] < max_seconds:
+                raise RuntimeError(f"storage applied {k['events']} of {total} events: {k}")
+            applied.append(k["events"])
+            k_seconds = k["finished"] - k["started"]
+            b_seconds = b["finished"] - b["started"]
+            rates.add(k["events"] / k_seconds, total / b_seconds)
+            storage_cpu = max(storage_cpu, k["cpu_s"] / k_seconds)
+            ctx.log(
+                f"{TITLE}: run {run}: Kiln {k['events'] / k_seconds:,.0f} events/s "
+                f"({k['batches']} batches), raw {total / b_seconds:,.0f} events/s"
+            )
+    ratio = rates.ratio
+    row = Row(
+        TITLE,
+        f"{rates.kiln_median:,.0f} events/s",
+        f"{rates.baseline_median:,.0f} events/s",
+        f"{ratio:.2f}x",
+        "≥ 0.5x raw",
+        ratio >= 0.5,
+        [
+            f"{total:,} events ({per_generation} per generation, ~1 KiB file contents) into "
+            f"SQLite; runs (Kiln / raw): {rates.spread()} events/s; storage process at "
+            f"{storage_cpu:.0%} of a core"
+        ],
+    )
+    if min(applied) < total:
+        row.notes.append(
+            f"each Kiln run was stopped after {max_seconds:.0f} s, having committed "
+            f"{', '.join(f'{a:,}' for a in applied)} of the {total:,} events: the rate is "
+            "what it sustained until then"
+        )
+    note = client_note(storage_cpu, "the storage process")
+    if note:
+        row.notes.append(note.replace("the client may be the bottleneck", "it is CPU-bound"))
+    return [row]

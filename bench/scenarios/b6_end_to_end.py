@@ -1,0 +1,187 @@
+"""B6 end to end: offline generations of 1, 20 and 100 entities, timed from the POST to
+`completed` in the read model (the SQLite file storage writes), then 50 concurrent ones;
+all three services run as `kiln orchestrator | storage | gateway` with default settings.
+Baseline: the same events (read back from the stream) published raw, one at a time, each
+awaiting the stream's ack as the orchestrator's appends do, to a stream of the same
+configuration (concurrently for the 50)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sqlite3
+import time
+from typing import Any
+
+import httpx
+
+from bench.env import Stack, api_keys
+from bench.report import Measurements, Row
+from bench.scenarios import Context
+from contracts import streams, subjects
+from services.common.eventlog import read_generation
+
+TITLE = "B6 end to end"
+RAW_STREAM = "BENCH_RAW"
+
+
+def schema_with(entity_count: int) -> dict[str, Any]:
+    """A valid schema of `entity_count` related entities."""
+    entities = []
+    for i in range(entity_count):
+        fields = [
+            {"name": "name", "type": "string", "required": True},
+            {"name": "notes", "type": "text", "required": False},
+            {"name": "amount", "type": "integer", "required": False},
+        ]
+        relations = (
+            [{"name": "parent", "target": f"Entity{i - 1}", "kind": "many_to_one"}] if i else []
+        )
+        entities.append({"name": f"Entity{i}", "fields": fields, "relations": relations})
+    return {"entities": entities}
+
+
+class Users:
+    """API keys in turn, so that no key meets the per-key rate limit of new generations."""
+
+    def __init__(self) -> None:
+        self.keys = list(api_keys().values())
+        self.next = 0
+
+    def take(self) -> str:
+        key = self.keys[self.next % len(self.keys)]
+        self.next += 1
+        return key
+
+
+async def _statuses(database: str, ids: list[str]) -> dict[str, str]:
+    def query() -> dict[str, str]:
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5) as conn:
+            marks = ",".join("?" * len(ids))
+            rows = conn.execute(f"SELECT id, status FROM generations WHERE id IN ({marks})", ids)
+            return {row[0]: row[1] for row in rows}
+
+    try:
+        return await asyncio.to_thread(query)
+    except sqlite3.OperationalError:
+        return {}
+
+
+async def _generate(
+    stack: Stack, client: httpx.AsyncClient, users: Users, entities: int, count: int
+) -> tuple[float, list[str], float]:
+    """POST `count` generations at once: seconds until all are completed in the read model,
+    their ids, and seconds until the stream held the last event of them all."""
+    body = {"project_name": "bench", "schema": schema_with(entities), "prompt": "a benchmark"}
+    started = time.monotonic()
+
+    async def post() -> str:
+        response = await client.post(
+            "/generations", json=body, headers={"Authorization": f"Bearer {users.take()}"}
+        )
+        if response.status_code != 201:
+            raise RuntimeError(f"POST /generations: {response.status_code} {response.text}")
+        return str(response.json()["generation_id"])
+
+    wall = time.time()
+    ids = list(await asyncio.gather(*(post() for _ in range(count))))
+    deadline = started + 300
+    while True:
+        statuses = await _statuses(str(stack.database_path), ids)
+        if len(statuses) == len(ids) and all(s == "completed" for s in statuses.values()):
+            seconds = time.monotonic() - started
+            last = [
+                await stack.js.get_last_msg(
+                    streams.EVENTS_STREAM, subjects.generation_events_any_project(g)
+                )
+                for g in ids
+            ]
+            published = max(m.time.timestamp() for m in last if m.time) - wall
+            return seconds, ids, published
+        failed = {i: s for i, s in statuses.items() if s in ("failed", "cancelled")}
+        if failed:
+            raise RuntimeError(f"generations ended without completing: {failed}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not completed within 300 s: {statuses}")
+        await asyncio.sleep(0.01)
+
+
+async def _raw_publish(stack: Stack, ids: list[str]) -> tuple[float, int]:
+    """Publish the generations' events raw (each awaiting its ack); seconds and events."""
+    js = stack.js
+    logs = [[e.data for e in await read_generation(js, g)] for g in ids]
+    started = time.monotonic()
+
+    async def one(index: int, payloads: list[bytes]) -> None:
+        subject = f"bench.raw.{index}.{time.monotonic_ns()}"
+        for data in payloads:
+            await js.publish(subject, data, timeout=10)
+
+    await asyncio.gather(*(one(i, p) for i, p in enumerate(logs)))
+    return time.monotonic() - started, sum(len(p) for p in logs)
+
+
+async def run(ctx: Context) -> list[Row]:
+    sizes = [1, 3] if ctx.toy else [1, 20, 100]
+    concurrent = ctx.size(50, 3)
+    concurrent_entities = ctx.size(20, 1)
+    users = Users()
+    rows: list[Row] = []
+    async with Stack(
+        ctx.dir("b6"), gateway=True, storage=True, orchestrator=True, profile=ctx.profile
+    ) as stack:
+        config = streams.events_stream()
+        await stack.js.add_stream(
+            dataclasses.replace(
+                config, name=RAW_STREAM, subjects=["bench.raw.>"], description="bench"
+            )
+        )
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{stack.port}", timeout=60
+        ) as client:
+            await _generate(stack, client, users, 1, 1)  # warm-up
+            cases = [(f"{n} entit{'y' if n == 1 else 'ies'}", n, 1) for n in sizes]
+            cases.append(
+                (
+                    f"{concurrent} concurrent x {concurrent_entities} entities",
+                    concurrent_entities,
+                    concurrent,
+                )
+            )
+            for label, entities, count in cases:
+                per_event = Measurements()
+                totals = Measurements()
+                event_counts: list[int] = []
+                published: list[float] = []
+                for _ in range(ctx.runs):
+                    kiln_s, ids, published_s = await _generate(
+                        stack, client, users, entities, count
+                    )
+                    published.append(published_s)
+                    raw_s, events = await _raw_publish(stack, ids)
+                    totals.add(kiln_s, raw_s)
+                    per_event.add(kiln_s / events * 1e3, raw_s / events * 1e3)
+                    event_counts.append(events)
+                added = per_event.kiln_median - per_event.baseline_median
+                ratio = added / per_event.baseline_median
+                ctx.log(
+                    f"{TITLE}: {label}: {totals.kiln_median:.2f} s for {event_counts[0]} events "
+                    f"(raw publish {totals.baseline_median:.2f} s)"
+                )
+                rows.append(
+                    Row(
+                        f"{TITLE}: {label}",
+                        f"{totals.kiln_median:.2f} s ({per_event.kiln_median:.2f} ms/event)",
+                        f"{totals.baseline_median:.3f} s ({per_event.baseline_median:.3f} ms/event)",
+                        f"added {ratio:.1f}x raw",
+                        "added time per event ≤ 2x raw publish",
+                        ratio <= 2,
+                        [
+                            f"{event_counts[0]:,} events per run; POST → completed in the read "
+                            f"model, runs (Kiln / raw publish): {totals.spread('{:.2f}')} s; "
+                            "the orchestrator had published the last event after "
+                            f"{', '.join(f'{p:.2f}' for p in published)} s"
+                        ],
+                    )
+                )
+    return rows
