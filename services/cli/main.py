@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from services.cli import asyncapi, audit
 from services.common.settings import SettingsError, load_settings
 
 
@@ -32,12 +33,16 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("migrate", help="create or upgrade the read model's database")
     settings = commands.add_parser("settings", help="list every setting")
     settings.add_argument("--markdown", action="store_true", help="as the README's table")
+    for module in (asyncapi, audit):
+        module.register(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `kiln` command."""
     args = _parser().parse_args(argv)
+    if handler := getattr(args, "handler", None):
+        sys.exit(handler(args))
     try:
         overrides = {
             "host": getattr(args, "host", None),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -19,6 +20,7 @@ from services.gateway.errors import exception_handlers
 from services.gateway.hub import Hub
 from services.gateway.middleware import request_metrics
 from services.gateway.quotas import GenerationRateLimit, StreamSlots
+from services.gateway.routes.asyncapi import asyncapi
 from services.gateway.routes.generations import GenerationController
 from services.gateway.routes.health import healthz, prometheus_metrics, readyz
 from services.gateway.routes.page import index, static_files
@@ -71,6 +73,10 @@ def create_app(settings: Settings) -> Litestar:
                 stream_slots=StreamSlots(settings.max_streams_per_key),
             )
             app.state["gateway"] = gw
+            # What start-up made lives as long as the gateway: keep it out of the garbage
+            # collector's full passes, which otherwise stall every open stream (60-130 ms).
+            gc.collect()
+            gc.freeze()
             log.info("Gateway ready")
             try:
                 yield
@@ -92,6 +98,7 @@ def create_app(settings: Settings) -> Litestar:
             prometheus_metrics,
             index,
             static_files,
+            asyncapi,
         ],
         lifespan=[lifespan],
         middleware=[request_metrics],

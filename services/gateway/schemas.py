@@ -166,14 +166,37 @@ class AuditEvent(msgspec.Struct, frozen=True):
     hash: str
 
 
+class BrokenLink(msgspec.Struct, frozen=True):
+    """The first event whose link in the hash chain does not hold, and which check failed:
+    `hash` (its stored bytes no longer hash to the stored hash), `prev_hash` (it does not
+    name the hash of the event before it), `seq_gap` or `undecodable`."""
+
+    stream_seq: int
+    seq: int | None
+    event_id: str | None
+    type: str | None
+    check: Literal["undecodable", "seq_gap", "prev_hash", "hash"]
+    message: str
+
+
+class Verification(msgspec.Struct, frozen=True):
+    """The hash chain recomputed from the read model's stored events (`?verify=true`)."""
+
+    ok: bool
+    checked: int
+    verified: int
+    head_hash: str
+    broken: BrokenLink | None = None
+    source: Literal["read_model"] = "read_model"
+
+
 class AuditLog(msgspec.Struct, frozen=True):
-    """A generation's events, in order."""
+    """A generation's events, in order; with `?verify=true`, the chain's verification."""
 
     generation_id: str
     count: int
     events: list[AuditEvent]
-    verified: bool | None = None
-    broken_link: dict[str, Any] | None = None
+    verification: Verification | None = None
 
 
 class VersionInfo(msgspec.Struct, frozen=True):

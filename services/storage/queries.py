@@ -13,6 +13,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from contracts.audit import StoredLink
 from contracts.streams import STORAGE_CONSUMER
 from services.storage.models import (
     blobs_table,
@@ -189,6 +190,32 @@ class ReadModel:
             )
             for row in rows
         ]
+
+    async def stored_links(self, entries: list[EventEntry]) -> list[StoredLink]:
+        """Audit rows as the events were published (file contents put back from their
+        blobs), each with the hash stored beside it: what `verify_chain` checks."""
+        digests = sorted({str(e.body.get("sha256")) for e in entries if e.type == "file.written"})
+        blobs: dict[str, bytes] = {}
+        async with self.engine.connect() as conn:
+            for start in range(0, len(digests), 500):
+                query = select(blobs_table.c.sha256, blobs_table.c.content).where(
+                    blobs_table.c.sha256.in_(digests[start : start + 500])
+                )
+                blobs.update((row.sha256, bytes(row.content)) for row in await conn.execute(query))
+        links = []
+        for entry in entries:
+            body = entry.body
+            blob = blobs.get(str(body.get("sha256"))) if entry.type == "file.written" else None
+            if blob is not None and "content" not in body:
+                body = {**body, "content": blob.decode("utf-8", "surrogateescape")}
+            links.append(
+                StoredLink(
+                    stream_seq=entry.stream_seq,
+                    data=msgspec.json.encode(body),
+                    stored_hash=entry.hash,
+                )
+            )
+        return links
 
     async def projects(self, owner: str) -> list[ProjectView]:
         """Every project of an owner with its versions, the newest project first."""

@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.di import Provide
 from litestar.params import Parameter
 
+from contracts.audit import verify_chain
 from contracts.codec import DecodeError, decode_event
 from contracts.events import TERMINAL_TAGS, event_tag
 from contracts.paths import PathRejected, safe_path
@@ -32,6 +34,7 @@ from services.gateway.schemas import (
     GenerationStatus,
     IterateGeneration,
     StreamToken,
+    Verification,
 )
 from services.gateway.sse import SSEResponse, WatchSession
 from services.gateway.state import Gateway
@@ -261,11 +264,21 @@ class GenerationController(Controller):
         )
 
     @get("/{generation_id:str}/events", summary="The generation's audit log")
-    async def events(self, generation_id: str, gw: Gateway, user: str) -> AuditLog:
-        """Every event in order, file contents left out (they are in /files)."""
+    async def events(
+        self, generation_id: str, gw: Gateway, user: str, verify: bool = False
+    ) -> AuditLog:
+        """Every event in order, file contents left out (they are in /files).
+
+        `?verify=true` also recomputes the hash chain from the stored events and names the
+        first broken link, if any.
+        """
         view = await gw.views.settled(checked_id(generation_id), user)
         entries = await gw.read_model.events(view.generation_id)
+        report = verify_chain(await gw.read_model.stored_links(entries)) if verify else None
         return AuditLog(
+            verification=msgspec.convert(msgspec.to_builtins(report), Verification)
+            if report
+            else None,
             generation_id=view.generation_id,
             count=len(entries),
             events=[

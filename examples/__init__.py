@@ -1,0 +1,1 @@
+"""Small services built on Kiln's subscriber SDK (`services.sdk`)."""
