@@ -7,6 +7,7 @@ from typing import Any, cast
 
 from litestar import Request
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 
 from services.gateway.errors import NotFound
 from services.gateway.state import Gateway
@@ -29,3 +30,9 @@ def checked_id(value: str, what: str = "generation") -> str:
     if not _ID.match(value):
         raise NotFound(f"There is no {what} {value[:80]!r}.")
     return value
+
+
+GatewayDep = NamedDependency[Gateway]
+"""A handler parameter `gw: GatewayDep` receives the gateway's shared parts."""
+UserDep = NamedDependency[str]
+"""A handler parameter `user: UserDep` receives the caller named by the API key."""

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.di import Provide
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from contracts.audit import verify_chain
 from contracts.codec import DecodeError, decode_event
@@ -21,7 +21,13 @@ from services.common.logs import get_logger
 from services.gateway.archive import build_zip
 from services.gateway.diffs import as_patch, diff_versions
 from services.gateway.errors import BadRequest, Conflict, NotFound, Unauthorized
-from services.gateway.routes.dependencies import checked_id, current_user, gateway
+from services.gateway.routes.dependencies import (
+    GatewayDep,
+    UserDep,
+    checked_id,
+    current_user,
+    gateway,
+)
 from services.gateway.schemas import (
     Accepted,
     AuditEvent,
@@ -37,14 +43,13 @@ from services.gateway.schemas import (
     Verification,
 )
 from services.gateway.sse import SSEResponse, WatchSession
-from services.gateway.state import Gateway
 from services.gateway.tokens import TokenInvalid
 from services.gateway.views import stream_url
 
 log = get_logger(__name__)
 
 
-def _provider(gw: Gateway, name: str | None) -> str:
+def _provider(gw: GatewayDep, name: str | None) -> str:
     provider = name or DEFAULT_PROVIDER
     if provider not in KNOWN_PROVIDERS:
         raise BadRequest(
@@ -67,7 +72,7 @@ def _provider(gw: Gateway, name: str | None) -> str:
     return provider
 
 
-def _accepted(gw: Gateway, event: Any) -> Accepted:
+def _accepted(gw: GatewayDep, event: Any) -> Accepted:
     token, _ = gw.tokens.issue(event.generation_id, event.owner)
     return Accepted(
         generation_id=event.generation_id,
@@ -92,7 +97,9 @@ class GenerationController(Controller):
     }
 
     @post("/", status_code=201, summary="Create a project and generate its first version")
-    async def create(self, data: CreateGeneration, gw: Gateway, user: str) -> Accepted:
+    async def create(
+        self, data: JSONBody[CreateGeneration], gw: GatewayDep, user: UserDep
+    ) -> Accepted:
         """Accepts the request, publishes it, and returns where to follow it."""
         problems = schema_problems(data.schema)
         if problems:
@@ -116,7 +123,9 @@ class GenerationController(Controller):
         return _accepted(gw, event)
 
     @post("/iterate", status_code=201, summary="Make a new version from any completed version")
-    async def iterate(self, data: IterateGeneration, gw: Gateway, user: str) -> Accepted:
+    async def iterate(
+        self, data: JSONBody[IterateGeneration], gw: GatewayDep, user: UserDep
+    ) -> Accepted:
         """The new version starts from the parent's files; nothing of the parent changes."""
         parent_id = checked_id(data.parent_generation_id)
         parent = await gw.views.state(parent_id, user)
@@ -161,12 +170,14 @@ class GenerationController(Controller):
         return _accepted(gw, event)
 
     @get("/{generation_id:str}", summary="Where a generation stands")
-    async def status(self, generation_id: str, gw: Gateway, user: str) -> GenerationStatus:
+    async def status(
+        self, generation_id: FromPath[str], gw: GatewayDep, user: UserDep
+    ) -> GenerationStatus:
         """Status, progress, phase, version, parent, files, timings, error."""
         return await gw.views.status(checked_id(generation_id), user)
 
     @get("/{generation_id:str}/files", summary="The files of a version")
-    async def files(self, generation_id: str, gw: Gateway, user: str) -> FileList:
+    async def files(self, generation_id: FromPath[str], gw: GatewayDep, user: UserDep) -> FileList:
         """Path, size and sha256 of every file of the version (so far, while it runs)."""
         view = await gw.views.settled(checked_id(generation_id), user)
         entries = await gw.read_model.files(view.generation_id)
@@ -188,7 +199,7 @@ class GenerationController(Controller):
         media_type="text/plain",
     )
     async def file(
-        self, generation_id: str, file_path: str, gw: Gateway, user: str
+        self, generation_id: FromPath[str], file_path: FromPath[str], gw: GatewayDep, user: UserDep
     ) -> Response[bytes]:
         """The file's content."""
         view = await gw.views.settled(checked_id(generation_id), user)
@@ -213,7 +224,9 @@ class GenerationController(Controller):
     @get(
         "/{generation_id:str}/archive", summary="The version as a zip", media_type="application/zip"
     )
-    async def archive(self, generation_id: str, gw: Gateway, user: str) -> Response[bytes]:
+    async def archive(
+        self, generation_id: FromPath[str], gw: GatewayDep, user: UserDep
+    ) -> Response[bytes]:
         """Exactly the files of the version, at the root of the zip."""
         view = await gw.views.settled(checked_id(generation_id), user)
         contents = await gw.read_model.contents(view.generation_id)
@@ -232,12 +245,10 @@ class GenerationController(Controller):
     @get("/{generation_id:str}/diff", summary="The version against its parent")
     async def diff(
         self,
-        generation_id: str,
-        gw: Gateway,
-        user: str,
-        format: Annotated[
-            str, Parameter(query="format", default="json", pattern="^(json|patch)$")
-        ] = "json",
+        generation_id: FromPath[str],
+        gw: GatewayDep,
+        user: UserDep,
+        format: Annotated[str, QueryParameter(name="format", pattern="^(json|patch)$")] = "json",
     ) -> Response[Any]:
         """Per-file status and unified diffs (`?format=patch` for one patch text)."""
         view = await gw.views.settled(checked_id(generation_id), user)
@@ -265,7 +276,11 @@ class GenerationController(Controller):
 
     @get("/{generation_id:str}/events", summary="The generation's audit log")
     async def events(
-        self, generation_id: str, gw: Gateway, user: str, verify: bool = False
+        self,
+        generation_id: FromPath[str],
+        gw: GatewayDep,
+        user: UserDep,
+        verify: FromQuery[bool] = False,
     ) -> AuditLog:
         """Every event in order, file contents left out (they are in /files).
 
@@ -296,7 +311,9 @@ class GenerationController(Controller):
         )
 
     @post("/{generation_id:str}/stream-token", status_code=200, summary="A fresh SSE token")
-    async def stream_token(self, generation_id: str, gw: Gateway, user: str) -> StreamToken:
+    async def stream_token(
+        self, generation_id: FromPath[str], gw: GatewayDep, user: UserDep
+    ) -> StreamToken:
         """SSE tokens are short-lived; a reconnecting page asks for a new one here."""
         state = await gw.views.status(checked_id(generation_id), user)
         token, expires = gw.tokens.issue(state.generation_id, user)
@@ -313,7 +330,11 @@ class GenerationController(Controller):
         summary="Cancel a pending or running generation",
     )
     async def cancel(
-        self, generation_id: str, gw: Gateway, user: str, data: CancelGeneration | None = None
+        self,
+        generation_id: FromPath[str],
+        gw: GatewayDep,
+        user: UserDep,
+        data: JSONBody[CancelGeneration | None] = None,
     ) -> GenerationStatus:
         """Stops at the next step; the files written so far are kept."""
         state: GenerationState = await gw.views.state(checked_id(generation_id), user)
@@ -337,10 +358,10 @@ class GenerationController(Controller):
     async def stream(
         self,
         request: Request[Any, Any, Any],
-        generation_id: str,
-        gw: Gateway,
-        token: str | None = None,
-        last_event_id: Annotated[int | None, Parameter(query="last_event_id", ge=0)] = None,
+        generation_id: FromPath[str],
+        gw: GatewayDep,
+        token: FromQuery[str | None] = None,
+        last_event_id: Annotated[int | None, QueryParameter(name="last_event_id", ge=0)] = None,
     ) -> Response[Any]:
         """`id:` is the stream sequence, `event:` the type, `data:` the event as JSON.
 
@@ -386,7 +407,7 @@ class GenerationController(Controller):
         )
 
 
-async def _ended_before(gw: Gateway, generation_id: str, after: int) -> bool:
+async def _ended_before(gw: GatewayDep, generation_id: FromPath[str], after: int) -> bool:
     """True when the generation has ended and the client has everything up to its end."""
     try:
         last = await gw.js.get_last_msg("KILN_EVENTS", f"kiln.events.*.{generation_id}")

@@ -8,9 +8,8 @@ from litestar import Response, get
 from litestar.di import Provide
 
 from services.common.metrics import exposition
-from services.gateway.routes.dependencies import gateway
+from services.gateway.routes.dependencies import GatewayDep, gateway
 from services.gateway.schemas import Health
-from services.gateway.state import Gateway
 
 
 @get(
@@ -19,7 +18,7 @@ from services.gateway.state import Gateway
     tags=["operations"],
     dependencies={"gw": Provide(gateway, sync_to_thread=False)},
 )
-async def healthz(gw: Gateway) -> Health:
+async def healthz(gw: GatewayDep) -> Health:
     """The process is up."""
     return Health(status="ok")
 
@@ -30,7 +29,7 @@ async def healthz(gw: Gateway) -> Health:
     tags=["operations"],
     dependencies={"gw": Provide(gateway, sync_to_thread=False)},
 )
-async def readyz(gw: Gateway) -> Response[Health]:
+async def readyz(gw: GatewayDep) -> Response[Health]:
     """200 when NATS is connected and the database answers, else 503."""
     checks: dict[str, str] = {}
     checks["nats"] = "ok" if gw.nc.is_connected else "disconnected"

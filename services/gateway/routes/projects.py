@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from litestar import Controller, get
 from litestar.di import Provide
+from litestar.params import FromPath
 
 from services.gateway.errors import NotFound
-from services.gateway.routes.dependencies import checked_id, current_user, gateway
+from services.gateway.routes.dependencies import (
+    GatewayDep,
+    UserDep,
+    checked_id,
+    current_user,
+    gateway,
+)
 from services.gateway.schemas import ProjectInfo, ProjectList, VersionInfo
-from services.gateway.state import Gateway
 from services.storage.queries import ProjectView
 
 
@@ -50,12 +56,14 @@ class ProjectController(Controller):
     }
 
     @get("/", summary="The caller's projects")
-    async def list_projects(self, gw: Gateway, user: str) -> ProjectList:
+    async def list_projects(self, gw: GatewayDep, user: UserDep) -> ProjectList:
         """Every project of the caller with its versions, newest first."""
         return ProjectList(projects=[project_info(p) for p in await gw.read_model.projects(user)])
 
     @get("/{project_id:str}", summary="One project and its versions")
-    async def get_project(self, project_id: str, gw: Gateway, user: str) -> ProjectInfo:
+    async def get_project(
+        self, project_id: FromPath[str], gw: GatewayDep, user: UserDep
+    ) -> ProjectInfo:
         """The project's versions, each naming its parent (a tree)."""
         project = await gw.read_model.project(checked_id(project_id, "project"))
         if project is None or project.owner != user:
