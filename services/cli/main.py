@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from services.cli import asyncapi, audit
+from services.cli.client import commands as client_commands
 from services.common.settings import SettingsError, load_settings
 
 
@@ -33,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("migrate", help="create or upgrade the read model's database")
     settings = commands.add_parser("settings", help="list every setting")
     settings.add_argument("--markdown", action="store_true", help="as the README's table")
-    for module in (asyncapi, audit):
+    for module in (client_commands, asyncapi, audit):
         module.register(commands)
     return parser
 

@@ -1,0 +1,86 @@
+"""Where the gateway is and who the caller is, and an HTTP client that turns the gateway's
+problem+json answers into one readable error."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+DEV_KEY_FILE = Path(".kiln") / "dev-api-key"
+
+
+class ClientError(Exception):
+    """A request the gateway refused or could not answer; `str()` is the message to print."""
+
+
+def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    """--url and --api-key, with the environment and `kiln up`'s key file as defaults."""
+    parser.add_argument("--url", help=f"the gateway (default $KILN_URL or {DEFAULT_URL})")
+    parser.add_argument(
+        "--api-key", help=f"an API key (default $KILN_API_KEY, then ./{DEV_KEY_FILE})"
+    )
+
+
+def gateway_url(args: argparse.Namespace) -> str:
+    """The gateway's base URL from the flag, $KILN_URL or the default."""
+    return str(getattr(args, "url", None) or os.environ.get("KILN_URL") or DEFAULT_URL).rstrip("/")
+
+
+def api_key(args: argparse.Namespace) -> str | None:
+    """The API key from the flag, $KILN_API_KEY, or the key `kiln up` wrote here."""
+    key = getattr(args, "api_key", None) or os.environ.get("KILN_API_KEY")
+    if key:
+        return str(key)
+    if DEV_KEY_FILE.is_file():
+        return DEV_KEY_FILE.read_text().strip() or None
+    return None
+
+
+class Gateway:
+    """A small synchronous client of the gateway's HTTP API."""
+
+    def __init__(self, url: str, key: str | None, *, timeout: float = 30.0) -> None:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.url = url
+        self.http = httpx.Client(base_url=url, headers=headers, timeout=timeout)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Gateway:
+        """The client the command-line arguments describe."""
+        return cls(gateway_url(args), api_key(args))
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.http.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """A request; ClientError with the gateway's own words on 4xx and 5xx."""
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ClientError(f"cannot reach the gateway at {self.url}: {exc}") from None
+        if response.status_code >= 400:
+            raise ClientError(problem_text(response))
+        return response
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        """A request whose answer is JSON."""
+        return self.request(method, path, **kwargs).json()
+
+
+def problem_text(response: httpx.Response) -> str:
+    """`<status> <title>: <detail>` from a problem+json answer (or the plain body)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return f"{response.status_code}: {response.text[:300]}"
+    if isinstance(body, dict) and "detail" in body:
+        return f"{response.status_code} {body.get('title', '')}: {body['detail']}".replace(
+            " :", ":"
+        )
+    return f"{response.status_code}: {response.text[:300]}"
