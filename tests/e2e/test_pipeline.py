@@ -12,12 +12,12 @@ from pathlib import Path
 
 import nats
 import pytest
-from services.orchestrator.providers.offline import OfflineProvider
 
 from contracts.phases import PHASE_NAMES
 from contracts.streams import COMMANDS_STREAM, EVENTS_STREAM
 from services.common.settings import Settings
 from services.orchestrator.providers.base import PhaseRequest, ProviderError, Reporter
+from services.orchestrator.providers.offline import OfflineProvider
 from tests.conftest import make_settings
 from tests.support.stack import SCHEMA_ONE, running_stack
 
