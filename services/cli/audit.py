@@ -13,18 +13,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
-from pathlib import Path
 from typing import Any
 
-import httpx
 import msgspec
 
 from contracts import streams, subjects
 from contracts.audit import BrokenLink, ChainReport, StoredLink, describe, verify_chain
-
-DEFAULT_URL = "http://127.0.0.1:8000"
+from services.cli.client.connection import ClientError, Gateway, add_connection_arguments
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -37,10 +33,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         "--verify", action="store_true", help="recompute the chain; exit 1 naming a broken link"
     )
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
-    parser.add_argument("--url", help=f"the gateway (default $KILN_URL or {DEFAULT_URL})")
-    parser.add_argument(
-        "--api-key", help="an API key (default $KILN_API_KEY or ./.kiln/dev-api-key)"
-    )
+    add_connection_arguments(parser)
     parser.add_argument(
         "--from-nats",
         metavar="NATS_URL",
@@ -98,32 +91,19 @@ class _Unavailable(RuntimeError):
     """The audit could not be done."""
 
 
-def _api_key(args: argparse.Namespace) -> str | None:
-    if args.api_key or os.environ.get("KILN_API_KEY"):
-        return str(args.api_key or os.environ["KILN_API_KEY"])
-    path = Path(".kiln") / "dev-api-key"
-    return path.read_text().strip() if path.exists() else None
-
-
 def _from_gateway(args: argparse.Namespace) -> tuple[list[_Row], ChainReport | None]:
-    url = (args.url or os.environ.get("KILN_URL") or DEFAULT_URL).rstrip("/")
-    key = _api_key(args)
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    gateway = Gateway.from_args(args)
     try:
-        response = httpx.get(
-            f"{url}/generations/{args.generation_id}/events",
+        response = gateway.request(
+            "GET",
+            f"/generations/{args.generation_id}/events",
             params={"verify": "true"} if args.verify else None,
-            headers=headers,
             timeout=60.0,
         )
-    except httpx.HTTPError as exc:
-        raise _Unavailable(f"cannot reach the gateway at {url}: {exc}") from None
-    if response.status_code != 200:
-        try:
-            detail = response.json().get("detail") or response.text
-        except ValueError:
-            detail = response.text
-        raise _Unavailable(f"{response.status_code} from {url}: {detail}")
+    except ClientError as exc:
+        raise _Unavailable(str(exc)) from None
+    finally:
+        gateway.close()
     body = response.json()
     rows = [
         _Row(
