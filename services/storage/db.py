@@ -11,6 +11,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -45,6 +46,8 @@ def shown_url(url: str | URL) -> str:
 def create_engine(url: str, **options: Any) -> AsyncEngine:
     """An async engine for the read model at `url` (`sqlite+aiosqlite` or `postgresql+asyncpg`)."""
     parsed = make_url(url)
+    # The audit rows' JSON is written with msgspec: several times faster than json.dumps.
+    options.setdefault("json_serializer", _json_text)
     if parsed.get_backend_name() == "sqlite":
         engine = create_async_engine(parsed, **options)
         _configure_sqlite(engine)
@@ -59,6 +62,10 @@ def create_engine(url: str, **options: Any) -> AsyncEngine:
         }
         return create_async_engine(parsed, **{**defaults, **options})
     return create_async_engine(parsed, **options)
+
+
+def _json_text(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

@@ -27,7 +27,9 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Insert, Table, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -258,6 +260,8 @@ class _Generation:
     last_stream_seq: int
     dirty: bool = False
     files_changed: bool = False
+    files: dict[str, FileState] | None = None
+    """The generation's file rows, loaded once per batch when a file event needs them."""
 
 
 class _Writer:
@@ -269,12 +273,17 @@ class _Writer:
         self.blobs: set[str] = set()
         self.audit: list[dict[str, Any]] = []
         self.generation_id: str | None = None
+        # Writes wait for `flush`, which sends each kind as one executemany.
+        self.new_blobs: list[dict[str, Any]] = []
+        self.file_writes: dict[tuple[str, str], FileState | None] = {}
 
     def forget(self) -> None:
         """Drop what is cached (after a savepoint rollback the database is the truth)."""
         self.generations.clear()
         self.blobs.clear()
         self.audit.clear()
+        self.new_blobs.clear()
+        self.file_writes.clear()
 
     async def apply(self, msg: Msg, seq: int) -> Outcome:
         """Validate one message and apply it; DeadLetter (having written nothing) if invalid."""
@@ -325,21 +334,18 @@ class _Writer:
         generation.dirty = True
 
     async def flush(self) -> None:
-        """Write the changed generation rows and the pending audit rows."""
+        """Write the pending blobs and files, the changed generation rows and the audit rows."""
+        await self._flush_files()
         now = datetime.now(UTC)
         for generation_id, generation in self.generations.items():
             if not generation.dirty:
                 continue
             values = _row_values(generation.state)
             if generation.files_changed:
-                count, total = (
-                    await self.conn.execute(
-                        select(
-                            func.count(), func.coalesce(func.sum(generation_files_table.c.size), 0)
-                        ).where(generation_files_table.c.generation_id == generation_id)
-                    )
-                ).one()
-                values.update(file_count=int(count), total_bytes=int(total))
+                files = generation.files or {}
+                values.update(
+                    file_count=len(files), total_bytes=sum(f.size for f in files.values())
+                )
             values.update(last_stream_seq=generation.last_stream_seq, updated_at=now)
             await self.conn.execute(
                 update(generations_table)
@@ -355,7 +361,7 @@ class _Writer:
         path = event.path if isinstance(event, FileWritten | FileDeleted) else None
         if isinstance(event, FileWritten):
             await self._store_blob(event)
-        before = await self._file(event.generation_id, path) if path else None
+        before = await self._file(generation, path) if path else None
         # The fold decides whether the event changes the version's files (it ignores
         # events after a terminal one, or already applied): show it the one file concerned.
         generation.state.files = {path: before} if path and before else {}
@@ -364,6 +370,11 @@ class _Writer:
         generation.state.files = {}
         if path and after != before:
             await self._write_file(event.generation_id, path, before, after)
+            assert generation.files is not None
+            if after is None:
+                generation.files.pop(path, None)
+            else:
+                generation.files[path] = after
             generation.files_changed = True
         generation.last_stream_seq = max(generation.last_stream_seq, seq)
         generation.dirty = True
@@ -404,7 +415,7 @@ class _Writer:
                 **_row_values(state),
             )
         )
-        self.generations[event.generation_id] = _Generation(state, seq)
+        self.generations[event.generation_id] = _Generation(state, seq, files={})
 
     async def _generation(self, generation_id: str) -> _Generation | None:
         cached = self.generations.get(generation_id)
@@ -434,57 +445,86 @@ class _Writer:
     async def _store_blob(self, event: FileWritten) -> None:
         if event.sha256 in self.blobs:
             return
-        exists = (
-            await self.conn.execute(
-                select(blobs_table.c.size).where(blobs_table.c.sha256 == event.sha256)
-            )
-        ).first()
-        if exists is None:
-            await self.conn.execute(
-                insert(blobs_table).values(
-                    sha256=event.sha256, size=event.size, content=event.content.encode()
-                )
-            )
+        self.new_blobs.append(
+            {"sha256": event.sha256, "size": event.size, "content": event.content.encode()}
+        )
         self.blobs.add(event.sha256)
 
-    async def _file(self, generation_id: str, path: str) -> FileState | None:
-        row = (
+    async def _flush_files(self) -> None:
+        """The pending blobs (stored once however many versions share them) and file rows."""
+        if self.new_blobs:
             await self.conn.execute(
+                _insert_ignoring_duplicates(self.conn, blobs_table), self.new_blobs
+            )
+            self.new_blobs = []
+        if not self.file_writes:
+            return
+        deleted = [key for key, state in self.file_writes.items() if state is None]
+        written = [
+            {
+                "generation_id": generation_id,
+                "path": path,
+                "sha256": state.sha256,
+                "size": state.size,
+                "phase": state.phase,
+                "origin": state.origin,
+            }
+            for (generation_id, path), state in self.file_writes.items()
+            if state is not None
+        ]
+        self.file_writes = {}
+        table = generation_files_table
+        for generation_id, path in deleted:
+            await self.conn.execute(
+                table.delete().where(table.c.generation_id == generation_id, table.c.path == path)
+            )
+        if written:
+            await self.conn.execute(_upsert_files(self.conn), written)
+
+    async def _file(self, generation: _Generation, path: str) -> FileState | None:
+        if generation.files is None:
+            rows = await self.conn.execute(
                 select(generation_files_table).where(
-                    generation_files_table.c.generation_id == generation_id,
-                    generation_files_table.c.path == path,
+                    generation_files_table.c.generation_id == generation.state.generation_id
                 )
             )
-        ).first()
-        if row is None:
-            return None
-        return FileState(
-            path=row.path, sha256=row.sha256, size=row.size, phase=row.phase, origin=row.origin
-        )
+            generation.files = {
+                row.path: FileState(
+                    path=row.path,
+                    sha256=row.sha256,
+                    size=row.size,
+                    phase=row.phase,
+                    origin=row.origin,
+                )
+                for row in rows
+            }
+        return generation.files.get(path)
 
     async def _write_file(
         self, generation_id: str, path: str, before: FileState | None, after: FileState | None
     ) -> None:
-        where = (generation_files_table.c.generation_id == generation_id) & (
-            generation_files_table.c.path == path
-        )
-        if after is None:
-            await self.conn.execute(generation_files_table.delete().where(where))
-            return
-        values = {
-            "sha256": after.sha256,
-            "size": after.size,
-            "phase": after.phase,
-            "origin": after.origin,
-        }
-        if before is None:
-            await self.conn.execute(
-                insert(generation_files_table).values(
-                    generation_id=generation_id, path=path, **values
-                )
-            )
-        else:
-            await self.conn.execute(update(generation_files_table).where(where).values(**values))
+        self.file_writes[(generation_id, path)] = after
+
+
+def _insert_ignoring_duplicates(conn: AsyncConnection, table: Table) -> Insert:
+    """`INSERT … ON CONFLICT DO NOTHING` in the connection's dialect."""
+    if conn.dialect.name == "postgresql":
+        return postgresql_insert(table).on_conflict_do_nothing()
+    if conn.dialect.name == "sqlite":
+        return sqlite_insert(table).on_conflict_do_nothing()
+    raise NotImplementedError(f"no duplicate-ignoring insert for {conn.dialect.name}")
+
+
+def _upsert_files(conn: AsyncConnection) -> Insert:
+    """Insert a version's file row, or replace the one at the same path."""
+    table = generation_files_table
+    statement = (
+        postgresql_insert(table) if conn.dialect.name == "postgresql" else sqlite_insert(table)
+    )
+    return statement.on_conflict_do_update(
+        index_elements=[table.c.generation_id, table.c.path],
+        set_={name: statement.excluded[name] for name in ("sha256", "size", "phase", "origin")},
+    )
 
 
 def _problem(subject: str, event: AnyEvent) -> str | None:

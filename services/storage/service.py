@@ -24,7 +24,7 @@ from services.storage.queries import ReadModel
 log = get_logger(__name__)
 
 ACK_WAIT_S = 30.0
-BATCH = 256
+BATCH = 1000
 # Events are the source of truth: a database outage, however long, must make the
 # projector wait and retry, never dead-letter an event it could not store.
 MAX_DELIVERIES = 1_000_000
