@@ -6,18 +6,23 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from contracts.events import GenerationCancelled, GenerationCompleted, GenerationFailed
 from services.cli.client.connection import ClientError, Gateway, add_connection_arguments
 from services.cli.client.extract import UnsafeArchive, extract
-from services.cli.client.follow import Reconnecting, follow
-from services.cli.client.render import describe, renderer_for
+from services.cli.client.follow import Reconnecting, StreamEvent, follow
+from services.cli.client.render import renderer_for
+from services.cli.client.responses import Accepted, AuditLog, GenerationStatus, ProjectList
 
 Handler = Callable[[Gateway, argparse.Namespace], int]
+
+EXIT_OK, EXIT_GENERATION_FAILED, EXIT_ERROR = 0, 1, 2
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -39,6 +44,7 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
         "--lock", action="append", default=[], metavar="PATH", help="a file that must not change"
     )
     iterate.add_argument("--provider", help="default: the parent's provider")
+    iterate.add_argument("--model", help="default: the parent's model")
     iterate.add_argument("--follow", action="store_true", help="follow it to its end")
 
     watch = _command(
@@ -48,14 +54,14 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 
     status = _command(commands, "status", "where a generation stands", _status)
     status.add_argument("generation_id", metavar="GEN_ID")
-    status.add_argument("--json", action="store_true", help="the raw JSON")
+    status.add_argument("--json", action="store_true", help="the gateway's JSON")
 
     _command(commands, "projects", "your projects and their versions", _projects)
 
     download = _command(commands, "download", "a version's files as a zip", _download)
     download.add_argument("generation_id", metavar="GEN_ID")
     target = download.add_mutually_exclusive_group(required=True)
-    target.add_argument("-o", "--output", type=Path, help="write the zip here")
+    target.add_argument("-o", "--output", type=Path, metavar="FILE", help="write the zip here")
     target.add_argument("--extract", type=Path, metavar="DIR", help="extract it (validated) here")
 
     diff = _command(commands, "diff", "a version against its parent, as a patch", _diff)
@@ -63,13 +69,13 @@ def register(commands: argparse._SubParsersAction[Any]) -> None:
 
     events = _command(commands, "events", "a generation's events as a timeline", _events)
     events.add_argument("generation_id", metavar="GEN_ID")
-    events.add_argument("--json", action="store_true", help="one JSON object per event")
+    events.add_argument("--json", action="store_true", help="the gateway's audit log as JSON")
 
 
 def _command(
     commands: argparse._SubParsersAction[Any], name: str, help_text: str, handler: Handler
 ) -> argparse.ArgumentParser:
-    parser = commands.add_parser(name, help=help_text)
+    parser = commands.add_parser(name, help=help_text, description=help_text)
     add_connection_arguments(parser)
     parser.set_defaults(handler=lambda args: _run(handler, args))
     return parser
@@ -80,10 +86,13 @@ def _run(handler: Handler, args: argparse.Namespace) -> int:
     try:
         return handler(gateway, args)
     except ClientError as exc:
-        print(f"kiln: {exc}", file=sys.stderr)
-        return 2
+        print(f"kiln {args.command}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `kiln events … | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     finally:
         gateway.close()
 
@@ -94,14 +103,13 @@ def _generate(gateway: Gateway, args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         raise ClientError(f"cannot read the schema {args.schema}: {exc}") from None
     schema = document.get("schema", document) if isinstance(document, dict) else document
-    body = {
+    body: dict[str, Any] = {
         "project_name": args.project or args.schema.stem,
         "schema": schema,
         "prompt": args.prompt,
-        "provider": args.provider,
-        "model": args.model,
     }
-    accepted = gateway.json("POST", "/generations", json={k: v for k, v in body.items() if v})
+    body |= {key: getattr(args, key) for key in ("provider", "model") if getattr(args, key)}
+    accepted = gateway.decoded("POST", "/generations", Accepted, json=body)
     return _accepted(gateway, accepted, args.follow)
 
 
@@ -111,20 +119,21 @@ def _iterate(gateway: Gateway, args: argparse.Namespace) -> int:
         "modification_prompt": args.prompt,
         "locked_paths": args.lock,
     }
-    if args.provider:
-        body["provider"] = args.provider
-    accepted = gateway.json("POST", "/generations/iterate", json=body)
+    body |= {key: getattr(args, key) for key in ("provider", "model") if getattr(args, key)}
+    accepted = gateway.decoded("POST", "/generations/iterate", Accepted, json=body)
     return _accepted(gateway, accepted, args.follow)
 
 
-def _accepted(gateway: Gateway, accepted: dict[str, Any], follow_it: bool) -> int:
+def _accepted(gateway: Gateway, accepted: Accepted, follow_it: bool) -> int:
     print(
-        f"generation {accepted['generation_id']} (project {accepted['project_id']}, "
-        f"version {accepted['version']})"
+        f"generation {accepted.generation_id} (project {accepted.project_id}, "
+        f"version {accepted.version})",
+        flush=True,
     )
     if not follow_it:
-        return 0
-    return _follow(gateway, accepted["generation_id"], accepted["stream_url"])
+        print(f"follow it: kiln watch {accepted.generation_id}")
+        return EXIT_OK
+    return _follow(gateway, accepted.generation_id, accepted.stream_url)
 
 
 def _watch(gateway: Gateway, args: argparse.Namespace) -> int:
@@ -132,8 +141,9 @@ def _watch(gateway: Gateway, args: argparse.Namespace) -> int:
 
 
 def _follow(gateway: Gateway, generation_id: str, stream_url: str | None) -> int:
+    """Show the generation to its end; the exit code its end calls for."""
     renderer = renderer_for()
-    last = None
+    last: StreamEvent | None = None
     try:
         for item in follow(gateway, generation_id, stream_url=stream_url):
             if isinstance(item, Reconnecting):
@@ -143,41 +153,71 @@ def _follow(gateway: Gateway, generation_id: str, stream_url: str | None) -> int
                 last = item
     finally:
         renderer.close()
-    status = gateway.json("GET", f"/generations/{generation_id}")
-    if status["status"] == "completed":
-        print(f"{status['file_count']} files: kiln download {generation_id} --extract DIR")
-        return 0
-    error = status.get("error") or {}
-    message = error.get("message") or (describe(last) if last else status["status"])
-    print(f"kiln: generation {generation_id} {status['status']}: {message}", file=sys.stderr)
-    return 1
+    match last.event if last is not None else None:
+        case GenerationCompleted(file_count=count, total_bytes=size):
+            print(f"{count} files, {size} bytes: kiln download {generation_id} --extract DIR")
+            return EXIT_OK
+        case GenerationFailed(phase=phase, message=message, files_kept=kept):
+            print(
+                f"kiln: generation {generation_id} failed in phase {phase or '-'}: {message} "
+                f"({kept} files kept: kiln download {generation_id} --extract DIR)",
+                file=sys.stderr,
+            )
+            return EXIT_GENERATION_FAILED
+        case GenerationCancelled(by=by, reason=reason, phase=phase, files_kept=kept):
+            print(
+                f"kiln: generation {generation_id} was cancelled by {by} in phase "
+                f"{phase or '-'}: {reason or 'no reason given'} ({kept} files kept)",
+                file=sys.stderr,
+            )
+            return EXIT_GENERATION_FAILED
+    # A 204 before any terminal event: the stream says it is over; ask how it ended.
+    status = gateway.decoded("GET", f"/generations/{generation_id}", GenerationStatus)
+    return _report_status(status)
 
 
 def _status(gateway: Gateway, args: argparse.Namespace) -> int:
-    status = gateway.json("GET", f"/generations/{args.generation_id}")
+    response = gateway.request("GET", f"/generations/{args.generation_id}")
+    status = gateway.decode(response, GenerationStatus)
     if args.json:
-        print(json.dumps(status, indent=2))
-        return 0
-    print(
-        f"{status['project_name']} v{status['version']}: {status['status']} "
-        f"{status['progress']}% (phase {status['phase'] or '-'}), {status['file_count']} files, "
-        f"provider {status['provider']}"
-    )
-    if status.get("error"):
-        print(f"  {status['error']['message']}")
-    return 1 if status["status"] in ("failed", "cancelled") else 0
+        print(json.dumps(response.json(), indent=2))
+    else:
+        print(
+            f"{status.project_name} v{status.version} ({status.generation_id}): "
+            f"{status.status} {status.progress}%, phase {status.phase or '-'}, "
+            f"{status.file_count} files ({status.total_bytes} bytes), "
+            f"provider {status.provider}{f' {status.model}' if status.model else ''}"
+        )
+    return _report_status(status, quiet=args.json)
+
+
+def _report_status(status: GenerationStatus, *, quiet: bool = False) -> int:
+    if status.status not in ("failed", "cancelled"):
+        return EXIT_OK
+    if not quiet:
+        error = status.error
+        print(
+            f"kiln: generation {status.generation_id} {status.status} in phase "
+            f"{(error.phase if error else None) or status.phase or '-'}: "
+            f"{error.message if error else 'no message'} ({status.file_count} files kept)",
+            file=sys.stderr,
+        )
+    return EXIT_GENERATION_FAILED
 
 
 def _projects(gateway: Gateway, args: argparse.Namespace) -> int:
-    for project in gateway.json("GET", "/projects")["projects"]:
-        print(f"{project['name']}  ({project['project_id']})")
-        for version in project["versions"]:
-            parent = version.get("parent_generation_id")
+    projects = gateway.decoded("GET", "/projects", ProjectList).projects
+    if not projects:
+        print("no projects yet: kiln generate SCHEMA.json --prompt '…' --follow")
+    for project in projects:
+        print(f"{project.name}  {project.project_id}  (latest v{project.latest_version})")
+        for v in project.versions:
+            parent = f"  from {v.parent_generation_id}" if v.parent_generation_id else ""
             print(
-                f"  v{version['version']}  {version['status']:<9}  {version['generation_id']}"
-                + (f"  from {parent}" if parent else "")
+                f"  v{v.version:<3} {v.status:<9} {v.progress:>3}%  {v.file_count:>4} files  "
+                f"{v.generation_id}{parent}"
             )
-    return 0
+    return EXIT_OK
 
 
 def _download(gateway: Gateway, args: argparse.Namespace) -> int:
@@ -185,44 +225,66 @@ def _download(gateway: Gateway, args: argparse.Namespace) -> int:
     if args.output:
         args.output.write_bytes(content)
         print(f"wrote {args.output} ({len(content)} bytes)")
-        return 0
+        return EXIT_OK
     try:
         with zipfile.ZipFile(io.BytesIO(content)) as archive:
             written = extract(archive, args.extract)
     except (UnsafeArchive, zipfile.BadZipFile) as exc:
         raise ClientError(f"refusing to extract: {exc}; nothing was written") from None
     print(f"extracted {len(written)} files into {args.extract}")
-    return 0
+    return EXIT_OK
 
 
 def _diff(gateway: Gateway, args: argparse.Namespace) -> int:
-    patch = gateway.request("GET", f"/generations/{args.generation_id}/diff?format=patch")
+    patch = gateway.request(
+        "GET", f"/generations/{args.generation_id}/diff", params={"format": "patch"}
+    )
     sys.stdout.write(patch.text)
-    return 0
+    return EXIT_OK
 
 
 def _events(gateway: Gateway, args: argparse.Namespace) -> int:
-    log = gateway.json("GET", f"/generations/{args.generation_id}/events")
+    path = f"/generations/{args.generation_id}/events"
     if args.json:
-        for entry in log["events"]:
-            print(json.dumps(entry))
-        return 0
-    print(f"{'seq':>4}  {'at':<24} {'type':<22} {'phase':<8} detail")
-    for entry in log["events"]:
-        event = entry["event"]
-        line = _detail(entry["type"], event)
+        print(json.dumps(gateway.request("GET", path).json(), indent=2))
+        return EXIT_OK
+    log = gateway.decoded("GET", path, AuditLog)
+    if log.events:
+        start = log.events[0].at.strftime("%Y-%m-%d %H:%M:%S")
+        print(f"generation {log.generation_id}: {log.count} events from {start} (times in UTC)")
+    print(f"{'seq':>4}  {'time':<12}  {'type':<20}  {'phase':<9}  detail")
+    for entry in log.events:
         print(
-            f"{entry['seq']:>4}  {entry['at'][:23]:<24} {entry['type']:<22} "
-            f"{event.get('phase') or '':<8} {line}"
+            f"{entry.seq:>4}  {entry.at.strftime('%H:%M:%S.%f')[:12]:<12}  {entry.type:<20}  "
+            f"{entry.event.get('phase') or '':<9}  {_detail(entry.type, entry.event)}"
         )
-    return 0
+    return EXIT_OK
 
 
 def _detail(kind: str, event: dict[str, Any]) -> str:
-    if kind in ("file.written", "file.deleted"):
-        return str(event.get("path", ""))
-    if kind == "generation.failed":
-        return str(event.get("message", ""))
-    if kind == "llm.called":
-        return f"{event.get('tokens_in')} in / {event.get('tokens_out')} out"
-    return str(event.get("summary", "") or "")
+    """The one thing worth knowing about an event of the audit log."""
+    match kind:
+        case "generation.requested":
+            return f"{event.get('kind', 'create')} {event.get('project_name')!r} v{event.get('version')}"
+        case "generation.started" | "generation.resumed":
+            return f"worker {event.get('worker')}"
+        case "file.written":
+            return f"{event.get('path')} ({event.get('size')} B)"
+        case "file.deleted":
+            return f"{event.get('path')}: {event.get('reason')}"
+        case "llm.called":
+            return (
+                f"{event.get('provider')} {event.get('model')}: {event.get('tokens_in')} in, "
+                f"{event.get('tokens_out')} out, {event.get('latency_ms')} ms"
+            )
+        case "llm.retrying":
+            return f"{event.get('reason')}, retry in {event.get('delay_s')} s"
+        case "phase.completed":
+            return f"{len(event.get('files') or [])} files, {event.get('duration_ms')} ms"
+        case "generation.completed":
+            return f"{event.get('file_count')} files, {event.get('total_bytes')} bytes"
+        case "generation.failed":
+            return f"{event.get('message')} ({event.get('files_kept')} files kept)"
+        case "generation.cancelled":
+            return f"by {event.get('by')}: {event.get('reason')}"
+    return str(event.get("summary") or event.get("title") or "")

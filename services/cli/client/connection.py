@@ -6,9 +6,12 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+import msgspec
+
+T = TypeVar("T")
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEV_KEY_FILE = Path(".kiln") / "dev-api-key"
@@ -44,10 +47,19 @@ def api_key(args: argparse.Namespace) -> str | None:
 class Gateway:
     """A small synchronous client of the gateway's HTTP API."""
 
-    def __init__(self, url: str, key: str | None, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        key: str | None,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.url = url
-        self.http = httpx.Client(base_url=url, headers=headers, timeout=timeout)
+        self.http = httpx.Client(
+            base_url=url, headers=headers, timeout=timeout, transport=transport
+        )
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Gateway:
@@ -68,19 +80,30 @@ class Gateway:
             raise ClientError(problem_text(response))
         return response
 
-    def json(self, method: str, path: str, **kwargs: Any) -> Any:
-        """A request whose answer is JSON."""
-        return self.request(method, path, **kwargs).json()
+    def decoded(self, method: str, path: str, into: type[T], **kwargs: Any) -> T:
+        """A request whose JSON answer is decoded into `into`."""
+        return self.decode(self.request(method, path, **kwargs), into)
+
+    def decode(self, response: httpx.Response, into: type[T]) -> T:
+        """The JSON answer decoded into `into`; ClientError if it is not that."""
+        try:
+            return msgspec.json.decode(response.content, type=into)
+        except msgspec.MsgspecError as exc:
+            raise ClientError(
+                f"{response.request.method} {response.request.url.path}: the answer from "
+                f"{self.url} is not what a Kiln gateway sends ({exc})"
+            ) from None
 
 
 def problem_text(response: httpx.Response) -> str:
-    """`<status> <title>: <detail>` from a problem+json answer (or the plain body)."""
+    """One line, `<status> <title>: <detail>`, from a problem+json answer (or the body)."""
     try:
         body = response.json()
     except ValueError:
-        return f"{response.status_code}: {response.text[:300]}"
-    if isinstance(body, dict) and "detail" in body:
-        return f"{response.status_code} {body.get('title', '')}: {body['detail']}".replace(
-            " :", ":"
-        )
-    return f"{response.status_code}: {response.text[:300]}"
+        body = None
+    if isinstance(body, dict) and body.get("detail"):
+        title = body.get("title") or response.reason_phrase
+        text = f"{response.status_code} {title}: {body['detail']}"
+    else:
+        text = f"{response.status_code} {response.reason_phrase}: {response.text[:300]}"
+    return " ".join(text.split())

@@ -1,15 +1,30 @@
-"""How a followed generation is shown: a live progress bar on a terminal, plain lines
-(fit for CI logs) anywhere else. Both are fed the same events."""
+"""How a followed generation is shown: a live progress bar on a terminal, plain lines fit
+for CI logs anywhere else. Both are fed the same events."""
 
 from __future__ import annotations
 
 import sys
-import time
-from typing import Any, Protocol, TextIO
+from datetime import UTC, datetime
+from typing import Protocol, TextIO
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, TextColumn
+from rich.text import Text
 
+from contracts.events import (
+    FileDeleted,
+    FileWritten,
+    GenerationCancelled,
+    GenerationCompleted,
+    GenerationFailed,
+    GenerationRequested,
+    GenerationResumed,
+    GenerationStarted,
+    LlmRetrying,
+    PhaseCompleted,
+    PhaseProgress,
+    PhaseStarted,
+)
 from services.cli.client.follow import Reconnecting, StreamEvent
 
 
@@ -23,67 +38,64 @@ class Renderer(Protocol):
         """Say that the connection dropped and is being resumed."""
 
     def close(self) -> None:
-        """Stop drawing (the bar stays on screen)."""
+        """Stop drawing (a bar stays on screen)."""
 
 
 def describe(event: StreamEvent) -> str | None:
-    """One line for an event a person wants to see; None for the ones they do not."""
-    data = event.data
-    kind = event.type
-    if kind == "generation.requested":
-        return f"requested {data.get('kind', 'create')} of {data.get('project_name')!r} v{data.get('version')}"
-    if kind == "generation.started":
-        return f"started on {data.get('worker')} with the {data.get('provider')} provider"
-    if kind == "generation.resumed":
-        return f"resumed at phase {data.get('from_phase')} (attempt {data.get('attempt')})"
-    if kind == "phase.started":
-        return f"phase {data.get('phase')} started"
-    if kind == "phase.completed":
-        return (
-            f"phase {data.get('phase')} completed in {data.get('duration_ms')} ms "
-            f"({data.get('progress')}%)"
-        )
-    if kind == "file.written":
-        return f"  wrote {data.get('path')} ({data.get('size')} B)"
-    if kind == "file.deleted":
-        return f"  deleted {data.get('path')}: {data.get('reason')}"
-    if kind == "llm.retrying":
-        return f"  rate limited, retrying in {float(data.get('delay_s', 0)):.0f} s"
-    if kind == "llm.called":
-        return (
-            f"  {data.get('provider')} {data.get('model')}: {data.get('tokens_in')} tokens in, "
-            f"{data.get('tokens_out')} out, {data.get('latency_ms')} ms"
-        )
-    if kind == "generation.completed":
-        return f"completed: {data.get('file_count')} files, {data.get('total_bytes')} bytes"
-    if kind == "generation.failed":
-        return (
-            f"FAILED in phase {data.get('phase')}: {data.get('message')} "
-            f"({data.get('files_kept')} files kept)"
-        )
-    if kind == "generation.cancelled":
-        return f"cancelled: {data.get('reason')} ({data.get('files_kept')} files kept)"
+    """One line for an event a person wants to see; None for the others."""
+    match event.event:
+        case GenerationRequested(kind=kind, project_name=name, version=version):
+            return f"requested {kind} of {name!r} v{version}"
+        case GenerationStarted(worker=worker, provider=provider, plan=plan):
+            return f"started on {worker} with the {provider} provider, {len(plan)} phases"
+        case GenerationResumed(from_phase=phase, attempt=attempt):
+            return f"resumed at phase {phase} (attempt {attempt})"
+        case PhaseStarted(phase=phase):
+            return f"phase {phase} started"
+        case PhaseCompleted(phase=phase, duration_ms=ms, progress=progress, files=files):
+            return f"phase {phase} completed in {ms} ms, {len(files)} files ({progress}%)"
+        case FileWritten(path=path, size=size, origin=origin):
+            return (
+                f"  wrote {path} ({size} B{', from the parent' if origin != 'generated' else ''})"
+            )
+        case FileDeleted(path=path, reason=reason):
+            return f"  deleted {path}: {reason}"
+        case LlmRetrying(phase=phase, reason=reason, delay_s=delay, attempt=attempt):
+            return f"  retrying phase {phase} in {delay:.1f} s ({reason}, attempt {attempt})"
+        case GenerationCompleted(file_count=count, total_bytes=size, duration_ms=ms):
+            return f"completed: {count} files, {size} bytes in {ms / 1000:.1f} s"
+        case GenerationFailed(phase=phase, message=message, files_kept=kept):
+            return f"FAILED in phase {phase or '-'}: {message} ({kept} files kept)"
+        case GenerationCancelled(by=by, reason=reason, phase=phase, files_kept=kept):
+            return (
+                f"CANCELLED by {by} in phase {phase or '-'}: {reason or 'no reason given'} "
+                f"({kept} files kept)"
+            )
     return None
 
 
 class PlainRenderer:
-    """One timestamped line per event worth a line."""
+    """One line per phase start and end, file, retry and the end, timed from the first
+    event (so a replay shows when things really happened)."""
 
     def __init__(self, out: TextIO | None = None) -> None:
         self.out = out or sys.stdout
-        self.started = time.monotonic()
+        self.first_at: datetime | None = None
 
     def event(self, event: StreamEvent) -> None:
         """Print the event's line, if it has one."""
         line = describe(event)
-        if line is not None:
-            elapsed = time.monotonic() - self.started
-            print(f"[{elapsed:6.1f}s] {line}", file=self.out, flush=True)
+        if line is None or event.event is None:
+            return
+        self.first_at = self.first_at or event.event.at
+        elapsed = (event.event.at - self.first_at).total_seconds()
+        print(f"[{elapsed:6.1f}s] {line}", file=self.out, flush=True)
 
     def reconnecting(self, note: Reconnecting) -> None:
         """Print that the stream is being resumed."""
         print(
-            f"         {note.reason}; resuming after event {note.after_id}",
+            f"[ ----- ] {note.reason}; resuming after event {note.after_id} "
+            f"in {note.delay_s:.2f} s",
             file=self.out,
             flush=True,
         )
@@ -92,47 +104,76 @@ class PlainRenderer:
         """Nothing to stop."""
 
 
+class _GenerationElapsed(ProgressColumn):
+    """Time since the generation's first event (so a late attach shows its real age), up
+    to its last event once it has ended."""
+
+    def render(self, task: Task) -> Text:
+        first: datetime | None = task.fields.get("first_at")
+        end: datetime | None = task.fields.get("end_at")
+        seconds = (
+            int(max(0.0, ((end or datetime.now(UTC)) - first).total_seconds())) if first else 0
+        )
+        minutes, seconds = divmod(seconds, 60)
+        return Text(f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}", style="progress.elapsed")
+
+
 class BarRenderer:
-    """A live bar: phase, percent, files written, elapsed time; notable lines above it."""
+    """A live bar (phase, percent, files, elapsed time), and above it a line for each
+    phase completed, retry and the end."""
 
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console()
-        self.files = 0
+        self.files: set[str] = set()
+        self.phase = "pending"
+        self.first_at: datetime | None = None
+        self.end_at: datetime | None = None
         self.progress = Progress(
-            TextColumn("[bold]{task.fields[phase]:<8}"),
+            TextColumn("[bold]{task.fields[phase]:<9}"),
             BarColumn(),
             TextColumn("{task.percentage:>3.0f}%"),
-            TextColumn("{task.fields[files]} files"),
-            TimeElapsedColumn(),
+            TextColumn("{task.fields[files]:>4} files"),
+            _GenerationElapsed(),
             TextColumn("{task.fields[note]}"),
             console=self.console,
         )
-        self.task: TaskID = self.progress.add_task("", total=100, phase="pending", files=0, note="")
+        self.task: TaskID = self.progress.add_task(
+            "", total=100, phase=self.phase, files=0, note="", first_at=None, end_at=None
+        )
         self.progress.start()
 
     def event(self, event: StreamEvent) -> None:
-        """Move the bar, and print what a person should not miss."""
-        data: dict[str, Any] = event.data
-        fields: dict[str, Any] = {"note": ""}
-        if event.type == "file.written":
-            self.files += 1
-        elif event.type == "file.deleted":
-            self.files = max(0, self.files - 1)
-        if data.get("phase"):
-            fields["phase"] = data["phase"]
-        if event.type == "llm.retrying":
-            fields["note"] = f"rate limited, retrying in {float(data.get('delay_s', 0)):.0f} s"
-        progress = data.get("progress")
+        """Move the bar; print what a person should not miss."""
+        note = ""
+        phase: str | None = None
+        match event.event:
+            case FileWritten(path=path, phase=phase):
+                self.files.add(path)
+            case FileDeleted(path=path, phase=phase):
+                self.files.discard(path)
+            case PhaseStarted(phase=phase) | PhaseCompleted(phase=phase):
+                pass
+            case PhaseProgress(phase=phase, tokens_received=tokens):
+                note = f"{tokens} tokens received" if tokens else ""
+            case LlmRetrying(phase=phase, delay_s=delay):
+                note = f"retrying in {delay:.0f} s"
+        self.phase = event.type.split(".")[-1] if event.is_terminal else phase or self.phase
+        if event.event is not None:
+            self.first_at = self.first_at or event.event.at
+            self.end_at = event.event.at if event.is_terminal else None
         self.progress.update(
             self.task,
-            completed=progress if isinstance(progress, int) else None,
-            files=self.files,
-            **fields,
+            completed=event.event.progress if event.event is not None else None,
+            files=len(self.files),
+            note=note,
+            phase=self.phase,
+            first_at=self.first_at,
+            end_at=self.end_at,
         )
-        if event.type.startswith("generation.") or event.type == "phase.completed":
-            line = describe(event)
-            if line:
-                self.progress.console.print(line)
+        line = describe(event)
+        if line and (event.is_terminal or event.type in ("phase.completed", "llm.retrying")):
+            self.progress.refresh()  # the bar above the line shows the state it reports
+            self.progress.console.print(line.strip())
 
     def reconnecting(self, note: Reconnecting) -> None:
         """Show the reconnection on the bar."""

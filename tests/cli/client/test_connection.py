@@ -1,0 +1,82 @@
+"""Where the gateway is, who the caller is, and the gateway's errors as one line."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services.cli.client.connection import (
+    DEFAULT_URL,
+    ClientError,
+    Gateway,
+    api_key,
+    gateway_url,
+    problem_text,
+)
+from services.cli.client.responses import GenerationStatus
+
+
+def _args(**values: str | None) -> argparse.Namespace:
+    return argparse.Namespace(url=values.get("url"), api_key=values.get("api_key"))
+
+
+def test_flags_win_over_the_environment_which_wins_over_the_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("KILN_URL", raising=False)
+    monkeypatch.delenv("KILN_API_KEY", raising=False)
+    assert gateway_url(_args()) == DEFAULT_URL
+    assert api_key(_args()) is None
+
+    (tmp_path / ".kiln").mkdir()
+    (tmp_path / ".kiln" / "dev-api-key").write_text("dev-key\n")
+    assert api_key(_args()) == "dev-key"
+
+    monkeypatch.setenv("KILN_URL", "https://kiln.example/")
+    monkeypatch.setenv("KILN_API_KEY", "env-key")
+    assert gateway_url(_args()) == "https://kiln.example"
+    assert api_key(_args()) == "env-key"
+
+    flags = _args(url="http://other:9000", api_key="flag-key")
+    assert (gateway_url(flags), api_key(flags)) == ("http://other:9000", "flag-key")
+
+
+def test_a_problem_is_one_line_with_status_title_and_detail() -> None:
+    problem = httpx.Response(
+        400,
+        json={"title": "Bad Request", "detail": "The schema is not valid:\n  entities: empty"},
+        headers={"Content-Type": "application/problem+json"},
+    )
+    assert problem_text(problem) == "400 Bad Request: The schema is not valid: entities: empty"
+    assert problem_text(httpx.Response(502, text="<html>\nbad gateway\n</html>")) == (
+        "502 Bad Gateway: <html> bad gateway </html>"
+    )
+
+
+def test_an_answer_that_is_not_the_gateways_is_a_client_error() -> None:
+    gateway = Gateway(
+        "http://kiln.test",
+        None,
+        transport=httpx.MockTransport(lambda request: httpx.Response(200, json={"hello": 1})),
+    )
+    with pytest.raises(ClientError, match="not what a Kiln gateway sends"):
+        gateway.decoded("GET", "/generations/g-1", GenerationStatus)
+    gateway.close()
+
+
+def test_the_api_key_goes_in_the_authorization_header() -> None:
+    seen: list[str | None] = []
+
+    def script(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("authorization"))
+        return httpx.Response(404, json={"title": "Not Found", "detail": "There is no project."})
+
+    gateway = Gateway("http://kiln.test", "k-1", transport=httpx.MockTransport(script))
+    with pytest.raises(ClientError, match=r"^404 Not Found: There is no project\.$"):
+        gateway.request("GET", "/projects/p-1")
+    assert seen == ["Bearer k-1"]
+    gateway.close()

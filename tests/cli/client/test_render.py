@@ -1,0 +1,105 @@
+"""What a followed generation looks like: plain lines for CI logs, a live bar on a
+terminal."""
+
+from __future__ import annotations
+
+import io
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from rich.console import Console
+
+from contracts.events import (
+    Event,
+    FileWritten,
+    GenerationFailed,
+    LlmCalled,
+    LlmRetrying,
+    PhaseCompleted,
+    PhaseProgress,
+    PhaseStarted,
+    event_tag,
+)
+from services.cli.client.follow import Reconnecting, StreamEvent
+from services.cli.client.render import BarRenderer, PlainRenderer, renderer_for
+
+START = datetime.now(UTC) - timedelta(seconds=65)  # the bar times the generation from here
+
+
+def _events() -> list[StreamEvent]:
+    def common(seq: int, progress: int | None = None) -> dict[str, Any]:
+        return {
+            "event_id": f"e-{seq}",
+            "generation_id": "g-1",
+            "project_id": "p-1",
+            "seq": seq,
+            "at": START + timedelta(seconds=seq / 2),
+            "progress": progress,
+        }
+
+    def file(seq: int, path: str) -> FileWritten:
+        return FileWritten(
+            **common(seq), path=path, content="x", sha256="0" * 64, size=1, phase="models"
+        )
+
+    events: list[Event] = [
+        PhaseStarted(**common(1, 5), phase="models"),
+        PhaseProgress(**common(2), phase="models", tokens_received=40),
+        LlmRetrying(**common(3), phase="models", reason="rate_limited", delay_s=2.0, attempt=1),
+        LlmCalled(**common(4), provider="offline", model="m", phase="models"),
+        file(5, "app/models.py"),
+        file(6, "app/db.py"),
+        PhaseCompleted(**common(7, 20), phase="models", files=["app/models.py", "app/db.py"]),
+        PhaseStarted(**common(8, 20), phase="schemas"),
+        GenerationFailed(**common(9), phase="schemas", message="the model refused", files_kept=2),
+    ]
+    return [
+        StreamEvent(seq, event_tag(type(e)), e)  # type: ignore[arg-type]
+        for seq, e in enumerate(events, 1)
+    ]
+
+
+def test_plain_lines_one_per_phase_file_retry_and_end_timed_from_the_first_event() -> None:
+    out = io.StringIO()
+    renderer = PlainRenderer(out)
+    for event in _events():
+        renderer.event(event)
+    renderer.reconnecting(Reconnecting(after_id=9, reason="connection lost", delay_s=0.25))
+    renderer.close()
+    assert out.getvalue().splitlines() == [
+        "[   0.0s] phase models started",
+        "[   1.0s]   retrying phase models in 2.0 s (rate_limited, attempt 1)",
+        "[   2.0s]   wrote app/models.py (1 B)",
+        "[   2.5s]   wrote app/db.py (1 B)",
+        "[   3.0s] phase models completed in 0 ms, 2 files (20%)",
+        "[   3.5s] phase schemas started",
+        "[   4.0s] FAILED in phase schemas: the model refused (2 files kept)",
+        "[ ----- ] connection lost; resuming after event 9 in 0.25 s",
+    ]
+
+
+def test_on_a_terminal_a_bar_shows_phase_percent_files_and_elapsed_time() -> None:
+    screen = io.StringIO()
+    renderer = BarRenderer(Console(file=screen, force_terminal=True, width=100))
+    for event in _events()[:8]:
+        renderer.event(event)
+    renderer.close()
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue())
+    last_bar = [line for line in text.splitlines() if "%" in line and "files" in line][-1]
+    assert re.search(r"schemas\s+━+.*\s20%\s+2 files\s+0:01:\d\d", last_bar), last_bar
+    assert "phase models completed" in text
+    assert "retrying phase models" in text
+    assert "wrote" not in text
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_bar_on_a_terminal_plain_lines_elsewhere() -> None:
+    assert isinstance(renderer_for(io.StringIO()), PlainRenderer)
+    bar = renderer_for(_Terminal())
+    assert isinstance(bar, BarRenderer)
+    bar.close()
