@@ -24,17 +24,19 @@ from contracts.events import (
 from services.cli.client.follow import Reconnecting, StreamEvent
 from services.cli.client.render import BarRenderer, PlainRenderer, renderer_for
 
-START = datetime.now(UTC) - timedelta(seconds=65)  # the bar times the generation from here
-
 
 def _events() -> list[StreamEvent]:
+    # The bar times the generation from its first event: 65 s ago, as of this call (not as
+    # of collection, which may be minutes earlier in a full run).
+    start = datetime.now(UTC) - timedelta(seconds=65)
+
     def common(seq: int, progress: int | None = None) -> dict[str, Any]:
         return {
             "event_id": f"e-{seq}",
             "generation_id": "g-1",
             "project_id": "p-1",
             "seq": seq,
-            "at": START + timedelta(seconds=seq / 2),
+            "at": start + timedelta(seconds=seq / 2),
             "progress": progress,
         }
 
