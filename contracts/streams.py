@@ -106,8 +106,19 @@ def orchestrator_consumer(ack_wait_s: float, max_deliver: int) -> ConsumerConfig
     )
 
 
+def storage_consumer_name(partition: int = 0, partitions: int = 1) -> str:
+    """The durable consumer of one storage partition: `storage`, or `storage-<i>-of-<n>`.
+
+    The name holds the partition count, so a new partitioning starts new consumers (and
+    positions) instead of inheriting ones that skipped other partitions' events.
+    """
+    if partitions <= 1:
+        return STORAGE_CONSUMER
+    return f"{STORAGE_CONSUMER}-{partition}-of-{partitions}"
+
+
 def storage_consumer(ack_wait_s: float, name: str = STORAGE_CONSUMER) -> ConsumerConfig:
-    """The projector's durable pull consumer on every event."""
+    """A projector's durable pull consumer on every event (each partition reads them all)."""
     return ConsumerConfig(
         durable_name=name,
         description="Kiln storage projects events into SQL",

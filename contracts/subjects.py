@@ -6,6 +6,7 @@ so they never contain the `.`, `*` or `>` that would break a subject.
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 EVENTS_PREFIX = "kiln.events"
@@ -60,8 +61,21 @@ def parse_event_subject(subject: str) -> tuple[str, str] | None:
     return parts[2], parts[3]
 
 
-def partition_of(generation_id: str, partitions: int) -> int:
-    """The projector partition that owns a generation (stable across processes)."""
+def partition_of(project_id: str, partitions: int) -> int:
+    """The storage partition (0 ≤ p < partitions) that projects a project's events.
+
+    A project, not a generation: versions, their numbers and their parents are per-project
+    rows, so one projector must see all of a project's generations. The hash is stable
+    across processes and Python versions (not `hash()`, which is salted per process).
+    """
     if partitions <= 1:
         return 0
-    return int(generation_id.replace("-", "")[:8], 16) % partitions
+    digest = hashlib.blake2b(project_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % partitions
+
+
+def event_partition(subject: str, partitions: int) -> int:
+    """The partition of an events subject; one that is not an events subject goes to 0,
+    whose projector dead-letters it."""
+    ids = parse_event_subject(subject)
+    return 0 if ids is None else partition_of(ids[0], partitions)

@@ -25,6 +25,7 @@ def run_storage(settings: Settings) -> None:
     from services.storage.db import DatabaseNotMigrated
     from services.storage.service import StorageService
 
+    settings.storage_partitioning()  # refuse a bad partition before connecting to anything
     try:
         run_until_signalled(settings, "storage", StorageService(settings).run)
     except DatabaseNotMigrated as exc:

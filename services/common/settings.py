@@ -20,6 +20,9 @@ def _setting(env: str, description: str, *, secret: bool = False) -> msgspec.Met
     return msgspec.Meta(description=description, extra={"env": env, "secret": secret})
 
 
+MAX_STORAGE_PARTITIONS = 64
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Every setting of every service."""
 
@@ -246,6 +249,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "large files) files are summarised.",
         ),
     ] = 200_000
+    storage_partitions: Annotated[
+        int,
+        _setting(
+            "KILN_STORAGE_PARTITIONS",
+            "Storage projectors sharing the database, each projecting the projects of its "
+            "partition (the same on every projector; see docs/operations.md).",
+        ),
+    ] = 1
+    storage_partition: Annotated[
+        int,
+        _setting(
+            "KILN_STORAGE_PARTITION",
+            "This projector's partition, 0 to KILN_STORAGE_PARTITIONS - 1.",
+        ),
+    ] = 0
     health_host: Annotated[
         str,
         _setting(
@@ -264,6 +282,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         _setting("KILN_LOG_FORMAT", "`text` for people, `json` for log collectors."),
     ] = "text"
     log_level: Annotated[str, _setting("KILN_LOG_LEVEL", "Log level.")] = "INFO"
+
+    def storage_partitioning(self) -> tuple[int, int]:
+        """(partition, partitions) of this storage projector; SettingsError when out of range."""
+        partitions, partition = self.storage_partitions, self.storage_partition
+        if not 1 <= partitions <= MAX_STORAGE_PARTITIONS:
+            raise SettingsError(
+                f"KILN_STORAGE_PARTITIONS must be between 1 and {MAX_STORAGE_PARTITIONS}, "
+                f"not {partitions}"
+            )
+        if not 0 <= partition < partitions:
+            raise SettingsError(
+                f"KILN_STORAGE_PARTITION must be between 0 and {partitions - 1} "
+                f"(KILN_STORAGE_PARTITIONS is {partitions}), not {partition}"
+            )
+        return partition, partitions
 
     @property
     def nats_servers(self) -> list[str]:

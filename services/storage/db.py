@@ -43,14 +43,19 @@ def shown_url(url: str | URL) -> str:
     ).render_as_string(hide_password=False)
 
 
-def create_engine(url: str, **options: Any) -> AsyncEngine:
-    """An async engine for the read model at `url` (`sqlite+aiosqlite` or `postgresql+asyncpg`)."""
+def create_engine(url: str, *, writer: bool = False, **options: Any) -> AsyncEngine:
+    """An async engine for the read model at `url` (`sqlite+aiosqlite` or `postgresql+asyncpg`).
+
+    `writer`: every transaction will write (the projector's). On SQLite they then take the
+    write lock when they begin, so projectors sharing a file queue for it (busy timeout)
+    instead of failing when another commits between their first read and first write.
+    """
     parsed = make_url(url)
     # The audit rows' JSON is written with msgspec: several times faster than json.dumps.
     options.setdefault("json_serializer", _json_text)
     if parsed.get_backend_name() == "sqlite":
         engine = create_async_engine(parsed, **options)
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, "BEGIN IMMEDIATE" if writer else "BEGIN")
         return engine
     if parsed.get_backend_name() == "postgresql" and "poolclass" not in options:
         defaults: dict[str, Any] = {
@@ -68,7 +73,7 @@ def _json_text(value: Any) -> str:
     return msgspec.json.encode(value).decode()
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
+def _configure_sqlite(engine: AsyncEngine, begin: str) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         # The driver would otherwise open transactions itself, late and without savepoints.
@@ -84,7 +89,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def on_begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN")
+        connection.exec_driver_sql(begin)
 
 
 def alembic_config(url: str) -> Config:

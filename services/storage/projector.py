@@ -3,11 +3,17 @@
 Each batch is one transaction that also records the consumer's position (the highest
 stream sequence below which every message is handled), and messages are acked only after
 it commits: a redelivered message at or below the position is recognised and skipped.
+A message at or below its generation's `last_stream_seq` is skipped too, so replaying
+events already applied (a new partitioning starting before another's position) is safe.
 
 Order matters (a generation's state is a fold), so a message is applied only when every
 message between the position and it is handled. A gap (an earlier message failed, or was
 lost in flight and awaits redelivery) is checked against the stream: if a message really
 is missing, the later ones wait (`Retry`) instead of jumping ahead of it.
+
+With `partitions` > 1, several projectors share the database, each with its own consumer
+and position: every projector reads every event (so the gap check still sees every
+sequence) and applies only those of its partition's projects, acking the others as handled.
 
 A generation's status, progress and phase come from `contracts.state.apply`, the fold the
 orchestrator and the gateway use too; this module only stores what it returns.
@@ -16,6 +22,7 @@ orchestrator and the gateway use too; this module only stores what it returns.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -67,7 +74,8 @@ class Projector:
     """Applies batches of events to the read model; plug `handle` into `PullWorker.run_batches`.
 
     `js` is used to tell a real gap in the stream (a message still to come) from deleted
-    sequences; without it, gaps are trusted to be empty.
+    sequences; without it, gaps are trusted to be empty. `partition` of `partitions`
+    chooses the projects this projector applies (`contracts.subjects.partition_of`).
     """
 
     def __init__(
@@ -77,8 +85,14 @@ class Projector:
         consumer: str = STORAGE_CONSUMER,
         js: JetStreamContext | None = None,
         stream: str = EVENTS_STREAM,
+        partition: int = 0,
+        partitions: int = 1,
     ) -> None:
+        if not 0 <= partition < partitions:
+            raise ValueError(f"partition {partition} is not one of 0..{partitions - 1}")
         self.engine = engine
+        self.partition = partition
+        self.partitions = partitions
         self.consumer = consumer
         self.js = js
         self.stream = stream
@@ -86,15 +100,40 @@ class Projector:
         self.failed_batches = 0
         self.events_applied = 0
         self.events_skipped = 0
+        self.events_of_other_partitions = 0
         self.dead_letters = 0
         self.last_applied_stream_seq = 0
+        self.start_position = 0
+        """Where this consumer starts before it has a position of its own (see `position`)."""
         self.apply_seconds = 0.0
         self.last_batch_seconds = 0.0
 
     async def position(self) -> int:
-        """The stream sequence this consumer has applied up to (0 before the first batch)."""
+        """The stream sequence this consumer has applied up to.
+
+        A consumer without a position yet (a new database, or a new partitioning) starts
+        where everything before is applied: for each earlier set of storage consumers, the
+        lowest position of its partitions (one that never ran counts as 0), and of those
+        sets the highest. Events after that point that an earlier set applied anyway are
+        skipped by their generation's `last_stream_seq`.
+        """
         async with self.engine.connect() as conn:
-            return await _read_position(conn, self.consumer)
+            rows = (
+                await conn.execute(select(positions_table.c.consumer, positions_table.c.stream_seq))
+            ).all()
+        positions = {str(row.consumer): int(row.stream_seq) for row in rows}
+        if self.consumer in positions:
+            return positions[self.consumer]
+        start = self.start_position = _covered_position(positions)
+        if start:
+            log.info(
+                "Consumer {consumer} is new; it starts after stream seq {position}, "
+                "up to which earlier storage consumers applied every event",
+                consumer=self.consumer,
+                position=start,
+                earlier=", ".join(sorted(positions)),
+            )
+        return start
 
     async def handle(self, msgs: list[Msg]) -> list[Outcome]:
         """Apply a batch in one transaction; one outcome per message, in the order given."""
@@ -132,7 +171,8 @@ class Projector:
         self.apply_seconds += elapsed
         self.last_batch_seconds = elapsed
         self.events_applied += sum(result.applied.values())
-        self.events_skipped += result.skipped
+        self.events_skipped += result.skipped + result.already_applied
+        self.events_of_other_partitions += result.other_partitions
         self.dead_letters += sum(isinstance(o, DeadLetter) for o in result.outcomes.values())
         self.last_applied_stream_seq = max(self.last_applied_stream_seq, result.position)
         metrics.storage_batch_size.observe(len(msgs))
@@ -152,10 +192,16 @@ class Projector:
         result = _BatchResult()
         async with self.engine.begin() as conn:
             position = await _read_position(conn, self.consumer)
+            if position is None:
+                position = self.start_position
             result.position = position
             todo = await self._plan(msgs, position, result)
             writer = _Writer(conn)
             for index, msg, seq in todo:
+                if not self._owns(msg.subject):
+                    result.outcomes[index] = Ack()
+                    result.other_partitions += 1
+                    continue
                 if careful:
                     outcome = await self._apply_guarded(writer, msg, seq)
                 else:
@@ -167,10 +213,17 @@ class Projector:
                     result.applied[writer.generation_id] += 1
                     result.last_seq_of[writer.generation_id] = seq
             await writer.flush()
+            result.already_applied = writer.already_applied
             if todo:
                 result.position = todo[-1][2]
                 await _write_position(conn, self.consumer, result.position)
         return result
+
+    def _owns(self, subject: str) -> bool:
+        return (
+            self.partitions == 1
+            or subjects.event_partition(subject, self.partitions) == self.partition
+        )
 
     async def _apply_guarded(self, writer: _Writer, msg: Msg, seq: int) -> Outcome:
         """One message in its own savepoint: if it cannot be stored, it alone is dead-lettered."""
@@ -249,6 +302,8 @@ class _BatchResult:
     applied: Counter[str] = field(default_factory=Counter)
     last_seq_of: dict[str, int] = field(default_factory=dict)
     skipped: int = 0
+    already_applied: int = 0
+    other_partitions: int = 0
     position: int = 0
 
 
@@ -273,6 +328,7 @@ class _Writer:
         self.blobs: set[str] = set()
         self.audit: list[dict[str, Any]] = []
         self.generation_id: str | None = None
+        self.already_applied = 0
         # Writes wait for `flush`, which sends each kind as one executemany.
         self.new_blobs: list[dict[str, Any]] = []
         self.file_writes: dict[tuple[str, str], FileState | None] = {}
@@ -297,6 +353,9 @@ class _Writer:
             return DeadLetter(problem)
 
         generation = await self._generation(event.generation_id)
+        if generation is not None and seq <= generation.last_stream_seq:
+            self.already_applied += 1
+            return Ack()
         if generation is None:
             if not isinstance(event, GenerationRequested):
                 return DeadLetter(
@@ -453,6 +512,8 @@ class _Writer:
     async def _flush_files(self) -> None:
         """The pending blobs (stored once however many versions share them) and file rows."""
         if self.new_blobs:
+            # In one order, so projectors inserting the same blobs at once never deadlock.
+            self.new_blobs.sort(key=lambda blob: blob["sha256"])
             await self.conn.execute(
                 _insert_ignoring_duplicates(self.conn, blobs_table), self.new_blobs
             )
@@ -631,13 +692,13 @@ def _state_of(row: Row[Any]) -> GenerationState:
     )
 
 
-async def _read_position(conn: AsyncConnection, consumer: str) -> int:
+async def _read_position(conn: AsyncConnection, consumer: str) -> int | None:
     value = (
         await conn.execute(
             select(positions_table.c.stream_seq).where(positions_table.c.consumer == consumer)
         )
     ).scalar()
-    return int(value or 0)
+    return None if value is None else int(value)
 
 
 async def _write_position(conn: AsyncConnection, consumer: str, stream_seq: int) -> None:
@@ -648,6 +709,23 @@ async def _write_position(conn: AsyncConnection, consumer: str, stream_seq: int)
     )
     if updated.rowcount == 0:
         await conn.execute(insert(positions_table).values(consumer=consumer, stream_seq=stream_seq))
+
+
+_PARTITION_CONSUMER = re.compile(rf"^{STORAGE_CONSUMER}-(\d+)-of-(\d+)$")
+
+
+def _covered_position(positions: dict[str, int]) -> int:
+    """The highest stream sequence up to which some set of storage consumers (the single
+    `storage`, or every `storage-<i>-of-<n>` of one n) has applied every event."""
+    sets: dict[int, list[int]] = {}
+    for name, seq in positions.items():
+        if name == STORAGE_CONSUMER:
+            sets[1] = [seq]
+        elif match := _PARTITION_CONSUMER.match(name):
+            partition, partitions = int(match[1]), int(match[2])
+            if partition < partitions:
+                sets.setdefault(partitions, [0] * partitions)[partition] = seq
+    return max((min(seqs) for seqs in sets.values()), default=0)
 
 
 def _stream_seq(msg: Msg) -> int:

@@ -10,7 +10,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from contracts.streams import EVENTS_STREAM, storage_consumer
+from contracts.streams import EVENTS_STREAM, storage_consumer, storage_consumer_name
 from services.common import metrics
 from services.common.broker import connect, ensure_streams
 from services.common.consumer import PullWorker
@@ -41,17 +41,24 @@ class StorageService:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume and project until `stop` is set; then close the NATS connection and the database."""
+        partition, partitions = self.settings.storage_partitioning()
         url = self.settings.effective_database_url
-        engine = create_engine(url)
+        engine = create_engine(url, writer=True)
         try:
             await check_migrated(engine)
             nc = await connect(self.settings, "kiln-storage")
             try:
                 js = nc.jetstream()
                 await ensure_streams(js, self.settings.stream_replicas)
-                config = storage_consumer(ack_wait_s=ACK_WAIT_S)
+                name = storage_consumer_name(partition, partitions)
+                config = storage_consumer(ack_wait_s=ACK_WAIT_S, name=name)
                 projector = Projector(
-                    engine, consumer=config.durable_name or "storage", js=js, stream=EVENTS_STREAM
+                    engine,
+                    consumer=name,
+                    js=js,
+                    stream=EVENTS_STREAM,
+                    partition=partition,
+                    partitions=partitions,
                 )
                 self.projector = projector
                 position = await projector.position()
@@ -84,10 +91,14 @@ class StorageService:
                     )
                     await health.start()
                 log.info(
-                    "Storage projecting {stream} into {database} after stream seq {position}",
+                    "Storage projecting {stream} into {database} after stream seq {position}"
+                    + (" (partition {partition} of {partitions})" if partitions > 1 else ""),
                     stream=EVENTS_STREAM,
                     database=shown_url(engine.url),
                     position=position,
+                    partition=partition,
+                    partitions=partitions,
+                    consumer=name,
                 )
                 self.ready.set()
                 lag = asyncio.create_task(_report_lag(js, projector, stop))

@@ -1,11 +1,14 @@
-"""Two orchestrators and two gateways, each its own process, against one nats-server:
-concurrent generations each complete exactly once, and a client watching through either
-gateway sees every event."""
+"""Scaling out, each service its own process against one nats-server: two orchestrators and
+two gateways (concurrent generations each complete exactly once, and a client watching
+through either gateway sees every event), and two partitioned storage projectors (every
+version stored whole)."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import zipfile
 
 import pytest
 
@@ -16,6 +19,7 @@ from tests.ops.cluster import (
     check_sse_matches_log,
     client,
     create,
+    scrape,
     stream_messages,
     wait_status,
     watch,
@@ -82,3 +86,61 @@ async def test_twenty_generations_on_two_orchestrators_and_two_gateways(
                 lines_about += 1
                 assert record.get("generation_id") in named, (process.service, record)
     assert lines_about >= GENERATIONS * 4
+
+
+async def test_two_partitioned_storage_projectors_store_every_version(cluster: Cluster) -> None:
+    partitions = [
+        cluster.storage(f"storage-{i}", KILN_STORAGE_PARTITIONS="2", KILN_STORAGE_PARTITION=str(i))
+        for i in range(2)
+    ]
+    cluster.orchestrator()
+    gateway = cluster.gateway()
+    http = client(gateway.url)
+    try:
+        created = await asyncio.gather(*(create(http, project_name=f"shop-{i}") for i in range(12)))
+        for accepted in created:
+            await wait_status(http, accepted["generation_id"], "completed")
+        # Iterations refer to their parent: a project's versions are all on one projector.
+        iterated = await asyncio.gather(
+            *(
+                http.post(
+                    "/generations/iterate",
+                    json={
+                        "parent_generation_id": a["generation_id"],
+                        "modification_prompt": "add pagination",
+                    },
+                )
+                for a in created[:6]
+            )
+        )
+        assert all(r.status_code == 201 for r in iterated), [r.text for r in iterated]
+        versions = created + [r.json() for r in iterated]
+        statuses = [await wait_status(http, v["generation_id"], "completed") for v in versions]
+        logs = by_generation(await stream_messages(cluster.nats_url))
+        for accepted, status in zip(versions, statuses, strict=True):
+            generation_id = accepted["generation_id"]
+            messages = logs[generation_id]
+            expected: dict[str, str] = {}
+            for m in messages:
+                if m.event["type"] == "file.written":
+                    expected[m.event["path"]] = m.event["content"]
+                elif m.event["type"] == "file.deleted":
+                    expected.pop(m.event["path"], None)
+            archive = await http.get(f"/generations/{generation_id}/archive")
+            assert archive.status_code == 200, archive.text
+            with zipfile.ZipFile(io.BytesIO(archive.content)) as zipped:
+                stored = {name: zipped.read(name).decode() for name in zipped.namelist()}
+            assert stored == expected, generation_id
+            assert status["file_count"] == len(expected)
+            project = (await http.get(f"/projects/{accepted['project_id']}")).json()
+            assert project["latest_version"] >= status["version"]
+    finally:
+        await http.aclose()
+
+    applied = [
+        (await scrape(service.url)).get("kiln_storage_events_applied_total", 0.0)
+        for service in partitions
+    ]
+    events = sum(len(m) for m in by_generation(await stream_messages(cluster.nats_url)).values())
+    assert sum(applied) == events
+    assert all(a > 0 for a in applied), f"one partition applied nothing: {applied}"
