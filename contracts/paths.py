@@ -7,7 +7,9 @@ relative POSIX path that cannot leave the directory it is joined to.
 
 from __future__ import annotations
 
+import re
 import unicodedata
+from functools import lru_cache
 
 MAX_PATH_LENGTH = 255
 MAX_PATH_DEPTH = 12
@@ -32,6 +34,10 @@ _WINDOWS_DEVICE_NAMES = frozenset(
 )
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_RESERVED_CHARACTERS = re.compile(r'[<>:"|?*]')
+
+
 class PathRejected(ValueError):
     """A path that is not allowed; `reason` says why in words a person can act on."""
 
@@ -45,10 +51,18 @@ def safe_path(path: str) -> str:
     """The normalised form of `path`, or PathRejected saying why it is not allowed."""
     if not isinstance(path, str) or not path:
         raise PathRejected(str(path), "the path is empty")
+    return _checked(path)
+
+
+@lru_cache(maxsize=8192)
+def _checked(path: str) -> str:
+    # Cached: a version's paths come back in every event that touches them (only accepted
+    # paths are kept; a rejected one raises again each time).
     shown = path[:80]
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in path):
+    if _CONTROL.search(path):
         raise PathRejected(shown, "it contains a control character (or NUL)")
-    normalised = unicodedata.normalize("NFC", path)
+    ascii_only = path.isascii()
+    normalised = path if ascii_only else unicodedata.normalize("NFC", path)
     if "\\" in normalised:
         raise PathRejected(shown, "it contains a backslash; use '/' between folders")
     if len(normalised) > MAX_PATH_LENGTH:
@@ -73,9 +87,11 @@ def safe_path(path: str) -> str:
             raise PathRejected(shown, "a segment starts or ends with a space, or ends with '.'")
         if segment.split(".")[0].lower() in _WINDOWS_DEVICE_NAMES:
             raise PathRejected(shown, f"{segment!r} is a reserved device name")
-        if any(ch in segment for ch in '<>:"|?*'):
+        if _RESERVED_CHARACTERS.search(segment):
             raise PathRejected(shown, 'it contains one of the characters < > : " | ? *')
-        if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in segment):
+        if not ascii_only and any(
+            unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in segment
+        ):
             raise PathRejected(shown, "it contains an invisible formatting character")
         if segment.startswith("."):
             is_last = index == len(segments) - 1

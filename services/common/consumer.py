@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -29,6 +30,8 @@ from contracts import subjects
 from services.common.logs import get_logger
 
 log = get_logger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,24 +180,65 @@ class PullWorker:
 
     async def run_batches(
         self,
-        handle: Callable[[list[Msg]], Awaitable[list[Outcome]]],
+        handle: Callable[[list[Msg], T], Awaitable[list[Outcome]]],
         stop: asyncio.Event,
         *,
+        prepare: Callable[[list[Msg]], T],
         batch: int = 256,
         fetch_timeout_s: float = 0.5,
     ) -> None:
-        """Fetch batches and hand each whole batch to `handle` until `stop` is set."""
-        while not stop.is_set():
+        """Fetch batches and hand each whole batch to `handle` until `stop` is set.
+
+        The next batch is fetched and passed through `prepare` (pure work, such as
+        decoding) while `handle` is busy with this one, typically waiting for a database;
+        it is handled only after this one is. On stop, a batch fetched ahead is handed
+        back (nak), so another consumer gets it at once.
+        """
+
+        async def fetch_ahead() -> tuple[list[Msg], T] | None:
             msgs = await self.fetch(batch, fetch_timeout_s)
-            if not msgs:
-                continue
-            try:
-                outcomes = await handle(msgs)
-            except Exception as exc:
-                log.exception("Handler of {service} failed on a batch", service=self.service)
-                outcomes = [Retry(f"handler failed: {exc!r}")] * len(msgs)
-            for msg, outcome in zip(msgs, outcomes, strict=True):
-                await self.settle(msg, outcome)
+            return (msgs, prepare(msgs)) if msgs else None
+
+        ahead: asyncio.Task[tuple[list[Msg], T] | None] | None = None
+        try:
+            while not stop.is_set():
+                if ahead is None:
+                    ahead = asyncio.create_task(fetch_ahead())
+                fetched = await ahead
+                ahead = None if stop.is_set() else asyncio.create_task(fetch_ahead())
+                if fetched is None:
+                    continue
+                msgs, prepared = fetched
+                try:
+                    outcomes = await handle(msgs, prepared)
+                except Exception as exc:
+                    log.exception("Handler of {service} failed on a batch", service=self.service)
+                    outcomes = [Retry(f"handler failed: {exc!r}")] * len(msgs)
+                for msg, outcome in zip(msgs, outcomes, strict=True):
+                    await self.settle(msg, outcome)
+        finally:
+            if ahead is not None:
+                await self._hand_back(ahead)
+
+    async def _hand_back(self, ahead: asyncio.Task[tuple[list[Msg], Any] | None]) -> None:
+        """Nak what a fetch ahead got (waiting for it to end, unless we are cancelled)."""
+        try:
+            fetched = await asyncio.shield(ahead)
+        except asyncio.CancelledError:
+            ahead.cancel()
+            raise
+        except Exception:
+            return
+        msgs = fetched[0] if fetched else []
+        for msg in msgs:
+            with contextlib.suppress(Exception):
+                await msg.nak()
+        if msgs:
+            log.info(
+                "Handed {count} messages fetched ahead back to {consumer}",
+                count=len(msgs),
+                consumer=self.config.durable_name,
+            )
 
     async def run_each(
         self,

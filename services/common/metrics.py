@@ -58,12 +58,17 @@ storage_applied_seq = Gauge(
 storage_batch_size = Histogram(
     "kiln_storage_batch_size",
     "Events per applied batch",
-    buckets=(1, 2, 5, 10, 25, 50, 100, 256, 512),
+    buckets=(1, 2, 5, 10, 25, 50, 100, 256, 512, 1000),
 )
 storage_apply_seconds = Histogram(
     "kiln_storage_apply_seconds", "Time to apply and commit one batch", buckets=FAST
 )
 storage_events = Counter("kiln_storage_events_applied_total", "Events applied to SQL")
+storage_checkpoint_seconds = Histogram(
+    "kiln_storage_wal_checkpoint_seconds",
+    "Time of one SQLite WAL checkpoint (off the projector's path)",
+    buckets=FAST,
+)
 
 
 def exposition() -> tuple[bytes, str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,6 +11,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from services.common import metrics
 from services.common.broker import connect, ensure_streams
+from services.common.heap import freeze_startup_heap
 from services.common.logs import get_logger
 from services.common.settings import Settings, SettingsError, parse_api_keys, token_secret
 from services.gateway.auth import ApiKeys
@@ -75,8 +75,7 @@ def create_app(settings: Settings) -> Litestar:
             app.state["gateway"] = gw
             # What start-up made lives as long as the gateway: keep it out of the garbage
             # collector's full passes, which otherwise stall every open stream (60-130 ms).
-            gc.collect()
-            gc.freeze()
+            freeze_startup_heap()
             log.info("Gateway ready")
             try:
                 yield

@@ -22,6 +22,8 @@ from sqlalchemy import Connection, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from services.storage.checkpoint import WAL_SIZE_LIMIT_BYTES, WRITER_AUTOCHECKPOINT_PAGES
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -55,7 +57,7 @@ def create_engine(url: str, *, writer: bool = False, **options: Any) -> AsyncEng
     options.setdefault("json_serializer", _json_text)
     if parsed.get_backend_name() == "sqlite":
         engine = create_async_engine(parsed, **options)
-        _configure_sqlite(engine, "BEGIN IMMEDIATE" if writer else "BEGIN")
+        _configure_sqlite(engine, "BEGIN IMMEDIATE" if writer else "BEGIN", writer=writer)
         return engine
     if parsed.get_backend_name() == "postgresql" and "poolclass" not in options:
         defaults: dict[str, Any] = {
@@ -73,7 +75,7 @@ def _json_text(value: Any) -> str:
     return msgspec.json.encode(value).decode()
 
 
-def _configure_sqlite(engine: AsyncEngine, begin: str) -> None:
+def _configure_sqlite(engine: AsyncEngine, begin: str, *, writer: bool) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         # The driver would otherwise open transactions itself, late and without savepoints.
@@ -84,6 +86,10 @@ def _configure_sqlite(engine: AsyncEngine, begin: str) -> None:
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
+            if writer:
+                # Checkpoints are the storage service's WalCheckpointer's job (see there).
+                cursor.execute(f"PRAGMA wal_autocheckpoint={WRITER_AUTOCHECKPOINT_PAGES}")
+                cursor.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
         finally:
             cursor.close()
 

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import msgspec
 import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -42,7 +41,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from contracts import subjects
-from contracts.codec import DecodeError, decode_event, event_hash
+from contracts.codec import DecodeError, audit_view, decode_event
 from contracts.events import (
     AnyEvent,
     FileDeleted,
@@ -135,12 +134,27 @@ class Projector:
             )
         return start
 
-    async def handle(self, msgs: list[Msg]) -> list[Outcome]:
-        """Apply a batch in one transaction; one outcome per message, in the order given."""
+    def prepare(self, msgs: list[Msg]) -> list[Decoded | None]:
+        """Decode and check a batch before its transaction (no database involved), so that
+        the next batch can be prepared while the database commits this one.
+
+        One entry per message, in the order given; None for another partition's message.
+        """
+        return [decode_message(msg) if self._owns(msg.subject) else None for msg in msgs]
+
+    async def handle(
+        self, msgs: list[Msg], prepared: list[Decoded | None] | None = None
+    ) -> list[Outcome]:
+        """Apply a batch in one transaction; one outcome per message, in the order given.
+
+        `prepared` is what `prepare` returned for `msgs`, if it was called ahead.
+        """
         started = time.perf_counter()
+        if prepared is None:
+            prepared = self.prepare(msgs)
         try:
             try:
-                result = await self._run(msgs, careful=False)
+                result = await self._run(msgs, prepared, careful=False)
             except Exception as exc:
                 if not _refused(exc):
                     raise
@@ -150,7 +164,7 @@ class Projector:
                     count=len(msgs),
                     error=_reason(exc),
                 )
-                result = await self._run(msgs, careful=True)
+                result = await self._run(msgs, prepared, careful=True)
         except Exception as exc:
             if isinstance(exc, OSError | TimeoutError | OperationalError | InterfaceError):
                 log.warning(
@@ -188,7 +202,9 @@ class Projector:
             )
         return [result.outcomes[i] for i in range(len(msgs))]
 
-    async def _run(self, msgs: list[Msg], *, careful: bool) -> _BatchResult:
+    async def _run(
+        self, msgs: list[Msg], prepared: list[Decoded | None], *, careful: bool
+    ) -> _BatchResult:
         result = _BatchResult()
         async with self.engine.begin() as conn:
             position = await _read_position(conn, self.consumer)
@@ -198,14 +214,15 @@ class Projector:
             todo = await self._plan(msgs, position, result)
             writer = _Writer(conn)
             for index, msg, seq in todo:
-                if not self._owns(msg.subject):
+                decoded = prepared[index]
+                if decoded is None:
                     result.outcomes[index] = Ack()
                     result.other_partitions += 1
                     continue
                 if careful:
-                    outcome = await self._apply_guarded(writer, msg, seq)
+                    outcome = await self._apply_guarded(writer, msg, decoded, seq)
                 else:
-                    outcome = await writer.apply(msg, seq)
+                    outcome = await writer.apply(decoded, seq)
                     if isinstance(outcome, DeadLetter):
                         await writer.seen(msg.subject, seq)
                 result.outcomes[index] = outcome
@@ -225,11 +242,13 @@ class Projector:
             or subjects.event_partition(subject, self.partitions) == self.partition
         )
 
-    async def _apply_guarded(self, writer: _Writer, msg: Msg, seq: int) -> Outcome:
+    async def _apply_guarded(
+        self, writer: _Writer, msg: Msg, decoded: Decoded, seq: int
+    ) -> Outcome:
         """One message in its own savepoint: if it cannot be stored, it alone is dead-lettered."""
         try:
             async with writer.conn.begin_nested():
-                outcome = await writer.apply(msg, seq)
+                outcome = await writer.apply(decoded, seq)
                 await writer.flush()
         except Exception as exc:
             if not _refused(exc):
@@ -296,6 +315,29 @@ class Projector:
         return int(found.seq or 0) >= before
 
 
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A message as decoded and checked ahead of its transaction."""
+
+    event: AnyEvent | None
+    problem: str | None = None
+    """Why the message is dead-lettered (undecodable, or not projectable), or None."""
+    audit: dict[str, Any] | None = None
+    """Its audit index row, when it is valid."""
+
+
+def decode_message(msg: Msg) -> Decoded:
+    """A message's event, checked against its subject, with its audit row; pure."""
+    try:
+        event = decode_event(msg.data)
+    except DecodeError as exc:
+        return Decoded(None, exc.reason)
+    problem = _problem(msg.subject, event)
+    if problem is not None:
+        return Decoded(event, problem)
+    return Decoded(event, None, _audit_row(msg.data, _stream_seq(msg), event))
+
+
 @dataclass
 class _BatchResult:
     outcomes: dict[int, Outcome] = field(default_factory=dict)
@@ -341,16 +383,12 @@ class _Writer:
         self.new_blobs.clear()
         self.file_writes.clear()
 
-    async def apply(self, msg: Msg, seq: int) -> Outcome:
-        """Validate one message and apply it; DeadLetter (having written nothing) if invalid."""
+    async def apply(self, decoded: Decoded, seq: int) -> Outcome:
+        """Apply one decoded message; DeadLetter (having written nothing) if it is invalid."""
         self.generation_id = None
-        try:
-            event = decode_event(msg.data)
-        except DecodeError as exc:
-            return DeadLetter(exc.reason)
-        problem = _problem(msg.subject, event)
-        if problem is not None:
-            return DeadLetter(problem)
+        if decoded.problem is not None or decoded.event is None or decoded.audit is None:
+            return DeadLetter(decoded.problem or "the event could not be decoded")
+        event = decoded.event
 
         generation = await self._generation(event.generation_id)
         if generation is not None and seq <= generation.last_stream_seq:
@@ -377,7 +415,7 @@ class _Writer:
         else:
             await self._fold(generation, event, seq)
 
-        self.audit.append(_audit_row(msg.data, seq, event))
+        self.audit.append(decoded.audit)
         self.generation_id = event.generation_id
         return Ack()
 
@@ -615,7 +653,7 @@ def _problem(subject: str, event: AnyEvent) -> str | None:
 
 def _audit_row(data: bytes, seq: int, event: AnyEvent) -> dict[str, Any]:
     """The audit index row of an event: its JSON object with any file content left out."""
-    body: dict[str, Any] = msgspec.json.decode(data)
+    body, digest = audit_view(data, event)
     if isinstance(event, FileWritten):
         body.pop("content", None)
     return {
@@ -627,7 +665,7 @@ def _audit_row(data: bytes, seq: int, event: AnyEvent) -> dict[str, Any]:
         "at": event.at,
         "progress": event.progress,
         "body": body,
-        "hash": event_hash(data),
+        "hash": digest,
     }
 
 

@@ -15,8 +15,10 @@ from services.common import metrics
 from services.common.broker import connect, ensure_streams
 from services.common.consumer import PullWorker
 from services.common.health import HealthServer
+from services.common.heap import BATCH_YOUNG_THRESHOLD, freeze_startup_heap
 from services.common.logs import get_logger
 from services.common.settings import Settings
+from services.storage.checkpoint import WalCheckpointer, sqlite_file
 from services.storage.db import check_migrated, create_engine, shown_url
 from services.storage.projector import Projector
 from services.storage.queries import ReadModel
@@ -100,14 +102,21 @@ class StorageService:
                     partitions=partitions,
                     consumer=name,
                 )
+                freeze_startup_heap(BATCH_YOUNG_THRESHOLD)
                 self.ready.set()
-                lag = asyncio.create_task(_report_lag(js, projector, stop))
+                background = [asyncio.create_task(_report_lag(js, projector, stop))]
+                database_file = sqlite_file(engine.url)
+                if database_file is not None:
+                    checkpointer = WalCheckpointer(database_file)
+                    background.append(asyncio.create_task(checkpointer.run(stop)))
                 try:
-                    await worker.run_batches(projector.handle, stop, batch=BATCH)
+                    await worker.run_batches(
+                        projector.handle, stop, prepare=projector.prepare, batch=BATCH
+                    )
                 finally:
-                    lag.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await lag
+                    for task in background:
+                        task.cancel()
+                    await asyncio.gather(*background, return_exceptions=True)
                     if health is not None:
                         await health.stop()
             finally:

@@ -7,7 +7,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from contracts.codec import DecodeError, canonical, decode_command, decode_event, encode, event_hash
+from contracts.codec import (
+    DecodeError,
+    audit_view,
+    canonical,
+    decode_command,
+    decode_event,
+    encode,
+    event_hash,
+    event_object_and_hash,
+)
 from contracts.commands import CancelRequested, GenerateRequested
 from contracts.events import (
     EVENT_TYPES,
@@ -76,6 +85,34 @@ def test_canonical_form_does_not_depend_on_key_order() -> None:
     assert canonical(b'{"b": 1, "a": [2, {"d": 1, "c": 2}]}') == canonical(
         b'{"a":[2,{"c":2,"d":1}],"b":1}'
     )
+
+
+@pytest.mark.parametrize("tag", sorted(REQUIRED))
+def test_the_object_and_hash_from_one_decode_match_event_hash(tag: str) -> None:
+    data = msgspec.json.encode({**BASE, "type": tag, **REQUIRED[tag], "unknown": [3, 1]})
+    value, digest = event_object_and_hash(data)
+    assert digest == event_hash(data)
+    assert value == msgspec.json.decode(data)
+
+
+@pytest.mark.parametrize("tag", sorted(REQUIRED))
+@pytest.mark.parametrize("unknown_field", [False, True])
+def test_the_audit_view_is_the_events_json_and_hash_however_it_is_computed(
+    tag: str, unknown_field: bool
+) -> None:
+    fields = {**BASE, "type": tag, **REQUIRED[tag]}
+    data = encode(decode_event(msgspec.json.encode(fields)))
+    if unknown_field:
+        data = msgspec.json.encode({**msgspec.json.decode(data), "from_the_future": [1]})
+    value, digest = audit_view(data, decode_event(data))
+    assert digest == event_hash(data)
+    assert msgspec.json.decode(msgspec.json.encode(value)) == msgspec.json.decode(data)
+
+
+@pytest.mark.parametrize("data", [b"", b"[1]", b"not json"])
+def test_the_object_and_hash_refuse_what_is_not_a_json_object(data: bytes) -> None:
+    with pytest.raises(DecodeError):
+        event_object_and_hash(data)
 
 
 @pytest.mark.parametrize(
