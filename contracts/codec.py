@@ -80,6 +80,11 @@ def event_object_and_hash(data: bytes) -> tuple[dict[str, Any], str]:
     return value, digest
 
 
+def encoded_event_hash(event: Event) -> str:
+    """`event_hash(encode(event))`, from the event itself (no decoding of the bytes)."""
+    return hashlib.sha256(msgspec.json.encode(event, order="sorted")).hexdigest()
+
+
 def audit_view(data: bytes, event: AnyEvent) -> tuple[dict[str, Any], str]:
     """An event as a JSON object and its `event_hash`, given its bytes and their decoding.
 
@@ -89,7 +94,7 @@ def audit_view(data: bytes, event: AnyEvent) -> tuple[dict[str, Any], str]:
     the same JSON and the hash is the same.
     """
     if _encoder.encode(event) == data:
-        digest = hashlib.sha256(msgspec.json.encode(event, order="sorted")).hexdigest()
+        digest = encoded_event_hash(event)
         return {"type": event_tag(type(event)), **msgspec.structs.asdict(event)}, digest
     return event_object_and_hash(data)
 

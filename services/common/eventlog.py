@@ -19,7 +19,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError, NotFoundError
 
 from contracts import streams, subjects
-from contracts.codec import DecodeError, decode_event, encode, event_hash
+from contracts.codec import DecodeError, decode_event, encode, encoded_event_hash, event_hash
 from contracts.events import AnyEvent, Event, event_tag, new_event_id, utc_now
 from services.common.logs import get_logger
 
@@ -141,6 +141,8 @@ class GenerationWriter:
         self.last_stream_seq = last_stream_seq
         self.last_data = last_data
         self.retry_for_s = retry_for_s
+        self._hashed_data: bytes | None = None
+        self._hash = ""
 
     @classmethod
     def after(
@@ -167,9 +169,17 @@ class GenerationWriter:
             project_id=self.project_id,
             seq=self.last_seq + 1,
             at=utc_now(),
-            prev_hash=event_hash(self.last_data) if self.last_data else "",
+            prev_hash=self._last_hash(),
             **fields,
         )
+
+    def _last_hash(self) -> str:
+        if not self.last_data:
+            return ""
+        if self._hashed_data is not self.last_data:
+            self._hash = event_hash(self.last_data)
+            self._hashed_data = self.last_data
+        return self._hash
 
     async def emit(self, event_type: type[E], /, **fields: Any) -> E:
         """Build the next event and append it; WriterConflict if another writer got there."""
@@ -191,6 +201,7 @@ class GenerationWriter:
         self.last_seq = event.seq
         self.last_stream_seq = stream_seq
         self.last_data = data
+        self._hashed_data, self._hash = data, encoded_event_hash(event)
         return StoredEvent(stream_seq, data, event)  # type: ignore[arg-type]
 
     async def _publish(self, data: bytes, headers: dict[str, str], msg_id: str) -> int:

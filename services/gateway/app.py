@@ -25,6 +25,7 @@ from services.gateway.routes.generations import GenerationController
 from services.gateway.routes.health import healthz, prometheus_metrics, readyz
 from services.gateway.routes.page import index, static_files
 from services.gateway.routes.projects import ProjectController
+from services.gateway.sse import GatewayApp
 from services.gateway.state import Gateway
 from services.gateway.tokens import TokenSigner
 from services.gateway.views import Views
@@ -87,7 +88,7 @@ def create_app(settings: Settings) -> Litestar:
             await engine.dispose()
             log.info("Gateway stopped")
 
-    return Litestar(
+    return GatewayApp(
         logging_config=None,  # Kiln's own redacting formatter handles every line
         route_handlers=[
             GenerationController,

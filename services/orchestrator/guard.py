@@ -19,20 +19,42 @@ from contracts.phases import Deletion, GeneratedFile, PhaseOutput
 
 SHRINK_RATIO = 0.5
 
-ELISION_PATTERNS: tuple[re.Pattern[str], ...] = tuple(
-    re.compile(p, re.IGNORECASE | re.MULTILINE)
-    for p in (
-        r"rest of (the )?(code|file|implementation|class|function|module|methods?)s? "
-        r"(remains?|stays?|is|are)( the same| unchanged)",
-        r"\.\.\.\s*(existing|previous|rest of|remaining|other|unchanged|original)\b[^\n]{0,40}\.\.\.",
-        r"(#|//|/\*|<!--|--)\s*(unchanged|no changes|same as before|keep existing)\b",
-        r"(existing|previous|original|remaining) (code|implementation|content|methods?) "
-        r"(here|remains?|goes here|unchanged|omitted|as before)",
-        r"\b(code|content|implementation|methods?) omitted\b",
-        r"\bomitted for brevity\b",
-        r"^\s*(#|//)\s*\.\.\.\s*$",
+_LEADS = ("existing", "previous", "original", "remaining")
+_THINGS = ("code", "implementation", "content", "method")
+
+# Each placeholder pattern, with words of which the lowered text must contain at least one
+# for it to match at all: nearly every file is cleared by a few substring searches, and a
+# pattern runs only over the few files that contain its words.
+_ELISION_RULES: tuple[tuple[re.Pattern[str], tuple[str, ...]], ...] = tuple(
+    (re.compile(pattern, re.IGNORECASE | re.MULTILINE), words)
+    for pattern, words in (
+        (
+            r"rest of (the )?(code|file|implementation|class|function|module|methods?)s? "
+            r"(remains?|stays?|is|are)( the same| unchanged)",
+            ("rest of",),
+        ),
+        (
+            r"\.\.\.\s*(existing|previous|rest of|remaining|other|unchanged|original)\b"
+            r"[^\n]{0,40}\.\.\.",
+            ("...",),
+        ),
+        (
+            r"(#|//|/\*|<!--|--)\s*(unchanged|no changes|same as before|keep existing)\b",
+            ("unchanged", "no changes", "same as before", "keep existing"),
+        ),
+        (
+            r"(existing|previous|original|remaining) (code|implementation|content|methods?) "
+            r"(here|remains?|goes here|unchanged|omitted|as before)",
+            tuple(f"{lead} {thing}" for lead in _LEADS for thing in _THINGS),
+        ),
+        (r"\b(code|content|implementation|methods?) omitted\b", ("omitted",)),
+        (r"\bomitted for brevity\b", ("omitted for brevity",)),
+        (r"^\s*(#|//)\s*\.\.\.\s*$", ("...",)),
     )
 )
+ELISION_PATTERNS: tuple[re.Pattern[str], ...] = tuple(pattern for pattern, _ in _ELISION_RULES)
+# Every rule's words contain one of these: most files are cleared by these few searches.
+_ANY_RULE_WORD = ("rest of", "...", "unchanged", "no changes", "same as before", *_LEADS, "omitted")
 
 
 class Violation(msgspec.Struct, frozen=True):
@@ -47,20 +69,14 @@ class Violation(msgspec.Struct, frozen=True):
         return f"{self.path} — {self.detail}"
 
 
-# Every pattern above contains one of these words: a file with none of them (nearly every
-# file) is cleared by a few substring searches instead of seven regular expressions.
-_ELISION_WORDS = (
-    "rest of", "...", "unchanged", "no changes", "same as before", "existing", "previous",
-    "original", "remaining", "omitted",
-)  # fmt: skip
-
-
 def find_elision(content: str, before: str | None) -> str | None:
     """The first elision placeholder in `content` that `before` did not already contain."""
     lowered = content.lower()
-    if not any(word in lowered for word in _ELISION_WORDS):
+    if not any(word in lowered for word in _ANY_RULE_WORD):
         return None
-    for pattern in ELISION_PATTERNS:
+    for pattern, words in _ELISION_RULES:
+        if not any(word in lowered for word in words):
+            continue
         match = pattern.search(content)
         if match and not (before and pattern.search(before)):
             return match.group(0).strip()

@@ -14,6 +14,7 @@ from contracts.codec import (
     decode_command,
     decode_event,
     encode,
+    encoded_event_hash,
     event_hash,
     event_object_and_hash,
 )
@@ -107,6 +108,8 @@ def test_the_audit_view_is_the_events_json_and_hash_however_it_is_computed(
     value, digest = audit_view(data, decode_event(data))
     assert digest == event_hash(data)
     assert msgspec.json.decode(msgspec.json.encode(value)) == msgspec.json.decode(data)
+    if not unknown_field:
+        assert encoded_event_hash(decode_event(data)) == event_hash(data)
 
 
 @pytest.mark.parametrize("data", [b"", b"[1]", b"not json"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from contracts.phases import Deletion, GeneratedFile, PhaseOutput
+from services.orchestrator import guard
 from services.orchestrator.guard import check_output, find_elision, missing_parent_files
 
 PARENT = {
@@ -52,11 +53,30 @@ def test_an_explicit_rewrite_may_shrink() -> None:
         "    # ...",
         "# previous implementation here",
         "(code omitted for brevity)",
+        "<!-- no changes -->",
+        "REST OF THE FILE IS UNCHANGED",
+        "# Remaining methods unchanged",
+        "/* keep existing */",
     ],
 )
 def test_elision_placeholders_are_rejected(placeholder: str) -> None:
     content = PARENT["app/main.py"] + placeholder + "\n"
     assert check(GeneratedFile("app/main.py", content)) == ["placeholder"]
+
+
+@pytest.mark.parametrize("index", range(len(guard.ELISION_PATTERNS)))
+def test_a_pattern_is_only_skipped_when_its_text_cannot_match(index: int) -> None:
+    # The substring checks before each pattern are necessary conditions of a match, so
+    # skipping a pattern never misses a placeholder.
+    pattern, words = guard._ELISION_RULES[index]
+    assert all(any(gate in word for gate in guard._ANY_RULE_WORD) for word in words)
+    examples = [
+        "rest of the code remains the same", "... existing handlers ...", "# unchanged",
+        "remaining methods unchanged", "content omitted", "omitted for brevity", "  # ...",
+    ]  # fmt: skip
+    for example in examples:
+        if pattern.search(example):
+            assert any(word in example.lower() for word in words)
 
 
 def test_a_placeholder_already_in_the_parent_is_not_new() -> None:
