@@ -81,7 +81,8 @@ class GenerationLog:
         self.idle_since = time.monotonic()
         self._target = 0
         self._pending: list[tuple[int, str, bytes]] = []
-        self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self._waiters: list[asyncio.Future[None]] = []
 
     @property
     def last_seq(self) -> int:
@@ -92,15 +93,23 @@ class GenerationLog:
         """The index of the first event whose stream sequence is above `stream_seq`."""
         return bisect.bisect_right(self.seqs, stream_seq)
 
-    def changed(self) -> asyncio.Future[None]:
-        """A future shared by every watcher, resolved when the log grows, finishes
-        replaying, fails, or at a keepalive tick. Never cancel it: others wait on it too."""
-        return self._changed
+    def next_change(self) -> asyncio.Future[None]:
+        """A future of the calling watcher alone, resolved when the log grows, finishes
+        replaying, fails, at a keepalive tick, or when the gateway stops.
+
+        One future per watcher and wait, resolved in one pass: cheaper than
+        `asyncio.wait` on a shared future, and a watcher cancelling its own touches nobody
+        else's.
+        """
+        waiter = self._loop.create_future()
+        self._waiters.append(waiter)
+        return waiter
 
     def _notify(self) -> None:
-        if not self._changed.done():
-            self._changed.set_result(None)
-        self._changed = asyncio.get_running_loop().create_future()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _append(self, seq: int, event_type: str, chunk: bytes) -> None:
         if seq <= self.last_seq:
@@ -271,8 +280,9 @@ class Hub:
             generation_log._notify()
 
     async def _keepalive_loop(self) -> None:
-        # The tick reaches watchers through their log's `changed` future: a future shared
-        # by all 1,000 watchers would cost each wake-up an O(watchers) callback removal.
+        # The tick reaches watchers through their log's `next_change` futures: a future
+        # shared by all 1,000 watchers would cost each wake-up an O(watchers) callback
+        # removal.
         while True:
             await asyncio.sleep(self.keepalive_s)
             for generation_log in self.logs.values():

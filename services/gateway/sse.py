@@ -122,11 +122,17 @@ class WatchSession:
         self.on_close = on_close
         self.stopping = stopping
         self.sent = 0
+        self._waiter: asyncio.Future[None] | None = None
+
+    def _wake(self, _: object = None) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     async def run(self, send: Send, receive: Receive) -> None:
         """Write the stream until the terminal event, a disconnect or the gateway stopping."""
         generation_log = self.hub.attach(self.generation_id)
         disconnected = asyncio.ensure_future(_wait_for_disconnect(receive))
+        disconnected.add_done_callback(self._wake)
         self.stats.open += 1
         self.stats.opened_total += 1
         metrics.sse_open.inc()
@@ -189,12 +195,10 @@ class WatchSession:
                 return "client disconnected"
             if self.stopping is not None and self.stopping.done():
                 return "the gateway is stopping"
-            # The log's shared future also resolves at keepalive ticks and when the gateway
-            # stops: waiting creates no task per connection, and no future with a callback
-            # per watcher (removing one from such a list on every wake-up is O(watchers)).
-            await asyncio.wait(
-                {generation_log.changed(), disconnected}, return_when=asyncio.FIRST_COMPLETED
-            )
+            # The waiter also resolves at keepalive ticks, when the gateway stops, and (see
+            # `run`) when the client disconnects: no task or `asyncio.wait` per wake-up.
+            self._waiter = generation_log.next_change()
+            await self._waiter
             if generation_log.ticks != ticks and not disconnected.done():
                 ticks = generation_log.ticks
                 await send(
