@@ -3,14 +3,18 @@ where configured): rows, exactly-once redelivery, dead letters, order after fail
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
+from sqlalchemy import insert as core_insert
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -21,8 +25,9 @@ from contracts.streams import DLQ_STREAM, EVENTS_STREAM, STORAGE_CONSUMER, stora
 from services.common.consumer import Ack, Retry
 from services.common.eventlog import GenerationWriter
 from services.common.settings import Settings
-from services.storage.models import Base
-from services.storage.projector import Projector
+from services.storage.db import create_engine, migrate
+from services.storage.models import Base, events_table
+from services.storage.projector import Projector, _insert_many, _upsert
 from services.storage.queries import ReadModel
 from tests.storage.conftest import (
     publish_generation,
@@ -402,3 +407,42 @@ async def test_restarting_after_a_crash_does_not_wait_for_redelivery(
     for writer in (second, third):
         view = await read_model.generation(writer.generation_id)
         assert view is not None and view.status == "completed" and view.file_count == 1
+
+
+@pytest.mark.parametrize("on_conflict", ["", "nothing", "update"])
+async def test_the_sqlite_bulk_insert_stores_what_sqlalchemy_core_stores(
+    tmp_path: Path, on_conflict: str
+) -> None:
+    # The projector sends SQLite its rows as plain tuples (see projector._insert_many):
+    # every stored value must be the one the Core statement would have stored.
+    # On the hour: the driver's own datetime adapter would drop the microseconds.
+    at = datetime(2026, 12, 2, 3, 0, 0, tzinfo=timezone(timedelta(hours=2)))
+    row = {
+        "stream_seq": 7, "generation_id": "g", "project_id": "p", "seq": 1,
+        "type": "file.written", "at": at, "progress": None,
+        "body": {"path": "a.py", "at": at.isoformat(), "n": [1, 2.5, None]}, "hash": "h",
+    }  # fmt: skip
+    stored = []
+    for fast in (False, True):
+        url = f"sqlite+aiosqlite:///{tmp_path / f'{fast}.db'}"
+        await asyncio.to_thread(migrate, url)
+        engine = create_engine(url, writer=True)
+        try:
+            async with engine.begin() as conn:
+                for _ in range(2 if on_conflict else 1):
+                    if fast:
+                        await _insert_many(conn, events_table, [row], on_conflict=on_conflict)
+                    elif on_conflict == "update":
+                        await conn.execute(_upsert(conn, events_table), [row])
+                    elif on_conflict == "nothing":
+                        await conn.execute(
+                            core_insert(events_table).prefix_with("OR IGNORE"), [row]
+                        )
+                    else:
+                        await conn.execute(core_insert(events_table), [row])
+                rows = (await conn.execute(text("SELECT * FROM events"))).all()
+                stored.append([tuple(r) for r in rows])
+        finally:
+            await engine.dispose()
+    assert stored[0] == stored[1]
+    assert len(stored[1]) == 1
