@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import httpx
 import pytest
@@ -19,6 +20,7 @@ from tests.ops.cluster import (
     wait_status,
     watch,
 )
+from tests.storage.conftest import POSTGRES_ENV
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -96,7 +98,14 @@ async def _run_generations(
 
     assert running["kiln_orchestrator_generations_running"] == 1
     after = {s: await scrape(s.url) for s in (storage, orchestrator, gateway)}
-    for service, names in ((gateway, GATEWAY), (orchestrator, ORCHESTRATOR), (storage, STORAGE)):
+    storage_names = STORAGE
+    if not os.environ.get(POSTGRES_ENV):  # the cluster is on a SQLite file
+        storage_names += ("kiln_storage_wal_checkpoint_seconds_count",)
+    for service, names in (
+        (gateway, GATEWAY),
+        (orchestrator, ORCHESTRATOR),
+        (storage, storage_names),
+    ):
         for name in names:
             assert after[service].get(name, 0) > before[service].get(name, 0), name
     assert after[gateway]["kiln_gateway_sse_connections"] == 0
