@@ -413,15 +413,23 @@ async def test_restarting_after_a_crash_does_not_wait_for_redelivery(
 async def test_the_sqlite_bulk_insert_stores_what_sqlalchemy_core_stores(
     tmp_path: Path, on_conflict: str
 ) -> None:
-    # The projector sends SQLite its rows as plain tuples (see projector._insert_many):
-    # every stored value must be the one the Core statement would have stored.
+    # The projector sends SQLite its rows as multi-row statements of plain values (see
+    # projector._insert_many): every stored value must be the one Core would have stored.
     # On the hour: the driver's own datetime adapter would drop the microseconds.
     at = datetime(2026, 12, 2, 3, 0, 0, tzinfo=timezone(timedelta(hours=2)))
-    row = {
-        "stream_seq": 7, "generation_id": "g", "project_id": "p", "seq": 1,
-        "type": "file.written", "at": at, "progress": None,
-        "body": {"path": "a.py", "at": at.isoformat(), "n": [1, 2.5, None]}, "hash": "h",
-    }  # fmt: skip
+
+    def rows(attempt: int) -> list[dict[str, Any]]:
+        # 250 rows of 9 columns: more than one statement's worth of parameters.
+        return [
+            {
+                "stream_seq": i, "generation_id": "g", "project_id": "p", "seq": i,
+                "type": "file.written", "at": at + timedelta(seconds=i),
+                "progress": i % 3 or None, "hash": f"h{attempt}-{i}",
+                "body": {"path": f"a{i}.py", "n": [1, 2.5, None], "attempt": attempt},
+            }
+            for i in range(1, 251)
+        ]  # fmt: skip
+
     stored = []
     for fast in (False, True):
         url = f"sqlite+aiosqlite:///{tmp_path / f'{fast}.db'}"
@@ -429,20 +437,23 @@ async def test_the_sqlite_bulk_insert_stores_what_sqlalchemy_core_stores(
         engine = create_engine(url, writer=True)
         try:
             async with engine.begin() as conn:
-                for _ in range(2 if on_conflict else 1):
+                for attempt in range(2 if on_conflict else 1):
+                    batch = rows(attempt)
                     if fast:
-                        await _insert_many(conn, events_table, [row], on_conflict=on_conflict)
+                        await _insert_many(conn, events_table, batch, on_conflict=on_conflict)
                     elif on_conflict == "update":
-                        await conn.execute(_upsert(conn, events_table), [row])
+                        await conn.execute(_upsert(conn, events_table), batch)
                     elif on_conflict == "nothing":
                         await conn.execute(
-                            core_insert(events_table).prefix_with("OR IGNORE"), [row]
+                            core_insert(events_table).prefix_with("OR IGNORE"), batch
                         )
                     else:
-                        await conn.execute(core_insert(events_table), [row])
-                rows = (await conn.execute(text("SELECT * FROM events"))).all()
-                stored.append([tuple(r) for r in rows])
+                        await conn.execute(core_insert(events_table), batch)
+                result = await conn.execute(text("SELECT * FROM events ORDER BY stream_seq"))
+                stored.append([tuple(r) for r in result.all()])
         finally:
             await engine.dispose()
     assert stored[0] == stored[1]
-    assert len(stored[1]) == 1
+    assert len(stored[1]) == 250
+    last_hash = stored[1][-1][-1]
+    assert last_hash == ("h1-250" if on_conflict == "update" else "h0-250")
