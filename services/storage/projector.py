@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -68,6 +68,9 @@ from services.storage.models import (
 log = get_logger(__name__)
 
 HOLD_RETRY_S = 1.0
+CACHED_GENERATIONS = 64
+"""Generations whose folded state and file rows stay in memory between batches, so a
+long generation arriving in many small batches is not reloaded from SQL for each."""
 
 
 class Projector:
@@ -107,6 +110,9 @@ class Projector:
         """Where this consumer starts before it has a position of its own (see `position`)."""
         self.apply_seconds = 0.0
         self.last_batch_seconds = 0.0
+        self.cache_hits = 0
+        self._cache: OrderedDict[str, _Generation] = OrderedDict()
+        """Generations as the last committed batch left them (state and file rows)."""
 
     async def position(self) -> int:
         """The stream sequence this consumer has applied up to.
@@ -214,6 +220,7 @@ class Projector:
             result.position = position
             todo = await self._plan(msgs, position, result)
             writer = _Writer(conn)
+            await self._reuse(writer, [prepared[index] for index, _, _ in todo])
             for index, msg, seq in todo:
                 decoded = prepared[index]
                 if decoded is None:
@@ -235,7 +242,40 @@ class Projector:
             if todo:
                 result.position = todo[-1][2]
                 await _write_position(conn, self.consumer, result.position)
+        # Committed: what the batch folded is what the database holds.
+        self._remember(writer.generations)
         return result
+
+    async def _reuse(self, writer: _Writer, batch: list[Decoded | None]) -> None:
+        """Hand the writer the cached generations this batch touches, those whose row has
+        not moved since (another projector, during a change of partitioning, may have
+        applied events to them). They leave the cache: a batch that fails takes them with
+        it, and only a committed batch puts them back."""
+        wanted = {
+            decoded.event.generation_id
+            for decoded in batch
+            if decoded is not None and decoded.event is not None
+        }
+        cached = {gid: self._cache.pop(gid) for gid in wanted if gid in self._cache}
+        if not cached:
+            return
+        rows = await writer.conn.execute(
+            select(generations_table.c.id, generations_table.c.last_stream_seq).where(
+                generations_table.c.id.in_(list(cached))
+            )
+        )
+        current = {str(row.id): int(row.last_stream_seq) for row in rows}
+        for generation_id, generation in cached.items():
+            if current.get(generation_id) == generation.last_stream_seq:
+                writer.generations[generation_id] = generation
+                self.cache_hits += 1
+
+    def _remember(self, generations: dict[str, _Generation]) -> None:
+        for generation_id, generation in generations.items():
+            self._cache[generation_id] = generation
+            self._cache.move_to_end(generation_id)
+        while len(self._cache) > CACHED_GENERATIONS:
+            self._cache.popitem(last=False)
 
     def _owns(self, subject: str) -> bool:
         return (

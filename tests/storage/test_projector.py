@@ -187,6 +187,58 @@ async def test_the_same_batch_twice_is_applied_once(
     assert await read_model.applied_stream_seq("twice") == writer.last_stream_seq
 
 
+async def test_a_generation_arriving_one_event_at_a_time_is_folded_from_memory(
+    js: JetStreamContext, read_model: ReadModel, engine: AsyncEngine
+) -> None:
+    files = {f"app/module_{i}.py": f"x = {i}\n" for i in range(20)}
+    writer = await publish_generation(js, files)
+    sub = await js.pull_subscribe(subjects.ALL_EVENTS, durable="trickle", stream=EVENTS_STREAM)
+    msgs = await sub.fetch(100, timeout=5)
+    projector = Projector(engine, consumer="trickle", js=js)
+
+    for msg in msgs:
+        assert await projector.handle([msg]) == [Ack()]
+
+    # After the first batch, each one found the generation (and its file rows) in memory.
+    assert projector.cache_hits == len(msgs) - 1
+    view = await read_model.generation(writer.generation_id)
+    assert view is not None
+    assert (view.status, view.file_count, view.last_stream_seq) == (
+        "completed",
+        20,
+        writer.last_stream_seq,
+    )
+    assert await count(engine, "generation_files") == 20
+    assert await count(engine, "events") == writer.last_seq
+
+
+async def test_a_cached_generation_another_projector_moved_is_read_again(
+    js: JetStreamContext, engine: AsyncEngine
+) -> None:
+    # While the partitioning changes, two projectors may apply the same generation: the
+    # one holding it in memory must notice that its row moved, not apply events twice.
+    writer = await publish_generation(js, FILES)
+    first = await (
+        await js.pull_subscribe(subjects.ALL_EVENTS, durable="one", stream=EVENTS_STREAM)
+    ).fetch(100, timeout=5)
+    second = await (
+        await js.pull_subscribe(subjects.ALL_EVENTS, durable="two", stream=EVENTS_STREAM)
+    ).fetch(100, timeout=5)
+    half = len(first) // 2
+    one = Projector(engine, consumer="one", js=js)
+    two = Projector(engine, consumer="two", js=js)
+
+    assert await one.handle(first[:half]) == [Ack()] * half
+    assert await two.handle(second) == [Ack()] * len(second)  # applies the rest
+    assert await one.handle(first[half:]) == [Ack()] * (len(first) - half)
+
+    assert one.cache_hits == 0
+    assert one.events_applied == half
+    assert one.events_skipped == len(first) - half  # already applied by `two`
+    assert one.dead_letters == 0
+    assert await count(engine, "events") == writer.last_seq
+
+
 async def test_later_events_wait_for_an_earlier_one_still_to_come(
     js: JetStreamContext, read_model: ReadModel, engine: AsyncEngine
 ) -> None:
