@@ -10,12 +10,13 @@ so a retried publish is stored once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import nats.errors
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy, RawStreamMsg
 from nats.js.errors import APIError, NotFoundError
 
 from contracts import streams, subjects
@@ -48,13 +49,17 @@ class LogUnavailable(RuntimeError):
 
 async def last_stream_seq(js: JetStreamContext, generation_id: str) -> int:
     """The stream sequence of a generation's last event (0 if it has none)."""
+    last = await _last_message(js, generation_id)
+    return int(last.seq or 0) if last is not None else 0
+
+
+async def _last_message(js: JetStreamContext, generation_id: str) -> RawStreamMsg | None:
     try:
-        msg = await js.get_last_msg(
+        return await js.get_last_msg(
             streams.EVENTS_STREAM, subjects.generation_events_any_project(generation_id)
         )
     except NotFoundError:
-        return 0
-    return int(msg.seq or 0)
+        return None
 
 
 async def read_generation(
@@ -70,9 +75,17 @@ async def read_generation(
     read began. Events that do not decode are skipped with a warning (they cannot have been
     written by Kiln; the audit's hash check reports them).
     """
-    target = await last_stream_seq(js, generation_id)
-    if target <= after_stream_seq:
+    last = await _last_message(js, generation_id)
+    target = int(last.seq or 0) if last is not None else 0
+    if last is None or target <= after_stream_seq:
         return []
+    if after_stream_seq == 0 and last.data:
+        # A generation whose last event is its first (one just requested) has only that
+        # one: no consumer to create, read and delete.
+        with contextlib.suppress(DecodeError):
+            only = decode_event(last.data)
+            if only.seq == 1:
+                return [StoredEvent(target, last.data, only)]
     config = ConsumerConfig(
         deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
         opt_start_seq=after_stream_seq + 1,
