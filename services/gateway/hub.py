@@ -37,6 +37,7 @@ from nats.js.api import ConsumerConfig
 from contracts import streams, subjects
 from contracts.events import TERMINAL_TAGS
 from services.common.eventlog import follow_new, last_stream_seq
+from services.common.heap import LongLivedHeap
 from services.common.logs import get_logger
 
 log = get_logger(__name__)
@@ -161,6 +162,7 @@ class Hub:
         self._background: list[asyncio.Task[None]] = []
         self.replays_started = 0
         self.on_replay: Callable[[float], None] | None = None
+        self.heap = LongLivedHeap()
 
     async def start(self) -> None:
         """Follow every new event, and start the shared keepalive and sweeper tasks."""
@@ -197,6 +199,7 @@ class Hub:
 
     def attach(self, generation_id: str) -> GenerationLog:
         """The shared log of a generation, replaying it if nobody watches it yet."""
+        self.heap.settle()
         generation_log = self.logs.get(generation_id)
         if generation_log is None or generation_log.failed is not None:
             generation_log = GenerationLog(generation_id)
@@ -285,6 +288,8 @@ class Hub:
         # removal.
         while True:
             await asyncio.sleep(self.keepalive_s)
+            self.heap.collect_frozen()
+            self.heap.settle()
             for generation_log in self.logs.values():
                 generation_log.ticks += 1
                 generation_log._notify()
