@@ -56,33 +56,36 @@ def canonical(data: bytes) -> bytes:
     Computed from the bytes as stored (not from a decoded Struct), so fields a reader does
     not know still count: an old service verifies a newer service's chain.
     """
-    try:
-        value: Any = _generic_decoder.decode(data)
-    except msgspec.DecodeError as exc:
-        raise DecodeError(f"not JSON: {exc}") from None
-    return msgspec.json.encode(value, order="sorted")
+    return msgspec.json.encode(_generic(data), order="sorted")
 
 
 def event_hash(data: bytes) -> str:
     """sha256 (hex) of an encoded event's canonical form; the next event's `prev_hash`."""
-    return hashlib.sha256(canonical(data)).hexdigest()
+    return _sorted_hash(_generic(data))
 
 
 def event_object_and_hash(data: bytes) -> tuple[dict[str, Any], str]:
     """An encoded event as a generic JSON object, and its `event_hash`, from one decode."""
-    try:
-        value: Any = _generic_decoder.decode(data)
-    except msgspec.DecodeError as exc:
-        raise DecodeError(f"not JSON: {exc}") from None
+    value = _generic(data)
     if not isinstance(value, dict):
         raise DecodeError("not a JSON object")
-    digest = hashlib.sha256(msgspec.json.encode(value, order="sorted")).hexdigest()
-    return value, digest
+    return value, _sorted_hash(value)
 
 
 def encoded_event_hash(event: Event) -> str:
     """`event_hash(encode(event))`, from the event itself (no decoding of the bytes)."""
-    return hashlib.sha256(msgspec.json.encode(event, order="sorted")).hexdigest()
+    return _sorted_hash(event)
+
+
+def _generic(data: bytes) -> Any:
+    try:
+        return _generic_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise DecodeError(f"not JSON: {exc}") from None
+
+
+def _sorted_hash(value: Any) -> str:
+    return hashlib.sha256(msgspec.json.encode(value, order="sorted")).hexdigest()
 
 
 def audit_view(data: bytes, event: AnyEvent) -> tuple[dict[str, Any], str]:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import nats
 import pytest
+from nats.aio.client import Client
 
+from services.common.broker import ensure_streams
 from services.common.embedded_nats import EmbeddedNats
 from services.common.settings import Settings, load_settings
 
@@ -23,6 +26,15 @@ def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
     finally:
         server.kill() if server.process and server.process.poll() is None else None
         server.stop()
+
+
+@pytest.fixture
+async def nc(nats_server: EmbeddedNats) -> AsyncIterator[Client]:
+    """A client of this test's nats-server, with Kiln's streams created."""
+    client = await nats.connect(nats_server.url)
+    await ensure_streams(client.jetstream())
+    yield client
+    await client.close()
 
 
 def make_settings(tmp_path: Path, nats_url: str, **env: str) -> Settings:

@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
-import nats
-import pytest
 from nats.aio.client import Client
 
 from contracts import subjects
 from contracts.events import GenerationRequested, GenerationStarted
 from contracts.phases import PHASES
-from services.common.broker import ensure_streams
-from services.common.embedded_nats import EmbeddedNats
 from services.common.eventlog import GenerationWriter, read_generation
-
-
-@pytest.fixture
-async def nc(nats_server: EmbeddedNats) -> AsyncIterator[Client]:
-    client = await nats.connect(nats_server.url)
-    await ensure_streams(client.jetstream())
-    yield client
-    await client.close()
 
 
 async def _requested(nc: Client) -> GenerationWriter:

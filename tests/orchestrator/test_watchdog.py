@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import msgspec
 import nats
@@ -21,20 +20,10 @@ from contracts.events import GenerationCompleted, GenerationRequested, Generatio
 from contracts.phases import PHASES
 from contracts.schema import Entity, Field, ProjectSchema
 from contracts.state import fold
-from services.common.broker import ensure_streams
-from services.common.embedded_nats import EmbeddedNats
 from services.common.eventlog import GenerationWriter, read_generation
 from services.orchestrator.watchdog import Heartbeat, Heartbeats, Watchdog
 
 SCHEMA = ProjectSchema(entities=[Entity(name="Thing", fields=[Field(name="name", type="string")])])
-
-
-@pytest.fixture
-async def nc(nats_server: EmbeddedNats) -> AsyncIterator[Client]:
-    client = await nats.connect(nats_server.url)
-    await ensure_streams(client.jetstream())
-    yield client
-    await client.close()
 
 
 @pytest.fixture
