@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import math
 import time
 
 BATCH_YOUNG_THRESHOLD = 20_000
@@ -34,7 +35,9 @@ class LongLivedHeap:
     def __init__(self, *, every_s: float = 1.0, full_every_s: float = 600.0) -> None:
         self.every_s = every_s
         self.full_every_s = full_every_s
-        self._last_freeze = 0.0
+        # Never: the monotonic clock counts from an arbitrary origin (boot, on Linux), so
+        # 0.0 could be less than `every_s` ago on a machine booted minutes ago.
+        self._last_freeze = -math.inf
         self._last_full = time.monotonic()
         self.freezes = 0
 

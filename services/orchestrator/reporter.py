@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 from contracts.events import LlmCalled, LlmRetrying, PhaseProgress, RetryReason
@@ -26,7 +27,7 @@ class EventReporter:
         self.phase = phase
         self.progress_value = progress
         self._cancelled = cancelled
-        self._last_progress = 0.0
+        self._last_progress = -math.inf  # the monotonic clock's origin is arbitrary
 
     async def progress(
         self, *, bytes_received: int = 0, tokens_received: int = 0, message: str = ""
