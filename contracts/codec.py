@@ -105,8 +105,3 @@ def audit_view(data: bytes, event: AnyEvent) -> tuple[dict[str, Any], str]:
 def content_sha256(content: str) -> str:
     """sha256 (hex) of a file's UTF-8 content, as `file.written` carries it."""
     return hashlib.sha256(content.encode()).hexdigest()
-
-
-def as_event(value: Event) -> AnyEvent:
-    """Narrow an Event to the union type (for type checkers)."""
-    return value  # type: ignore[return-value]

@@ -64,8 +64,8 @@ def wait_for_port(
 class EmbeddedNats:
     """One nats-server process with JetStream, on loopback.
 
-    `cluster_port` and `routes` make it one node of a cluster (the tests' three-node
-    cluster uses them); `server_name` must then be unique per node.
+    `cluster_port` and `routes` make it one node of a cluster (tests/ops/cluster.py
+    starts its nodes with them); `server_name` must then be unique per node.
     """
 
     def __init__(

@@ -54,8 +54,10 @@ class HealthServer:
             )
             writer.write(head.encode() + body)
             await writer.drain()
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+            pass  # a probe that hung up or never finished its request
         except Exception:
-            pass
+            log.exception("Health endpoint failed to answer a request")
         finally:
             writer.close()
 

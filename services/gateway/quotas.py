@@ -72,7 +72,3 @@ class StreamSlots:
                 self._open.pop(user, None)
 
         return release
-
-    def open_for(self, user: str) -> int:
-        """How many streams `user` has open."""
-        return self._open.get(user, 0)

@@ -28,7 +28,8 @@ RETRY_MS = 2000
 
 
 class StreamStats:
-    """Counters the metrics endpoint reads."""
+    """This gateway's own stream counters, for its tests and its shutdown log; `/metrics`
+    exports the same through `metrics.sse_open` and `metrics.sse_events`."""
 
     def __init__(self) -> None:
         self.open = 0

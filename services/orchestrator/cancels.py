@@ -41,8 +41,8 @@ class CancelWatcher:
         if self._sub is not None:
             try:
                 await self._sub.unsubscribe()
-            except Exception:
-                pass
+            except Exception as exc:
+                log.warning("Could not unsubscribe from cancel requests", error=repr(exc))
             self._sub = None
 
     async def _on_message(self, msg: object) -> None:

@@ -103,8 +103,11 @@ class Watchdog:
         )
         try:
             while not stop.is_set():
-                with contextlib.suppress(Exception):
+                try:
                     await self.sweep()
+                except Exception:
+                    # Logged, never fatal: a failing sweep must not switch the watchdog off.
+                    log.exception("Watchdog sweep failed; trying again at the next interval")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), max(self.stale_after_s / 4, 0.2))
         finally:
@@ -206,5 +209,11 @@ class Watchdog:
             "before finishing (an orchestrator crashed or was stopped each time).",
         )
         # The work queue will never deliver it again; it would only take up room.
-        with contextlib.suppress(Exception):
+        try:
             await self.js.delete_msg(streams.COMMANDS_STREAM, stored.seq or 0)
+        except nats.errors.Error as exc:
+            log.warning(
+                "Could not delete the given-up command of generation {generation_id}",
+                generation_id=command.generation_id,
+                error=repr(exc),
+            )
