@@ -148,6 +148,50 @@ class LlmRetrying(Event, frozen=True, kw_only=True, tag="llm.retrying"):
     message: str = ""
 
 
+VerifyVerdict = Literal["passed", "failed", "no_tests"]
+
+
+class FailedTest(msgspec.Struct, frozen=True, kw_only=True):
+    """One test that failed or errored in a verification, with its capped message."""
+
+    test_id: str
+    message: str = ""
+    kind: Literal["failure", "error"] = "failure"
+
+
+class VerifyStarted(Event, frozen=True, kw_only=True, tag="verify.started"):
+    """The version's own tests, lint and compile check were asked of a sandboxed verifier.
+
+    `round` is 0 for the version as generated, N after the N-th repair round."""
+
+    round: int = 0
+
+
+class VerifyCompleted(Event, frozen=True, kw_only=True, tag="verify.completed"):
+    """A verifier ran the version's own tests in its sandbox: the verdict and the counts."""
+
+    round: int = 0
+    verdict: VerifyVerdict
+    passed: int = 0
+    failed: int = 0
+    errors: int = 0
+    skipped: int = 0
+    duration_ms: int = 0
+    lint_findings: int = 0
+    format_findings: int = 0
+    compile_errors: list[str] = []
+    failures: list[FailedTest] = []
+    verifier: str = ""
+
+
+class VerifyUnavailable(Event, frozen=True, kw_only=True, tag="verify.unavailable"):
+    """The version could not be verified (no sandbox, a dependency outside the runtime, no
+    verifier answering): it stays `unverified`, with the reason."""
+
+    round: int = 0
+    reason: str
+
+
 class GenerationCompleted(Event, frozen=True, kw_only=True, tag="generation.completed"):
     """Every phase finished; the version is complete."""
 
@@ -186,6 +230,9 @@ AnyEvent = (
     | FileDeleted
     | LlmCalled
     | LlmRetrying
+    | VerifyStarted
+    | VerifyCompleted
+    | VerifyUnavailable
     | GenerationCompleted
     | GenerationFailed
     | GenerationCancelled

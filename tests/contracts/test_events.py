@@ -21,6 +21,7 @@ from contracts.codec import (
 from contracts.commands import CancelRequested, GenerateRequested
 from contracts.events import (
     EVENT_TYPES,
+    FailedTest,
     FileWritten,
     GenerationRequested,
     PhaseCompleted,
@@ -49,6 +50,14 @@ REQUIRED = {
     "file.deleted": {"path": "a.py", "reason": "gone", "phase": "api"},
     "llm.called": {"provider": "gemini", "model": "m", "phase": "plan"},
     "llm.retrying": {"phase": "plan", "reason": "rate_limited", "delay_s": 2.0, "attempt": 2},
+    "verify.started": {"round": 0},
+    "verify.completed": {
+        "verdict": "failed",
+        "passed": 19,
+        "failed": 1,
+        "failures": [FailedTest(test_id="tests/test_api.py::test_create", message="assert 500")],
+    },
+    "verify.unavailable": {"reason": "bubblewrap cannot run here"},
     "generation.completed": {"file_count": 1, "total_bytes": 6, "duration_ms": 10},
     "generation.failed": {"phase": "api", "message": "boom"},
     "generation.cancelled": {"by": "alice"},

@@ -1,5 +1,6 @@
 """The client subcommands of `kiln`. Each returns its exit code: 0 done, 1 the generation
-failed or was cancelled, 2 the request itself failed (usage, network, HTTP error)."""
+failed or was cancelled, 2 the request itself failed (usage, network, HTTP error), 3 the
+generation completed but its own tests failed in Kiln's sandbox (`--follow`, `watch`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from contracts.events import GenerationCancelled, GenerationCompleted, GenerationFailed
+from contracts.events import (
+    GenerationCancelled,
+    GenerationCompleted,
+    GenerationFailed,
+    VerifyCompleted,
+    VerifyUnavailable,
+)
 from services.cli.client.connection import ClientError, Gateway, add_connection_arguments
 from services.cli.client.extract import UnsafeArchive, extract
 from services.cli.client.follow import Reconnecting, StreamEvent, follow
@@ -22,7 +29,7 @@ from services.cli.client.responses import Accepted, AuditLog, GenerationStatus, 
 
 Handler = Callable[[Gateway, argparse.Namespace], int]
 
-EXIT_OK, EXIT_GENERATION_FAILED, EXIT_ERROR = 0, 1, 2
+EXIT_OK, EXIT_GENERATION_FAILED, EXIT_ERROR, EXIT_TESTS_FAILED = 0, 1, 2, 3
 
 
 def register(commands: argparse._SubParsersAction[Any]) -> None:
@@ -144,6 +151,7 @@ def _follow(gateway: Gateway, generation_id: str, stream_url: str | None) -> int
     """Show the generation to its end; the exit code its end calls for."""
     renderer = renderer_for()
     last: StreamEvent | None = None
+    verification: VerifyCompleted | VerifyUnavailable | None = None
     try:
         for item in follow(gateway, generation_id, stream_url=stream_url):
             if isinstance(item, Reconnecting):
@@ -151,11 +159,20 @@ def _follow(gateway: Gateway, generation_id: str, stream_url: str | None) -> int
             else:
                 renderer.event(item)
                 last = item
+                if isinstance(item.event, VerifyCompleted | VerifyUnavailable):
+                    verification = item.event
     finally:
         renderer.close()
     match last.event if last is not None else None:
         case GenerationCompleted(file_count=count, total_bytes=size):
             print(f"{count} files, {size} bytes: kiln download {generation_id} --extract DIR")
+            if isinstance(verification, VerifyCompleted) and verification.verdict == "failed":
+                print(
+                    f"kiln: generation {generation_id} completed, but its own tests failed "
+                    f"({verification.failed} failed, {verification.errors} errors)",
+                    file=sys.stderr,
+                )
+                return EXIT_TESTS_FAILED
             return EXIT_OK
         case GenerationFailed(phase=phase, message=message, files_kept=kept):
             print(

@@ -24,6 +24,9 @@ from contracts.events import (
     PhaseCompleted,
     PhaseProgress,
     PhaseStarted,
+    VerifyCompleted,
+    VerifyStarted,
+    VerifyUnavailable,
 )
 from services.cli.client.follow import Reconnecting, StreamEvent
 
@@ -39,6 +42,26 @@ class Renderer(Protocol):
 
     def close(self) -> None:
         """Stop drawing (a bar stays on screen)."""
+
+
+def verification_line(result: VerifyCompleted) -> str:
+    """The verdict in one line: `tests: 20 passed · lint: clean · format: clean`."""
+    counts = [f"{result.passed} passed"]
+    counts += [
+        f"{n} {word}"
+        for n, word in (
+            (result.failed, "failed"),
+            (result.errors, "errors"),
+            (result.skipped, "skipped"),
+        )
+        if n
+    ]
+    lint = f"{result.lint_findings} findings" if result.lint_findings else "clean"
+    fmt = f"{result.format_findings} files to reformat" if result.format_findings else "clean"
+    line = f"tests: {', '.join(counts)} · lint: {lint} · format: {fmt}"
+    if result.compile_errors:
+        line += f" · {len(result.compile_errors)} files do not compile"
+    return line
 
 
 def describe(event: StreamEvent) -> str | None:
@@ -62,6 +85,17 @@ def describe(event: StreamEvent) -> str | None:
             return f"  deleted {path}: {reason}"
         case LlmRetrying(phase=phase, reason=reason, delay_s=delay, attempt=attempt):
             return f"  retrying phase {phase} in {delay:.1f} s ({reason}, attempt {attempt})"
+        case VerifyStarted(round=round_):
+            after = f" after repair round {round_}" if round_ else ""
+            return f"verifying{after}: the version's own tests, lint and compile check, sandboxed"
+        case VerifyCompleted(verdict=verdict, failures=failures) as result:
+            lines = [f"{verdict.upper().replace('_', ' ')}: {verification_line(result)}"]
+            lines += [f"  {f.kind}: {f.test_id}: {_first_line(f.message)}" for f in failures[:5]]
+            if len(failures) > 5:
+                lines.append(f"  … and {len(failures) - 5} more")
+            return "\n".join(lines)
+        case VerifyUnavailable(reason=reason):
+            return f"UNVERIFIED: {reason}"
         case GenerationCompleted(file_count=count, total_bytes=size, duration_ms=ms):
             return f"completed: {count} files, {size} bytes in {ms / 1000:.1f} s"
         case GenerationFailed(phase=phase, message=message, files_kept=kept):
@@ -72,6 +106,11 @@ def describe(event: StreamEvent) -> str | None:
                 f"({kept} files kept)"
             )
     return None
+
+
+def _first_line(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= 160 else line[:159] + "…"
 
 
 class PlainRenderer:
@@ -89,7 +128,9 @@ class PlainRenderer:
             return
         self.first_at = self.first_at or event.event.at
         elapsed = (event.event.at - self.first_at).total_seconds()
-        print(f"[{elapsed:6.1f}s] {line}", file=self.out, flush=True)
+        stamp = f"[{elapsed:6.1f}s] "
+        # A multi-line description continues under its first line, aligned past the stamp.
+        print(stamp + line.replace("\n", "\n" + " " * len(stamp)), file=self.out, flush=True)
 
     def reconnecting(self, note: Reconnecting) -> None:
         """Print that the stream is being resumed."""
@@ -171,7 +212,8 @@ class BarRenderer:
             end_at=self.end_at,
         )
         line = describe(event)
-        if line and (event.is_terminal or event.type in ("phase.completed", "llm.retrying")):
+        shown = ("phase.completed", "llm.retrying", "verify.completed", "verify.unavailable")
+        if line and (event.is_terminal or event.type in shown):
             self.progress.refresh()  # the bar above the line shows the state it reports
             self.progress.console.print(line.strip())
 

@@ -12,6 +12,7 @@ from rich.console import Console
 
 from contracts.events import (
     Event,
+    FailedTest,
     FileWritten,
     GenerationFailed,
     LlmCalled,
@@ -19,6 +20,9 @@ from contracts.events import (
     PhaseCompleted,
     PhaseProgress,
     PhaseStarted,
+    VerifyCompleted,
+    VerifyStarted,
+    VerifyUnavailable,
     event_tag,
 )
 from services.cli.client.follow import Reconnecting, StreamEvent
@@ -105,3 +109,49 @@ def test_a_bar_on_a_terminal_plain_lines_elsewhere() -> None:
     bar = renderer_for(_Terminal())
     assert isinstance(bar, BarRenderer)
     bar.close()
+
+
+def _stream(*events: Event) -> list[StreamEvent]:
+    return [
+        StreamEvent(seq, event_tag(type(e)), e)  # type: ignore[arg-type]
+        for seq, e in enumerate(events, 1)
+    ]
+
+
+def test_a_verification_shows_its_counts_lint_and_first_failures() -> None:
+    at = datetime(2026, 12, 2, tzinfo=UTC)
+    base = {"event_id": "e", "generation_id": "g-1", "project_id": "p-1", "at": at}
+    failures = [
+        FailedTest(test_id=f"tests/test_api.py::test_{i}", message=f"assert 500 == 201\nmore {i}")
+        for i in range(7)
+    ]
+    out = io.StringIO()
+    renderer = PlainRenderer(out)
+    for event in _stream(
+        VerifyStarted(**base, seq=1, round=0),
+        VerifyCompleted(
+            **base,
+            seq=2,
+            verdict="failed",
+            passed=13,
+            failed=6,
+            errors=1,
+            lint_findings=2,
+            failures=failures,
+        ),
+        VerifyStarted(**base, seq=3, round=1),
+        VerifyCompleted(**base, seq=4, round=1, verdict="passed", passed=20),
+        VerifyUnavailable(**base, seq=5, round=2, reason="needs numpy"),
+    ):
+        renderer.event(event)
+    lines = [line[10:] for line in out.getvalue().splitlines()]
+    assert lines == [
+        "verifying: the version's own tests, lint and compile check, sandboxed",
+        "FAILED: tests: 13 passed, 6 failed, 1 errors · lint: 2 findings · format: clean",
+        *[f"  failure: tests/test_api.py::test_{i}: assert 500 == 201" for i in range(5)],
+        "  … and 2 more",
+        "verifying after repair round 1: the version's own tests, lint and compile check, "
+        "sandboxed",
+        "PASSED: tests: 20 passed · lint: clean · format: clean",
+        "UNVERIFIED: needs numpy",
+    ]
