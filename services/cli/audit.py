@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from contracts import streams, subjects
+from contracts import subjects
 from contracts.audit import BrokenLink, ChainReport, StoredLink, describe, verify_chain
 from services.cli.client.connection import ClientError, Gateway, add_connection_arguments
 
@@ -124,35 +124,29 @@ def _from_gateway(args: argparse.Namespace) -> tuple[list[_Row], ChainReport | N
 async def _from_stream(nats_url: str, generation_id: str) -> tuple[list[_Row], ChainReport]:
     import nats
     import nats.errors
-    from nats.js.api import ConsumerConfig, DeliverPolicy
 
     from contracts.codec import DecodeError, event_hash
-    from services.common.eventlog import last_stream_seq
+    from services.common.eventlog import last_stream_seq, read_subject
 
     try:
         nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=2)
     except (OSError, nats.errors.Error) as exc:
         raise _Unavailable(f"cannot connect to NATS at {nats_url}: {exc!r}") from None
-    links: list[StoredLink] = []
     try:
         js = nc.jetstream()
         target = await last_stream_seq(js, generation_id)
         if not target:
             raise _Unavailable(f"the stream has no events of generation {generation_id}")
-        sub = await js.subscribe(
-            subjects.generation_events_any_project(generation_id),
-            stream=streams.EVENTS_STREAM,
-            ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
-        )
         try:
-            while not links or links[-1].stream_seq < target:
-                msg = await sub.next_msg(timeout=10.0)
-                links.append(StoredLink(stream_seq=msg.metadata.sequence.stream, data=msg.data))
-        except nats.errors.TimeoutError:
-            raise _Unavailable(f"the stream stopped answering at {len(links)} events") from None
-        finally:
-            await sub.unsubscribe()
+            raw = await read_subject(
+                js,
+                subjects.generation_events_any_project(generation_id),
+                after_stream_seq=0,
+                upto_stream_seq=target,
+            )
+        except TimeoutError as exc:
+            raise _Unavailable(str(exc)) from None
+        links = [StoredLink(stream_seq=seq, data=data) for seq, data in raw]
     finally:
         await nc.drain()
     rows = []

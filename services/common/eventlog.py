@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import nats.errors
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy, RawStreamMsg
 from nats.js.errors import APIError, NotFoundError
@@ -53,6 +56,17 @@ async def last_stream_seq(js: JetStreamContext, generation_id: str) -> int:
     return int(last.seq or 0) if last is not None else 0
 
 
+async def last_event(js: JetStreamContext, generation_id: str) -> StoredEvent | None:
+    """A generation's last event as stored, or None (no events, or one that does not decode)."""
+    last = await _last_message(js, generation_id)
+    if last is None or not last.data:
+        return None
+    try:
+        return StoredEvent(int(last.seq or 0), last.data, decode_event(last.data))
+    except DecodeError:
+        return None
+
+
 async def _last_message(js: JetStreamContext, generation_id: str) -> RawStreamMsg | None:
     try:
         return await js.get_last_msg(
@@ -60,6 +74,85 @@ async def _last_message(js: JetStreamContext, generation_id: str) -> RawStreamMs
         )
     except NotFoundError:
         return None
+
+
+async def subscribe_ordered(
+    js: JetStreamContext,
+    subject: str,
+    *,
+    after_stream_seq: int = 0,
+    start_time: datetime | None = None,
+    cb: Callable[[Msg], Awaitable[None]] | None = None,
+    idle_heartbeat_s: float | None = None,
+    inactive_threshold_s: float | None = 5.0,
+    stream: str = streams.EVENTS_STREAM,
+) -> JetStreamContext.PushSubscription:
+    """The one way Kiln reads a subject: an ordered consumer (ephemeral, flow-controlled,
+    recreated where it left off when the server loses it) from after `after_stream_seq`, or
+    from `start_time`, with no client-side pending limits (a replay is read as fast as it
+    arrives; its readers bound what they keep).
+
+    nats-py is told where the consumer starts, and a recreated one starts by sequence: its
+    ordered consumer otherwise remembers 0, so a reset before the first message (a broker
+    restart) would replay the subject from its first message.
+    """
+    config = ConsumerConfig(inactive_threshold=inactive_threshold_s)
+    if start_time is not None:
+        config.deliver_policy = DeliverPolicy.BY_START_TIME
+        config.opt_start_time = start_time.astimezone(UTC)
+    elif after_stream_seq:
+        config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+        config.opt_start_seq = after_stream_seq + 1
+    sub = await js.subscribe(
+        subject,
+        stream=stream,
+        ordered_consumer=True,
+        cb=cb,
+        config=config,
+        idle_heartbeat=idle_heartbeat_s,
+        pending_msgs_limit=-1,
+        pending_bytes_limit=-1,
+    )
+    # nats-py 2.x keeps an ordered consumer's position in private fields; this is the one
+    # place that sets them (tests/common/test_eventlog.py covers a restart before the first
+    # message).
+    jsi = getattr(sub._sub, "_jsi", None)
+    if jsi is not None:
+        jsi._sseq = max(jsi._sseq, after_stream_seq)
+        jsi._ccreq.opt_start_time = None
+    return sub
+
+
+async def read_subject(
+    js: JetStreamContext,
+    subject: str,
+    *,
+    after_stream_seq: int,
+    upto_stream_seq: int,
+    idle_timeout_s: float = 10.0,
+) -> list[tuple[int, bytes]]:
+    """Every message on `subject` after `after_stream_seq` up to `upto_stream_seq`, as
+    (stream sequence, raw bytes), in order. TimeoutError when the stream stops answering
+    for `idle_timeout_s` before the last one."""
+    messages: list[tuple[int, bytes]] = []
+    if upto_stream_seq <= after_stream_seq:
+        return messages
+    sub = await subscribe_ordered(js, subject, after_stream_seq=after_stream_seq)
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=idle_timeout_s)
+            except nats.errors.TimeoutError:
+                raise TimeoutError(
+                    f"{subject} stopped answering after {len(messages)} messages"
+                ) from None
+            seq = int(msg.metadata.sequence.stream)
+            messages.append((seq, msg.data))
+            if seq >= upto_stream_seq:
+                return messages
+    finally:
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
 
 
 async def read_generation(
@@ -71,9 +164,9 @@ async def read_generation(
 ) -> list[StoredEvent]:
     """Every event of a generation after `after_stream_seq`, in order.
 
-    Reads with a short-lived ordered consumer up to the last event that existed when the
-    read began. Events that do not decode are skipped with a warning (they cannot have been
-    written by Kiln; the audit's hash check reports them).
+    Reads up to the last event that existed when the read began. Events that do not decode
+    are skipped with a warning (they cannot have been written by Kiln; the audit's hash
+    check reports them).
     """
     last = await _last_message(js, generation_id)
     target = int(last.seq or 0) if last is not None else 0
@@ -86,35 +179,25 @@ async def read_generation(
             only = decode_event(last.data)
             if only.seq == 1:
                 return [StoredEvent(target, last.data, only)]
-    config = ConsumerConfig(
-        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-        opt_start_seq=after_stream_seq + 1,
-        inactive_threshold=5.0,
-    )
-    sub = await js.subscribe(
+    raw = await read_subject(
+        js,
         subjects.generation_events_any_project(generation_id),
-        stream=streams.EVENTS_STREAM,
-        ordered_consumer=True,
-        config=config,
+        after_stream_seq=after_stream_seq,
+        upto_stream_seq=target,
+        idle_timeout_s=idle_timeout_s,
     )
     events: list[StoredEvent] = []
-    try:
-        while True:
-            msg = await sub.next_msg(timeout=idle_timeout_s)
-            seq = msg.metadata.sequence.stream
-            try:
-                events.append(StoredEvent(seq, msg.data, decode_event(msg.data)))
-            except DecodeError as exc:
-                log.warning(
-                    "Skipped an undecodable event of generation {generation_id}",
-                    generation_id=generation_id,
-                    stream_seq=seq,
-                    reason=exc.reason,
-                )
-            if seq >= target:
-                return events
-    finally:
-        await sub.unsubscribe()
+    for seq, data in raw:
+        try:
+            events.append(StoredEvent(seq, data, decode_event(data)))
+        except DecodeError as exc:
+            log.warning(
+                "Skipped an undecodable event of generation {generation_id}",
+                generation_id=generation_id,
+                stream_seq=seq,
+                reason=exc.reason,
+            )
+    return events
 
 
 def cloudevents_headers(event: Event, source: str) -> dict[str, str]:
@@ -285,30 +368,22 @@ async def follow_new(
     js: JetStreamContext,
     subject: str,
     stream: str,
-    cb: Any,
+    cb: Callable[[Msg], Awaitable[None]],
     *,
     idle_heartbeat_s: float = 1.0,
 ) -> JetStreamContext.PushSubscription:
     """An ordered consumer delivering every message on `subject` published from now on.
 
-    It starts after the stream's current last sequence, and tells nats-py so: otherwise a
-    reset before the first message (after a broker restart) would replay the whole stream.
     Two missed heartbeats (`idle_heartbeat_s` each) makes the client recreate the consumer
     where it left off, so a broker restart costs seconds, not the 18 s of the defaults.
     """
     info = await js.stream_info(stream)
-    start = int(info.state.last_seq) + 1
-    sub = await js.subscribe(
+    return await subscribe_ordered(
+        js,
         subject,
         stream=stream,
-        ordered_consumer=True,
+        after_stream_seq=int(info.state.last_seq),
         cb=cb,
-        config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start),
-        idle_heartbeat=idle_heartbeat_s,
-        pending_msgs_limit=-1,
-        pending_bytes_limit=-1,
+        idle_heartbeat_s=idle_heartbeat_s,
+        inactive_threshold_s=None,
     )
-    jsi = getattr(sub._sub, "_jsi", None)
-    if jsi is not None:
-        jsi._sseq = start - 1
-    return sub

@@ -32,11 +32,10 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig
 
 from contracts import streams, subjects
 from contracts.events import TERMINAL_TAGS
-from services.common.eventlog import follow_new, last_stream_seq
+from services.common.eventlog import follow_new, last_stream_seq, subscribe_ordered
 from services.common.heap import LongLivedHeap
 from services.common.logs import get_logger
 
@@ -258,15 +257,11 @@ class Hub:
             if seq >= target and not done.done():
                 done.set_result(None)
 
-        sub = await self.js.subscribe(
+        sub = await subscribe_ordered(
+            self.js,
             subjects.generation_events_any_project(generation_log.generation_id),
-            stream=streams.EVENTS_STREAM,
-            ordered_consumer=True,
             cb=on_message,
-            config=ConsumerConfig(inactive_threshold=5.0),
-            idle_heartbeat=2.0,
-            pending_msgs_limit=-1,
-            pending_bytes_limit=-1,
+            idle_heartbeat_s=2.0,
         )
         try:
             while not done.done():

@@ -19,11 +19,11 @@ from datetime import UTC, datetime
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from contracts import streams, subjects
 from contracts.codec import DecodeError, decode_event
 from contracts.events import AnyEvent, Event, event_tag
+from services.common.eventlog import subscribe_ordered
 from services.common.logs import get_logger
 
 log = get_logger(__name__)
@@ -86,35 +86,22 @@ async def subscribe(
     """
     js = nc.jetstream()
     wanted = {t if isinstance(t, str) else event_tag(t) for t in types} if types else None
-    config = ConsumerConfig()
     floor = 0  # deliver only stream sequences above this (a reset never repeats events)
     after_time: datetime | None = None
     if isinstance(since, datetime):
         after_time = since if since.tzinfo else since.replace(tzinfo=UTC)
-        config.deliver_policy = DeliverPolicy.BY_START_TIME
-        config.opt_start_time = after_time.astimezone(UTC)
     elif since is not None:
         floor = max(int(since), 0)
     elif generation_id is None:
         floor = int((await js.stream_info(streams.EVENTS_STREAM)).state.last_seq)
-    if floor:
-        config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
-        config.opt_start_seq = floor + 1
-    sub = await js.subscribe(
+    sub = await subscribe_ordered(
+        js,
         subject_filter(project_id, generation_id),
-        stream=streams.EVENTS_STREAM,
-        ordered_consumer=True,
-        config=config,
-        idle_heartbeat=HEARTBEAT_S,
-        pending_msgs_limit=-1,
-        pending_bytes_limit=-1,
+        after_stream_seq=floor,
+        start_time=after_time,
+        idle_heartbeat_s=HEARTBEAT_S,
+        inactive_threshold_s=None,
     )
-    # Tell nats-py where this consumer starts, and make a recreated one start by sequence:
-    # otherwise a reset before the first message (a broker restart) replays from seq 1.
-    jsi = getattr(sub._sub, "_jsi", None)
-    if jsi is not None:
-        jsi._sseq = max(jsi._sseq, floor)
-        jsi._ccreq.opt_start_time = None
     try:
         while True:
             try:

@@ -11,12 +11,12 @@ from litestar.di import Provide
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from contracts.audit import verify_chain
-from contracts.codec import DecodeError, decode_event
-from contracts.events import TERMINAL_TAGS, event_tag
+from contracts.events import is_terminal
 from contracts.paths import PathRejected, safe_path
 from contracts.providers import DEFAULT_PROVIDER, KNOWN_PROVIDERS
 from contracts.schema import schema_problems
 from contracts.state import GenerationState
+from services.common.eventlog import last_event
 from services.common.logs import get_logger
 from services.gateway.archive import build_zip
 from services.gateway.diffs import as_patch, diff_versions
@@ -409,9 +409,5 @@ class GenerationController(Controller):
 
 async def _ended_before(gw: GatewayDep, generation_id: FromPath[str], after: int) -> bool:
     """True when the generation has ended and the client has everything up to its end."""
-    try:
-        last = await gw.js.get_last_msg("KILN_EVENTS", f"kiln.events.*.{generation_id}")
-        event = decode_event(last.data or b"")
-    except (DecodeError, Exception):
-        return False
-    return event_tag(type(event)) in TERMINAL_TAGS and after >= int(last.seq or 0)
+    last = await last_event(gw.js, generation_id)
+    return last is not None and is_terminal(last.event) and after >= last.stream_seq
