@@ -17,12 +17,12 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from contracts import streams, subjects
-from contracts.codec import DecodeError, decode_event, encode
+from contracts.codec import encode
 from contracts.commands import CancelRequested, GenerateRequested
 from contracts.events import GenerationCancelled, GenerationRequested, utc_now
 from contracts.schema import ProjectSchema
 from contracts.state import GenerationState
-from services.common.eventlog import GenerationWriter, LogUnavailable, WriterConflict
+from services.common.eventlog import GenerationWriter, LogUnavailable, WriterConflict, last_event
 from services.common.logs import get_logger
 from services.gateway.errors import Unavailable
 
@@ -184,25 +184,10 @@ class Commands:
             return
         # Nobody has started it: end it here, unless an orchestrator gets there first (then
         # the stream refuses this append and the orchestrator sees the cancel request).
-        try:
-            last = await self.js.get_last_msg(
-                streams.EVENTS_STREAM, subjects.generation_events_any_project(state.generation_id)
-            )
-            last_event = decode_event(last.data or b"")
-        except (nats.js.errors.NotFoundError, DecodeError):
+        last = await last_event(self.js, state.generation_id)
+        if last is None or not isinstance(last.event, GenerationRequested):
             return
-        if not isinstance(last_event, GenerationRequested):
-            return
-        writer = GenerationWriter(
-            self.js,
-            state.project_id,
-            state.generation_id,
-            source=SOURCE,
-            last_seq=last_event.seq,
-            last_stream_seq=int(last.seq or 0),
-            last_data=last.data,
-            retry_for_s=5.0,
-        )
+        writer = GenerationWriter.after(self.js, [last], source=SOURCE, retry_for_s=5.0)
         try:
             await writer.emit(
                 GenerationCancelled,
