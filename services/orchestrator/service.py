@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 
@@ -12,9 +11,8 @@ from nats.aio.msg import Msg
 from contracts import streams
 from contracts.codec import DecodeError, decode_command
 from contracts.commands import GenerateRequested
-from services.common.broker import connect, ensure_streams
 from services.common.consumer import DeadLetter, Outcome, PullWorker, deliveries_of
-from services.common.health import HealthServer
+from services.common.host import broker_session, health_endpoint, nats_readiness
 from services.common.logs import get_logger
 from services.common.settings import Settings
 from services.orchestrator.cancels import CancelWatcher
@@ -42,10 +40,7 @@ class OrchestratorService:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Take and run commands until `stop` is set; in-flight generations finish first."""
-        nc = await connect(self.settings, f"kiln-orchestrator-{self.worker}")
-        js = nc.jetstream()
-        try:
-            await ensure_streams(js, self.settings.stream_replicas)
+        async with broker_session(self.settings, f"kiln-orchestrator-{self.worker}") as (nc, js):
             cancels = CancelWatcher(js)
             await cancels.start()
             runs = await js.key_value(streams.RUNS_BUCKET)
@@ -87,34 +82,16 @@ class OrchestratorService:
                     )
                 return await runner.run(command, deliveries_of(msg))
 
-            health = None
-            if self.settings.health_port:
-
-                async def readiness() -> dict[str, str]:
-                    return {"nats": "ok" if nc.is_connected else "disconnected"}
-
-                health = HealthServer(
-                    self.settings.health_host, self.settings.health_port, readiness
+            async with health_endpoint(self.settings, nats_readiness(nc)):
+                log.info("Orchestrator {worker} taking generate commands", worker=self.worker)
+                self.ready.set()
+                await worker.run_each(
+                    handle,
+                    stop,
+                    concurrency=self.settings.orchestrator_concurrency,
+                    heartbeat_s=max(self.settings.command_ack_wait_s / 3, 0.5),
+                    grace_s=self.settings.shutdown_grace_s,
                 )
-                await health.start()
-            log.info("Orchestrator {worker} taking generate commands", worker=self.worker)
-            self.ready.set()
-            await worker.run_each(
-                handle,
-                stop,
-                concurrency=self.settings.orchestrator_concurrency,
-                heartbeat_s=max(self.settings.command_ack_wait_s / 3, 0.5),
-                grace_s=self.settings.shutdown_grace_s,
-            )
-            await cancels.stop()
-            await watchdog
-            if health is not None:
-                await health.stop()
-        finally:
-            # Not `nc.drain()`: nats-py never marks what a pull subscription fetched as done,
-            # so a drain sits out its whole timeout. Every settle has been sent by now; a
-            # flush makes sure the server has them before the connection ends.
-            with contextlib.suppress(Exception):
-                await nc.flush(timeout=5)
-            await nc.close()
-            log.info("Orchestrator {worker} stopped", worker=self.worker)
+                await cancels.stop()
+                await watchdog
+        log.info("Orchestrator {worker} stopped", worker=self.worker)

@@ -12,10 +12,9 @@ from nats.js.errors import NotFoundError
 
 from contracts.streams import EVENTS_STREAM, storage_consumer, storage_consumer_name
 from services.common import metrics
-from services.common.broker import connect, ensure_streams
 from services.common.consumer import PullWorker
-from services.common.health import HealthServer
 from services.common.heap import BATCH_YOUNG_THRESHOLD, freeze_startup_heap
+from services.common.host import broker_session, health_endpoint
 from services.common.logs import get_logger
 from services.common.settings import Settings
 from services.storage.checkpoint import WalCheckpointer, sqlite_file
@@ -48,10 +47,7 @@ class StorageService:
         engine = create_engine(url, writer=True)
         try:
             await check_migrated(engine)
-            nc = await connect(self.settings, "kiln-storage")
-            try:
-                js = nc.jetstream()
-                await ensure_streams(js, self.settings.stream_replicas)
+            async with broker_session(self.settings, "kiln-storage") as (nc, js):
                 name = storage_consumer_name(partition, partitions)
                 config = storage_consumer(ack_wait_s=ACK_WAIT_S, name=name)
                 projector = Projector(
@@ -73,59 +69,45 @@ class StorageService:
                     config=config,
                     max_deliveries=MAX_DELIVERIES,
                 )
-                health = None
-                if self.settings.health_port:
-                    read_model = ReadModel(engine)
+                read_model = ReadModel(engine)
 
-                    async def readiness() -> dict[str, str]:
-                        try:
-                            await asyncio.wait_for(read_model.ping(), 2.0)
-                            database = "ok"
-                        except Exception as exc:
-                            database = f"unavailable: {exc!r}"[:200]
-                        return {
-                            "nats": "ok" if nc.is_connected else "disconnected",
-                            "database": database,
-                        }
+                async def readiness() -> dict[str, str]:
+                    try:
+                        await asyncio.wait_for(read_model.ping(), 2.0)
+                        database = "ok"
+                    except Exception as exc:
+                        database = f"unavailable: {exc!r}"[:200]
+                    return {
+                        "nats": "ok" if nc.is_connected else "disconnected",
+                        "database": database,
+                    }
 
-                    health = HealthServer(
-                        self.settings.health_host, self.settings.health_port, readiness
+                async with health_endpoint(self.settings, readiness):
+                    log.info(
+                        "Storage projecting {stream} into {database} after stream seq {position}"
+                        + (" (partition {partition} of {partitions})" if partitions > 1 else ""),
+                        stream=EVENTS_STREAM,
+                        database=shown_url(engine.url),
+                        position=position,
+                        partition=partition,
+                        partitions=partitions,
+                        consumer=name,
                     )
-                    await health.start()
-                log.info(
-                    "Storage projecting {stream} into {database} after stream seq {position}"
-                    + (" (partition {partition} of {partitions})" if partitions > 1 else ""),
-                    stream=EVENTS_STREAM,
-                    database=shown_url(engine.url),
-                    position=position,
-                    partition=partition,
-                    partitions=partitions,
-                    consumer=name,
-                )
-                freeze_startup_heap(BATCH_YOUNG_THRESHOLD)
-                self.ready.set()
-                background = [asyncio.create_task(_report_lag(js, projector, stop))]
-                database_file = sqlite_file(engine.url)
-                if database_file is not None:
-                    checkpointer = WalCheckpointer(database_file)
-                    background.append(asyncio.create_task(checkpointer.run(stop)))
-                try:
-                    await worker.run_batches(
-                        projector.handle, stop, prepare=projector.prepare, batch=BATCH
-                    )
-                finally:
-                    for task in background:
-                        task.cancel()
-                    await asyncio.gather(*background, return_exceptions=True)
-                    if health is not None:
-                        await health.stop()
-            finally:
-                # Not `nc.drain()`: nats-py never marks what a pull subscription fetched as
-                # done, so a drain sits out its whole timeout. Every settle has been sent by
-                # now; a flush makes sure the server has them all before the connection ends.
-                with contextlib.suppress(Exception):
-                    await nc.flush(timeout=5)
-                await nc.close()
+                    freeze_startup_heap(BATCH_YOUNG_THRESHOLD)
+                    self.ready.set()
+                    background = [asyncio.create_task(_report_lag(js, projector, stop))]
+                    database_file = sqlite_file(engine.url)
+                    if database_file is not None:
+                        checkpointer = WalCheckpointer(database_file)
+                        background.append(asyncio.create_task(checkpointer.run(stop)))
+                    try:
+                        await worker.run_batches(
+                            projector.handle, stop, prepare=projector.prepare, batch=BATCH
+                        )
+                    finally:
+                        for task in background:
+                            task.cancel()
+                        await asyncio.gather(*background, return_exceptions=True)
         finally:
             await engine.dispose()
             log.info("Storage stopped")
