@@ -2,7 +2,7 @@
 
 Each phase is one streamed `generate_content_stream` call asking for the phase output as
 structured JSON (`response_schema`); the conversation around the calls — retries,
-continuation after the output limit, reporting — is `prompts.converse`. The SDK's own
+continuation after the output limit, reporting — is `conversation.converse`. The SDK's own
 retries and automatic continuation are off, so Kiln's policy is the one that runs and
 reports. The API key travels only in the `x-goog-api-key` header the SDK sets; it is never
 logged, never put in an event, and scrubbed from any message a server sends back.
@@ -20,15 +20,17 @@ from google.genai import errors, types
 
 from contracts.phases import PhaseOutput
 from services.common.settings import Settings
+from services.orchestrator.providers.answers import (
+    gemini_response_schema,
+)
 from services.orchestrator.providers.base import PhaseRequest, ProviderError, Reporter
-from services.orchestrator.providers.prompts import (
+from services.orchestrator.providers.conversation import (
     CallFailed,
     CallPolicy,
     CallResult,
     Finish,
     Progress,
     converse,
-    gemini_response_schema,
     retry_after_seconds,
     scrub,
     shorten,

@@ -4,7 +4,7 @@ LM Studio, llama.cpp server), configured by base URL, key and model.
 Each phase is one streamed `POST {base}/chat/completions` asking for the phase output as
 structured JSON (`response_format` with a strict JSON schema), read with httpx and
 httpx-sse; the conversation around the calls — retries, continuation after the output
-limit, reporting — is `prompts.converse`, shared with the gemini provider. The key travels
+limit, reporting — is `conversation.converse`, shared with the gemini provider. The key travels
 only in the Authorization header; it is never logged, never put in an event, and scrubbed
 from any message a server sends back.
 """
@@ -21,15 +21,17 @@ from httpx_sse import EventSource
 
 from contracts.phases import PhaseOutput
 from services.common.settings import Settings
+from services.orchestrator.providers.answers import (
+    output_json_schema,
+)
 from services.orchestrator.providers.base import PhaseRequest, ProviderError, Reporter
-from services.orchestrator.providers.prompts import (
+from services.orchestrator.providers.conversation import (
     CallFailed,
     CallPolicy,
     CallResult,
     Finish,
     Progress,
     converse,
-    output_json_schema,
     retry_after_seconds,
     scrub,
     shorten,

@@ -24,7 +24,9 @@ from services.orchestrator.guard import check_output
 from services.orchestrator.providers.base import PhaseRequest, Provider, ProviderError
 from services.orchestrator.providers.gemini import GeminiProvider, daily_quota, retry_delay
 from services.orchestrator.providers.openai import OpenAIProvider
-from services.orchestrator.providers.prompts import phase_prompt
+from services.orchestrator.providers.prompts import (
+    phase_prompt,
+)
 from tests.fakes import (
     HOSTILE_PATHS,
     MODEL_FILES,
