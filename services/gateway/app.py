@@ -18,7 +18,6 @@ from services.gateway.auth import ApiKeys
 from services.gateway.commands import Commands
 from services.gateway.errors import exception_handlers
 from services.gateway.hub import Hub
-from services.gateway.middleware import request_metrics
 from services.gateway.quotas import GenerationRateLimit, StreamSlots
 from services.gateway.routes.asyncapi import asyncapi
 from services.gateway.routes.generations import GenerationController
@@ -44,6 +43,7 @@ def create_app(settings: Settings) -> Litestar:
             "the gateway needs KILN_API_KEYS (`user:key,user:key`); `kiln up` makes one for you"
         )
     keys = ApiKeys(parse_api_keys(settings.api_keys))
+    metrics.export("gateway")
     tokens = TokenSigner(token_secret(settings), settings.sse_token_ttl_s)
 
     @asynccontextmanager
@@ -101,7 +101,6 @@ def create_app(settings: Settings) -> Litestar:
             asyncapi,
         ],
         lifespan=[lifespan],
-        middleware=[request_metrics],
         exception_handlers=exception_handlers,
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(

@@ -20,6 +20,7 @@ from litestar.types import Receive, Scope, Send
 from services.common import metrics
 from services.common.logs import get_logger
 from services.gateway.hub import GenerationLog, Hub
+from services.gateway.middleware import measured
 
 log = get_logger(__name__)
 
@@ -45,12 +46,15 @@ class GatewayApp(Litestar):
     """Litestar, keeping the server's `send` in the scope so that an SSE stream's body
     goes straight to the server: every event otherwise passes through each middleware's
     send wrapper (about a fifth of the gateway's time under heavy fan-out). The response
-    start still goes through them, so status metrics and error handling see it."""
+    start still goes through them, so status metrics and error handling see it. Every
+    request is counted and timed here, outside the router, so unmatched ones are too."""
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            scope[SERVER_SEND] = send
-        await super().__call__(scope, receive, send)
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        scope[SERVER_SEND] = send
+        await measured(super().__call__, scope, receive, send)
 
 
 class _SSEASGIResponse(ASGIResponse):

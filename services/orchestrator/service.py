@@ -11,6 +11,7 @@ from nats.aio.msg import Msg
 from contracts import streams
 from contracts.codec import DecodeError, decode_command
 from contracts.commands import GenerateRequested
+from services.common import metrics
 from services.common.consumer import DeadLetter, Outcome, PullWorker, deliveries_of
 from services.common.host import broker_session, health_endpoint, nats_readiness
 from services.common.logs import get_logger
@@ -40,6 +41,7 @@ class OrchestratorService:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Take and run commands until `stop` is set; in-flight generations finish first."""
+        metrics.export("orchestrator")
         async with broker_session(self.settings, f"kiln-orchestrator-{self.worker}") as (nc, js):
             cancels = CancelWatcher(js)
             await cancels.start()

@@ -42,6 +42,7 @@ class StorageService:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume and project until `stop` is set; then close the NATS connection and the database."""
+        metrics.export("storage")
         partition, partitions = self.settings.storage_partitioning()
         url = self.settings.effective_database_url
         engine = create_engine(url, writer=True)

@@ -119,6 +119,30 @@ async def _run_generations(
         == 2
     )
 
+    # A 404 without a route is counted and timed too.
+    async with httpx.AsyncClient(timeout=30) as http:
+        assert (await http.get(f"{gateway.url}/no/such/route")).status_code == 404
+        types = {(await http.get(f"{s.url}/metrics")).headers["content-type"] for s in after}
+    assert types == {"text/plain; version=0.0.4; charset=utf-8"}, "one content type"
+    unmatched = await scrape(gateway.url)
+    assert (
+        unmatched['kiln_gateway_requests_total{method="GET",route="unmatched",status="404"}'] == 1
+    )
+    assert unmatched['kiln_gateway_request_seconds_count{method="GET",route="unmatched"}'] == 1
+    assert (
+        after[gateway]['kiln_gateway_request_seconds_count{method="POST",route="/generations"}']
+        == 2
+    )
+
+    # Each service exports its own metrics only, never another's as zeros.
+    for service, own in (
+        (gateway, "kiln_gateway_"),
+        (orchestrator, "kiln_orchestrator_"),
+        (storage, "kiln_storage_"),
+    ):
+        foreign = [n for n in after[service] if n.startswith("kiln_") and not n.startswith(own)]
+        assert not foreign, (own, foreign[:5])
+
     # The projector caught up: its lag gauge comes back to zero.
     async def caught_up() -> bool:
         return (await scrape(storage.url))["kiln_storage_lag_events"] == 0

@@ -7,7 +7,7 @@ import asyncio
 from litestar import Response, get
 from litestar.di import Provide
 
-from services.common.metrics import exposition
+from services.common.metrics import MEDIA_TYPE, exposition
 from services.gateway.routes.dependencies import GatewayDep, gateway
 from services.gateway.schemas import Health
 
@@ -48,5 +48,5 @@ async def readyz(gw: GatewayDep) -> Response[Health]:
 @get("/metrics", summary="Prometheus metrics", tags=["operations"], media_type="text/plain")
 async def prometheus_metrics() -> Response[bytes]:
     """Requests, open SSE connections, events delivered, replay durations."""
-    data, content_type = exposition()
-    return Response(data, media_type=content_type)
+    data, _ = exposition()
+    return Response(data, media_type=MEDIA_TYPE)
