@@ -2,3 +2,10 @@
 
 Services depend on this package, never on each other.
 """
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("kiln")
+except PackageNotFoundError:  # run from a checkout that was never installed
+    __version__ = "0+unknown"

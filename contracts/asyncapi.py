@@ -10,11 +10,11 @@ from typing import Any
 
 import msgspec
 
-from contracts import streams, subjects
+from contracts import __version__, streams, subjects
 from contracts.commands import CancelRequested, Command, GenerateRequested
 from contracts.events import EVENT_TYPES, event_tag
 
-VERSION = "0.1.0"
+VERSION = __version__
 _SCHEMAS = "#/components/schemas/{name}"
 _ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
 

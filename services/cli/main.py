@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from contracts import __version__
 from services.cli import asyncapi, audit
 from services.cli.client import commands as client_commands
 from services.common.settings import SettingsError, load_settings
@@ -14,6 +15,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kiln", description="Kiln: generate whole projects phase by phase."
     )
+    parser.add_argument("--version", action="version", version=f"kiln {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = commands.add_parser(

@@ -382,7 +382,17 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     try:
         return msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:
-        raise SettingsError(f"invalid setting: {exc}") from None
+        raise SettingsError(_named(str(exc), raw)) from None
+
+
+def _named(problem: str, raw: Mapping[str, Any]) -> str:
+    """msgspec's `Expected int, got str - at $.port` as `KILN_PORT='x': Expected int, got str`."""
+    message, _, where = problem.rpartition(" - at `$.")
+    field = where.rstrip("`")
+    envs = {info.name: info.env for info in setting_fields()}
+    if not message or field not in envs:
+        return f"invalid setting: {problem}"
+    return f"invalid setting {envs[field]}={str(raw.get(field, ''))!r}: {message}"
 
 
 class SettingsError(ValueError):

@@ -9,6 +9,7 @@ from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
+from contracts import __version__
 from services.common import metrics
 from services.common.broker import connect, ensure_streams
 from services.common.heap import freeze_startup_heap
@@ -32,8 +33,6 @@ from services.storage.db import check_migrated, create_engine
 from services.storage.queries import ReadModel
 
 log = get_logger(__name__)
-
-VERSION = "0.1.0"
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -105,7 +104,7 @@ def create_app(settings: Settings) -> Litestar:
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="Kiln",
-            version=VERSION,
+            version=__version__,
             description="Generates whole software projects with an LLM, phase by phase.",
             path="/schema",
             components=Components(

@@ -26,7 +26,12 @@ class Providers:
 
             return OfflineProvider(phase_delay_s=self.settings.offline_phase_delay_s)
         if name == "gemini":
-            from services.orchestrator.providers.gemini import GeminiProvider
+            try:
+                from services.orchestrator.providers.gemini import GeminiProvider
+            except ImportError:
+                raise ProviderError(
+                    "the gemini provider needs the google-genai package: install kiln[gemini]"
+                ) from None
 
             return GeminiProvider(self.settings)
         if name == "openai":
