@@ -29,7 +29,11 @@ CLOUDEVENTS_HEADERS: dict[str, Any] = {
         "ce-id": {**_ID, "description": "The event's `event_id`."},
         "ce-source": {
             "type": "string",
-            "description": "The writer: kiln/gateway, kiln/orchestrator/<worker> or kiln/watchdog/<worker>.",
+            "format": "uri",
+            "description": (
+                "The writer, an absolute URI: urn:kiln:gateway, urn:kiln:orchestrator:<worker> "
+                "or urn:kiln:watchdog:<worker>."
+            ),
         },
         "ce-type": {
             "type": "string",
@@ -42,6 +46,7 @@ CLOUDEVENTS_HEADERS: dict[str, Any] = {
             "description": "The event's `at`, RFC 3339 in UTC.",
         },
         "ce-subject": {**_ID, "description": "The generation id."},
+        "ce-datacontenttype": {"const": "application/json"},
         "content-type": {"const": "application/json"},
         "Nats-Msg-Id": {
             "type": "string",
@@ -59,6 +64,7 @@ CLOUDEVENTS_HEADERS: dict[str, Any] = {
         "ce-type",
         "ce-time",
         "ce-subject",
+        "ce-datacontenttype",
         "Nats-Msg-Id",
     ],
 }

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -200,8 +201,16 @@ async def read_generation(
     return events
 
 
+def source_uri(role: str, instance: str = "") -> str:
+    """The CloudEvents `source` of a writer, an absolute URI: `urn:kiln:orchestrator:host:1234`."""
+    return ":".join(
+        ["urn:kiln", quote(role, safe=""), *([quote(instance, safe=":")] if instance else [])]
+    )
+
+
 def cloudevents_headers(event: Event, source: str) -> dict[str, str]:
-    """CloudEvents binary-mode attributes for an event, as NATS headers."""
+    """CloudEvents binary-mode attributes for an event, as NATS headers (the NATS protocol
+    binding: every attribute a `ce-` header; `content-type` too, for plain NATS clients)."""
     return {
         "ce-specversion": "1.0",
         "ce-id": event.event_id,
@@ -209,6 +218,7 @@ def cloudevents_headers(event: Event, source: str) -> dict[str, str]:
         "ce-type": f"kiln.{event_tag(type(event))}",
         "ce-time": event.at.isoformat().replace("+00:00", "Z"),
         "ce-subject": event.generation_id,
+        "ce-datacontenttype": "application/json",
         "content-type": "application/json",
     }
 

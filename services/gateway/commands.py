@@ -22,13 +22,19 @@ from contracts.commands import CancelRequested, GenerateRequested
 from contracts.events import GenerationCancelled, GenerationRequested, utc_now
 from contracts.schema import ProjectSchema
 from contracts.state import GenerationState
-from services.common.eventlog import GenerationWriter, LogUnavailable, WriterConflict, last_event
+from services.common.eventlog import (
+    GenerationWriter,
+    LogUnavailable,
+    WriterConflict,
+    last_event,
+    source_uri,
+)
 from services.common.logs import get_logger
 from services.gateway.errors import Unavailable
 
 log = get_logger(__name__)
 
-SOURCE = "kiln/gateway"
+SOURCE = source_uri("gateway")
 
 
 class Commands:

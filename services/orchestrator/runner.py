@@ -39,6 +39,7 @@ from services.common.eventlog import (
     LogUnavailable,
     WriterConflict,
     read_generation,
+    source_uri,
 )
 from services.common.logs import get_logger, redactor
 from services.orchestrator.cancels import CancelWatcher
@@ -129,7 +130,7 @@ class GenerationRunner:
             self.cancels.forget(generation_id)
             return Ack()
         writer = GenerationWriter.after(
-            self.js, history, source=f"kiln/orchestrator/{self.config.worker}"
+            self.js, history, source=source_uri("orchestrator", self.config.worker)
         )
         cancelled = await self.cancels.check(generation_id)
         run = _Run(self, state, writer, cancelled, attempt)

@@ -36,6 +36,7 @@ from services.common.eventlog import (
     LogUnavailable,
     WriterConflict,
     read_generation,
+    source_uri,
 )
 from services.common.logs import get_logger
 
@@ -155,7 +156,9 @@ class Watchdog:
             generation_id, expected_worker_beat
         ):
             return False
-        writer = GenerationWriter.after(self.js, history, source=f"kiln/watchdog/{self.worker}")
+        writer = GenerationWriter.after(
+            self.js, history, source=source_uri("watchdog", self.worker)
+        )
         try:
             await writer.emit(
                 GenerationFailed,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from urllib.parse import urlsplit
 
 import nats
 import nats.js.errors
@@ -14,11 +15,19 @@ from contracts.events import GenerationRequested, PhaseCompleted, event_tag
 from contracts.streams import EVENTS_STREAM
 from services.common.broker import ensure_streams
 from services.common.embedded_nats import EmbeddedNats
-from services.common.eventlog import GenerationWriter
+from services.common.eventlog import GenerationWriter, source_uri
 from services.common.settings import Settings
 from tests.support.stack import running_stack
 
-CE_ATTRIBUTES = ("ce-specversion", "ce-id", "ce-source", "ce-type", "ce-time", "ce-subject")
+CE_ATTRIBUTES = (
+    "ce-specversion",
+    "ce-id",
+    "ce-source",
+    "ce-type",
+    "ce-time",
+    "ce-subject",
+    "ce-datacontenttype",
+)
 
 
 async def test_a_published_event_carries_its_cloudevents_headers(
@@ -28,7 +37,9 @@ async def test_a_published_event_carries_its_cloudevents_headers(
     try:
         js = nc.jetstream()
         await ensure_streams(js)
-        writer = GenerationWriter(js, str(uuid.uuid4()), str(uuid.uuid4()), source="kiln/test")
+        writer = GenerationWriter(
+            js, str(uuid.uuid4()), str(uuid.uuid4()), source=source_uri("test", "host:1")
+        )
         await writer.emit(GenerationRequested, owner="alice", project_name="shop", version=1)
         event = await writer.emit(PhaseCompleted, phase="plan", files=["a.py"])
 
@@ -39,7 +50,9 @@ async def test_a_published_event_carries_its_cloudevents_headers(
     headers = stored.headers or {}
     assert headers["ce-specversion"] == "1.0"
     assert headers["ce-id"] == event.event_id
-    assert headers["ce-source"] == "kiln/test"
+    assert headers["ce-source"] == "urn:kiln:test:host:1"
+    assert urlsplit(headers["ce-source"]).scheme == "urn", "an absolute URI reference"
+    assert headers["ce-datacontenttype"] == "application/json"
     assert headers["ce-type"] == "kiln.phase.completed"
     assert headers["ce-subject"] == event.generation_id
     assert headers["ce-time"].endswith("Z")
@@ -77,5 +90,6 @@ async def test_every_event_of_a_real_generation_carries_them(settings: Settings)
         assert headers["ce-type"] == f"kiln.{event_tag(type(event))}"
         assert headers["ce-subject"] == event.generation_id
         sources.add(headers["ce-source"])
-    assert "kiln/gateway" in sources
-    assert any(source.startswith("kiln/orchestrator/") for source in sources)
+    assert "urn:kiln:gateway" in sources
+    assert any(source.startswith("urn:kiln:orchestrator:") for source in sources)
+    assert all(urlsplit(source).scheme for source in sources), "absolute URI references"
