@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import nats.errors
 from nats.js import JetStreamContext
@@ -160,7 +160,7 @@ class GenerationWriter:
     @classmethod
     def after(
         cls, js: JetStreamContext, history: list[StoredEvent], *, source: str, **kwargs: Any
-    ) -> GenerationWriter:
+    ) -> Self:
         """A writer that continues a generation whose log so far is `history` (non-empty)."""
         last = history[-1]
         return cls(

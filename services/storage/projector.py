@@ -15,8 +15,9 @@ With `partitions` > 1, several projectors share the database, each with its own 
 and position: every projector reads every event (so the gap check still sees every
 sequence) and applies only those of its partition's projects, acking the others as handled.
 
-A generation's status, progress and phase come from `contracts.state.apply`, the fold the
-orchestrator and the gateway use too; this module only stores what it returns.
+A generation's row is the summary `contracts.state.apply` folds (the fold the orchestrator
+and the gateway use too), mapped by `services.storage.rows`; its file rows are the fold's
+file set. This module only stores what the fold returns.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from nats.js.errors import NotFoundError
 from sqlalchemy import Insert, Table, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Dialect, Row
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -51,7 +52,7 @@ from contracts.events import (
     event_tag,
 )
 from contracts.paths import PathRejected, safe_path
-from contracts.state import FileState, GenerationState, apply, new_state
+from contracts.state import FileState, GenerationState, GenerationSummary, apply, new_state
 from contracts.streams import EVENTS_STREAM, STORAGE_CONSUMER
 from services.common import metrics
 from services.common.consumer import Ack, DeadLetter, Outcome, Retry
@@ -64,6 +65,7 @@ from services.storage.models import (
     positions_table,
     projects_table,
 )
+from services.storage.rows import from_row, row_values
 
 log = get_logger(__name__)
 
@@ -396,10 +398,9 @@ class _Generation:
 
     state: GenerationState
     last_stream_seq: int
+    files_loaded: bool
+    """Whether `state.files` holds the file rows (loaded before the first file event)."""
     dirty: bool = False
-    files_changed: bool = False
-    files: dict[str, FileState] | None = None
-    """The generation's file rows, loaded once per batch when a file event needs them."""
 
 
 class _Writer:
@@ -448,10 +449,10 @@ class _Writer:
                     f"is already generation {holder}"
                 )
             await self._create(event, seq)
-        elif generation.state.project_id != event.project_id:
+        elif generation.state.summary.project_id != event.project_id:
             return DeadLetter(
                 f"generation {event.generation_id} belongs to project "
-                f"{generation.state.project_id}, not {event.project_id}"
+                f"{generation.state.summary.project_id}, not {event.project_id}"
             )
         else:
             await self._fold(generation, event, seq)
@@ -466,7 +467,7 @@ class _Writer:
         if ids is None:
             return
         generation = await self._generation(ids[1])
-        if generation is None or generation.state.project_id != ids[0]:
+        if generation is None or generation.state.summary.project_id != ids[0]:
             return
         generation.last_stream_seq = max(generation.last_stream_seq, seq)
         generation.dirty = True
@@ -478,42 +479,35 @@ class _Writer:
         for generation_id, generation in self.generations.items():
             if not generation.dirty:
                 continue
-            values = _row_values(generation.state)
-            if generation.files_changed:
-                files = generation.files or {}
-                values.update(
-                    file_count=len(files), total_bytes=sum(f.size for f in files.values())
-                )
-            values.update(last_stream_seq=generation.last_stream_seq, updated_at=now)
             await self.conn.execute(
                 update(generations_table)
                 .where(generations_table.c.id == generation_id)
-                .values(**values)
+                .values(
+                    **row_values(generation.state.summary),
+                    last_stream_seq=generation.last_stream_seq,
+                    updated_at=now,
+                )
             )
-            generation.dirty = generation.files_changed = False
+            generation.dirty = False
         if self.audit:
             await _insert_many(self.conn, events_table, self.audit)
             self.audit = []
 
     async def _fold(self, generation: _Generation, event: AnyEvent, seq: int) -> None:
-        path = event.path if isinstance(event, FileWritten | FileDeleted) else None
-        if isinstance(event, FileWritten):
-            await self._store_blob(event)
-        before = await self._file(generation, path) if path else None
-        # The fold decides whether the event changes the version's files (it ignores
-        # events after a terminal one, or already applied): show it the one file concerned.
-        generation.state.files = {path: before} if path and before else {}
-        apply(generation.state, event, keep_content=False)
-        after = generation.state.files.get(path) if path else None
-        generation.state.files = {}
-        if path and after != before:
-            await self._write_file(event.generation_id, path, before, after)
-            assert generation.files is not None
-            if after is None:
-                generation.files.pop(path, None)
-            else:
-                generation.files[path] = after
-            generation.files_changed = True
+        if isinstance(event, FileWritten | FileDeleted):
+            if isinstance(event, FileWritten):
+                await self._store_blob(event)
+            await self._load_files(generation)
+            files = generation.state.files
+            before = files.get(event.path)
+            apply(generation.state, event, keep_content=False)
+            after = files.get(event.path)
+            # The fold decides whether the file changed (it ignores events after a
+            # terminal one, or already applied); its file row follows.
+            if after != before:
+                self.file_writes[(event.generation_id, event.path)] = after
+        else:
+            apply(generation.state, event, keep_content=False)
         generation.last_stream_seq = max(generation.last_stream_seq, seq)
         generation.dirty = True
 
@@ -544,16 +538,10 @@ class _Writer:
         state = apply(new_state(event), event, keep_content=False)
         await self.conn.execute(
             insert(generations_table).values(
-                id=event.generation_id,
-                project_id=event.project_id,
-                file_count=0,
-                total_bytes=0,
-                last_stream_seq=seq,
-                updated_at=datetime.now(UTC),
-                **_row_values(state),
+                **row_values(state.summary), last_stream_seq=seq, updated_at=datetime.now(UTC)
             )
         )
-        self.generations[event.generation_id] = _Generation(state, seq, files={})
+        self.generations[event.generation_id] = _Generation(state, seq, files_loaded=True)
 
     async def _generation(self, generation_id: str) -> _Generation | None:
         cached = self.generations.get(generation_id)
@@ -566,7 +554,8 @@ class _Writer:
         ).first()
         if row is None:
             return None
-        generation = _Generation(_state_of(row), int(row.last_stream_seq))
+        state = GenerationState(summary=from_row(row._mapping, GenerationSummary))
+        generation = _Generation(state, int(row.last_stream_seq), files_loaded=False)
         self.generations[generation_id] = generation
         return generation
 
@@ -619,29 +608,22 @@ class _Writer:
         if written:
             await _insert_many(self.conn, generation_files_table, written, on_conflict="update")
 
-    async def _file(self, generation: _Generation, path: str) -> FileState | None:
-        if generation.files is None:
-            rows = await self.conn.execute(
-                select(generation_files_table).where(
-                    generation_files_table.c.generation_id == generation.state.generation_id
-                )
+    async def _load_files(self, generation: _Generation) -> None:
+        """Put a generation's file rows into its state's file set, once."""
+        if generation.files_loaded:
+            return
+        rows = await self.conn.execute(
+            select(generation_files_table).where(
+                generation_files_table.c.generation_id == generation.state.generation_id
             )
-            generation.files = {
-                row.path: FileState(
-                    path=row.path,
-                    sha256=row.sha256,
-                    size=row.size,
-                    phase=row.phase,
-                    origin=row.origin,
-                )
-                for row in rows
-            }
-        return generation.files.get(path)
-
-    async def _write_file(
-        self, generation_id: str, path: str, before: FileState | None, after: FileState | None
-    ) -> None:
-        self.file_writes[(generation_id, path)] = after
+        )
+        generation.state.files = {
+            row.path: FileState(
+                path=row.path, sha256=row.sha256, size=row.size, phase=row.phase, origin=row.origin
+            )
+            for row in rows
+        }
+        generation.files_loaded = True
 
 
 async def _insert_many(
@@ -772,67 +754,6 @@ def _audit_row(data: bytes, seq: int, event: AnyEvent) -> dict[str, Any]:
         "body": body,
         "hash": digest,
     }
-
-
-def _row_values(state: GenerationState) -> dict[str, Any]:
-    """The generations columns the fold owns."""
-    return {
-        "owner": state.owner,
-        "version": state.version,
-        "parent_generation_id": state.parent_generation_id,
-        "kind": state.kind,
-        "provider": state.provider,
-        "model": state.model,
-        "prompt": state.prompt,
-        "locked_paths": list(state.locked_paths),
-        "status": state.status,
-        "progress": state.progress,
-        "phase": state.phase,
-        "error": state.error,
-        "error_phase": state.error_phase,
-        "error_kind": state.error_kind,
-        "retryable": state.retryable,
-        "tokens_in": state.tokens_in,
-        "tokens_out": state.tokens_out,
-        "llm_calls": state.llm_calls,
-        "phase_durations": dict(state.phase_durations_ms),
-        "created_at": state.created_at,
-        "started_at": state.started_at,
-        "finished_at": state.finished_at,
-        "last_seq": state.last_seq,
-    }
-
-
-def _state_of(row: Row[Any]) -> GenerationState:
-    """A generation's folded state as its row holds it (without files)."""
-    return GenerationState(
-        generation_id=row.id,
-        project_id=row.project_id,
-        owner=row.owner,
-        version=row.version,
-        kind=row.kind,
-        parent_generation_id=row.parent_generation_id,
-        provider=row.provider,
-        model=row.model,
-        prompt=row.prompt,
-        locked_paths=list(row.locked_paths or []),
-        status=row.status,
-        progress=row.progress,
-        phase=row.phase,
-        phases_completed=list(row.phase_durations or {}),
-        phase_durations_ms=dict(row.phase_durations or {}),
-        tokens_in=row.tokens_in,
-        tokens_out=row.tokens_out,
-        llm_calls=row.llm_calls,
-        error=row.error,
-        error_phase=row.error_phase,
-        error_kind=row.error_kind,
-        retryable=row.retryable,
-        created_at=row.created_at,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
-        last_seq=row.last_seq,
-    )
 
 
 async def _read_position(conn: AsyncConnection, consumer: str) -> int | None:

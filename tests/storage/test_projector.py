@@ -107,7 +107,7 @@ async def test_projects_a_generation(
     assert view.file_count == 3
     assert view.total_bytes == sum(len(c.encode()) for c in FILES.values())
     assert (view.tokens_in, view.tokens_out, view.llm_calls) == (10, 20, 1)
-    assert view.phase_durations == {"models": 12}
+    assert view.phase_durations_ms == {"models": 12}
     assert view.model == "offline-1"
     assert (view.last_seq, view.last_stream_seq) == (writer.last_seq, writer.last_stream_seq)
     assert view.created_at is not None and view.created_at.tzinfo is not None
