@@ -1,7 +1,15 @@
 """A generation's state as the fold of its events.
 
-The same function rebuilds a generation in the orchestrator (to resume after a crash) and
-projects it in storage and the gateway, so every reader agrees on what a log means.
+The same function rebuilds a generation in the orchestrator (to resume after a crash, and
+as it writes), projects it in storage and answers the gateway's status, so every reader
+agrees on what a log means. The page folds the same events in `static/model.js`; the
+cases both must agree on are in `tests/contracts/fold_cases.json`.
+
+A state is two parts: the `GenerationSummary` (every scalar of the generation: what
+storage keeps as its row and the API shows as its status) and the file set (path →
+`FileState`, and the deletions), which storage keeps as file rows. To add a field: give
+it a default in `GenerationSummary` and set it in `apply`; storage and the API copy it by
+name (see services/storage/rows.py and services/gateway/views.py).
 """
 
 from __future__ import annotations
@@ -44,8 +52,11 @@ class FileState(msgspec.Struct):
     content: str | None = None
 
 
-class GenerationState(msgspec.Struct, kw_only=True):
-    """Everything the log of one generation says, folded."""
+class GenerationSummary(msgspec.Struct, kw_only=True):
+    """Every scalar the log of one generation says, folded: its row and its status.
+
+    `file_count` and `total_bytes` are kept by `apply` as files come and go.
+    """
 
     generation_id: str
     project_id: str
@@ -58,19 +69,17 @@ class GenerationState(msgspec.Struct, kw_only=True):
     model: str | None = None
     prompt: str = ""
     locked_paths: list[str] = []
-    request: GenerationRequested | None = None
     status: Status = "pending"
     progress: int = 0
     phase: str | None = None
     phases_started: list[str] = []
     phases_completed: list[str] = []
     phase_durations_ms: dict[str, int] = {}
-    files: dict[str, FileState] = {}
-    deleted: dict[str, str] = {}
+    file_count: int = 0
+    total_bytes: int = 0
     tokens_in: int = 0
     tokens_out: int = 0
     llm_calls: int = 0
-    retrying: LlmRetrying | None = None
     error: str | None = None
     error_phase: str | None = None
     error_kind: str | None = None
@@ -85,10 +94,28 @@ class GenerationState(msgspec.Struct, kw_only=True):
         """True once completed, failed or cancelled."""
         return self.status in TERMINAL_STATUSES
 
+
+class GenerationState(msgspec.Struct, kw_only=True):
+    """One generation folded: its summary, its file set, and the request it carries."""
+
+    summary: GenerationSummary
+    files: dict[str, FileState] = {}
+    """path → the file as last written; a deleted file is not here."""
+    deleted: dict[str, str] = {}
+    """path → the reason of its explicit deletion (until written again)."""
+    request: GenerationRequested | None = None
+    retrying: LlmRetrying | None = None
+    """The retry announced in the current phase, until the phase moves on."""
+
     @property
-    def total_bytes(self) -> int:
-        """Bytes of every file of the version so far."""
-        return sum(f.size for f in self.files.values())
+    def generation_id(self) -> str:
+        """The generation's id."""
+        return self.summary.generation_id
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once completed, failed or cancelled."""
+        return self.summary.is_terminal
 
     def file_contents(self) -> dict[str, str]:
         """path → content of every file whose content the fold kept."""
@@ -97,56 +124,60 @@ class GenerationState(msgspec.Struct, kw_only=True):
 
 def new_state(event: Event) -> GenerationState:
     """The empty state of the generation an event belongs to."""
-    return GenerationState(generation_id=event.generation_id, project_id=event.project_id)
+    return GenerationState(
+        summary=GenerationSummary(generation_id=event.generation_id, project_id=event.project_id)
+    )
 
 
 def apply(state: GenerationState, event: Event, *, keep_content: bool = True) -> GenerationState:
     """`state` with one more event applied (in place; returned for convenience).
 
     Events after a terminal event, and events already applied (seq not above `last_seq`),
-    change nothing: a replay or a redelivery is harmless.
+    change nothing: a replay or a redelivery is harmless. Progress never goes back.
     """
-    if event.seq <= state.last_seq:
+    s = state.summary
+    if event.seq <= s.last_seq:
         return state
-    state.last_seq = event.seq
-    if state.is_terminal:
+    s.last_seq = event.seq
+    if s.is_terminal:
         return state
     if event.progress is not None:
-        state.progress = max(state.progress, event.progress)
+        s.progress = max(s.progress, event.progress)
 
     match event:
         case GenerationRequested():
             state.request = event
-            state.owner = event.owner
-            state.project_name = event.project_name
-            state.version = event.version
-            state.kind = event.kind
-            state.parent_generation_id = event.parent_generation_id
-            state.provider = event.provider
-            state.model = event.model
-            state.prompt = event.prompt
-            state.locked_paths = list(event.locked_paths)
-            state.created_at = event.at
+            s.owner = event.owner
+            s.project_name = event.project_name
+            s.version = event.version
+            s.kind = event.kind
+            s.parent_generation_id = event.parent_generation_id
+            s.provider = event.provider
+            s.model = event.model
+            s.prompt = event.prompt
+            s.locked_paths = list(event.locked_paths)
+            s.created_at = event.at
         case GenerationStarted():
-            state.status = "running"
-            state.started_at = state.started_at or event.at
-            state.model = event.model or state.model
+            s.status = "running"
+            s.started_at = s.started_at or event.at
+            s.model = event.model or s.model
         case GenerationResumed():
-            state.status = "running"
+            s.status = "running"
         case PhaseStarted():
-            state.status = "running"
-            state.phase = event.phase
+            s.status = "running"
+            s.phase = event.phase
             state.retrying = None
-            if event.phase not in state.phases_started:
-                state.phases_started.append(event.phase)
+            if event.phase not in s.phases_started:
+                s.phases_started.append(event.phase)
         case PhaseProgress():
             state.retrying = None
         case PhaseCompleted():
             state.retrying = None
-            if event.phase not in state.phases_completed:
-                state.phases_completed.append(event.phase)
-            state.phase_durations_ms[event.phase] = event.duration_ms
+            if event.phase not in s.phases_completed:
+                s.phases_completed.append(event.phase)
+            s.phase_durations_ms[event.phase] = event.duration_ms
         case FileWritten():
+            _remove_file(state, event.path)
             state.deleted.pop(event.path, None)
             state.files[event.path] = FileState(
                 path=event.path,
@@ -156,35 +187,47 @@ def apply(state: GenerationState, event: Event, *, keep_content: bool = True) ->
                 origin=event.origin,
                 content=event.content if keep_content else None,
             )
+            s.file_count += 1
+            s.total_bytes += event.size
         case FileDeleted():
-            state.files.pop(event.path, None)
+            _remove_file(state, event.path)
             state.deleted[event.path] = event.reason
         case LlmCalled():
-            state.llm_calls += 1
-            state.tokens_in += event.tokens_in
-            state.tokens_out += event.tokens_out
+            s.llm_calls += 1
+            s.tokens_in += event.tokens_in
+            s.tokens_out += event.tokens_out
+            if event.outcome == "ok":
+                state.retrying = None
         case LlmRetrying():
             state.retrying = event
         case GenerationCompleted():
-            state.status = "completed"
-            state.progress = 100
-            state.finished_at = event.at
+            s.status = "completed"
+            s.progress = 100
+            s.finished_at = event.at
             state.retrying = None
         case GenerationFailed():
-            state.status = "failed"
-            state.error = event.message
-            state.error_phase = event.phase
-            state.error_kind = event.error_kind
-            state.retryable = event.retryable
-            state.finished_at = event.at
+            s.status = "failed"
+            s.error = event.message
+            s.error_phase = event.phase
+            s.error_kind = event.error_kind
+            s.retryable = event.retryable
+            s.finished_at = event.at
             state.retrying = None
         case GenerationCancelled():
-            state.status = "cancelled"
-            state.error = event.reason or f"cancelled by {event.by}"
-            state.error_phase = event.phase
-            state.finished_at = event.at
+            s.status = "cancelled"
+            s.error = event.reason or f"cancelled by {event.by}"
+            s.error_phase = event.phase
+            s.finished_at = event.at
             state.retrying = None
     return state
+
+
+def _remove_file(state: GenerationState, path: str) -> None:
+    """Take a file out of the set and out of the summary's count and bytes."""
+    removed = state.files.pop(path, None)
+    if removed is not None:
+        state.summary.file_count -= 1
+        state.summary.total_bytes -= removed.size
 
 
 def fold(events: Iterable[Event], *, keep_content: bool = True) -> GenerationState | None:

@@ -14,7 +14,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 from urllib.parse import quote
 
 import nats.errors
@@ -253,7 +253,7 @@ class GenerationWriter:
     @classmethod
     def after(
         cls, js: JetStreamContext, history: list[StoredEvent], *, source: str, **kwargs: Any
-    ) -> GenerationWriter:
+    ) -> Self:
         """A writer that continues a generation whose log so far is `history` (non-empty)."""
         last = history[-1]
         return cls(

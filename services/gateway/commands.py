@@ -21,7 +21,7 @@ from contracts.codec import encode
 from contracts.commands import CancelRequested, GenerateRequested
 from contracts.events import GenerationCancelled, GenerationRequested, utc_now
 from contracts.schema import ProjectSchema
-from contracts.state import GenerationState
+from contracts.state import GenerationSummary
 from services.common.eventlog import (
     GenerationWriter,
     LogUnavailable,
@@ -100,7 +100,7 @@ class Commands:
         self,
         *,
         owner: str,
-        parent: GenerationState,
+        parent: GenerationSummary,
         prompt: str,
         locked_paths: list[str],
         provider: str,
@@ -167,7 +167,7 @@ class Commands:
                 await asyncio.sleep(delay)
                 delay *= 2
 
-    async def cancel(self, state: GenerationState, by: str, reason: str) -> None:
+    async def cancel(self, state: GenerationSummary, by: str, reason: str) -> None:
         """Ask the orchestrators to stop the generation; a pending one is cancelled at once."""
         command = CancelRequested(
             generation_id=state.generation_id,

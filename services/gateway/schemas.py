@@ -10,8 +10,8 @@ import msgspec
 
 from contracts import limits
 from contracts.schema import ProjectSchema
+from contracts.state import Status
 
-Status = Literal["pending", "running", "completed", "failed", "cancelled"]
 DiffStatus = Literal["added", "modified", "deleted"]
 
 
@@ -77,7 +77,8 @@ class ErrorInfo(msgspec.Struct, frozen=True):
 
 
 class GenerationStatus(msgspec.Struct, frozen=True):
-    """Where a generation stands."""
+    """Where a generation stands. A field named like one of
+    `contracts.state.GenerationSummary`'s is filled from it (`views.status_of`)."""
 
     generation_id: str
     project_id: str

@@ -13,9 +13,10 @@ import asyncio
 import time
 from datetime import datetime
 
+import msgspec
 from nats.js import JetStreamContext
 
-from contracts.state import GenerationState, fold
+from contracts.state import GenerationState, GenerationSummary, fold
 from services.common.eventlog import last_stream_seq, read_generation
 from services.gateway.errors import NotFound, Unavailable
 from services.gateway.schemas import ErrorInfo, GenerationStatus
@@ -64,7 +65,7 @@ class Views:
     async def state(self, generation_id: str, owner: str) -> GenerationState:
         """The folded state of a generation the caller owns (from the log), or NotFound."""
         state = await self.log_state(generation_id)
-        if state is None or state.owner != owner:
+        if state is None or state.summary.owner != owner:
             raise NotFound(f"There is no generation {generation_id}.")
         return state
 
@@ -74,11 +75,11 @@ class Views:
         if view is not None:
             if view.owner != owner:
                 raise NotFound(f"There is no generation {generation_id}.")
-            return status_from_view(view)
+            return status_of(view)
         if target == 0:
             raise NotFound(f"There is no generation {generation_id}.")
         state = await self.state(generation_id, owner)
-        return status_from_state(state)
+        return status_of(state.summary)
 
     async def settled(self, generation_id: str, owner: str) -> GenerationView:
         """The read model's view of a generation once it holds everything the log has."""
@@ -87,7 +88,7 @@ class Views:
             if target == 0:
                 raise NotFound(f"There is no generation {generation_id}.")
             state = await self.log_state(generation_id)
-            if state is None or state.owner != owner:
+            if state is None or state.summary.owner != owner:
                 raise NotFound(f"There is no generation {generation_id}.")
             raise Unavailable(
                 "The files of this generation are still being stored; retry in a moment."
@@ -97,79 +98,24 @@ class Views:
         return view
 
 
-def status_from_view(view: GenerationView) -> GenerationStatus:
-    """The API's status of a generation from the read model."""
+def status_of(summary: GenerationSummary) -> GenerationStatus:
+    """The API's status of a generation: every field of `GenerationStatus` named like one
+    of the summary's is the summary's (whether it comes from the read model or the log);
+    the rest are worked out here. The one place a status is mapped."""
     error = None
-    if view.error:
+    if summary.error:
         error = ErrorInfo(
-            message=view.error,
-            phase=view.error_phase,
-            kind=view.error_kind,
-            retryable=view.retryable,
+            message=summary.error,
+            phase=summary.error_phase,
+            kind=summary.error_kind,
+            retryable=summary.retryable,
         )
-    return GenerationStatus(
-        generation_id=view.generation_id,
-        project_id=view.project_id,
-        project_name=view.project_name,
-        version=view.version,
-        kind=view.kind,
-        parent_generation_id=view.parent_generation_id,
-        status=view.status,  # type: ignore[arg-type]
-        progress=view.progress,
-        phase=view.phase,
-        provider=view.provider,
-        model=view.model,
-        prompt=view.prompt,
-        locked_paths=list(view.locked_paths),
-        file_count=view.file_count,
-        total_bytes=view.total_bytes,
-        tokens_in=view.tokens_in,
-        tokens_out=view.tokens_out,
-        llm_calls=view.llm_calls,
-        phase_durations_ms=dict(view.phase_durations),
-        created_at=view.created_at,
-        started_at=view.started_at,
-        finished_at=view.finished_at,
-        duration_ms=_duration_ms(view.started_at, view.finished_at),
-        error=error,
-        stream_url=f"/generations/{view.generation_id}/stream",
-    )
-
-
-def status_from_state(state: GenerationState) -> GenerationStatus:
-    """The API's status of a generation folded from its log."""
-    error = None
-    if state.error:
-        error = ErrorInfo(
-            message=state.error,
-            phase=state.error_phase,
-            kind=state.error_kind,
-            retryable=state.retryable,
-        )
-    return GenerationStatus(
-        generation_id=state.generation_id,
-        project_id=state.project_id,
-        project_name=state.project_name,
-        version=state.version,
-        kind=state.kind,
-        parent_generation_id=state.parent_generation_id,
-        status=state.status,
-        progress=state.progress,
-        phase=state.phase,
-        provider=state.provider,
-        model=state.model,
-        prompt=state.prompt,
-        locked_paths=list(state.locked_paths),
-        file_count=len(state.files),
-        total_bytes=state.total_bytes,
-        tokens_in=state.tokens_in,
-        tokens_out=state.tokens_out,
-        llm_calls=state.llm_calls,
-        phase_durations_ms=dict(state.phase_durations_ms),
-        created_at=state.created_at,
-        started_at=state.started_at,
-        finished_at=state.finished_at,
-        duration_ms=_duration_ms(state.started_at, state.finished_at),
-        error=error,
-        stream_url=f"/generations/{state.generation_id}/stream",
+    return msgspec.convert(
+        {
+            **msgspec.structs.asdict(summary),
+            "duration_ms": _duration_ms(summary.started_at, summary.finished_at),
+            "error": error,
+            "stream_url": f"/generations/{summary.generation_id}/stream",
+        },
+        GenerationStatus,
     )

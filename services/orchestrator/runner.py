@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 from nats.js import JetStreamContext
 
 from contracts.codec import content_sha256
 from contracts.commands import GenerateRequested
 from contracts.events import (
+    Event,
     FileDeleted,
     FileWritten,
     GenerationCancelled,
@@ -31,12 +33,13 @@ from contracts.events import (
     utc_now,
 )
 from contracts.phases import PHASES, PhaseOutput, PhasePlan, progress_before
-from contracts.state import GenerationState, fold
+from contracts.state import GenerationState, apply, fold
 from services.common import metrics
 from services.common.consumer import Ack, DeadLetter, Outcome, Retry
 from services.common.eventlog import (
     GenerationWriter,
     LogUnavailable,
+    StoredEvent,
     WriterConflict,
     read_generation,
     source_uri,
@@ -73,27 +76,22 @@ class RunnerConfig:
     heartbeat_s: float = 5.0
 
 
-@dataclass
-class _Version:
-    """The files of the version being built, with the phase and origin of each."""
+class FoldingWriter(GenerationWriter):
+    """A generation's writer that folds every event it appends into `state`.
 
-    contents: dict[str, str]
-    phases: dict[str, str]
-    origins: dict[str, str]
-    deleted: set[str] = field(default_factory=set)
+    So the runner's state is always the fold of the log as written, events of the
+    providers' reports included: nothing about the version is updated by hand.
+    """
 
-    @classmethod
-    def from_state(cls, state: GenerationState) -> _Version:
-        return cls(
-            contents=state.file_contents(),
-            phases={p: f.phase for p, f in state.files.items()},
-            origins={p: f.origin for p, f in state.files.items()},
-            deleted=set(state.deleted),
-        )
+    def __init__(self, *args: Any, state: GenerationState, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.state = state
 
-    @property
-    def total_bytes(self) -> int:
-        return sum(len(c.encode()) for c in self.contents.values())
+    async def append(self, event: Event) -> StoredEvent:
+        """Append the event, then apply it to `state`."""
+        stored = await super().append(event)
+        apply(self.state, event)
+        return stored
 
 
 class GenerationRunner:
@@ -125,12 +123,12 @@ class GenerationRunner:
             log.info(
                 "Generation {generation_id} is already {status}; nothing to do",
                 generation_id=generation_id,
-                status=state.status,
+                status=state.summary.status,
             )
             self.cancels.forget(generation_id)
             return Ack()
-        writer = GenerationWriter.after(
-            self.js, history, source=source_uri("orchestrator", self.config.worker)
+        writer = FoldingWriter.after(
+            self.js, history, source=source_uri("orchestrator", self.config.worker), state=state
         )
         cancelled = await self.cancels.check(generation_id)
         run = _Run(self, state, writer, cancelled, attempt)
@@ -210,8 +208,7 @@ class _Run:
         self.writer = writer
         self.cancelled = cancelled
         self.attempt = attempt
-        self.version = _Version.from_state(state)
-        self.phase: str | None = state.phase
+        self.phase: str | None = state.summary.phase
         self.parent_files: dict[str, str] = {}
         request = state.request
         assert request is not None
@@ -227,7 +224,7 @@ class _Run:
             if self.request.kind == "iterate":
                 self.parent_files = await self._parent_files()
             for plan in PHASES:
-                if plan.name in self.state.phases_completed:
+                if plan.name in self.state.summary.phases_completed:
                     continue
                 await self._phase(plan, provider)
             await self._complete()
@@ -237,7 +234,7 @@ class _Run:
             await self.fail(exc)
 
     async def _announce(self) -> None:
-        if self.state.started_at is None:
+        if self.state.summary.started_at is None:
             await self.writer.emit(
                 GenerationStarted,
                 plan=list(PHASES),
@@ -255,7 +252,8 @@ class _Run:
             )
         else:
             next_phase = next(
-                (p.name for p in PHASES if p.name not in self.state.phases_completed), "verify"
+                (p.name for p in PHASES if p.name not in self.state.summary.phases_completed),
+                "verify",
             )
             await self.writer.emit(
                 GenerationResumed,
@@ -274,7 +272,7 @@ class _Run:
         parent_id = self.request.parent_generation_id
         assert parent_id is not None
         parent = fold(e.event for e in await read_generation(self.runner.js, parent_id))
-        if parent is None or parent.status != "completed":
+        if parent is None or parent.summary.status != "completed":
             raise ProviderError(
                 f"the parent generation {parent_id} is not a completed version",
                 kind="provider",
@@ -285,7 +283,7 @@ class _Run:
         self.phase = plan.name
         if self.cancelled.is_set():
             raise Cancelled
-        if plan.name not in self.state.phases_started:
+        if plan.name not in self.state.summary.phases_started:
             await self.writer.emit(
                 PhaseStarted, phase=plan.name, title=plan.title, progress=progress_before(plan.name)
             )
@@ -296,11 +294,13 @@ class _Run:
         await self._apply(plan, output)
         if self.cancelled.is_set():
             raise Cancelled
+        files = self.state.files
         written = sorted(
             f.path
             for f in output.files
-            if self.version.phases.get(f.path) == plan.name
-            and self.version.origins.get(f.path) == "generated"
+            if f.path in files
+            and files[f.path].phase == plan.name
+            and files[f.path].origin == "generated"
         )
         await self.writer.emit(
             PhaseCompleted,
@@ -311,7 +311,6 @@ class _Run:
             duration_ms=int((time.monotonic() - started) * 1000),
             progress=plan.progress,
         )
-        self.state.phases_completed.append(plan.name)
         metrics.phase_seconds.labels(plan.name, self.request.provider).observe(
             time.monotonic() - started
         )
@@ -327,7 +326,7 @@ class _Run:
         """Start the new version from the parent's files, each an event of this log."""
         for path in sorted(self.parent_files):
             content = self.parent_files[path]
-            if path in self.version.deleted or self.version.contents.get(path) == content:
+            if path in self.state.deleted or self._content(path) == content:
                 continue
             await self._write(path, content, "plan", "parent", progress_before("plan"))
 
@@ -347,7 +346,7 @@ class _Run:
                 kind=self.request.kind,
                 prompt=self.request.prompt,
                 schema=self.request.schema,
-                files=dict(self.version.contents),
+                files=self.state.file_contents(),
                 parent_files=self.parent_files,
                 locked_paths=list(self.request.locked_paths),
                 model=self.request.model,
@@ -355,7 +354,9 @@ class _Run:
                 attempt=attempt,
             )
             output = await self._call(provider, request, reporter)
-            checked, violations = check_output(output, current=self.version.contents, locked=locked)
+            checked, violations = check_output(
+                output, current=self.state.file_contents(), locked=locked
+            )
             if plan.name == "verify" and not violations:
                 violations = self._syntax_violations(checked)
             if not violations:
@@ -383,7 +384,7 @@ class _Run:
         raise AssertionError("unreachable")
 
     def _syntax_violations(self, output: PhaseOutput) -> list[Violation]:
-        after = dict(self.version.contents)
+        after = self.state.file_contents()
         after.update({f.path: f.content for f in output.files})
         for d in output.deletions:
             after.pop(d.path, None)
@@ -431,18 +432,21 @@ class _Run:
         before, target = progress_before(plan.name), plan.progress
         count = len(output.files)
         for index, file in enumerate(output.files):
-            if self.version.contents.get(file.path) == file.content:
+            if self._content(file.path) == file.content:
                 continue
             progress = before + (target - before) * (index + 1) // (count + 1)
             await self._write(file.path, file.content, plan.name, "generated", progress)
         for deletion in output.deletions:
-            if deletion.path not in self.version.contents:
+            if deletion.path not in self.state.files:
                 continue
             await self.writer.emit(
                 FileDeleted, path=deletion.path, reason=deletion.reason, phase=plan.name
             )
-            self.version.contents.pop(deletion.path)
-            self.version.deleted.add(deletion.path)
+
+    def _content(self, path: str) -> str | None:
+        """The content of a file of the version so far (None if it has none)."""
+        file = self.state.files.get(path)
+        return None if file is None else file.content
 
     async def _write(self, path: str, content: str, phase: str, origin: str, progress: int) -> None:
         await self.writer.emit(
@@ -455,23 +459,21 @@ class _Run:
             origin=origin,
             progress=progress,
         )
-        self.version.contents[path] = content
-        self.version.phases[path] = phase
-        self.version.origins[path] = origin
-        self.version.deleted.discard(path)
 
     async def _complete(self) -> None:
         missing = missing_parent_files(
-            self.parent_files, self.version.contents, self.version.deleted
+            self.parent_files, self.state.file_contents(), set(self.state.deleted)
         )
         if missing:
             raise RuntimeError(f"parent files lost without a deletion: {missing[:10]}")
-        started = self.state.started_at or self.state.created_at or utc_now()
+        summary = self.state.summary
+        started = summary.started_at or summary.created_at or utc_now()
         duration_ms = int((utc_now() - started).total_seconds() * 1000)
+        file_count, total_bytes = summary.file_count, summary.total_bytes
         await self.writer.emit(
             GenerationCompleted,
-            file_count=len(self.version.contents),
-            total_bytes=self.version.total_bytes,
+            file_count=file_count,
+            total_bytes=total_bytes,
             duration_ms=duration_ms,
             progress=100,
         )
@@ -479,8 +481,8 @@ class _Run:
         log.info(
             "Generation {generation_id} completed",
             generation_id=self.generation_id,
-            files=len(self.version.contents),
-            bytes=self.version.total_bytes,
+            files=file_count,
+            bytes=total_bytes,
             duration_ms=duration_ms,
         )
 
@@ -491,14 +493,14 @@ class _Run:
             by=request.by if request else "owner",
             reason=request.reason if request and request.reason else "cancelled by its owner",
             phase=self.phase,
-            files_kept=len(self.version.contents),
+            files_kept=self.state.summary.file_count,
         )
         metrics.generations_finished.labels("cancelled").inc()
         log.info(
             "Generation {generation_id} cancelled",
             generation_id=self.generation_id,
             phase=self.phase,
-            files_kept=len(self.version.contents),
+            files_kept=self.state.summary.file_count,
         )
 
     async def fail(self, error: ProviderError, *, error_kind: str | None = None) -> None:
@@ -510,7 +512,7 @@ class _Run:
             message=message,
             retryable=error.retryable,
             error_kind=error_kind or error.kind,
-            files_kept=len(self.version.contents),
+            files_kept=self.state.summary.file_count,
         )
         metrics.generations_finished.labels("failed").inc()
         metrics.failures.labels(error_kind or error.kind).inc()

@@ -162,12 +162,12 @@ class Watchdog:
         try:
             await writer.emit(
                 GenerationFailed,
-                phase=state.phase,
+                phase=state.summary.phase,
                 message=reason + " The files written so far are kept; iterate from the last "
                 "completed version or start again.",
                 retryable=True,
                 error_kind="abandoned",
-                files_kept=len(state.files),
+                files_kept=state.summary.file_count,
             )
         except WriterConflict:
             return False  # someone is writing it after all

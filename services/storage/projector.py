@@ -15,55 +15,43 @@ With `partitions` > 1, several projectors share the database, each with its own 
 and position: every projector reads every event (so the gap check still sees every
 sequence) and applies only those of its partition's projects, acking the others as handled.
 
-A generation's status, progress and phase come from `contracts.state.apply`, the fold the
-orchestrator and the gateway use too; this module only stores what it returns.
+A generation's row is the summary `contracts.state.apply` folds (the fold the orchestrator
+and the gateway use too), mapped by `services.storage.rows`; its file rows are the fold's
+file set. This module only stores what the fold returns.
+
+This module orders batches and keeps the position; its parts: `validation` (a message
+decoded and checked, no database), `writer` (a batch applied in one transaction),
+`rows` (summary ↔ row), `bulk` (many rows per statement), `positions` (where each consumer
+stands) and `dberrors` (an event's fault or the database's).
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from functools import lru_cache
-from typing import Any
 
 import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
-from sqlalchemy import Insert, Table, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Dialect, Row
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import select
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts import subjects
-from contracts.codec import DecodeError, audit_view, decode_event
-from contracts.events import (
-    AnyEvent,
-    FileDeleted,
-    FileWritten,
-    GenerationRequested,
-    event_tag,
-)
-from contracts.paths import PathRejected, safe_path
-from contracts.state import FileState, GenerationState, apply, new_state
 from contracts.streams import EVENTS_STREAM, STORAGE_CONSUMER
 from services.common import metrics
 from services.common.consumer import Ack, DeadLetter, Outcome, Retry
 from services.common.logs import get_logger
+from services.storage.dberrors import describe_error, is_refused
 from services.storage.models import (
-    blobs_table,
-    events_table,
-    generation_files_table,
     generations_table,
     positions_table,
-    projects_table,
 )
+from services.storage.positions import covered_position, read_position, write_position
+from services.storage.validation import Decoded, decode_message, stream_seq
+from services.storage.writer import BatchWriter, LoadedGeneration
 
 log = get_logger(__name__)
 
@@ -111,7 +99,7 @@ class Projector:
         self.apply_seconds = 0.0
         self.last_batch_seconds = 0.0
         self.cache_hits = 0
-        self._cache: OrderedDict[str, _Generation] = OrderedDict()
+        self._cache: OrderedDict[str, LoadedGeneration] = OrderedDict()
         """Generations as the last committed batch left them (state and file rows)."""
 
     async def position(self) -> int:
@@ -130,7 +118,7 @@ class Projector:
         positions = {str(row.consumer): int(row.stream_seq) for row in rows}
         if self.consumer in positions:
             return positions[self.consumer]
-        start = self.start_position = _covered_position(positions)
+        start = self.start_position = covered_position(positions)
         if start:
             log.info(
                 "Consumer {consumer} is new; it starts after stream seq {position}, "
@@ -163,13 +151,13 @@ class Projector:
             try:
                 result = await self._run(msgs, prepared, careful=False)
             except Exception as exc:
-                if not _refused(exc):
+                if not is_refused(exc):
                     raise
                 log.warning(
                     "A batch of {count} events could not be stored ({error}); "
                     "storing it event by event",
                     count=len(msgs),
-                    error=_reason(exc),
+                    error=describe_error(exc),
                 )
                 result = await self._run(msgs, prepared, careful=True)
         except Exception as exc:
@@ -177,7 +165,7 @@ class Projector:
                 log.warning(
                     "The database failed a batch of {count} events ({error}); it will be retried",
                     count=len(msgs),
-                    error=_reason(exc),
+                    error=describe_error(exc),
                 )
             else:
                 log.exception(
@@ -185,7 +173,7 @@ class Projector:
                     count=len(msgs),
                 )
             self.failed_batches += 1
-            return [Retry(f"database error: {_reason(exc)}")] * len(msgs)
+            return [Retry(f"database error: {describe_error(exc)}")] * len(msgs)
 
         elapsed = time.perf_counter() - started
         self.batches += 1
@@ -214,12 +202,12 @@ class Projector:
     ) -> _BatchResult:
         result = _BatchResult()
         async with self.engine.begin() as conn:
-            position = await _read_position(conn, self.consumer)
+            position = await read_position(conn, self.consumer)
             if position is None:
                 position = self.start_position
             result.position = position
             todo = await self._plan(msgs, position, result)
-            writer = _Writer(conn)
+            writer = BatchWriter(conn)
             await self._reuse(writer, [prepared[index] for index, _, _ in todo])
             for index, msg, seq in todo:
                 decoded = prepared[index]
@@ -241,12 +229,12 @@ class Projector:
             result.already_applied = writer.already_applied
             if todo:
                 result.position = todo[-1][2]
-                await _write_position(conn, self.consumer, result.position)
+                await write_position(conn, self.consumer, result.position)
         # Committed: what the batch folded is what the database holds.
         self._remember(writer.generations)
         return result
 
-    async def _reuse(self, writer: _Writer, batch: list[Decoded | None]) -> None:
+    async def _reuse(self, writer: BatchWriter, batch: list[Decoded | None]) -> None:
         """Hand the writer the cached generations this batch touches, those whose row has
         not moved since (another projector, during a change of partitioning, may have
         applied events to them). They leave the cache: a batch that fails takes them with
@@ -270,7 +258,7 @@ class Projector:
                 writer.generations[generation_id] = generation
                 self.cache_hits += 1
 
-    def _remember(self, generations: dict[str, _Generation]) -> None:
+    def _remember(self, generations: dict[str, LoadedGeneration]) -> None:
         for generation_id, generation in generations.items():
             self._cache[generation_id] = generation
             self._cache.move_to_end(generation_id)
@@ -284,7 +272,7 @@ class Projector:
         )
 
     async def _apply_guarded(
-        self, writer: _Writer, msg: Msg, decoded: Decoded, seq: int
+        self, writer: BatchWriter, msg: Msg, decoded: Decoded, seq: int
     ) -> Outcome:
         """One message in its own savepoint: if it cannot be stored, it alone is dead-lettered."""
         try:
@@ -292,17 +280,17 @@ class Projector:
                 outcome = await writer.apply(decoded, seq)
                 await writer.flush()
         except Exception as exc:
-            if not _refused(exc):
+            if not is_refused(exc):
                 raise
             writer.forget()
-            outcome = DeadLetter(f"the event could not be stored: {_reason(exc)}")
+            outcome = DeadLetter(f"the event could not be stored: {describe_error(exc)}")
         if isinstance(outcome, DeadLetter):
             try:
                 async with writer.conn.begin_nested():
                     await writer.seen(msg.subject, seq)
                     await writer.flush()
             except Exception as exc:
-                if not _refused(exc):
+                if not is_refused(exc):
                     raise
                 writer.forget()
         return outcome
@@ -315,7 +303,7 @@ class Projector:
         taken: set[int] = set()
         expected = position + 1
         waiting_for: int | None = None
-        ordered = sorted((_stream_seq(msg), index, msg) for index, msg in enumerate(msgs))
+        ordered = sorted((stream_seq(msg), index, msg) for index, msg in enumerate(msgs))
         for seq, index, msg in ordered:
             if seq <= position or seq in taken:
                 result.outcomes[index] = Ack()
@@ -356,29 +344,6 @@ class Projector:
         return int(found.seq or 0) >= before
 
 
-@dataclass(frozen=True, slots=True)
-class Decoded:
-    """A message as decoded and checked ahead of its transaction."""
-
-    event: AnyEvent | None
-    problem: str | None = None
-    """Why the message is dead-lettered (undecodable, or not projectable), or None."""
-    audit: dict[str, Any] | None = None
-    """Its audit index row, when it is valid."""
-
-
-def decode_message(msg: Msg) -> Decoded:
-    """A message's event, checked against its subject, with its audit row; pure."""
-    try:
-        event = decode_event(msg.data)
-    except DecodeError as exc:
-        return Decoded(None, exc.reason)
-    problem = _problem(msg.subject, event)
-    if problem is not None:
-        return Decoded(event, problem)
-    return Decoded(event, None, _audit_row(msg.data, _stream_seq(msg), event))
-
-
 @dataclass
 class _BatchResult:
     outcomes: dict[int, Outcome] = field(default_factory=dict)
@@ -388,511 +353,3 @@ class _BatchResult:
     already_applied: int = 0
     other_partitions: int = 0
     position: int = 0
-
-
-@dataclass
-class _Generation:
-    """A generation row being updated within a batch."""
-
-    state: GenerationState
-    last_stream_seq: int
-    dirty: bool = False
-    files_changed: bool = False
-    files: dict[str, FileState] | None = None
-    """The generation's file rows, loaded once per batch when a file event needs them."""
-
-
-class _Writer:
-    """Applies events within one transaction; generation rows are written on `flush`."""
-
-    def __init__(self, conn: AsyncConnection) -> None:
-        self.conn = conn
-        self.generations: dict[str, _Generation] = {}
-        self.blobs: set[str] = set()
-        self.audit: list[dict[str, Any]] = []
-        self.generation_id: str | None = None
-        self.already_applied = 0
-        # Writes wait for `flush`, which sends each kind as one executemany.
-        self.new_blobs: list[dict[str, Any]] = []
-        self.file_writes: dict[tuple[str, str], FileState | None] = {}
-
-    def forget(self) -> None:
-        """Drop what is cached (after a savepoint rollback the database is the truth)."""
-        self.generations.clear()
-        self.blobs.clear()
-        self.audit.clear()
-        self.new_blobs.clear()
-        self.file_writes.clear()
-
-    async def apply(self, decoded: Decoded, seq: int) -> Outcome:
-        """Apply one decoded message; DeadLetter (having written nothing) if it is invalid."""
-        self.generation_id = None
-        if decoded.problem is not None or decoded.event is None or decoded.audit is None:
-            return DeadLetter(decoded.problem or "the event could not be decoded")
-        event = decoded.event
-
-        generation = await self._generation(event.generation_id)
-        if generation is not None and seq <= generation.last_stream_seq:
-            self.already_applied += 1
-            return Ack()
-        if generation is None:
-            if not isinstance(event, GenerationRequested):
-                return DeadLetter(
-                    f"generation {event.generation_id} has no generation.requested event "
-                    f"before this {event_tag(type(event))} event"
-                )
-            holder = await self._version_holder(event.project_id, event.version)
-            if holder is not None:
-                return DeadLetter(
-                    f"version {event.version} of project {event.project_id} "
-                    f"is already generation {holder}"
-                )
-            await self._create(event, seq)
-        elif generation.state.project_id != event.project_id:
-            return DeadLetter(
-                f"generation {event.generation_id} belongs to project "
-                f"{generation.state.project_id}, not {event.project_id}"
-            )
-        else:
-            await self._fold(generation, event, seq)
-
-        self.audit.append(decoded.audit)
-        self.generation_id = event.generation_id
-        return Ack()
-
-    async def seen(self, subject: str, seq: int) -> None:
-        """Count a dead-lettered message as handled for its generation's `last_stream_seq`."""
-        ids = subjects.parse_event_subject(subject)
-        if ids is None:
-            return
-        generation = await self._generation(ids[1])
-        if generation is None or generation.state.project_id != ids[0]:
-            return
-        generation.last_stream_seq = max(generation.last_stream_seq, seq)
-        generation.dirty = True
-
-    async def flush(self) -> None:
-        """Write the pending blobs and files, the changed generation rows and the audit rows."""
-        await self._flush_files()
-        now = datetime.now(UTC)
-        for generation_id, generation in self.generations.items():
-            if not generation.dirty:
-                continue
-            values = _row_values(generation.state)
-            if generation.files_changed:
-                files = generation.files or {}
-                values.update(
-                    file_count=len(files), total_bytes=sum(f.size for f in files.values())
-                )
-            values.update(last_stream_seq=generation.last_stream_seq, updated_at=now)
-            await self.conn.execute(
-                update(generations_table)
-                .where(generations_table.c.id == generation_id)
-                .values(**values)
-            )
-            generation.dirty = generation.files_changed = False
-        if self.audit:
-            await _insert_many(self.conn, events_table, self.audit)
-            self.audit = []
-
-    async def _fold(self, generation: _Generation, event: AnyEvent, seq: int) -> None:
-        path = event.path if isinstance(event, FileWritten | FileDeleted) else None
-        if isinstance(event, FileWritten):
-            await self._store_blob(event)
-        before = await self._file(generation, path) if path else None
-        # The fold decides whether the event changes the version's files (it ignores
-        # events after a terminal one, or already applied): show it the one file concerned.
-        generation.state.files = {path: before} if path and before else {}
-        apply(generation.state, event, keep_content=False)
-        after = generation.state.files.get(path) if path else None
-        generation.state.files = {}
-        if path and after != before:
-            await self._write_file(event.generation_id, path, before, after)
-            assert generation.files is not None
-            if after is None:
-                generation.files.pop(path, None)
-            else:
-                generation.files[path] = after
-            generation.files_changed = True
-        generation.last_stream_seq = max(generation.last_stream_seq, seq)
-        generation.dirty = True
-
-    async def _create(self, event: GenerationRequested, seq: int) -> None:
-        project = (
-            await self.conn.execute(
-                select(projects_table.c.latest_version).where(
-                    projects_table.c.id == event.project_id
-                )
-            )
-        ).first()
-        if project is None:
-            await self.conn.execute(
-                insert(projects_table).values(
-                    id=event.project_id,
-                    owner=event.owner,
-                    name=event.project_name,
-                    created_at=event.at,
-                    latest_version=event.version,
-                )
-            )
-        elif event.version > project.latest_version:
-            await self.conn.execute(
-                update(projects_table)
-                .where(projects_table.c.id == event.project_id)
-                .values(latest_version=event.version)
-            )
-        state = apply(new_state(event), event, keep_content=False)
-        await self.conn.execute(
-            insert(generations_table).values(
-                id=event.generation_id,
-                project_id=event.project_id,
-                file_count=0,
-                total_bytes=0,
-                last_stream_seq=seq,
-                updated_at=datetime.now(UTC),
-                **_row_values(state),
-            )
-        )
-        self.generations[event.generation_id] = _Generation(state, seq, files={})
-
-    async def _generation(self, generation_id: str) -> _Generation | None:
-        cached = self.generations.get(generation_id)
-        if cached is not None:
-            return cached
-        row = (
-            await self.conn.execute(
-                select(generations_table).where(generations_table.c.id == generation_id)
-            )
-        ).first()
-        if row is None:
-            return None
-        generation = _Generation(_state_of(row), int(row.last_stream_seq))
-        self.generations[generation_id] = generation
-        return generation
-
-    async def _version_holder(self, project_id: str, version: int) -> str | None:
-        return (
-            await self.conn.execute(
-                select(generations_table.c.id).where(
-                    generations_table.c.project_id == project_id,
-                    generations_table.c.version == version,
-                )
-            )
-        ).scalar()
-
-    async def _store_blob(self, event: FileWritten) -> None:
-        if event.sha256 in self.blobs:
-            return
-        self.new_blobs.append(
-            {"sha256": event.sha256, "size": event.size, "content": event.content.encode()}
-        )
-        self.blobs.add(event.sha256)
-
-    async def _flush_files(self) -> None:
-        """The pending blobs (stored once however many versions share them) and file rows."""
-        if self.new_blobs:
-            # In one order, so projectors inserting the same blobs at once never deadlock.
-            self.new_blobs.sort(key=lambda blob: blob["sha256"])
-            await _insert_many(self.conn, blobs_table, self.new_blobs, on_conflict="nothing")
-            self.new_blobs = []
-        if not self.file_writes:
-            return
-        deleted = [key for key, state in self.file_writes.items() if state is None]
-        written = [
-            {
-                "generation_id": generation_id,
-                "path": path,
-                "sha256": state.sha256,
-                "size": state.size,
-                "phase": state.phase,
-                "origin": state.origin,
-            }
-            for (generation_id, path), state in self.file_writes.items()
-            if state is not None
-        ]
-        self.file_writes = {}
-        table = generation_files_table
-        for generation_id, path in deleted:
-            await self.conn.execute(
-                table.delete().where(table.c.generation_id == generation_id, table.c.path == path)
-            )
-        if written:
-            await _insert_many(self.conn, generation_files_table, written, on_conflict="update")
-
-    async def _file(self, generation: _Generation, path: str) -> FileState | None:
-        if generation.files is None:
-            rows = await self.conn.execute(
-                select(generation_files_table).where(
-                    generation_files_table.c.generation_id == generation.state.generation_id
-                )
-            )
-            generation.files = {
-                row.path: FileState(
-                    path=row.path,
-                    sha256=row.sha256,
-                    size=row.size,
-                    phase=row.phase,
-                    origin=row.origin,
-                )
-                for row in rows
-            }
-        return generation.files.get(path)
-
-    async def _write_file(
-        self, generation_id: str, path: str, before: FileState | None, after: FileState | None
-    ) -> None:
-        self.file_writes[(generation_id, path)] = after
-
-
-async def _insert_many(
-    conn: AsyncConnection, table: Table, rows: list[dict[str, Any]], *, on_conflict: str = ""
-) -> None:
-    """Insert `rows` (every column of `table` each).
-
-    `on_conflict`: "" (fail), "nothing" (keep the row there) or "update" (replace it). On
-    SQLite the rows go as multi-row `INSERT … VALUES (…), (…)` statements of plain values,
-    each through the bind processor SQLAlchemy itself uses for its column: SQLAlchemy's
-    per-row parameter handling was a quarter of the projector's own time, and an
-    executemany hands the GIL back and forth between the driver's thread and the event
-    loop once per row. Other databases take the Core statement (one executemany).
-    """
-    if conn.dialect.name != "sqlite":
-        statement: Insert
-        if on_conflict == "nothing":
-            statement = _insert_ignoring_duplicates(conn, table)
-        elif on_conflict == "update":
-            statement = _upsert(conn, table)
-        else:
-            statement = insert(table)
-        await conn.execute(statement, rows)
-        return
-    columns, processors = _sqlite_columns(conn.dialect, table)
-    per_statement = max(1, SQLITE_MAX_PARAMETERS // len(columns))
-    for start in range(0, len(rows), per_statement):
-        chunk = rows[start : start + per_statement]
-        values = [
-            row[column] if process is None else process(row[column])
-            for row in chunk
-            for column, process in zip(columns, processors, strict=True)
-        ]
-        await conn.exec_driver_sql(
-            _sqlite_insert_sql(table, columns, on_conflict, len(chunk)), tuple(values)
-        )
-
-
-SQLITE_MAX_PARAMETERS = 999
-"""Host parameters per statement: SQLite's limit before 3.32 (32,766 since)."""
-_sqlite_column_cache: dict[tuple[Dialect, str], tuple[tuple[str, ...], list[Any]]] = {}
-
-
-def _sqlite_columns(dialect: Dialect, table: Table) -> tuple[tuple[str, ...], list[Any]]:
-    """A table's column names and each one's bind processor (or None), made once."""
-    key = (dialect, table.name)
-    if key not in _sqlite_column_cache:
-        _sqlite_column_cache[key] = (
-            tuple(column.name for column in table.columns),
-            [column.type.dialect_impl(dialect).bind_processor(dialect) for column in table.columns],
-        )
-    return _sqlite_column_cache[key]
-
-
-@lru_cache(maxsize=64)
-def _sqlite_insert_sql(table: Table, columns: tuple[str, ...], on_conflict: str, rows: int) -> str:
-    row = f"({', '.join('?' for _ in columns)})"
-    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES {', '.join([row] * rows)}"
-    if on_conflict == "nothing":
-        sql += " ON CONFLICT DO NOTHING"
-    elif on_conflict == "update":
-        keys = [column.name for column in table.primary_key.columns]
-        sql += f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET " + ", ".join(
-            f"{column} = excluded.{column}" for column in columns if column not in keys
-        )
-    return sql
-
-
-def _insert_ignoring_duplicates(conn: AsyncConnection, table: Table) -> Insert:
-    """`INSERT … ON CONFLICT DO NOTHING` in the connection's dialect."""
-    if conn.dialect.name == "postgresql":
-        return postgresql_insert(table).on_conflict_do_nothing()
-    if conn.dialect.name == "sqlite":
-        return sqlite_insert(table).on_conflict_do_nothing()
-    raise NotImplementedError(f"no duplicate-ignoring insert for {conn.dialect.name}")
-
-
-def _upsert(conn: AsyncConnection, table: Table) -> Insert:
-    """Insert a row, or replace the one with the same primary key."""
-    statement = (
-        postgresql_insert(table) if conn.dialect.name == "postgresql" else sqlite_insert(table)
-    )
-    keys = list(table.primary_key.columns)
-    return statement.on_conflict_do_update(
-        index_elements=keys,
-        set_={c.name: statement.excluded[c.name] for c in table.columns if c not in keys},
-    )
-
-
-def _problem(subject: str, event: AnyEvent) -> str | None:
-    """Why a decoded event cannot be projected, or None."""
-    ids = subjects.parse_event_subject(subject)
-    if ids != (event.project_id, event.generation_id):
-        return (
-            f"an event of generation {event.generation_id} in project {event.project_id} "
-            f"was published on {subject!r}"
-        )
-    if isinstance(event, FileWritten | FileDeleted):
-        try:
-            normalised = safe_path(event.path)
-        except PathRejected as exc:
-            return str(exc)
-        if normalised != event.path:
-            return f"path {event.path[:80]!r} is not in its normal form {normalised[:80]!r}"
-    if isinstance(event, FileWritten):
-        data = event.content.encode()
-        if len(data) != event.size:
-            return f"{event.path!r} is {len(data)} bytes, not the {event.size} its event says"
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != event.sha256:
-            return f"the content of {event.path!r} has sha256 {digest}, not {event.sha256}"
-    return None
-
-
-def _audit_row(data: bytes, seq: int, event: AnyEvent) -> dict[str, Any]:
-    """The audit index row of an event: its JSON object with any file content left out."""
-    body, digest = audit_view(data, event)
-    if isinstance(event, FileWritten):
-        body.pop("content", None)
-    return {
-        "stream_seq": seq,
-        "generation_id": event.generation_id,
-        "project_id": event.project_id,
-        "seq": event.seq,
-        "type": event_tag(type(event)),
-        "at": event.at,
-        "progress": event.progress,
-        "body": body,
-        "hash": digest,
-    }
-
-
-def _row_values(state: GenerationState) -> dict[str, Any]:
-    """The generations columns the fold owns."""
-    return {
-        "owner": state.owner,
-        "version": state.version,
-        "parent_generation_id": state.parent_generation_id,
-        "kind": state.kind,
-        "provider": state.provider,
-        "model": state.model,
-        "prompt": state.prompt,
-        "locked_paths": list(state.locked_paths),
-        "status": state.status,
-        "progress": state.progress,
-        "phase": state.phase,
-        "error": state.error,
-        "error_phase": state.error_phase,
-        "error_kind": state.error_kind,
-        "retryable": state.retryable,
-        "tokens_in": state.tokens_in,
-        "tokens_out": state.tokens_out,
-        "llm_calls": state.llm_calls,
-        "phase_durations": dict(state.phase_durations_ms),
-        "created_at": state.created_at,
-        "started_at": state.started_at,
-        "finished_at": state.finished_at,
-        "last_seq": state.last_seq,
-    }
-
-
-def _state_of(row: Row[Any]) -> GenerationState:
-    """A generation's folded state as its row holds it (without files)."""
-    return GenerationState(
-        generation_id=row.id,
-        project_id=row.project_id,
-        owner=row.owner,
-        version=row.version,
-        kind=row.kind,
-        parent_generation_id=row.parent_generation_id,
-        provider=row.provider,
-        model=row.model,
-        prompt=row.prompt,
-        locked_paths=list(row.locked_paths or []),
-        status=row.status,
-        progress=row.progress,
-        phase=row.phase,
-        phases_completed=list(row.phase_durations or {}),
-        phase_durations_ms=dict(row.phase_durations or {}),
-        tokens_in=row.tokens_in,
-        tokens_out=row.tokens_out,
-        llm_calls=row.llm_calls,
-        error=row.error,
-        error_phase=row.error_phase,
-        error_kind=row.error_kind,
-        retryable=row.retryable,
-        created_at=row.created_at,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
-        last_seq=row.last_seq,
-    )
-
-
-async def _read_position(conn: AsyncConnection, consumer: str) -> int | None:
-    value = (
-        await conn.execute(
-            select(positions_table.c.stream_seq).where(positions_table.c.consumer == consumer)
-        )
-    ).scalar()
-    return None if value is None else int(value)
-
-
-async def _write_position(conn: AsyncConnection, consumer: str, stream_seq: int) -> None:
-    updated = await conn.execute(
-        update(positions_table)
-        .where(positions_table.c.consumer == consumer)
-        .values(stream_seq=stream_seq)
-    )
-    if updated.rowcount == 0:
-        await conn.execute(insert(positions_table).values(consumer=consumer, stream_seq=stream_seq))
-
-
-_PARTITION_CONSUMER = re.compile(rf"^{STORAGE_CONSUMER}-(\d+)-of-(\d+)$")
-
-
-def _covered_position(positions: dict[str, int]) -> int:
-    """The highest stream sequence up to which some set of storage consumers (the single
-    `storage`, or every `storage-<i>-of-<n>` of one n) has applied every event."""
-    sets: dict[int, list[int]] = {}
-    for name, seq in positions.items():
-        if name == STORAGE_CONSUMER:
-            sets[1] = [seq]
-        elif match := _PARTITION_CONSUMER.match(name):
-            partition, partitions = int(match[1]), int(match[2])
-            if partition < partitions:
-                sets.setdefault(partitions, [0] * partitions)[partition] = seq
-    return max((min(seqs) for seqs in sets.values()), default=0)
-
-
-def _stream_seq(msg: Msg) -> int:
-    return int(msg.metadata.sequence.stream)
-
-
-def _refused(exc: BaseException) -> bool:
-    """True when the database refused what one event holds (a number out of range, a NUL
-    in a text, a constraint): no retry can fix that, so the event alone is dead-lettered.
-
-    Anything else (the database unreachable or locked, a missing table, a bug) fails the
-    whole batch, which is retried: the projector waits rather than drop events.
-    """
-    if isinstance(exc, IntegrityError | DataError | OverflowError):
-        return True
-    if isinstance(exc, DBAPIError) and exc.orig is not None:
-        # PostgreSQL's SQLSTATE classes 22 (data exception) and 23 (integrity violation).
-        code = str(getattr(exc.orig, "pgcode", None) or getattr(exc.orig, "sqlstate", None) or "")
-        return code[:2] in ("22", "23")
-    return False
-
-
-def _reason(exc: BaseException) -> str:
-    """A short description of a database error (the driver's message, not the SQL)."""
-    orig = getattr(exc, "orig", None)
-    text = str(orig if orig is not None else exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]

@@ -14,6 +14,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.audit import StoredLink
+from contracts.state import GenerationSummary, Status
 from contracts.streams import STORAGE_CONSUMER
 from services.storage.models import (
     blobs_table,
@@ -23,41 +24,15 @@ from services.storage.models import (
     positions_table,
     projects_table,
 )
+from services.storage.rows import from_row
 
 
-class GenerationView(msgspec.Struct, frozen=True, kw_only=True):
-    """One generation as the read model holds it."""
+class GenerationView(GenerationSummary, kw_only=True):
+    """One generation as the read model holds it: the fold's summary (its row, with the
+    project's name), and how far the projection has got."""
 
-    generation_id: str
-    project_id: str
-    project_name: str
-    owner: str
-    version: int
-    parent_generation_id: str | None
-    kind: str
-    provider: str
-    model: str | None
-    prompt: str
-    locked_paths: list[str]
-    status: str
-    progress: int
-    phase: str | None
-    error: str | None
-    error_phase: str | None
-    error_kind: str | None
-    retryable: bool
-    file_count: int
-    total_bytes: int
-    tokens_in: int
-    tokens_out: int
-    llm_calls: int
-    phase_durations: dict[str, int]
-    created_at: datetime | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    last_seq: int
-    last_stream_seq: int
-    updated_at: datetime
+    last_stream_seq: int = 0
+    updated_at: datetime | None = None
 
 
 class FileEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -77,7 +52,7 @@ class VersionEntry(msgspec.Struct, frozen=True, kw_only=True):
     version: int
     parent_generation_id: str | None
     kind: str
-    status: str
+    status: Status
     progress: int
     prompt: str
     provider: str
@@ -130,7 +105,7 @@ class ReadModel:
         )
         async with self.engine.connect() as conn:
             row = (await conn.execute(query)).first()
-        return None if row is None else _generation_view(row)
+        return None if row is None else from_row(row._mapping, GenerationView)
 
     async def files(self, generation_id: str) -> list[FileEntry]:
         """The files of a version, sorted by path."""
@@ -317,41 +292,6 @@ def _versions_query() -> Any:
     ).order_by(generations_table.c.project_id, generations_table.c.version)
 
 
-def _generation_view(row: Row[Any]) -> GenerationView:
-    return GenerationView(
-        generation_id=row.id,
-        project_id=row.project_id,
-        project_name=row.project_name,
-        owner=row.owner,
-        version=row.version,
-        parent_generation_id=row.parent_generation_id,
-        kind=row.kind,
-        provider=row.provider,
-        model=row.model,
-        prompt=row.prompt,
-        locked_paths=list(row.locked_paths or []),
-        status=row.status,
-        progress=row.progress,
-        phase=row.phase,
-        error=row.error,
-        error_phase=row.error_phase,
-        error_kind=row.error_kind,
-        retryable=bool(row.retryable),
-        file_count=row.file_count,
-        total_bytes=row.total_bytes,
-        tokens_in=row.tokens_in,
-        tokens_out=row.tokens_out,
-        llm_calls=row.llm_calls,
-        phase_durations=dict(row.phase_durations or {}),
-        created_at=row.created_at,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
-        last_seq=row.last_seq,
-        last_stream_seq=row.last_stream_seq,
-        updated_at=row.updated_at,
-    )
-
-
 def _file_entry(row: Row[Any]) -> FileEntry:
     return FileEntry(
         path=row.path, size=row.size, sha256=row.sha256, phase=row.phase, origin=row.origin
@@ -359,20 +299,7 @@ def _file_entry(row: Row[Any]) -> FileEntry:
 
 
 def _version_entry(row: Row[Any]) -> VersionEntry:
-    return VersionEntry(
-        generation_id=row.id,
-        version=row.version,
-        parent_generation_id=row.parent_generation_id,
-        kind=row.kind,
-        status=row.status,
-        progress=row.progress,
-        prompt=row.prompt,
-        provider=row.provider,
-        file_count=row.file_count,
-        total_bytes=row.total_bytes,
-        created_at=row.created_at,
-        finished_at=row.finished_at,
-    )
+    return msgspec.convert({**row._mapping, "generation_id": row.id}, VersionEntry, strict=False)
 
 
 def _project_view(row: Row[Any], versions: list[VersionEntry]) -> ProjectView:

@@ -101,8 +101,8 @@ async def test_a_run_publishes_every_step_in_order(js: JetStreamContext) -> None
     history = await read_generation(js, command.generation_id)
     assert [e.event.seq for e in history] == list(range(1, len(history) + 1))
     state = fold(e.event for e in history)
-    assert state is not None and state.status == "completed"
-    assert state.phases_completed == list(PHASE_NAMES)
+    assert state is not None and state.summary.status == "completed"
+    assert state.summary.phases_completed == list(PHASE_NAMES)
     assert len(state.files) == 12
     assert all(e.event.prev_hash for e in history[1:])
 
@@ -188,7 +188,7 @@ async def test_two_runners_racing_never_interleave_events(js: JetStreamContext) 
     history = await read_generation(js, command.generation_id)
     assert [e.event.seq for e in history] == list(range(1, len(history) + 1))
     state = fold(e.event for e in history)
-    assert state is not None and state.status == "completed"
+    assert state is not None and state.summary.status == "completed"
     assert [type(e.event).__name__ for e in history].count("GenerationCompleted") == 1
 
 
@@ -202,7 +202,7 @@ async def test_a_rejected_output_is_retried_once_with_a_correction(js: JetStream
     assert [c[1] for c in models_calls] == [1, 2]
     assert models_calls[1][2] is not None and "models/c.py" in models_calls[1][2]
     state = fold(e.event for e in await read_generation(js, command.generation_id))
-    assert state is not None and state.status == "completed"
+    assert state is not None and state.summary.status == "completed"
     assert "models/c.py" not in state.files
 
 
@@ -215,9 +215,13 @@ async def test_an_output_rejected_twice_fails_naming_the_file_and_rule(
     await (await make_runner(js, provider)).run(command, attempt=1)
 
     state = fold(e.event for e in await read_generation(js, command.generation_id))
-    assert state is not None and state.status == "failed"
-    assert state.error_phase == "api" and state.error_kind == "guard"
-    assert state.error is not None and "api/c.py" in state.error and "placeholder" in state.error
+    assert state is not None and state.summary.status == "failed"
+    assert state.summary.error_phase == "api" and state.summary.error_kind == "guard"
+    assert (
+        state.summary.error is not None
+        and "api/c.py" in state.summary.error
+        and "placeholder" in state.summary.error
+    )
     assert {p.split("/")[0] for p in state.files} == {"plan", "models", "schemas"}
 
 
@@ -233,8 +237,8 @@ async def test_a_provider_error_fails_the_generation_and_keeps_the_files(
     command = await request_generation(js)
     await (await make_runner(js, Failing())).run(command, attempt=1)
     state = fold(e.event for e in await read_generation(js, command.generation_id))
-    assert state is not None and state.status == "failed"
-    assert state.error == "no schemas today" and state.error_phase == "schemas"
+    assert state is not None and state.summary.status == "failed"
+    assert state.summary.error == "no schemas today" and state.summary.error_phase == "schemas"
     assert len(state.files) == 4
 
 

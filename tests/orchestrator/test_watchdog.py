@@ -44,7 +44,7 @@ async def started_generation(nc: Client) -> GenerationWriter:
 async def status_of(nc: Client, generation_id: str) -> str:
     state = fold(e.event for e in await read_generation(nc.jetstream(), generation_id))
     assert state is not None
-    return state.status
+    return state.summary.status
 
 
 async def test_a_silent_generation_is_failed_once_with_a_reason(nc: Client, runs: KeyValue) -> None:

@@ -289,14 +289,14 @@ async def test_a_new_partitioning_replays_what_others_applied_without_applying_i
 
 
 def test_a_new_consumer_starts_where_every_event_is_applied() -> None:
-    from services.storage.projector import _covered_position
+    from services.storage.positions import covered_position
 
-    assert _covered_position({}) == 0
-    assert _covered_position({"storage": 90}) == 90
+    assert covered_position({}) == 0
+    assert covered_position({"storage": 90}) == 90
     # A partition that never ran has applied nothing.
-    assert _covered_position({"storage-0-of-2": 90}) == 0
-    assert _covered_position({"storage-0-of-2": 90, "storage-1-of-2": 70}) == 70
+    assert covered_position({"storage-0-of-2": 90}) == 0
+    assert covered_position({"storage-0-of-2": 90, "storage-1-of-2": 70}) == 70
     # The set that covers the most wins; a set that stopped long ago does not hold it back.
-    assert _covered_position({"storage": 40, "storage-0-of-2": 90, "storage-1-of-2": 70}) == 70
-    assert _covered_position({"storage": 95, "storage-0-of-2": 90, "storage-1-of-2": 70}) == 95
-    assert _covered_position({"storage-7-of-2": 90, "somebody-else": 99}) == 0
+    assert covered_position({"storage": 40, "storage-0-of-2": 90, "storage-1-of-2": 70}) == 70
+    assert covered_position({"storage": 95, "storage-0-of-2": 90, "storage-1-of-2": 70}) == 95
+    assert covered_position({"storage-7-of-2": 90, "somebody-else": 99}) == 0

@@ -25,9 +25,10 @@ from contracts.streams import DLQ_STREAM, EVENTS_STREAM, STORAGE_CONSUMER, stora
 from services.common.consumer import Ack, Retry
 from services.common.eventlog import GenerationWriter
 from services.common.settings import Settings
+from services.storage.bulk import insert_many, upsert
 from services.storage.db import create_engine, migrate
 from services.storage.models import Base, events_table
-from services.storage.projector import Projector, _insert_many, _upsert
+from services.storage.projector import Projector
 from services.storage.queries import ReadModel
 from tests.storage.conftest import (
     publish_generation,
@@ -107,7 +108,7 @@ async def test_projects_a_generation(
     assert view.file_count == 3
     assert view.total_bytes == sum(len(c.encode()) for c in FILES.values())
     assert (view.tokens_in, view.tokens_out, view.llm_calls) == (10, 20, 1)
-    assert view.phase_durations == {"models": 12}
+    assert view.phase_durations_ms == {"models": 12}
     assert view.model == "offline-1"
     assert (view.last_seq, view.last_stream_seq) == (writer.last_seq, writer.last_stream_seq)
     assert view.created_at is not None and view.created_at.tzinfo is not None
@@ -466,7 +467,7 @@ async def test_the_sqlite_bulk_insert_stores_what_sqlalchemy_core_stores(
     tmp_path: Path, on_conflict: str
 ) -> None:
     # The projector sends SQLite its rows as multi-row statements of plain values (see
-    # projector._insert_many): every stored value must be the one Core would have stored.
+    # bulk.insert_many): every stored value must be the one Core would have stored.
     # On the hour: the driver's own datetime adapter would drop the microseconds.
     at = datetime(2026, 12, 2, 3, 0, 0, tzinfo=timezone(timedelta(hours=2)))
 
@@ -492,9 +493,9 @@ async def test_the_sqlite_bulk_insert_stores_what_sqlalchemy_core_stores(
                 for attempt in range(2 if on_conflict else 1):
                     batch = rows(attempt)
                     if fast:
-                        await _insert_many(conn, events_table, batch, on_conflict=on_conflict)
+                        await insert_many(conn, events_table, batch, on_conflict=on_conflict)
                     elif on_conflict == "update":
-                        await conn.execute(_upsert(conn, events_table), batch)
+                        await conn.execute(upsert(conn, events_table), batch)
                     elif on_conflict == "nothing":
                         await conn.execute(
                             core_insert(events_table).prefix_with("OR IGNORE"), batch

@@ -15,7 +15,7 @@ from contracts.events import is_terminal
 from contracts.paths import PathRejected, safe_path
 from contracts.providers import DEFAULT_PROVIDER, KNOWN_PROVIDERS
 from contracts.schema import schema_problems
-from contracts.state import GenerationState
+from contracts.state import GenerationSummary
 from services.common.eventlog import last_event
 from services.common.logs import get_logger
 from services.gateway.archive import build_zip
@@ -128,7 +128,8 @@ class GenerationController(Controller):
     ) -> Accepted:
         """The new version starts from the parent's files; nothing of the parent changes."""
         parent_id = checked_id(data.parent_generation_id)
-        parent = await gw.views.state(parent_id, user)
+        parent_state = await gw.views.state(parent_id, user)
+        parent = parent_state.summary
         if parent.status != "completed":
             raise Conflict(
                 f"The parent generation is {parent.status}; only a completed version can be "
@@ -144,7 +145,7 @@ class GenerationController(Controller):
                     f"locked_paths[{index}]: {exc}",
                     problems=[{"location": f"locked_paths[{index}]", "message": exc.reason}],
                 ) from None
-            if normalised not in parent.files:
+            if normalised not in parent_state.files:
                 raise BadRequest(
                     f"locked_paths[{index}]: {normalised!r} is not a file of the parent version.",
                     problems=[
@@ -184,7 +185,7 @@ class GenerationController(Controller):
         return FileList(
             generation_id=view.generation_id,
             version=view.version,
-            status=view.status,  # type: ignore[arg-type]
+            status=view.status,
             file_count=len(entries),
             total_bytes=sum(e.size for e in entries),
             files=[
@@ -337,7 +338,7 @@ class GenerationController(Controller):
         data: JSONBody[CancelGeneration | None] = None,
     ) -> GenerationStatus:
         """Stops at the next step; the files written so far are kept."""
-        state: GenerationState = await gw.views.state(checked_id(generation_id), user)
+        state: GenerationSummary = (await gw.views.state(checked_id(generation_id), user)).summary
         if state.is_terminal:
             raise Conflict(
                 f"The generation is already {state.status}; there is nothing to cancel.",

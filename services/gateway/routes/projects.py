@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 from litestar import Controller, get
 from litestar.di import Provide
 from litestar.params import FromPath
@@ -26,21 +27,7 @@ def project_info(project: ProjectView) -> ProjectInfo:
         created_at=project.created_at,
         latest_version=project.latest_version,
         versions=[
-            VersionInfo(
-                generation_id=v.generation_id,
-                version=v.version,
-                parent_generation_id=v.parent_generation_id,
-                kind=v.kind,
-                status=v.status,  # type: ignore[arg-type]
-                progress=v.progress,
-                prompt=v.prompt,
-                provider=v.provider,
-                file_count=v.file_count,
-                total_bytes=v.total_bytes,
-                created_at=v.created_at,
-                finished_at=v.finished_at,
-            )
-            for v in project.versions
+            msgspec.convert(msgspec.structs.asdict(v), VersionInfo) for v in project.versions
         ],
     )
 

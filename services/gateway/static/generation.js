@@ -102,7 +102,7 @@ export class GenerationPage {
 
   receive(event, id) {
     const model = this.model;
-    applyEvent(model, event, id);
+    if (!applyEvent(model, event, id)) return;
     this.refs.events.append(eventItem(model.events[model.events.length - 1]));
     if (event.type === "generation.requested") this.loadVersions();
     if (isTerminal(model)) this.finished();

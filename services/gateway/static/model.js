@@ -1,4 +1,6 @@
-// A generation as the page knows it, folded from its events (no DOM here).
+// A generation as the page knows it, folded from its events (no DOM here). The same fold as
+// contracts/state.py: both must pass the cases of tests/contracts/fold_cases.json
+// (tests/browser/test_fold.py runs them here, through `summaryOf`).
 
 export function createModel(generationId) {
   return {
@@ -30,6 +32,7 @@ export function createModel(generationId) {
     events: [], // { id, seq, type, at, text }
     startedAt: null,
     finishedAt: null,
+    lastSeq: 0, // the highest seq applied: an event at or below it changes nothing
   };
 }
 
@@ -68,6 +71,7 @@ const handlers = {
     model.status = "running";
     model.startedAt = Date.parse(e.at);
     model.provider = e.provider || model.provider;
+    model.modelName = e.model || model.modelName;
     for (const plan of e.plan || []) phaseEntry(model, plan.name, plan.title);
   },
   "generation.resumed"(model, e) {
@@ -77,6 +81,7 @@ const handlers = {
   "phase.started"(model, e) {
     model.status = "running";
     model.phase = e.phase;
+    model.retry = null;
     Object.assign(phaseEntry(model, e.phase, e.title), {
       state: "running",
       startedAt: Date.parse(e.at),
@@ -154,11 +159,63 @@ const handlers = {
   },
 };
 
-// Apply one event (already deduplicated and in order by the Watcher).
+// Apply one event; false (changing nothing) for an event already applied (its seq not above
+// the last one's) or one after the generation ended, as contracts/state.py's `apply`.
 export function applyEvent(model, event, id) {
+  if (event.seq <= model.lastSeq) return false;
+  model.lastSeq = event.seq;
+  if (isTerminal(model)) return false;
   handlers[event.type]?.(model, event);
   if (typeof event.progress === "number") model.progress = Math.max(model.progress, event.progress);
   model.events.push({ id, seq: event.seq, type: event.type, at: event.at, text: describe(event) });
+  return true;
+}
+
+// The model in contracts/state.py's words (GenerationSummary's fields, the file set, whether
+// a retry is announced): what the shared fold cases compare.
+export function summaryOf(model) {
+  const phases = [...model.phases.values()];
+  const ended = model.failure || model.cancelled;
+  let error = null;
+  if (model.failure) error = model.failure.message;
+  else if (model.cancelled) error = model.cancelled.reason || `cancelled by ${model.cancelled.by}`;
+  return {
+    project_id: model.projectId,
+    project_name: model.projectName,
+    version: model.version,
+    kind: model.kind,
+    parent_generation_id: model.parentId,
+    provider: model.provider,
+    model: model.modelName,
+    prompt: model.prompt,
+    locked_paths: model.lockedPaths,
+    status: model.status,
+    progress: model.progress,
+    phase: model.phase,
+    phases_started: phases.filter((p) => p.startedAt != null).map((p) => p.name),
+    phases_completed: phases.filter((p) => p.state === "done").map((p) => p.name),
+    phase_durations_ms: Object.fromEntries(
+      phases.filter((p) => p.state === "done").map((p) => [p.name, p.durationMs]),
+    ),
+    file_count: model.files.size,
+    total_bytes: [...model.files.values()].reduce((sum, f) => sum + f.size, 0),
+    tokens_in: model.tokensIn,
+    tokens_out: model.tokensOut,
+    llm_calls: model.llmCalls,
+    error,
+    error_phase: ended ? (ended.phase ?? null) : null,
+    error_kind: model.failure ? model.failure.kind : null,
+    retryable: model.failure ? model.failure.retryable : false,
+    last_seq: model.lastSeq,
+    files: Object.fromEntries(
+      [...model.files].map(([path, f]) => [
+        path,
+        { size: f.size, sha256: f.sha256, phase: f.phase, origin: f.origin },
+      ]),
+    ),
+    deleted: Object.fromEntries(model.deleted),
+    retrying: model.retry !== null,
+  };
 }
 
 export function formatBytes(n) {

@@ -1,0 +1,90 @@
+"""A message decoded and checked before its batch's transaction: the event, why it cannot be
+projected (if so), and its audit index row. Pure: no database."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from nats.aio.msg import Msg
+
+from contracts import subjects
+from contracts.codec import DecodeError, audit_view, decode_event
+from contracts.events import (
+    AnyEvent,
+    FileDeleted,
+    FileWritten,
+    event_tag,
+)
+from contracts.paths import PathRejected, safe_path
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A message as decoded and checked ahead of its transaction."""
+
+    event: AnyEvent | None
+    problem: str | None = None
+    """Why the message is dead-lettered (undecodable, or not projectable), or None."""
+    audit: dict[str, Any] | None = None
+    """Its audit index row, when it is valid."""
+
+
+def decode_message(msg: Msg) -> Decoded:
+    """A message's event, checked against its subject, with its audit row; pure."""
+    try:
+        event = decode_event(msg.data)
+    except DecodeError as exc:
+        return Decoded(None, exc.reason)
+    problem = _problem(msg.subject, event)
+    if problem is not None:
+        return Decoded(event, problem)
+    return Decoded(event, None, _audit_row(msg.data, stream_seq(msg), event))
+
+
+def _problem(subject: str, event: AnyEvent) -> str | None:
+    """Why a decoded event cannot be projected, or None."""
+    ids = subjects.parse_event_subject(subject)
+    if ids != (event.project_id, event.generation_id):
+        return (
+            f"an event of generation {event.generation_id} in project {event.project_id} "
+            f"was published on {subject!r}"
+        )
+    if isinstance(event, FileWritten | FileDeleted):
+        try:
+            normalised = safe_path(event.path)
+        except PathRejected as exc:
+            return str(exc)
+        if normalised != event.path:
+            return f"path {event.path[:80]!r} is not in its normal form {normalised[:80]!r}"
+    if isinstance(event, FileWritten):
+        data = event.content.encode()
+        if len(data) != event.size:
+            return f"{event.path!r} is {len(data)} bytes, not the {event.size} its event says"
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != event.sha256:
+            return f"the content of {event.path!r} has sha256 {digest}, not {event.sha256}"
+    return None
+
+
+def _audit_row(data: bytes, seq: int, event: AnyEvent) -> dict[str, Any]:
+    """The audit index row of an event: its JSON object with any file content left out."""
+    body, digest = audit_view(data, event)
+    if isinstance(event, FileWritten):
+        body.pop("content", None)
+    return {
+        "stream_seq": seq,
+        "generation_id": event.generation_id,
+        "project_id": event.project_id,
+        "seq": event.seq,
+        "type": event_tag(type(event)),
+        "at": event.at,
+        "progress": event.progress,
+        "body": body,
+        "hash": digest,
+    }
+
+
+def stream_seq(msg: Msg) -> int:
+    return int(msg.metadata.sequence.stream)

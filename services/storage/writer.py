@@ -1,0 +1,269 @@
+"""The batch writer: applies decoded events to the read model within one transaction.
+
+A generation's row is the summary `contracts.state.apply` folds (mapped by
+`services.storage.rows`), its file rows the fold's file set; blobs, file rows, generation
+rows and audit rows are written on `flush`, each kind as one statement."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from contracts import subjects
+from contracts.events import (
+    AnyEvent,
+    FileDeleted,
+    FileWritten,
+    GenerationRequested,
+    event_tag,
+)
+from contracts.state import FileState, GenerationState, GenerationSummary, apply, new_state
+from services.common.consumer import Ack, DeadLetter, Outcome
+from services.storage.bulk import insert_many
+from services.storage.models import (
+    blobs_table,
+    events_table,
+    generation_files_table,
+    generations_table,
+    projects_table,
+)
+from services.storage.rows import from_row, row_values
+from services.storage.validation import Decoded
+
+
+@dataclass
+class LoadedGeneration:
+    """A generation row being updated within a batch."""
+
+    state: GenerationState
+    last_stream_seq: int
+    files_loaded: bool
+    """Whether `state.files` holds the file rows (loaded before the first file event)."""
+    dirty: bool = False
+
+
+class BatchWriter:
+    """Applies events within one transaction; generation rows are written on `flush`."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+        self.generations: dict[str, LoadedGeneration] = {}
+        self.blobs: set[str] = set()
+        self.audit: list[dict[str, Any]] = []
+        self.generation_id: str | None = None
+        self.already_applied = 0
+        # Writes wait for `flush`, which sends each kind as one executemany.
+        self.new_blobs: list[dict[str, Any]] = []
+        self.file_writes: dict[tuple[str, str], FileState | None] = {}
+
+    def forget(self) -> None:
+        """Drop what is cached (after a savepoint rollback the database is the truth)."""
+        self.generations.clear()
+        self.blobs.clear()
+        self.audit.clear()
+        self.new_blobs.clear()
+        self.file_writes.clear()
+
+    async def apply(self, decoded: Decoded, seq: int) -> Outcome:
+        """Apply one decoded message; DeadLetter (having written nothing) if it is invalid."""
+        self.generation_id = None
+        if decoded.problem is not None or decoded.event is None or decoded.audit is None:
+            return DeadLetter(decoded.problem or "the event could not be decoded")
+        event = decoded.event
+
+        generation = await self._generation(event.generation_id)
+        if generation is not None and seq <= generation.last_stream_seq:
+            self.already_applied += 1
+            return Ack()
+        if generation is None:
+            if not isinstance(event, GenerationRequested):
+                return DeadLetter(
+                    f"generation {event.generation_id} has no generation.requested event "
+                    f"before this {event_tag(type(event))} event"
+                )
+            holder = await self._version_holder(event.project_id, event.version)
+            if holder is not None:
+                return DeadLetter(
+                    f"version {event.version} of project {event.project_id} "
+                    f"is already generation {holder}"
+                )
+            await self._create(event, seq)
+        elif generation.state.summary.project_id != event.project_id:
+            return DeadLetter(
+                f"generation {event.generation_id} belongs to project "
+                f"{generation.state.summary.project_id}, not {event.project_id}"
+            )
+        else:
+            await self._fold(generation, event, seq)
+
+        self.audit.append(decoded.audit)
+        self.generation_id = event.generation_id
+        return Ack()
+
+    async def seen(self, subject: str, seq: int) -> None:
+        """Count a dead-lettered message as handled for its generation's `last_stream_seq`."""
+        ids = subjects.parse_event_subject(subject)
+        if ids is None:
+            return
+        generation = await self._generation(ids[1])
+        if generation is None or generation.state.summary.project_id != ids[0]:
+            return
+        generation.last_stream_seq = max(generation.last_stream_seq, seq)
+        generation.dirty = True
+
+    async def flush(self) -> None:
+        """Write the pending blobs and files, the changed generation rows and the audit rows."""
+        await self._flush_files()
+        now = datetime.now(UTC)
+        for generation_id, generation in self.generations.items():
+            if not generation.dirty:
+                continue
+            await self.conn.execute(
+                update(generations_table)
+                .where(generations_table.c.id == generation_id)
+                .values(
+                    **row_values(generation.state.summary),
+                    last_stream_seq=generation.last_stream_seq,
+                    updated_at=now,
+                )
+            )
+            generation.dirty = False
+        if self.audit:
+            await insert_many(self.conn, events_table, self.audit)
+            self.audit = []
+
+    async def _fold(self, generation: LoadedGeneration, event: AnyEvent, seq: int) -> None:
+        if isinstance(event, FileWritten | FileDeleted):
+            if isinstance(event, FileWritten):
+                await self._store_blob(event)
+            await self._load_files(generation)
+            files = generation.state.files
+            before = files.get(event.path)
+            apply(generation.state, event, keep_content=False)
+            after = files.get(event.path)
+            # The fold decides whether the file changed (it ignores events after a
+            # terminal one, or already applied); its file row follows.
+            if after != before:
+                self.file_writes[(event.generation_id, event.path)] = after
+        else:
+            apply(generation.state, event, keep_content=False)
+        generation.last_stream_seq = max(generation.last_stream_seq, seq)
+        generation.dirty = True
+
+    async def _create(self, event: GenerationRequested, seq: int) -> None:
+        project = (
+            await self.conn.execute(
+                select(projects_table.c.latest_version).where(
+                    projects_table.c.id == event.project_id
+                )
+            )
+        ).first()
+        if project is None:
+            await self.conn.execute(
+                insert(projects_table).values(
+                    id=event.project_id,
+                    owner=event.owner,
+                    name=event.project_name,
+                    created_at=event.at,
+                    latest_version=event.version,
+                )
+            )
+        elif event.version > project.latest_version:
+            await self.conn.execute(
+                update(projects_table)
+                .where(projects_table.c.id == event.project_id)
+                .values(latest_version=event.version)
+            )
+        state = apply(new_state(event), event, keep_content=False)
+        await self.conn.execute(
+            insert(generations_table).values(
+                **row_values(state.summary), last_stream_seq=seq, updated_at=datetime.now(UTC)
+            )
+        )
+        self.generations[event.generation_id] = LoadedGeneration(state, seq, files_loaded=True)
+
+    async def _generation(self, generation_id: str) -> LoadedGeneration | None:
+        cached = self.generations.get(generation_id)
+        if cached is not None:
+            return cached
+        row = (
+            await self.conn.execute(
+                select(generations_table).where(generations_table.c.id == generation_id)
+            )
+        ).first()
+        if row is None:
+            return None
+        state = GenerationState(summary=from_row(row._mapping, GenerationSummary))
+        generation = LoadedGeneration(state, int(row.last_stream_seq), files_loaded=False)
+        self.generations[generation_id] = generation
+        return generation
+
+    async def _version_holder(self, project_id: str, version: int) -> str | None:
+        return (
+            await self.conn.execute(
+                select(generations_table.c.id).where(
+                    generations_table.c.project_id == project_id,
+                    generations_table.c.version == version,
+                )
+            )
+        ).scalar()
+
+    async def _store_blob(self, event: FileWritten) -> None:
+        if event.sha256 in self.blobs:
+            return
+        self.new_blobs.append(
+            {"sha256": event.sha256, "size": event.size, "content": event.content.encode()}
+        )
+        self.blobs.add(event.sha256)
+
+    async def _flush_files(self) -> None:
+        """The pending blobs (stored once however many versions share them) and file rows."""
+        if self.new_blobs:
+            # In one order, so projectors inserting the same blobs at once never deadlock.
+            self.new_blobs.sort(key=lambda blob: blob["sha256"])
+            await insert_many(self.conn, blobs_table, self.new_blobs, on_conflict="nothing")
+            self.new_blobs = []
+        if not self.file_writes:
+            return
+        deleted = [key for key, state in self.file_writes.items() if state is None]
+        written = [
+            {
+                "generation_id": generation_id,
+                "path": path,
+                "sha256": state.sha256,
+                "size": state.size,
+                "phase": state.phase,
+                "origin": state.origin,
+            }
+            for (generation_id, path), state in self.file_writes.items()
+            if state is not None
+        ]
+        self.file_writes = {}
+        table = generation_files_table
+        for generation_id, path in deleted:
+            await self.conn.execute(
+                table.delete().where(table.c.generation_id == generation_id, table.c.path == path)
+            )
+        if written:
+            await insert_many(self.conn, generation_files_table, written, on_conflict="update")
+
+    async def _load_files(self, generation: LoadedGeneration) -> None:
+        """Put a generation's file rows into its state's file set, once."""
+        if generation.files_loaded:
+            return
+        rows = await self.conn.execute(
+            select(generation_files_table).where(
+                generation_files_table.c.generation_id == generation.state.generation_id
+            )
+        )
+        generation.state.files = {
+            row.path: FileState(
+                path=row.path, sha256=row.sha256, size=row.size, phase=row.phase, origin=row.origin
+            )
+            for row in rows
+        }
+        generation.files_loaded = True
