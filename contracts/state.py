@@ -22,6 +22,7 @@ import msgspec
 
 from contracts.events import (
     Event,
+    FailedTest,
     FileDeleted,
     FileWritten,
     GenerationCancelled,
@@ -35,6 +36,9 @@ from contracts.events import (
     PhaseCompleted,
     PhaseProgress,
     PhaseStarted,
+    VerifyCompleted,
+    VerifyStarted,
+    VerifyUnavailable,
 )
 
 Status = Literal["pending", "running", "completed", "failed", "cancelled"]
@@ -50,6 +54,30 @@ class FileState(msgspec.Struct):
     phase: str
     origin: str = "generated"
     content: str | None = None
+
+
+VerifyStatus = Literal["running", "passed", "failed", "no_tests", "unverified"]
+
+
+class Verification(msgspec.Struct, kw_only=True):
+    """The latest sandboxed run of the version's own tests, lint and compile check.
+
+    `running` while a verifier works on round `round`; then its verdict with the counts,
+    or `unverified` with the `reason` nothing could be judged.
+    """
+
+    status: VerifyStatus
+    round: int = 0
+    passed: int = 0
+    failed: int = 0
+    errors: int = 0
+    skipped: int = 0
+    lint_findings: int = 0
+    format_findings: int = 0
+    duration_ms: int = 0
+    compile_errors: list[str] = []
+    failures: list[FailedTest] = []
+    reason: str | None = None
 
 
 class GenerationSummary(msgspec.Struct, kw_only=True):
@@ -87,6 +115,7 @@ class GenerationSummary(msgspec.Struct, kw_only=True):
     created_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    verification: Verification | None = None
     last_seq: int = 0
 
     @property
@@ -200,6 +229,26 @@ def apply(state: GenerationState, event: Event, *, keep_content: bool = True) ->
                 state.retrying = None
         case LlmRetrying():
             state.retrying = event
+        case VerifyStarted():
+            s.verification = Verification(status="running", round=event.round)
+        case VerifyCompleted():
+            s.verification = Verification(
+                status=event.verdict,
+                round=event.round,
+                passed=event.passed,
+                failed=event.failed,
+                errors=event.errors,
+                skipped=event.skipped,
+                lint_findings=event.lint_findings,
+                format_findings=event.format_findings,
+                duration_ms=event.duration_ms,
+                compile_errors=list(event.compile_errors),
+                failures=list(event.failures),
+            )
+        case VerifyUnavailable():
+            s.verification = Verification(
+                status="unverified", round=event.round, reason=event.reason
+            )
         case GenerationCompleted():
             s.status = "completed"
             s.progress = 100

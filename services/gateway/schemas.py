@@ -10,7 +10,7 @@ import msgspec
 
 from contracts import limits
 from contracts.schema import ProjectSchema
-from contracts.state import Status
+from contracts.state import Status, Verification
 
 DiffStatus = Literal["added", "modified", "deleted"]
 
@@ -105,6 +105,8 @@ class GenerationStatus(msgspec.Struct, frozen=True):
     duration_ms: int | None
     error: ErrorInfo | None
     stream_url: str
+    verification: Verification | None = None
+    """The sandboxed run of the version's own tests (null until one starts)."""
 
 
 class FileInfo(msgspec.Struct, frozen=True):
@@ -180,7 +182,7 @@ class BrokenLink(msgspec.Struct, frozen=True):
     message: str
 
 
-class Verification(msgspec.Struct, frozen=True):
+class ChainVerification(msgspec.Struct, frozen=True):
     """The hash chain recomputed from the read model's stored events (`?verify=true`)."""
 
     ok: bool
@@ -197,7 +199,7 @@ class AuditLog(msgspec.Struct, frozen=True):
     generation_id: str
     count: int
     events: list[AuditEvent]
-    verification: Verification | None = None
+    verification: ChainVerification | None = None
 
 
 class VersionInfo(msgspec.Struct, frozen=True):
@@ -215,6 +217,8 @@ class VersionInfo(msgspec.Struct, frozen=True):
     total_bytes: int
     created_at: datetime | None
     finished_at: datetime | None
+    verification: Verification | None = None
+    """The version's own tests, run by Kiln in a sandbox (null until verified)."""
 
 
 class ProjectInfo(msgspec.Struct, frozen=True):

@@ -118,4 +118,5 @@ def status_of(summary: GenerationSummary) -> GenerationStatus:
             "stream_url": f"/generations/{summary.generation_id}/stream",
         },
         GenerationStatus,
+        from_attributes=True,  # the nested Structs (verification) as they are
     )

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.audit import StoredLink
-from contracts.state import GenerationSummary, Status
+from contracts.state import GenerationSummary, Status, Verification
 from contracts.streams import STORAGE_CONSUMER
 from services.storage.models import (
     blobs_table,
@@ -60,6 +60,7 @@ class VersionEntry(msgspec.Struct, frozen=True, kw_only=True):
     total_bytes: int
     created_at: datetime | None
     finished_at: datetime | None
+    verification: Verification | None = None
 
 
 class ProjectView(msgspec.Struct, frozen=True, kw_only=True):
@@ -289,6 +290,7 @@ def _versions_query() -> Any:
         generations_table.c.total_bytes,
         generations_table.c.created_at,
         generations_table.c.finished_at,
+        generations_table.c.verification,
     ).order_by(generations_table.c.project_id, generations_table.c.version)
 
 

@@ -36,8 +36,12 @@ STORED: dict[str, str] = {
 
 
 def row_values(summary: GenerationSummary) -> dict[str, Any]:
-    """The `generations` columns that hold a summary."""
-    return {column: getattr(summary, name) for name, column in STORED.items()}
+    """The `generations` columns that hold a summary (a nested Struct as its JSON value)."""
+    return {column: _column_value(getattr(summary, name)) for name, column in STORED.items()}
+
+
+def _column_value(value: Any) -> Any:
+    return msgspec.to_builtins(value) if isinstance(value, msgspec.Struct) else value
 
 
 def from_row(row: RowMapping, into: type[S]) -> S:

@@ -33,6 +33,7 @@ from services.gateway.schemas import (
     AuditEvent,
     AuditLog,
     CancelGeneration,
+    ChainVerification,
     CreateGeneration,
     Diff,
     FileInfo,
@@ -40,7 +41,6 @@ from services.gateway.schemas import (
     GenerationStatus,
     IterateGeneration,
     StreamToken,
-    Verification,
 )
 from services.gateway.sse import SSEResponse, WatchSession
 from services.gateway.tokens import TokenInvalid
@@ -292,7 +292,7 @@ class GenerationController(Controller):
         entries = await gw.read_model.events(view.generation_id)
         report = verify_chain(await gw.read_model.stored_links(entries)) if verify else None
         return AuditLog(
-            verification=msgspec.convert(msgspec.to_builtins(report), Verification)
+            verification=msgspec.convert(msgspec.to_builtins(report), ChainVerification)
             if report
             else None,
             generation_id=view.generation_id,

@@ -27,7 +27,8 @@ def project_info(project: ProjectView) -> ProjectInfo:
         created_at=project.created_at,
         latest_version=project.latest_version,
         versions=[
-            msgspec.convert(msgspec.structs.asdict(v), VersionInfo) for v in project.versions
+            msgspec.convert(msgspec.structs.asdict(v), VersionInfo, from_attributes=True)
+            for v in project.versions
         ],
     )
 

@@ -25,6 +25,7 @@ export function createModel(generationId) {
     tokensOut: 0,
     llmCalls: 0,
     retry: null, // { reason, delayS, atMs, attempt, message, phase }
+    verification: null, // contracts.state.Verification, in its own field names
     failure: null,
     cancelled: null,
     completed: null,
@@ -130,6 +131,15 @@ const handlers = {
       phase: e.phase,
     };
   },
+  "verify.started"(model, e) {
+    model.verification = verification("running", e);
+  },
+  "verify.completed"(model, e) {
+    model.verification = verification(e.verdict, e);
+  },
+  "verify.unavailable"(model, e) {
+    model.verification = verification("unverified", e);
+  },
   "generation.completed"(model, e) {
     model.status = "completed";
     model.progress = 100;
@@ -158,6 +168,40 @@ const handlers = {
     stopRunningPhases(model, e.phase);
   },
 };
+
+function verification(status, e) {
+  return {
+    status,
+    round: e.round || 0,
+    passed: e.passed || 0,
+    failed: e.failed || 0,
+    errors: e.errors || 0,
+    skipped: e.skipped || 0,
+    lint_findings: e.lint_findings || 0,
+    format_findings: e.format_findings || 0,
+    duration_ms: e.duration_ms || 0,
+    compile_errors: e.compile_errors || [],
+    failures: (e.failures || []).map((f) => ({
+      test_id: f.test_id,
+      message: f.message || "",
+      kind: f.kind || "failure",
+    })),
+    reason: e.reason ?? null,
+  };
+}
+
+// "tests: 20 passed · lint: clean · format: clean", as the CLI says it.
+export function verificationLine(v) {
+  const counts = [`${v.passed} passed`];
+  for (const [n, word] of [[v.failed, "failed"], [v.errors, "errors"], [v.skipped, "skipped"]]) {
+    if (n) counts.push(`${n} ${word}`);
+  }
+  const lint = v.lint_findings ? `${v.lint_findings} findings` : "clean";
+  const format = v.format_findings ? `${v.format_findings} files to reformat` : "clean";
+  let line = `tests: ${counts.join(", ")} · lint: ${lint} · format: ${format}`;
+  if (v.compile_errors.length) line += ` · ${v.compile_errors.length} files do not compile`;
+  return line;
+}
 
 // Apply one event; false (changing nothing) for an event already applied (its seq not above
 // the last one's) or one after the generation ended, as contracts/state.py's `apply`.
@@ -207,6 +251,7 @@ export function summaryOf(model) {
     error_kind: model.failure ? model.failure.kind : null,
     retryable: model.failure ? model.failure.retryable : false,
     last_seq: model.lastSeq,
+    verification: model.verification,
     files: Object.fromEntries(
       [...model.files].map(([path, f]) => [
         path,
@@ -256,6 +301,12 @@ export function describe(e) {
       return `${e.provider}/${e.model}: ${e.tokens_in} tokens in, ${e.tokens_out} out, ${formatDuration(e.latency_ms)} (${e.outcome})`;
     case "llm.retrying":
       return `${e.phase}: retry in ${e.delay_s} s (${e.reason.replace("_", " ")}, attempt ${e.attempt})`;
+    case "verify.started":
+      return `Verifying${e.round ? ` after repair round ${e.round}` : ""}: the version's own tests, sandboxed`;
+    case "verify.completed":
+      return `Tests ${e.verdict.replace("_", " ")}: ${verificationLine(verification(e.verdict, e))}`;
+    case "verify.unavailable":
+      return `Unverified: ${e.reason}`;
     case "generation.completed":
       return `Completed: ${e.file_count} files, ${formatBytes(e.total_bytes)} in ${formatDuration(e.duration_ms)}`;
     case "generation.failed":
