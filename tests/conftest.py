@@ -12,9 +12,9 @@ from nats.aio.client import Client
 from services.common.broker import ensure_streams
 from services.common.embedded_nats import EmbeddedNats
 from services.common.settings import Settings, load_settings
+from tests.support.environment import ALICE_KEY, BOB_KEY, service_env
 
-ALICE_KEY = "alice-key-0123456789"
-BOB_KEY = "bob-key-0123456789"
+__all__ = ["ALICE_KEY", "BOB_KEY", "make_settings"]
 
 
 @pytest.fixture
@@ -39,16 +39,7 @@ async def nc(nats_server: EmbeddedNats) -> AsyncIterator[Client]:
 
 def make_settings(tmp_path: Path, nats_url: str, **env: str) -> Settings:
     """Settings for a test stack: its own SQLite file, two users, a fixed token secret."""
-    values = {
-        "NATS_URL": nats_url,
-        "KILN_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'kiln.db'}",
-        "KILN_DATA_DIR": str(tmp_path / "data"),
-        "KILN_API_KEYS": f"alice:{ALICE_KEY},bob:{BOB_KEY}",
-        "KILN_SECRET": "test-secret-not-for-production",
-        "KILN_COMMAND_ACK_WAIT": "5",
-        **env,
-    }
-    return load_settings(values)
+    return load_settings(service_env(tmp_path, nats_url, **env))
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import asyncio
 import dataclasses
 import sqlite3
 import time
-from typing import Any
 
 import httpx
 
@@ -19,26 +18,11 @@ from bench.env import Stack, api_keys
 from bench.report import Measurements, Row
 from bench.scenarios import Context
 from contracts import streams, subjects
+from examples.schemas import schema_with
 from services.common.eventlog import read_generation
 
 TITLE = "B6 end to end"
 RAW_STREAM = "BENCH_RAW"
-
-
-def schema_with(entity_count: int) -> dict[str, Any]:
-    """A valid schema of `entity_count` related entities."""
-    entities = []
-    for i in range(entity_count):
-        fields = [
-            {"name": "name", "type": "string", "required": True},
-            {"name": "notes", "type": "text", "required": False},
-            {"name": "amount", "type": "integer", "required": False},
-        ]
-        relations = (
-            [{"name": "parent", "target": f"Entity{i - 1}", "kind": "many_to_one"}] if i else []
-        )
-        entities.append({"name": f"Entity{i}", "fields": fields, "relations": relations})
-    return {"entities": entities}
 
 
 class Users:

@@ -10,7 +10,6 @@ sets up, not a moment it hopes to catch.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import re
@@ -20,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from httpx_sse import aconnect_sse
 from playwright.async_api import Browser, Page, Request, expect
 
 from contracts.phases import PHASE_NAMES
 from tests.browser.conftest import Screenshots
 from tests.browser.scripted import ScriptedProvider
 from tests.conftest import ALICE_KEY, make_settings
+from tests.support import client as kiln
 from tests.support.stack import SSEEvent, Stack, running_stack
 
 DESKTOP = {"width": 1280, "height": 720}
@@ -135,16 +134,7 @@ async def page_files(page: Page) -> list[str]:
 
 async def history(stack: Stack, generation_id: str) -> list[SSEEvent]:
     """The generation's whole SSE history, read over HTTP with the API key."""
-    received: list[SSEEvent] = []
-    async with (
-        asyncio.timeout(30),
-        aconnect_sse(stack.alice, "GET", f"/generations/{generation_id}/stream") as source,
-    ):
-        source.response.raise_for_status()
-        async for message in source.aiter_sse():
-            if message.id:  # the opening `retry:` block carries no event
-                received.append(SSEEvent(int(message.id), message.event, message.json()))
-    return received
+    return await kiln.read_events(stack.alice, f"/generations/{generation_id}/stream", timeout=30)
 
 
 def files_of(events: list[SSEEvent]) -> list[str]:

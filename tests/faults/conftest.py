@@ -3,23 +3,24 @@ a generation that went through a fault with one that did not."""
 
 from __future__ import annotations
 
-import asyncio
-import time
+import functools
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import nats
 import pytest
-from httpx_sse import aconnect_sse
 
 from contracts.events import TERMINAL_TAGS, event_tag
 from contracts.phases import PHASE_NAMES
+from examples.schemas import schema_with
 from services.common.embedded_nats import EmbeddedNats
 from services.common.eventlog import StoredEvent, read_generation
-from tests.conftest import ALICE_KEY
+from tests.support import client as kiln
+from tests.support.client import SSEEvent, ended
+from tests.support.environment import ALICE_KEY, service_env
 from tests.support.processes import Processes
 
 # Slow enough to hit a generation mid-phase, fast enough for CI.
@@ -29,18 +30,13 @@ PHASE_DELAY = "0.4"
 @pytest.fixture
 def processes(tmp_path: Path, nats_server: EmbeddedNats) -> Iterator[Processes]:
     """Services as separate processes against this test's nats-server and SQLite file."""
-    group = Processes(
+    env = service_env(
         tmp_path,
-        {
-            "NATS_URL": nats_server.url,
-            "KILN_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'kiln.db'}",
-            "KILN_DATA_DIR": str(tmp_path / "data"),
-            "KILN_API_KEYS": f"alice:{ALICE_KEY}",
-            "KILN_SECRET": "faults-secret",
-            "KILN_OFFLINE_PHASE_DELAY": PHASE_DELAY,
-            "KILN_COMMAND_ACK_WAIT": "2",
-        },
+        nats_server.url,
+        KILN_OFFLINE_PHASE_DELAY=PHASE_DELAY,
+        KILN_COMMAND_ACK_WAIT="2",
     )
+    group = Processes(tmp_path, env)
     group.migrate()
     try:
         yield group
@@ -54,43 +50,17 @@ async def client_for() -> AsyncIterator[Any]:
     clients: list[httpx.AsyncClient] = []
 
     def make(url: str) -> httpx.AsyncClient:
-        client = httpx.AsyncClient(
-            base_url=url, headers={"Authorization": f"Bearer {ALICE_KEY}"}, timeout=30
-        )
-        clients.append(client)
-        return client
+        clients.append(kiln.connect(url, ALICE_KEY))
+        return clients[-1]
 
     yield make
-    for client in clients:
-        await client.aclose()
+    for each in clients:
+        await each.aclose()
 
 
-async def create(client: httpx.AsyncClient, entities: int = 3) -> dict[str, Any]:
+async def create(http: httpx.AsyncClient, entities: int = 3) -> dict[str, Any]:
     """POST /generations with the standard fault-test schema; the 201 body."""
-    from tests.support.stack import schema_with
-
-    response = await client.post(
-        "/generations", json={"project_name": "faults", "schema": schema_with(entities)}
-    )
-    assert response.status_code == 201, response.text
-    return dict(response.json())
-
-
-async def wait_status(
-    client: httpx.AsyncClient, generation_id: str, *wanted: str, timeout: float = 90
-) -> dict[str, Any]:
-    """Poll the status until it is one of `wanted` (default: any terminal status)."""
-    statuses = wanted or ("completed", "failed", "cancelled")
-    deadline = time.monotonic() + timeout
-    body: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        with_error = await client.get(f"/generations/{generation_id}")
-        if with_error.status_code == 200:
-            body = with_error.json()
-            if body["status"] in statuses:
-                return body
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"generation {generation_id} never reached {statuses}: {body}")
+    return await kiln.create(http, schema_with(entities), project_name="faults", prompt="")
 
 
 async def follow(
@@ -98,28 +68,24 @@ async def follow(
     generation_id: str,
     *,
     last_event_id: int | None = None,
-    until: Any = None,
-    received: list[tuple[int, str, dict[str, Any]]] | None = None,
-) -> list[tuple[int, str, dict[str, Any]]]:
-    """Read the SSE stream (with Alice's key) until the terminal event or `until(event)`."""
-    events = received if received is not None else []
-    headers = {"Authorization": f"Bearer {ALICE_KEY}"}
-    if last_event_id is not None:
-        headers["Last-Event-ID"] = str(last_event_id)
-    async with (
-        httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(60, read=60)) as client,
-        aconnect_sse(
-            client, "GET", f"/generations/{generation_id}/stream", headers=headers
-        ) as source,
-    ):
-        async for message in source.aiter_sse():
-            if not message.id:
-                continue
-            event = (int(message.id), message.event, message.json())
-            events.append(event)
-            if message.event in TERMINAL_TAGS or (until is not None and until(event)):
-                break
-    return events
+    until: Callable[[SSEEvent], bool] | None = None,
+    received: list[SSEEvent] | None = None,
+) -> list[SSEEvent]:
+    """Read the generation's stream (with Alice's key) to its terminal event or `until`."""
+    return await kiln.read_stream(
+        url,
+        f"/generations/{generation_id}/stream",
+        key=ALICE_KEY,
+        last_event_id=last_event_id,
+        until=lambda event: ended(event) or (until is not None and until(event)),
+        received=received,
+        timeout=180,
+    )
+
+
+# The fault suite's patience: a generation that goes through a fault takes longer.
+wait_status = functools.partial(kiln.wait_status, timeout=90, every_s=0.1)
+files_of = kiln.files_of
 
 
 async def history(nats_url: str, generation_id: str) -> list[StoredEvent]:
@@ -146,9 +112,3 @@ def assert_a_whole_log(events: list[StoredEvent]) -> None:
         if event_tag(type(e.event)) == "file.written"
     )
     assert not [key for key, n in written.items() if n > 1], "a file was written twice"
-
-
-async def files_of(client: httpx.AsyncClient, generation_id: str) -> dict[str, str]:
-    """path → sha256 of a version, from the read model."""
-    listing = (await client.get(f"/generations/{generation_id}/files")).json()
-    return {f["path"]: f["sha256"] for f in listing["files"]}

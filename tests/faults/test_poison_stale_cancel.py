@@ -16,8 +16,10 @@ from contracts.events import event_tag
 from services.common.embedded_nats import EmbeddedNats
 from tests.conftest import make_settings
 from tests.faults.conftest import assert_a_whole_log, create, follow, history, wait_status
+from tests.support.environment import service_env
 from tests.support.processes import Processes
 from tests.support.stack import running_stack, schema_with
+from tests.support.waiting import eventually
 
 
 async def test_poison_commands_are_dead_lettered_with_a_reason_and_block_nothing(
@@ -34,14 +36,11 @@ async def test_poison_commands_are_dead_lettered_with_a_reason_and_block_nothing
             status = await stack.wait_status(accepted["generation_id"], timeout=60)
             assert status["status"] == "completed"
 
-            letters = []
-            for _ in range(100):
-                info = await js.stream_info(streams.DLQ_STREAM)
-                if info.state.messages >= 3:
-                    break
-                await asyncio.sleep(0.1)
-            for seq in range(1, 4):
-                letters.append(await js.get_msg(streams.DLQ_STREAM, seq))
+            async def three_letters() -> bool:
+                return (await js.stream_info(streams.DLQ_STREAM)).state.messages >= 3
+
+            await eventually(three_letters, 20, 0.1, what="three dead letters")
+            letters = [await js.get_msg(streams.DLQ_STREAM, seq) for seq in range(1, 4)]
         finally:
             await nc.close()
     assert [m.subject for m in letters] == ["kiln.dlq.orchestrator"] * 3
@@ -55,20 +54,15 @@ async def test_poison_commands_are_dead_lettered_with_a_reason_and_block_nothing
 async def test_a_generation_whose_orchestrator_died_for_good_is_failed_by_the_watchdog(
     tmp_path: Path, nats_server: EmbeddedNats, client_for: Any
 ) -> None:
-    processes = Processes(
+    env = service_env(
         tmp_path,
-        {
-            "NATS_URL": nats_server.url,
-            "KILN_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'kiln.db'}",
-            "KILN_DATA_DIR": str(tmp_path / "data"),
-            "KILN_API_KEYS": "alice:alice-key-0123456789",
-            "KILN_SECRET": "s",
-            "KILN_OFFLINE_PHASE_DELAY": "2",
-            "KILN_COMMAND_ACK_WAIT": "1",
-            "KILN_COMMAND_MAX_DELIVER": "1",
-            "KILN_STALE_RUN_AFTER": "3",
-        },
+        nats_server.url,
+        KILN_OFFLINE_PHASE_DELAY="2",
+        KILN_COMMAND_ACK_WAIT="1",
+        KILN_COMMAND_MAX_DELIVER="1",
+        KILN_STALE_RUN_AFTER="3",
     )
+    processes = Processes(tmp_path, env)
     processes.migrate()
     try:
         processes.start("storage")
@@ -77,7 +71,7 @@ async def test_a_generation_whose_orchestrator_died_for_good_is_failed_by_the_wa
         client = client_for(url)
         accepted = await create(client)
         gid = accepted["generation_id"]
-        await follow(url, gid, until=lambda e: e[1] == "phase.started")
+        await follow(url, gid, until=lambda e: e.type == "phase.started")
         doomed.signal(signal.SIGKILL)
         # Another orchestrator runs, but the command has used its only delivery.
         processes.start("orchestrator", "orchestrator-2")

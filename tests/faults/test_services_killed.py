@@ -3,7 +3,6 @@ lost or duplicated — each end state is compared with a run that had no fault."
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from tests.faults.conftest import (
     wait_status,
 )
 from tests.support.processes import Processes
+from tests.support.waiting import eventually
 
 VOLATILE_COLUMNS = {"updated_at"}
 
@@ -43,12 +43,12 @@ async def test_an_orchestrator_killed_mid_phase_is_resumed_and_ends_like_a_clean
     victim = await create(client)
     gid = victim["generation_id"]
     seen = await follow(
-        url, gid, until=lambda e: e[1] == "file.written" and e[2]["phase"] == "schemas"
+        url, gid, until=lambda e: e.type == "file.written" and e.data["phase"] == "schemas"
     )
     first.signal(signal.SIGKILL)
     killed_at = time.monotonic()
     processes.start("orchestrator", "orchestrator-2")
-    rest = await follow(url, gid, last_event_id=seen[-1][0])
+    rest = await follow(url, gid, last_event_id=seen[-1].id)
     recovered_s = time.monotonic() - killed_at
     await wait_status(client, gid, "completed")
 
@@ -56,7 +56,7 @@ async def test_an_orchestrator_killed_mid_phase_is_resumed_and_ends_like_a_clean
     assert_a_whole_log(events)
     tags = [event_tag(type(e.event)) for e in events]
     assert tags.count("generation.resumed") == 1
-    assert [e[0] for e in seen + rest] == [e.stream_seq for e in events], "SSE saw all, once"
+    assert [e.id for e in seen + rest] == [e.stream_seq for e in events], "SSE saw all, once"
     assert await files_of(client, gid) == await files_of(client, clean["generation_id"])
     print(f"orchestrator SIGKILL: recovered in {recovered_s:.1f} s (ack wait 2 s)")
 
@@ -71,21 +71,21 @@ async def test_a_gateway_killed_mid_stream_is_replaced_and_the_client_resumes(
     accepted = await create(client_for(url_1))
     gid = accepted["generation_id"]
 
-    seen = await follow(url_1, gid, until=lambda e: e[1] == "phase.completed")
+    seen = await follow(url_1, gid, until=lambda e: e.type == "phase.completed")
     first.signal(signal.SIGKILL)
     killed_at = time.monotonic()
     rest = await follow(
-        url_2, gid, last_event_id=seen[-1][0], until=lambda e: e[0] == seen[-1][0] + 1
+        url_2, gid, last_event_id=seen[-1].id, until=lambda e: e.id == seen[-1].id + 1
     )
     resumed_s = time.monotonic() - killed_at
-    rest = await follow(url_2, gid, last_event_id=rest[-1][0], received=rest)
+    rest = await follow(url_2, gid, last_event_id=rest[-1].id, received=rest)
     print(
         f"gateway SIGKILL: the client had its next event from the other gateway in {resumed_s:.2f} s"
     )
 
     events = await history(nats_server.url, gid)
     assert_a_whole_log(events)
-    assert [e[0] for e in seen + rest] == [e.stream_seq for e in events]
+    assert [e.id for e in seen + rest] == [e.stream_seq for e in events]
 
 
 async def test_storage_killed_mid_batch_ends_with_the_read_model_of_a_clean_projection(
@@ -127,23 +127,24 @@ async def test_storage_killed_mid_batch_ends_with_the_read_model_of_a_clean_proj
 
 
 async def _wait_applied_some(client: Any, generation_id: str) -> None:
-    for _ in range(600):
+    """Wait until the read model holds some of the generation's files."""
+
+    async def some() -> bool:
         response = await client.get(f"/generations/{generation_id}/files")
-        if response.status_code == 200 and response.json()["file_count"] > 0:
-            return
-        await asyncio.sleep(0.02)
+        return bool(response.status_code == 200 and response.json()["file_count"] > 0)
+
+    await eventually(some, 30, 0.02, what=f"a file of {generation_id} in the read model")
 
 
 async def _settled(client: Any, generation_ids: list[str]) -> None:
     """Wait until the read model has every generation's terminal event."""
     for generation_id in generation_ids:
-        for _ in range(600):
+
+        async def completed(generation_id: str = generation_id) -> bool:
             response = await client.get(f"/generations/{generation_id}/files")
-            if response.status_code == 200 and response.json()["status"] == "completed":
-                break
-            await asyncio.sleep(0.05)
-        else:
-            raise AssertionError(f"the read model never settled {generation_id}")
+            return bool(response.status_code == 200 and response.json()["status"] == "completed")
+
+        await eventually(completed, 60, 0.05, what=f"the read model to settle {generation_id}")
 
 
 async def _snapshot(url: str) -> dict[str, list[tuple[Any, ...]]]:

@@ -13,6 +13,7 @@ from contracts import streams
 from services.common.embedded_nats import EmbeddedNats
 from services.common.settings import Settings
 from tests.support.stack import running_stack, schema_with
+from tests.support.waiting import eventually
 
 
 async def _event_consumers(url: str) -> int:
@@ -39,25 +40,18 @@ async def test_disconnected_clients_leave_no_watcher_task_or_consumer(
                 for _ in range(5)
             ]
             assert all(r.status_code == 200 for r in responses)
-            for _ in range(100):
-                if gateway.stats.open == 5 and gateway.hub.logs[gid].replayed:
-                    break
-                await asyncio.sleep(0.05)
+            await eventually(lambda: gateway.stats.open == 5 and gateway.hub.logs[gid].replayed, 10)
             assert gateway.stats.open == 5
             assert gateway.hub.logs[gid].watchers == 5
             assert gateway.hub.replays_started == 1, "one replay shared by every client"
             for response in responses:
                 await response.aclose()
 
-        for _ in range(100):
-            if gateway.stats.open == 0:
-                break
-            await asyncio.sleep(0.05)
-        assert gateway.stats.open == 0
+        await eventually(lambda: gateway.stats.open == 0, 10)
         assert gateway.hub.logs[gid].watchers == 0
-        for _ in range(100):
-            if await _event_consumers(nats_server.url) <= before:
-                break
-            await asyncio.sleep(0.1)
-        assert await _event_consumers(nats_server.url) <= before, "the replay consumer is gone"
+
+        async def replay_consumer_gone() -> bool:
+            return await _event_consumers(nats_server.url) <= before
+
+        await eventually(replay_consumer_gone, 20, 0.1, what="the replay consumer to go")
         assert not [t for t in asyncio.all_tasks() if "WatchSession" in repr(t.get_coro())]

@@ -4,11 +4,10 @@ migrated database; and the client-side checks the operations tests share."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import functools
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,18 +15,20 @@ from typing import Any
 import httpx
 import msgspec
 import nats
-from httpx_sse import aconnect_sse
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from prometheus_client.parser import text_string_to_metric_families
 
 from contracts import subjects
+from contracts.events import TERMINAL_TAGS
 from contracts.streams import EVENTS_STREAM
 from services.common.embedded_nats import free_port
-from tests.conftest import ALICE_KEY
+from tests.support import client as kiln
+from tests.support.client import SSEEvent
+from tests.support.environment import ALICE_KEY, service_env
 from tests.support.processes import Processes, ServiceProcess
-from tests.support.stack import SCHEMA_ONE
 
-TERMINAL = {"generation.completed", "generation.failed", "generation.cancelled"}
+__all__ = ["SSEEvent", "create", "wait_status"]
+
 START_TIMEOUT_S = 120.0
 
 
@@ -48,20 +49,8 @@ class Cluster:
 
     def __init__(self, tmp_path: Path, nats_url: str, **env: str) -> None:
         self.nats_url = nats_url
-        self.processes = Processes(
-            tmp_path,
-            {
-                "NATS_URL": nats_url,
-                "KILN_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'kiln.db'}",
-                "KILN_DATA_DIR": str(tmp_path / "data"),
-                "KILN_API_KEYS": f"alice:{ALICE_KEY}",
-                "KILN_SECRET": "ops-test-secret-not-for-production",
-                "KILN_COMMAND_ACK_WAIT": "5",
-                "KILN_GENERATIONS_PER_MINUTE": "0",
-                "KILN_LOG_FORMAT": "json",
-                **env,
-            },
-        )
+        base = {"KILN_GENERATIONS_PER_MINUTE": "0", "KILN_LOG_FORMAT": "json", **env}
+        self.processes = Processes(tmp_path, service_env(tmp_path, nats_url, **base))
 
     def migrate(self) -> None:
         """`kiln migrate`, as an operator runs it before the services."""
@@ -97,25 +86,12 @@ class Cluster:
 
 def client(url: str) -> httpx.AsyncClient:
     """alice's client for one gateway."""
-    return httpx.AsyncClient(
-        base_url=url, headers={"Authorization": f"Bearer {ALICE_KEY}"}, timeout=60
-    )
+    return kiln.connect(url, ALICE_KEY, timeout=60)
 
 
-async def create(gateway: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
-    """POST /generations; the 201 body."""
-    payload = {"project_name": "shop", "schema": SCHEMA_ONE, "prompt": "a small shop", **body}
-    response = await gateway.post("/generations", json=payload)
-    assert response.status_code == 201, response.text
-    return dict(response.json())
-
-
-class SSEEvent(msgspec.Struct, frozen=True):
-    """One event as an SSE client received it."""
-
-    id: int
-    type: str
-    data: dict[str, Any]
+create = kiln.create
+# Operations move whole processes: wait longer, and poll less often, than in-process tests.
+wait_status = functools.partial(kiln.wait_status, timeout=180, every_s=0.1)
 
 
 async def watch(
@@ -126,35 +102,16 @@ async def watch(
     received: list[SSEEvent] | None = None,
     timeout: float = 180,
 ) -> list[SSEEvent]:
-    """Read a stream until the server ends it; every event received, in order.
-
-    Events are appended to `received` as they arrive (a caller can look while it runs).
-    """
-    events = received if received is not None else []
-    headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
-    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(60, read=90)) as http:
-        async with asyncio.timeout(timeout):
-            # A gateway that stops ends the body early; that is the end of this stream.
-            with contextlib.suppress(httpx.RemoteProtocolError, httpx.ReadError):
-                async with aconnect_sse(http, "GET", stream_url, headers=headers) as source:
-                    source.response.raise_for_status()
-                    async for message in source.aiter_sse():
-                        if message.id:
-                            events.append(SSEEvent(int(message.id), message.event, message.json()))
-    return events
-
-
-async def wait_status(
-    gateway: httpx.AsyncClient, generation_id: str, *statuses: str, timeout: float = 180
-) -> dict[str, Any]:
-    """Poll GET /generations/{id} (the read model) until its status is one of `statuses`."""
-    wanted = statuses or ("completed", "failed", "cancelled")
-    async with asyncio.timeout(timeout):
-        while True:
-            response = await gateway.get(f"/generations/{generation_id}")
-            if response.status_code == 200 and response.json()["status"] in wanted:
-                return dict(response.json())
-            await asyncio.sleep(0.1)
+    """Read a stream (on a connection of its own) until the server ends it, or the gateway
+    stops and cuts it; every event received, in order, also appended to `received`."""
+    return await kiln.read_stream(
+        url,
+        stream_url,
+        last_event_id=last_event_id,
+        received=received,
+        cut_is_end=True,
+        timeout=timeout,
+    )
 
 
 @dataclass(frozen=True)
@@ -218,7 +175,7 @@ def check_log_is_whole(generation_id: str, messages: list[StreamMessage]) -> Non
     assert set(ids) == {f"{generation_id}:{m.event['seq']}" for m in messages}
     types = [m.event["type"] for m in messages]
     assert types.count("generation.completed") == 1, (generation_id, types)
-    assert sum(t in TERMINAL for t in types) == 1, (generation_id, types)
+    assert sum(t in TERMINAL_TAGS for t in types) == 1, (generation_id, types)
     assert types[-1] == "generation.completed", (generation_id, types)
 
 
@@ -243,18 +200,6 @@ async def scrape(url: str) -> dict[str, float]:
             values[f"{sample.name}{{{labels}}}"] = sample.value
             values[sample.name] = values.get(sample.name, 0.0) + sample.value
     return values
-
-
-async def eventually(
-    check: Callable[[], bool | Awaitable[bool]], timeout: float = 120, every_s: float = 0.05
-) -> None:
-    """Wait until `check()` is true; TimeoutError after `timeout` seconds."""
-    async with asyncio.timeout(timeout):
-        while True:
-            result = check()
-            if result if isinstance(result, bool) else await result:
-                return
-            await asyncio.sleep(every_s)
 
 
 def wait_exit(service: Service, timeout: float) -> tuple[int | None, float]:

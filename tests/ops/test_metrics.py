@@ -15,12 +15,12 @@ from tests.ops.cluster import (
     SSEEvent,
     client,
     create,
-    eventually,
     scrape,
     wait_status,
     watch,
 )
 from tests.storage.conftest import POSTGRES_ENV
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -73,7 +73,7 @@ async def _run_generations(
         received: list[SSEEvent] = []
         watcher = asyncio.create_task(watch(gateway.url, accepted["stream_url"], received=received))
         # While the stream is open, the gateway counts it.
-        await eventually(lambda: bool(received))
+        await eventually(lambda: bool(received), 120)
         during = await scrape(gateway.url)
         assert during["kiln_gateway_sse_connections"] >= 1
         running = await scrape(orchestrator.url)

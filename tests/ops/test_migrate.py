@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from services.storage.db import (
 )
 from tests.conftest import ALICE_KEY
 from tests.storage.conftest import database_url  # noqa: F401  (the fixture, both backends)
+from tests.support.environment import process_env
 from tests.support.processes import ROOT
 
 NOT_MIGRATED = "is not migrated: run `kiln migrate`"
@@ -33,10 +33,7 @@ def kiln(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.Co
     return subprocess.run(
         [sys.executable, "-m", "services.cli.main", *args],
         cwd=ROOT,
-        env={
-            **{k: v for k, v in os.environ.items() if not k.startswith(("KILN_", "NATS_"))},
-            **env,
-        },
+        env=process_env(env),
         capture_output=True,
         text=True,
         timeout=timeout,

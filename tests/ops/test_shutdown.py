@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 
+import httpx
 import pytest
 
 from tests.ops.cluster import (
@@ -16,13 +17,13 @@ from tests.ops.cluster import (
     check_sse_matches_log,
     client,
     create,
-    eventually,
     scrape,
     stream_messages,
     wait_exit,
     wait_status,
     watch,
 )
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -40,7 +41,7 @@ async def test_sigterm_to_a_gateway_mid_stream_the_client_resumes_on_another(
         accepted = await create(alice)
     received: list[SSEEvent] = []
     watcher = asyncio.create_task(watch(first.url, accepted["stream_url"], received=received))
-    await eventually(lambda: any(e.type == "phase.completed" for e in received))
+    await eventually(lambda: any(e.type == "phase.completed" for e in received), 120)
 
     first.process.signal(signal.SIGTERM)
     before = await asyncio.wait_for(watcher, 60)
@@ -72,7 +73,7 @@ async def test_sigterm_to_an_orchestrator_hands_its_generation_to_another(
         accepted = await create(alice)
         received: list[SSEEvent] = []
         watcher = asyncio.create_task(watch(gateway.url, accepted["stream_url"], received=received))
-        await eventually(lambda: any(e.type == "phase.completed" for e in received))
+        await eventually(lambda: any(e.type == "phase.completed" for e in received), 120)
         # A second orchestrator joins; then the one running the generation is stopped.
         orchestrators.append(cluster.orchestrator("orchestrator-2", **delay))
         stopped = orchestrators[0]
@@ -107,7 +108,7 @@ async def test_sigterm_to_an_orchestrator_within_its_grace_finishes_the_generati
         accepted = await create(alice)
         received: list[SSEEvent] = []
         watcher = asyncio.create_task(watch(gateway.url, accepted["stream_url"], received=received))
-        await eventually(lambda: any(e.type == "phase.completed" for e in received))
+        await eventually(lambda: any(e.type == "phase.completed" for e in received), 120)
         orchestrator.process.signal(signal.SIGTERM)
         code, _ = await asyncio.to_thread(wait_exit, orchestrator, 60)
         assert code == 0, orchestrator.process.log[-2000:]
@@ -133,15 +134,15 @@ async def test_sigterm_to_storage_exits_promptly_and_a_new_one_catches_up(
 
         await wait_status(alice, accepted["generation_id"], "completed", timeout=180)
         replacement = cluster.storage("storage-2")
+
         # The new projector takes over where the old one stopped: the read model ends up
         # holding the whole version.
-        async with asyncio.timeout(120):
-            while True:
-                files = await alice.get(f"/generations/{accepted['generation_id']}/files")
-                if files.status_code == 200:
-                    break
-                assert files.status_code == 503, files.text
-                await asyncio.sleep(0.2)
+        async def projected() -> httpx.Response | None:
+            files = await alice.get(f"/generations/{accepted['generation_id']}/files")
+            assert files.status_code in (200, 503), files.text
+            return files if files.status_code == 200 else None
+
+        files = await eventually(projected, 120, 0.2, what="the new projector's version")
     messages = by_generation(await stream_messages(cluster.nats_url))[accepted["generation_id"]]
     check_log_is_whole(accepted["generation_id"], messages)
     written: set[str] = set()

@@ -26,6 +26,7 @@ from services.orchestrator.cancels import CancelWatcher
 from services.orchestrator.providers.base import PhaseRequest, ProviderError, Reporter
 from services.orchestrator.providers.registry import Providers
 from services.orchestrator.runner import GenerationRunner, RunnerConfig
+from tests.support.waiting import eventually
 
 SCHEMA = ProjectSchema(entities=[Entity(name="Thing", fields=[Field(name="name", type="string")])])
 
@@ -123,14 +124,15 @@ async def test_a_crash_mid_phase_resumes_without_redoing_finished_steps(
     first = Scripted()
     first.block_in = "api"
     crashed = asyncio.create_task((await make_runner(js, first)).run(command, attempt=1))
-    for _ in range(200):
-        if (
+
+    async def blocked_in_api() -> bool:
+        return bool(
             "PhaseStarted" in await types_of(js, command.generation_id)
             and first.calls
             and first.calls[-1][0] == "api"
-        ):
-            break
-        await asyncio.sleep(0.02)
+        )
+
+    await eventually(blocked_in_api, 10, 0.02, what="the first runner to block in api")
     crashed.cancel()  # the process dies
     await asyncio.gather(crashed, return_exceptions=True)
     before = await read_generation(js, command.generation_id)
@@ -162,10 +164,7 @@ async def test_a_second_writer_is_refused_and_stands_back(js: JetStreamContext) 
     slow = Scripted()
     slow.block_in = "models"
     first = asyncio.create_task((await make_runner(js, slow)).run(command, attempt=1))
-    for _ in range(200):
-        if ("models", 1, None) in slow.calls:
-            break
-        await asyncio.sleep(0.02)
+    await eventually(lambda: ("models", 1, None) in slow.calls, 10, 0.02)
 
     outcome = await (await make_runner(js, Scripted(), worker="w2")).run(command, attempt=2)
     first.cancel()

@@ -10,6 +10,7 @@ import httpx
 from services.common.embedded_nats import EmbeddedNats
 from tests.conftest import make_settings
 from tests.support.stack import SCHEMA_ONE, running_stack
+from tests.support.waiting import eventually
 
 
 async def test_a_body_over_the_limit_gets_413_and_nothing_is_published(
@@ -42,11 +43,11 @@ async def test_new_generations_are_rate_limited_per_key_with_retry_after(
         assert "Try again in" in refused.json()["detail"]
         # Another key has its own allowance, and the refused request published nothing.
         assert (await stack.bob.post("/generations", json=_body())).status_code == 201
-        for _ in range(100):  # the project list is the read model's: give storage a moment
-            projects = (await stack.alice.get("/projects")).json()["projects"]
-            if len(projects) >= 3:
-                break
-            await asyncio.sleep(0.05)
+
+        async def three_projects() -> bool:  # the project list is the read model's
+            return len((await stack.alice.get("/projects")).json()["projects"]) >= 3
+
+        await eventually(three_projects, 10, what="storage to list three projects")
         await asyncio.sleep(0.2)
         assert len((await stack.alice.get("/projects")).json()["projects"]) == 3
 
@@ -65,15 +66,13 @@ async def test_open_streams_are_capped_per_key(tmp_path: Path, nats_server: Embe
             assert "open event streams" in third.json()["detail"]
             await first.aclose()
             # The slot comes back once the server has seen the disconnect.
-            for _ in range(100):
+
+            async def slot_released() -> bool:
                 again = await client.send(client.build_request("GET", url), stream=True)
-                if again.status_code == 200:
-                    await again.aclose()
-                    break
                 await again.aclose()
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("the closed stream's slot was never released")
+                return again.status_code == 200
+
+            await eventually(slot_released, 10, what="the closed stream's slot to be released")
             await second.aclose()
 
 

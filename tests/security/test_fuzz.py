@@ -8,25 +8,16 @@ import sys
 from pathlib import Path
 
 from services.common.embedded_nats import EmbeddedNats
-from tests.conftest import ALICE_KEY
+from tests.support.environment import ALICE_KEY, service_env
 from tests.support.processes import Processes
 
 
 def test_generated_requests_get_no_5xx_and_documented_responses(
     tmp_path: Path, nats_server: EmbeddedNats
 ) -> None:
-    processes = Processes(
-        tmp_path,
-        {
-            "NATS_URL": nats_server.url,
-            "KILN_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'kiln.db'}",
-            "KILN_DATA_DIR": str(tmp_path / "data"),
-            "KILN_API_KEYS": f"alice:{ALICE_KEY}",
-            "KILN_SECRET": "fuzz-secret",
-            # The rate limit has its own test; here it would only turn fuzzing into 429s.
-            "KILN_GENERATIONS_PER_MINUTE": "0",
-        },
-    )
+    # The rate limit has its own test; here it would only turn fuzzing into 429s.
+    env = service_env(tmp_path, nats_server.url, KILN_GENERATIONS_PER_MINUTE="0")
+    processes = Processes(tmp_path, env)
     try:
         processes.migrate()
         processes.start("storage")

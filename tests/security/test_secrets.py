@@ -7,7 +7,6 @@ scanned for the known secret values.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,8 @@ from httpx_sse import aconnect_sse
 from services.common.embedded_nats import EmbeddedNats
 from services.common.eventlog import read_generation
 from tests.fakes.gemini_server import FakeGemini
+from tests.support.client import wait_status
+from tests.support.environment import service_env
 from tests.support.processes import Processes
 from tests.support.stack import schema_with
 
@@ -37,19 +38,16 @@ def gemini() -> Iterator[FakeGemini]:
 async def test_no_secret_appears_in_logs_events_responses_or_the_openapi_document(
     tmp_path: Path, nats_server: EmbeddedNats, gemini: FakeGemini
 ) -> None:
-    processes = Processes(
+    env = service_env(
         tmp_path,
-        {
-            "NATS_URL": nats_server.url,
-            "KILN_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'kiln.db'}",
-            "KILN_DATA_DIR": str(tmp_path / "data"),
-            "KILN_API_KEYS": f"alice:{API_KEY}",
-            "KILN_SECRET": TOKEN_SECRET,
-            "GEMINI_API_KEY": GEMINI_KEY,
-            "KILN_GEMINI_BASE_URL": gemini.url,
-            "KILN_LLM_RETRY_DELAY": "0.05",
-        },
+        nats_server.url,
+        KILN_API_KEYS=f"alice:{API_KEY}",
+        KILN_SECRET=TOKEN_SECRET,
+        GEMINI_API_KEY=GEMINI_KEY,
+        KILN_GEMINI_BASE_URL=gemini.url,
+        KILN_LLM_RETRY_DELAY="0.05",
     )
+    processes = Processes(tmp_path, env)
     responses: list[httpx.Response] = []
     tokens: list[str] = []
     try:
@@ -84,12 +82,7 @@ async def test_no_secret_appears_in_logs_events_responses_or_the_openapi_documen
                         f"/generations/{generation_id}/stream?token={accepted['sse_token']}x"
                     )
                 )
-            for _ in range(200):
-                status = await alice.get(f"/generations/{generation_id}")
-                if status.json()["status"] == "completed":
-                    break
-                await asyncio.sleep(0.1)
-            assert status.json()["status"] == "completed", status.text
+            await wait_status(alice, generation_id, "completed", timeout=40, every_s=0.1)
             renewed = await alice.post(f"/generations/{generation_id}/stream-token")
             tokens.append(renewed.json()["sse_token"])
             for path in [

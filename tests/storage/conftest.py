@@ -13,7 +13,6 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import nats
 import pytest
@@ -43,6 +42,7 @@ from services.storage.db import create_engine, migrate
 from services.storage.queries import ReadModel
 from services.storage.service import StorageService
 from tests.conftest import make_settings
+from tests.support.waiting import eventually
 
 POSTGRES_ENV = "KILN_TEST_POSTGRES_URL"
 
@@ -151,23 +151,13 @@ async def running_storage(settings: Settings) -> AsyncIterator[StorageService]:
         await asyncio.wait_for(task, 15)
 
 
-async def wait_until(predicate: Any, timeout: float = 15, what: str = "condition") -> None:
-    """Poll an async predicate until it is true; AssertionError after `timeout` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 async def wait_applied(read_model: ReadModel, stream_seq: int, timeout: float = 15) -> None:
     """Wait until storage has applied the stream up to `stream_seq`."""
 
     async def applied() -> bool:
         return await read_model.applied_stream_seq() >= stream_seq
 
-    await wait_until(applied, timeout, f"stream seq {stream_seq} to be applied")
+    await eventually(applied, timeout, 0.02, what=f"stream seq {stream_seq} to be applied")
 
 
 def sha(content: str) -> str:

@@ -31,9 +31,9 @@ from tests.storage.conftest import (
     postgres_database,
     publish_generation,
     running_storage,
-    wait_until,
 )
 from tests.storage.test_projector import dead_letters
+from tests.support.waiting import eventually
 
 # Columns that say when a row was written, not what it holds.
 WRITE_TIMES = {"updated_at"}
@@ -104,7 +104,9 @@ async def wait_positions(engine: AsyncEngine, consumers: list[str], stream_seq: 
                 return False
         return True
 
-    await wait_until(handled, 30, f"{', '.join(consumers)} to reach stream seq {stream_seq}")
+    await eventually(
+        handled, 30, 0.02, what=f"{', '.join(consumers)} to reach stream seq {stream_seq}"
+    )
 
 
 def project_id_for(n: int) -> str:

@@ -35,9 +35,9 @@ from tests.storage.conftest import (
     running_storage,
     sha,
     wait_applied,
-    wait_until,
     write_file,
 )
+from tests.support.waiting import eventually
 
 FILES = {
     "app/models.py": "class Product:\n    title: str\n",
@@ -76,7 +76,7 @@ async def wait_dead_letters(js: JetStreamContext, n: int) -> list[RawStreamMsg]:
     async def enough() -> bool:
         return len(await dead_letters(js)) >= n
 
-    await wait_until(enough, what=f"{n} dead letters")
+    await eventually(enough, 15, 0.02, what=f"{n} dead letters")
     return await dead_letters(js)
 
 
@@ -162,7 +162,7 @@ async def test_a_redelivered_stream_changes_nothing(
         async def all_skipped() -> bool:
             return projector.events_skipped >= writer.last_seq
 
-        await wait_until(all_skipped, what="the redelivered events to be skipped")
+        await eventually(all_skipped, 15, 0.02, what="the redelivered events to be skipped")
         assert projector.events_applied == 0
         info = await js.consumer_info(EVENTS_STREAM, STORAGE_CONSUMER)
         assert info.ack_floor.stream_seq == writer.last_stream_seq
@@ -420,10 +420,10 @@ async def test_a_database_outage_loses_and_reorders_nothing(
         async def failed() -> bool:
             return projector.failed_batches >= 1
 
-        await wait_until(failed, what="a batch to fail")
+        await eventually(failed, 15, 0.02, what="a batch to fail")
         # Newer events arrive while the failed ones wait for redelivery.
         third = await publish_generation(js, {"three.py": "THREE = 3\n"})
-        await wait_until(failed, what="a batch to fail")
+        await eventually(failed, 15, 0.02, what="a batch to fail")
         assert await read_model.applied_stream_seq() == first.last_stream_seq
 
         async with engine.begin() as conn:

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 
 from services.common.embedded_nats import free_port
+from tests.support.environment import process_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,10 +77,7 @@ class Processes:
 
     def __init__(self, tmp_path: Path, base_env: dict[str, str]) -> None:
         self.tmp_path = tmp_path
-        self.base_env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("KILN_", "NATS_"))},
-            **base_env,
-        }
+        self.base_env = process_env(base_env)
         self.started: list[ServiceProcess] = []
 
     def migrate(self) -> None:

@@ -14,9 +14,8 @@ from typing import Any
 import httpx
 import msgspec
 import uvicorn
-from httpx_sse import aconnect_sse
 
-from contracts.events import TERMINAL_TAGS
+from examples.schemas import schema_with
 from services.common.embedded_nats import free_port
 from services.common.settings import Settings
 from services.gateway.app import create_app
@@ -24,44 +23,12 @@ from services.orchestrator.providers.base import Provider
 from services.orchestrator.service import OrchestratorService
 from services.storage.db import migrate
 from services.storage.service import StorageService
-from tests.conftest import ALICE_KEY, BOB_KEY
+from tests.support import client as kiln
+from tests.support.client import SCHEMA_ONE, SSEEvent
+from tests.support.environment import ALICE_KEY, BOB_KEY
+from tests.support.waiting import eventually
 
-SCHEMA_ONE = {
-    "entities": [
-        {
-            "name": "Product",
-            "fields": [
-                {"name": "title", "type": "string", "required": True},
-                {"name": "price", "type": "decimal", "required": True},
-                {"name": "in_stock", "type": "boolean", "required": False},
-            ],
-        }
-    ]
-}
-
-
-def schema_with(entity_count: int) -> dict[str, Any]:
-    """A valid schema of `entity_count` related entities."""
-    entities = []
-    for i in range(entity_count):
-        fields = [
-            {"name": "name", "type": "string", "required": True},
-            {"name": "notes", "type": "text", "required": False},
-            {"name": "amount", "type": "integer", "required": False},
-        ]
-        relations = (
-            [{"name": "parent", "target": f"Entity{i - 1}", "kind": "many_to_one"}] if i else []
-        )
-        entities.append({"name": f"Entity{i}", "fields": fields, "relations": relations})
-    return {"entities": entities}
-
-
-class SSEEvent(msgspec.Struct, frozen=True):
-    """One received SSE message."""
-
-    id: int
-    type: str
-    data: dict[str, Any]
+__all__ = ["SCHEMA_ONE", "SSEEvent", "Stack", "running_stack", "schema_with"]
 
 
 class Stack:
@@ -75,13 +42,9 @@ class Stack:
         self.stop_services = asyncio.Event()
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.server: uvicorn.Server | None = None
-        self.alice = httpx.AsyncClient(
-            base_url=self.url, headers={"Authorization": f"Bearer {ALICE_KEY}"}, timeout=30
-        )
-        self.bob = httpx.AsyncClient(
-            base_url=self.url, headers={"Authorization": f"Bearer {BOB_KEY}"}, timeout=30
-        )
-        self.anonymous = httpx.AsyncClient(base_url=self.url, timeout=30)
+        self.alice = kiln.connect(self.url, ALICE_KEY)
+        self.bob = kiln.connect(self.url, BOB_KEY)
+        self.anonymous = kiln.connect(self.url)
 
     async def start(self, *, orchestrator: bool = True, storage: bool = True) -> Stack:
         """Migrate the database and start the services; returns once the gateway is ready."""
@@ -99,12 +62,14 @@ class Stack:
         )
         self.server = uvicorn.Server(config)
         self.tasks["gateway"] = asyncio.create_task(self.server.serve())
-        for _ in range(400):
+
+        async def ready() -> bool:
             with contextlib.suppress(httpx.HTTPError):
-                if (await self.anonymous.get("/readyz")).status_code == 200:
-                    return self
-            await asyncio.sleep(0.025)
-        raise RuntimeError("the gateway did not become ready")
+                return (await self.anonymous.get("/readyz")).status_code == 200
+            return False
+
+        await eventually(ready, 20, 0.025, what="the gateway to become ready")
+        return self
 
     def start_orchestrator(self) -> None:
         """Start (or restart) the in-process orchestrator."""
@@ -140,22 +105,11 @@ class Stack:
 
     async def create(self, schema: dict[str, Any] | None = None, **body: Any) -> dict[str, Any]:
         """POST /generations as alice; the 201 body."""
-        payload = {
-            "project_name": "shop",
-            "schema": schema or SCHEMA_ONE,
-            "prompt": "a small shop",
-            **body,
-        }
-        response = await self.alice.post("/generations", json=payload)
-        assert response.status_code == 201, response.text
-        return dict(response.json())
+        return await kiln.create(self.alice, schema, **body)
 
     async def iterate(self, parent_id: str, prompt: str, **body: Any) -> dict[str, Any]:
         """POST /generations/iterate as alice; the 201 body."""
-        payload = {"parent_generation_id": parent_id, "modification_prompt": prompt, **body}
-        response = await self.alice.post("/generations/iterate", json=payload)
-        assert response.status_code == 201, response.text
-        return dict(response.json())
+        return await kiln.iterate(self.alice, parent_id, prompt, **body)
 
     async def events(
         self,
@@ -165,57 +119,21 @@ class Stack:
         limit: int | None = None,
         timeout: float = 60,
     ) -> list[SSEEvent]:
-        """Read an SSE stream until it ends (or `limit` events), parsed."""
-        received: list[SSEEvent] = []
-        headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
-        async with asyncio.timeout(timeout):
-            async with aconnect_sse(self.anonymous, "GET", stream_url, headers=headers) as source:
-                source.response.raise_for_status()
-                async for message in source.aiter_sse():
-                    if not message.id:  # the opening `retry:` block carries no event
-                        continue
-                    received.append(SSEEvent(int(message.id), message.event, message.json()))
-                    if limit is not None and len(received) >= limit:
-                        break
-        return received
+        """Read an SSE stream (its token in the URL) until it ends (or `limit` events)."""
+        return await kiln.read_events(
+            self.anonymous, stream_url, last_event_id=last_event_id, limit=limit, timeout=timeout
+        )
 
-    async def follow(self, stream_url: str, *, timeout: float = 60) -> AsyncIterator[SSEEvent]:
-        """Follow a stream like EventSource does: reconnect with Last-Event-ID whenever the
-        connection ends before the terminal event, stop at it (or at a 204)."""
-        last_id: int | None = None
-        async with asyncio.timeout(timeout):
-            while True:
-                headers = {"Last-Event-ID": str(last_id)} if last_id is not None else {}
-                try:
-                    async with aconnect_sse(
-                        self.anonymous, "GET", stream_url, headers=headers
-                    ) as source:
-                        if source.response.status_code == 204:
-                            return
-                        source.response.raise_for_status()
-                        async for message in source.aiter_sse():
-                            if not message.id:
-                                continue
-                            event = SSEEvent(int(message.id), message.event, message.json())
-                            last_id = event.id
-                            yield event
-                            if event.type in TERMINAL_TAGS:
-                                return
-                except (httpx.TransportError, httpx.HTTPStatusError):
-                    pass
-                await asyncio.sleep(0.5)
+    def follow(self, stream_url: str, *, timeout: float = 60) -> AsyncIterator[SSEEvent]:
+        """Follow a stream like EventSource does, reconnecting with Last-Event-ID, to its
+        terminal event (or a 204)."""
+        return kiln.follow(self.anonymous, stream_url, timeout=timeout)
 
     async def wait_status(
         self, generation_id: str, *statuses: str, timeout: float = 60
     ) -> dict[str, Any]:
-        """Poll GET /generations/{id} until its status is one of `statuses`."""
-        wanted = statuses or ("completed", "failed", "cancelled")
-        async with asyncio.timeout(timeout):
-            while True:
-                response = await self.alice.get(f"/generations/{generation_id}")
-                if response.status_code == 200 and response.json()["status"] in wanted:
-                    return dict(response.json())
-                await asyncio.sleep(0.05)
+        """Poll GET /generations/{id} as alice until its status is one of `statuses`."""
+        return await kiln.wait_status(self.alice, generation_id, *statuses, timeout=timeout)
 
 
 @contextlib.asynccontextmanager
