@@ -18,7 +18,7 @@ from contracts.providers import DEFAULT_PROVIDER, KNOWN_PROVIDERS
 from contracts.schema import schema_problems
 from contracts.state import GenerationState
 from services.common.logs import get_logger
-from services.gateway.archive import build_zip
+from services.gateway.archive import build_zip, content_disposition
 from services.gateway.diffs import as_patch, diff_versions
 from services.gateway.errors import BadRequest, Conflict, NotFound, Unauthorized
 from services.gateway.routes.dependencies import (
@@ -230,16 +230,10 @@ class GenerationController(Controller):
         """Exactly the files of the version, at the root of the zip."""
         view = await gw.views.settled(checked_id(generation_id), user)
         contents = await gw.read_model.contents(view.generation_id)
-        slug = (
-            "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in view.project_name).strip(
-                "-"
-            )
-            or "project"
-        )
         return Response(
             content=build_zip(contents),
             media_type="application/zip",
-            headers={"Content-Disposition": f'attachment; filename="{slug}-v{view.version}.zip"'},
+            headers={"Content-Disposition": content_disposition(view.project_name, view.version)},
         )
 
     @get("/{generation_id:str}/diff", summary="The version against its parent")
