@@ -12,7 +12,7 @@ from litestar.di import NamedDependency
 from services.gateway.errors import NotFound
 from services.gateway.state import Gateway
 
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # fullmatch: `$` accepts a trailing newline
 
 
 def gateway(state: State) -> Gateway:
@@ -27,7 +27,7 @@ def current_user(request: Request[Any, Any, Any], state: State) -> str:
 
 def checked_id(value: str, what: str = "generation") -> str:
     """A path id that can be a Kiln id, or 404 (an impossible id is simply not found)."""
-    if not _ID.match(value):
+    if not _ID.fullmatch(value):
         raise NotFound(f"There is no {what} {value[:80]!r}.")
     return value
 

@@ -17,6 +17,7 @@ from contracts.paths import PathRejected, safe_path
 from contracts.providers import DEFAULT_PROVIDER, KNOWN_PROVIDERS
 from contracts.schema import schema_problems
 from contracts.state import GenerationState
+from contracts.text import text_problem
 from services.common.logs import get_logger
 from services.gateway.archive import build_zip, content_disposition
 from services.gateway.diffs import as_patch, diff_versions
@@ -101,6 +102,12 @@ class GenerationController(Controller):
         self, data: JSONBody[CreateGeneration], gw: GatewayDep, user: UserDep
     ) -> Accepted:
         """Accepts the request, publishes it, and returns where to follow it."""
+        refused = text_problem(data.project_name)
+        if refused:
+            raise BadRequest(
+                f"project_name {refused}.",
+                problems=[{"location": "project_name", "message": refused}],
+            )
         problems = schema_problems(data.schema)
         if problems:
             raise BadRequest(
