@@ -47,6 +47,16 @@ class BadRequest(GatewayError):
     status, title = 400, "Bad Request"
 
 
+class MalformedJson(BadRequest):
+    """The body is not one JSON document (bad syntax, bytes that are not UTF-8, too deep)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"The request body is malformed JSON ({reason}); send one JSON object.",
+            problems=[{"location": "body", "message": f"malformed JSON: {reason}"}],
+        )
+
+
 class Unauthorized(GatewayError):
     """No valid API key or SSE token."""
 
@@ -120,12 +130,7 @@ def _validation_error(request: Request[Any, Any, Any], exc: ValidationException)
     detail = exc.detail or "The request is not valid"
     if _is_json_syntax(detail) or any(_is_json_syntax(p["message"]) for p in problems):
         reason = next((p["message"] for p in problems if p["message"]), detail)
-        return problem(
-            400,
-            "Bad Request",
-            f"The request body is malformed JSON ({reason}); send one JSON object.",
-            problems=[{"location": "body", "message": f"malformed JSON: {reason}"}],
-        )
+        return _gateway_error(request, MalformedJson(reason))
     if detail.startswith("Validation failed for "):
         detail = "The request body is not valid"
     if problems:
@@ -166,12 +171,7 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
     if isinstance(exc, NotAuthorizedException):
         return problem(401, "Unauthorized", exc.detail)
     if status == 400 and _is_json_syntax(exc.detail):
-        return problem(
-            400,
-            "Bad Request",
-            f"The request body is malformed JSON ({exc.detail}); send one JSON object.",
-            problems=[{"location": "body", "message": f"malformed JSON: {exc.detail}"}],
-        )
+        return _gateway_error(request, MalformedJson(exc.detail))
     detail = exc.detail if status < 500 else "The gateway could not handle the request."
     return problem(status, HTTPStatus(status).phrase if status in _PHRASES else "Error", detail)
 

@@ -23,11 +23,13 @@ from services.gateway.archive import build_zip, content_disposition
 from services.gateway.diffs import as_patch, diff_versions
 from services.gateway.errors import BadRequest, Conflict, NotFound, Unauthorized
 from services.gateway.routes.dependencies import (
+    TOKEN_AUTH,
     GatewayDep,
     UserDep,
     checked_id,
     current_user,
     gateway,
+    require_key,
 )
 from services.gateway.schemas import (
     Accepted,
@@ -92,6 +94,7 @@ class GenerationController(Controller):
 
     path = "/generations"
     tags = ["generations"]
+    guards = [require_key]
     dependencies = {
         "gw": Provide(gateway, sync_to_thread=False),
         "user": Provide(current_user, sync_to_thread=False),
@@ -354,6 +357,7 @@ class GenerationController(Controller):
         summary="Server-Sent Events: replay, then live",
         media_type="text/event-stream",
         dependencies={"user": Provide(lambda: "", sync_to_thread=False)},
+        opt={TOKEN_AUTH: True},
         responses={},
     )
     async def stream(
