@@ -17,6 +17,8 @@ from litestar.exceptions import (
     ValidationException,
 )
 
+from services.common.broker import NOT_NOW
+from services.common.eventlog import LogUnavailable
 from services.common.logs import get_logger, redactor
 
 log = get_logger(__name__)
@@ -176,6 +178,28 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
     return problem(status, HTTPStatus(status).phrase if status in _PHRASES else "Error", detail)
 
 
+BROKER_RETRY_AFTER_S = 2
+
+
+def _broker_not_now(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """JetStream said "not now" (restarting, electing a leader, reconnecting): a 503 that
+    says when to retry, logged as waiting, never a 500."""
+    log.warning(
+        "The message broker is not answering on {method} {path}; answered 503: {error}",
+        method=request.method,
+        path=request.url.path,
+        error=f"{type(exc).__name__}: {exc}",
+    )
+    return _gateway_error(
+        request,
+        Unavailable(
+            "The message broker is not answering right now (restarting or electing a "
+            "leader); retry in a moment.",
+            retry_after_s=BROKER_RETRY_AFTER_S,
+        ),
+    )
+
+
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.error(
         "Unhandled error on {method} {path}: {error}",
@@ -190,6 +214,8 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any
 
 exception_handlers: dict[Any, Any] = {
     GatewayError: _gateway_error,
+    LogUnavailable: _broker_not_now,
+    **dict.fromkeys(NOT_NOW, _broker_not_now),
     ValidationException: _validation_error,
     HTTPException: _http_error,
     Exception: _unexpected,
