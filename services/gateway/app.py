@@ -44,7 +44,7 @@ def create_app(settings: Settings) -> Litestar:
             "the gateway needs KILN_API_KEYS (`user:key,user:key`); `kiln up` makes one for you"
         )
     keys = ApiKeys(parse_api_keys(settings.api_keys))
-    tokens = TokenSigner(token_secret(settings), settings.sse_token_ttl_s)
+    tokens = TokenSigner(token_secret(settings), settings.sse_token_ttl_s, users=keys.users)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
