@@ -19,7 +19,9 @@ from contracts.schema import ProjectSchema
 GenerationKind = Literal["create", "iterate"]
 RetryReason = Literal["rate_limited", "server_error", "timeout", "invalid_output", "guard_rejected"]
 FileOrigin = Literal["generated", "parent"]
-Id = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+# msgspec matches with `re.search`, where `$` also matches before a trailing newline; the
+# lookahead refuses "id\n" and keeps the pattern valid JSON Schema (ECMAScript) as well.
+Id = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$(?!\n)")]
 Seq = Annotated[int, msgspec.Meta(ge=1)]
 Percent = Annotated[int, msgspec.Meta(ge=0, le=100)]
 

@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from contracts.text import text_problem
+
 FieldType = Literal[
     "string", "text", "integer", "float", "decimal", "boolean", "date", "datetime", "uuid", "enum"
 ]
@@ -27,9 +29,10 @@ MAX_FIELDS_PER_ENTITY = 100
 MAX_NAME_LENGTH = 64
 MAX_ENUM_VALUES = 100
 
-ENTITY_NAME = re.compile(r"^[A-Z][A-Za-z0-9]*$")
-FIELD_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-ENUM_VALUE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+# Matched with `fullmatch`: `$` would also accept a trailing newline ("Product\n").
+ENTITY_NAME = re.compile(r"[A-Z][A-Za-z0-9]*")
+FIELD_NAME = re.compile(r"[a-z][a-z0-9_]*")
+ENUM_VALUE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 # Names the generated code already uses for itself (SQLAlchemy models, Litestar modules).
 RESERVED_FIELD_NAMES = frozenset({"id", "metadata", "registry", "created_at", "updated_at"})
@@ -101,6 +104,7 @@ def schema_problems(schema: ProjectSchema) -> list[SchemaProblem]:
     for i, entity in enumerate(schema.entities):
         where = f"entities[{i}]"
         _check_entity_name(entity.name, f"{where}.name", problem)
+        _check_text(entity.description, f"{where}.description", problem)
         lowered = entity.name.lower()
         if lowered in seen_entities:
             first = schema.entities[seen_entities[lowered]].name
@@ -116,6 +120,7 @@ def schema_problems(schema: ProjectSchema) -> list[SchemaProblem]:
         for j, field in enumerate(entity.fields):
             at = f"{where}.fields[{j}]"
             _check_member_name(field.name, f"{at}.name", problem)
+            _check_text(field.description, f"{at}.description", problem)
             if field.name in member_names:
                 problem(f"{at}.name", f"duplicate field name {field.name!r} in {entity.name!r}")
             member_names[field.name] = at
@@ -139,8 +144,14 @@ def schema_problems(schema: ProjectSchema) -> list[SchemaProblem]:
     return problems
 
 
+def _check_text(text: str, location: str, problem: Report) -> None:
+    message = text_problem(text)
+    if message:
+        problem(location, message)
+
+
 def _check_entity_name(name: str, location: str, problem: Report) -> None:
-    if not ENTITY_NAME.match(name):
+    if not ENTITY_NAME.fullmatch(name):
         problem(
             location,
             f"entity name {name!r} must be PascalCase letters and digits, like 'OrderItem'",
@@ -150,7 +161,7 @@ def _check_entity_name(name: str, location: str, problem: Report) -> None:
 
 
 def _check_member_name(name: str, location: str, problem: Report) -> None:
-    if not FIELD_NAME.match(name):
+    if not FIELD_NAME.fullmatch(name):
         problem(
             location,
             f"name {name!r} must be snake_case: lower-case letters, digits and '_', like 'unit_price'",
@@ -175,7 +186,7 @@ def _check_enum(field: Field, at: str, problem: Report) -> None:
         problem(f"{at}.values", f"enum field {field.name!r} has more than {MAX_ENUM_VALUES} values")
     seen: set[str] = set()
     for k, value in enumerate(field.values):
-        if not ENUM_VALUE.match(value) or len(value) > MAX_NAME_LENGTH:
+        if not ENUM_VALUE.fullmatch(value) or len(value) > MAX_NAME_LENGTH:
             problem(
                 f"{at}.values[{k}]", f"enum value {value!r} must be an identifier, like 'in_stock'"
             )

@@ -19,11 +19,11 @@ ALL_CANCELS = f"{CANCEL_PREFIX}.*"
 DLQ_PREFIX = "kiln.dlq"
 ALL_DLQ = f"{DLQ_PREFIX}.>"
 
-_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")  # fullmatch: `$` accepts a trailing newline
 
 
 def _token(value: str, what: str) -> str:
-    if not _TOKEN.match(value):
+    if not _TOKEN.fullmatch(value):
         raise ValueError(f"{what} {value!r} cannot be used in a subject")
     return value
 

@@ -10,15 +10,39 @@ import ssl
 from typing import Any
 
 import nats
+from nats import errors as nats_errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import (
+    BadRequestError,
+    NoStreamResponseError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 
 from contracts import streams
 from services.common.logs import get_logger
 from services.common.settings import Settings
 
 log = get_logger(__name__)
+
+# JetStream saying "not now": the broker is restarting, reconnecting, electing a leader
+# (ServiceUnavailableError is its 503, error 10008) or slow. Retrying shortly succeeds; none
+# of these is a bug of the caller or of Kiln.
+NOT_NOW: tuple[type[Exception], ...] = (
+    nats_errors.TimeoutError,
+    nats_errors.FlushTimeoutError,
+    nats_errors.NoRespondersError,
+    nats_errors.NoServersError,
+    nats_errors.ConnectionClosedError,
+    nats_errors.ConnectionDrainingError,
+    nats_errors.ConnectionReconnectingError,
+    nats_errors.StaleConnectionError,
+    nats_errors.OutboundBufferLimitError,
+    nats_errors.UnexpectedEOF,
+    ServiceUnavailableError,
+    NoStreamResponseError,
+)
 
 RECONNECT_WAIT_S = 0.25
 PING_INTERVAL_S = 5

@@ -43,7 +43,7 @@ def create_app(settings: Settings) -> Litestar:
         )
     keys = ApiKeys(parse_api_keys(settings.api_keys))
     metrics.export("gateway")
-    tokens = TokenSigner(token_secret(settings), settings.sse_token_ttl_s)
+    tokens = TokenSigner(token_secret(settings), settings.sse_token_ttl_s, users=keys.users)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:

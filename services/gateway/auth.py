@@ -13,6 +13,11 @@ class ApiKeys:
     def __init__(self, keys: dict[str, str]) -> None:
         self._by_key = {key.encode(): user for user, key in keys.items()}
 
+    @property
+    def users(self) -> frozenset[str]:
+        """Every user who has a key now."""
+        return frozenset(self._by_key.values())
+
     def user_for(self, authorization: str | None) -> str:
         """The user of a Bearer key, or Unauthorized."""
         if not authorization:

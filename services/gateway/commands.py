@@ -137,8 +137,8 @@ class Commands:
                 subjects.GENERATE_COMMANDS, encode(command), f"generate:{generation_id}"
             )
         except (LogUnavailable, nats.errors.Error) as exc:
-            log.error(
-                "Could not publish generation {generation_id}: {error}",
+            log.warning(
+                "Could not publish generation {generation_id} (answered 503): {error}",
                 generation_id=generation_id,
                 error=repr(exc),
             )

@@ -17,6 +17,8 @@ from litestar.exceptions import (
     ValidationException,
 )
 
+from services.common.broker import NOT_NOW
+from services.common.eventlog import LogUnavailable
 from services.common.logs import get_logger, redactor
 
 log = get_logger(__name__)
@@ -45,6 +47,16 @@ class BadRequest(GatewayError):
     """The request is malformed or breaks a rule; `problems` says which."""
 
     status, title = 400, "Bad Request"
+
+
+class MalformedJson(BadRequest):
+    """The body is not one JSON document (bad syntax, bytes that are not UTF-8, too deep)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"The request body is malformed JSON ({reason}); send one JSON object.",
+            problems=[{"location": "body", "message": f"malformed JSON: {reason}"}],
+        )
 
 
 class Unauthorized(GatewayError):
@@ -120,12 +132,7 @@ def _validation_error(request: Request[Any, Any, Any], exc: ValidationException)
     detail = exc.detail or "The request is not valid"
     if _is_json_syntax(detail) or any(_is_json_syntax(p["message"]) for p in problems):
         reason = next((p["message"] for p in problems if p["message"]), detail)
-        return problem(
-            400,
-            "Bad Request",
-            f"The request body is malformed JSON ({reason}); send one JSON object.",
-            problems=[{"location": "body", "message": f"malformed JSON: {reason}"}],
-        )
+        return _gateway_error(request, MalformedJson(reason))
     if detail.startswith("Validation failed for "):
         detail = "The request body is not valid"
     if problems:
@@ -166,14 +173,31 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
     if isinstance(exc, NotAuthorizedException):
         return problem(401, "Unauthorized", exc.detail)
     if status == 400 and _is_json_syntax(exc.detail):
-        return problem(
-            400,
-            "Bad Request",
-            f"The request body is malformed JSON ({exc.detail}); send one JSON object.",
-            problems=[{"location": "body", "message": f"malformed JSON: {exc.detail}"}],
-        )
+        return _gateway_error(request, MalformedJson(exc.detail))
     detail = exc.detail if status < 500 else "The gateway could not handle the request."
     return problem(status, HTTPStatus(status).phrase if status in _PHRASES else "Error", detail)
+
+
+BROKER_RETRY_AFTER_S = 2
+
+
+def _broker_not_now(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """JetStream said "not now" (restarting, electing a leader, reconnecting): a 503 that
+    says when to retry, logged as waiting, never a 500."""
+    log.warning(
+        "The message broker is not answering on {method} {path}; answered 503: {error}",
+        method=request.method,
+        path=request.url.path,
+        error=f"{type(exc).__name__}: {exc}",
+    )
+    return _gateway_error(
+        request,
+        Unavailable(
+            "The message broker is not answering right now (restarting or electing a "
+            "leader); retry in a moment.",
+            retry_after_s=BROKER_RETRY_AFTER_S,
+        ),
+    )
 
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
@@ -190,6 +214,8 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any
 
 exception_handlers: dict[Any, Any] = {
     GatewayError: _gateway_error,
+    LogUnavailable: _broker_not_now,
+    **dict.fromkeys(NOT_NOW, _broker_not_now),
     ValidationException: _validation_error,
     HTTPException: _http_error,
     Exception: _unexpected,

@@ -545,3 +545,22 @@ async def test_the_offline_provider_adds_authentication(
         shown = await diff.locator(".diff-file").evaluate_all("n => n.map(d => d.dataset.path)")
         assert shown == [f["path"] for f in response.json()["files"]]
         await screenshots.take(page, "offline-provider-diff")
+
+
+@pytest.mark.parametrize("name", ["商店", "\u0455hop"])
+async def test_the_download_button_saves_any_valid_project_name(
+    tmp_path: Path, nats_server: Any, browser: Browser, name: str
+) -> None:
+    async with running_stack(make_settings(tmp_path, nats_server.url)) as stack:
+        accepted = await stack.create(project_name=name)
+        await stack.wait_status(accepted["generation_id"], "completed")
+        async with open_page(browser, stack) as page:
+            await page.goto(f"/#/g/{accepted['generation_id']}")
+            await wait_finished(page)
+            async with page.expect_download() as download_info:
+                await page.get_by_role("button", name="Download zip").click()
+            download = await download_info.value
+            assert download.suggested_filename == f"{name}-v1.zip"
+            saved = tmp_path / "saved.zip"
+            await download.save_as(saved)
+            assert zipfile.ZipFile(saved).testzip() is None

@@ -137,6 +137,7 @@ def test_the_object_and_hash_refuse_what_is_not_a_json_object(data: bytes) -> No
         b'{"type": "phase.started"}',
         b'{"type": "phase.started", "event_id": "e", "generation_id": "g", "project_id": "p", "seq": 0, "at": "2026-01-01T00:00:00Z", "phase": "x"}',
         b'{"type": "phase.started", "event_id": "e", "generation_id": "g.x", "project_id": "p", "seq": 1, "at": "2026-01-01T00:00:00Z", "phase": "x"}',
+        b'{"type": "phase.started", "event_id": "e", "generation_id": "g\\n", "project_id": "p", "seq": 1, "at": "2026-01-01T00:00:00Z", "phase": "x"}',
         b"\xff\xfe",
     ],
 )

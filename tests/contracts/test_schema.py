@@ -56,6 +56,35 @@ def test_a_valid_schema_has_no_problems() -> None:
             "unknown entity 'B'",
         ),
         ({"entities": [entity("Base", ("a", "string"))]}, "reserved"),
+        ({"entities": [entity("Product\n", ("a", "string"))]}, "PascalCase"),
+        ({"entities": [entity("A", ("title\n", "string"))]}, "snake_case"),
+        (
+            {"entities": [entity("A", relations=[{"name": "b\n", "target": "A"}])]},
+            "snake_case",
+        ),
+        (
+            {
+                "entities": [
+                    {"name": "A", "fields": [{"name": "a", "type": "enum", "values": ["x\n"]}]}
+                ]
+            },
+            "must be an identifier",
+        ),
+        (
+            {"entities": [{**entity("A", ("a", "string")), "description": "safe\u202e"}]},
+            "U+202E RIGHT-TO-LEFT OVERRIDE",
+        ),
+        (
+            {
+                "entities": [
+                    {
+                        "name": "A",
+                        "fields": [{"name": "a", "type": "string", "description": "\x00"}],
+                    }
+                ]
+            },
+            "U+0000",
+        ),
     ],
 )
 def test_each_broken_rule_is_named(doc: dict, expected: str) -> None:

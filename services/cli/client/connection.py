@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,6 +17,15 @@ T = TypeVar("T")
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEV_KEY_FILE = Path(".kiln") / "dev-api-key"
+
+# A 503 (the broker restarting or electing a leader) is retried after its Retry-After, at
+# most this many times and never waiting longer than MAX_RETRY_AFTER_S at once.
+RETRIES_ON_503 = 5
+MAX_RETRY_AFTER_S = 10.0
+# Requests that change nothing when repeated; a create or iterate is never repeated (a 503
+# after the broker took the request but before it answered would make a second version).
+_IDEMPOTENT = ("GET", "HEAD")
+_IDEMPOTENT_POSTS = ("/stream-token", "/cancel")
 
 
 class ClientError(Exception):
@@ -54,9 +65,11 @@ class Gateway:
         *,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.url = url
+        self.sleep = sleep
         self.http = httpx.Client(
             base_url=url, headers=headers, timeout=timeout, transport=transport
         )
@@ -71,11 +84,17 @@ class Gateway:
         self.http.close()
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """A request; ClientError with the gateway's own words on 4xx and 5xx."""
-        try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise ClientError(f"cannot reach the gateway at {self.url}: {exc}") from None
+        """A request; ClientError with the gateway's own words on 4xx and 5xx. A 503 to a
+        request that is safe to repeat is retried after its Retry-After (bounded)."""
+        repeatable = method in _IDEMPOTENT or path.endswith(_IDEMPOTENT_POSTS)
+        for attempt in range(RETRIES_ON_503 + 1):
+            try:
+                response = self.http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                raise ClientError(f"cannot reach the gateway at {self.url}: {exc}") from None
+            if response.status_code != 503 or not repeatable or attempt == RETRIES_ON_503:
+                break
+            self.sleep(retry_after_s(response))
         if response.status_code >= 400:
             raise ClientError(problem_text(response))
         return response
@@ -93,6 +112,15 @@ class Gateway:
                 f"{response.request.method} {response.request.url.path}: the answer from "
                 f"{self.url} is not what a Kiln gateway sends ({exc})"
             ) from None
+
+
+def retry_after_s(response: httpx.Response) -> float:
+    """The wait a 503 asks for (Retry-After in seconds), within 0.5 s and MAX_RETRY_AFTER_S."""
+    try:
+        wanted = float(response.headers.get("retry-after", "1"))
+    except ValueError:  # an HTTP date: Kiln sends seconds, so wait the default
+        wanted = 1.0
+    return min(max(wanted, 0.5), MAX_RETRY_AFTER_S)
 
 
 def problem_text(response: httpx.Response) -> str:

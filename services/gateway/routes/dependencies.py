@@ -6,13 +6,16 @@ import re
 from typing import Any, cast
 
 from litestar import Request
+from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.di import NamedDependency
+from litestar.exceptions import SerializationException
+from litestar.handlers import BaseRouteHandler
 
-from services.gateway.errors import NotFound
+from services.gateway.errors import MalformedJson, NotFound
 from services.gateway.state import Gateway
 
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # fullmatch: `$` accepts a trailing newline
 
 
 def gateway(state: State) -> Gateway:
@@ -25,9 +28,34 @@ def current_user(request: Request[Any, Any, Any], state: State) -> str:
     return gateway(state).keys.user_for(request.headers.get("authorization"))
 
 
+TOKEN_AUTH = "token_auth"
+"""A route handler's `opt` key: the route checks an SSE token or a key itself."""
+
+
+async def require_key(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> None:
+    """A guard: the API key is checked before a byte of the body is read (a stranger gets a
+    401 whatever they send), then a JSON body is decoded, once, for the handler: bytes that
+    are not UTF-8 and nesting past the decoder's depth are a 400, not a server error."""
+    if handler.opt.get(TOKEN_AUTH):
+        return
+    gateway(connection.app.state).keys.user_for(connection.headers.get("authorization"))
+    if not isinstance(connection, Request) or connection.method in ("GET", "HEAD"):
+        return
+    try:
+        await connection.json()  # cached on the connection: the handler's body is this one
+    except SerializationException as exc:
+        raise MalformedJson(str(exc)) from None
+    except UnicodeDecodeError as exc:
+        raise MalformedJson(f"a string is not valid UTF-8 at byte {exc.start}") from None
+    except RecursionError:
+        raise MalformedJson("nested deeper than any Kiln request needs") from None
+
+
 def checked_id(value: str, what: str = "generation") -> str:
     """A path id that can be a Kiln id, or 404 (an impossible id is simply not found)."""
-    if not _ID.match(value):
+    if not _ID.fullmatch(value):
         raise NotFound(f"There is no {what} {value[:80]!r}.")
     return value
 

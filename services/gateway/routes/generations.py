@@ -16,17 +16,20 @@ from contracts.paths import PathRejected, safe_path
 from contracts.providers import DEFAULT_PROVIDER, KNOWN_PROVIDERS
 from contracts.schema import schema_problems
 from contracts.state import GenerationSummary
+from contracts.text import text_problem
 from services.common.eventlog import last_event
 from services.common.logs import get_logger
-from services.gateway.archive import build_zip
+from services.gateway.archive import build_zip, content_disposition
 from services.gateway.diffs import as_patch, diff_versions
 from services.gateway.errors import BadRequest, Conflict, NotFound, Unauthorized
 from services.gateway.routes.dependencies import (
+    TOKEN_AUTH,
     GatewayDep,
     UserDep,
     checked_id,
     current_user,
     gateway,
+    require_key,
 )
 from services.gateway.schemas import (
     Accepted,
@@ -91,6 +94,7 @@ class GenerationController(Controller):
 
     path = "/generations"
     tags = ["generations"]
+    guards = [require_key]
     dependencies = {
         "gw": Provide(gateway, sync_to_thread=False),
         "user": Provide(current_user, sync_to_thread=False),
@@ -101,6 +105,12 @@ class GenerationController(Controller):
         self, data: JSONBody[CreateGeneration], gw: GatewayDep, user: UserDep
     ) -> Accepted:
         """Accepts the request, publishes it, and returns where to follow it."""
+        refused = text_problem(data.project_name)
+        if refused:
+            raise BadRequest(
+                f"project_name {refused}.",
+                problems=[{"location": "project_name", "message": refused}],
+            )
         problems = schema_problems(data.schema)
         if problems:
             raise BadRequest(
@@ -231,16 +241,10 @@ class GenerationController(Controller):
         """Exactly the files of the version, at the root of the zip."""
         view = await gw.views.settled(checked_id(generation_id), user)
         contents = await gw.read_model.contents(view.generation_id)
-        slug = (
-            "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in view.project_name).strip(
-                "-"
-            )
-            or "project"
-        )
         return Response(
             content=build_zip(contents),
             media_type="application/zip",
-            headers={"Content-Disposition": f'attachment; filename="{slug}-v{view.version}.zip"'},
+            headers={"Content-Disposition": content_disposition(view.project_name, view.version)},
         )
 
     @get("/{generation_id:str}/diff", summary="The version against its parent")
@@ -354,6 +358,7 @@ class GenerationController(Controller):
         summary="Server-Sent Events: replay, then live",
         media_type="text/event-stream",
         dependencies={"user": Provide(lambda: "", sync_to_thread=False)},
+        opt={TOKEN_AUTH: True},
         responses={},
     )
     async def stream(

@@ -14,6 +14,7 @@ from services.gateway.routes.dependencies import (
     checked_id,
     current_user,
     gateway,
+    require_key,
 )
 from services.gateway.schemas import ProjectInfo, ProjectList, VersionInfo
 from services.storage.queries import ProjectView
@@ -38,6 +39,7 @@ class ProjectController(Controller):
 
     path = "/projects"
     tags = ["projects"]
+    guards = [require_key]
     dependencies = {
         "gw": Provide(gateway, sync_to_thread=False),
         "user": Provide(current_user, sync_to_thread=False),

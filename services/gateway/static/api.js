@@ -105,7 +105,9 @@ export async function downloadBlob(path, fallbackName) {
   if (!response.ok) throw await errorFrom(response);
   const blob = await response.blob();
   const disposition = response.headers.get("Content-Disposition") || "";
-  const named = disposition.match(/filename="?([^";]+)"?/);
+  const exact = disposition.match(/filename\*=UTF-8''([^;]+)/i);
+  const plain = disposition.match(/filename="?([^";]+)"?/);
+  const named = exact ? [exact[0], decodeURIComponent(exact[1])] : plain;
   const url = URL.createObjectURL(blob);
   const link = document.createElement("a");
   link.href = url;

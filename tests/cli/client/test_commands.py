@@ -353,3 +353,23 @@ async def test_http_errors_exit_2_with_one_line(
         assert code == 2 and "401" in err
     code, _, err = await kiln(capsys, stack.url, "projects")
     assert code == 2 and "cannot reach the gateway" in err
+
+
+@pytest.mark.parametrize("name", ["商店", "\u0455hop"])
+async def test_download_works_for_any_valid_project_name(
+    tmp_path: Path, nats_server: EmbeddedNats, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    async with running_stack(make_settings(tmp_path, nats_server.url)) as stack:
+        accepted = await stack.create(project_name=name)
+        gid = accepted["generation_id"]
+        await stack.wait_status(gid, "completed")
+        code, out, err = await kiln(
+            capsys, stack.url, "download", gid, "-o", str(tmp_path / "v.zip")
+        )
+        assert code == 0, out + err
+        assert zipfile.ZipFile(tmp_path / "v.zip").testzip() is None
+        code, out, err = await kiln(
+            capsys, stack.url, "download", gid, "--extract", str(tmp_path / "out")
+        )
+        assert code == 0 and "extracted" in out, out + err
+        assert "README.md" in files_under(tmp_path / "out")

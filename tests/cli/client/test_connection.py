@@ -10,6 +10,8 @@ import pytest
 
 from services.cli.client.connection import (
     DEFAULT_URL,
+    MAX_RETRY_AFTER_S,
+    RETRIES_ON_503,
     ClientError,
     Gateway,
     api_key,
@@ -80,3 +82,44 @@ def test_the_api_key_goes_in_the_authorization_header() -> None:
         gateway.request("GET", "/projects/p-1")
     assert seen == ["Bearer k-1"]
     gateway.close()
+
+
+def _answers(*statuses: tuple[int, str]) -> tuple[list[str], httpx.MockTransport]:
+    seen: list[str] = []
+    queue = list(statuses)
+
+    def script(request: httpx.Request) -> httpx.Response:
+        seen.append(f"{request.method} {request.url.path}")
+        status, retry_after = queue.pop(0) if len(queue) > 1 else queue[0]
+        if status == 200:
+            return httpx.Response(200, json={})
+        body = {"title": "Service Unavailable", "detail": "The broker is not answering."}
+        return httpx.Response(status, json=body, headers={"Retry-After": retry_after})
+
+    return seen, httpx.MockTransport(script)
+
+
+def test_a_503_is_retried_after_its_retry_after_within_a_bound() -> None:
+    waits: list[float] = []
+    seen, transport = _answers((503, "3"), (503, "600"), (503, "0"), (200, ""))
+    gateway = Gateway("http://kiln.test", "k", transport=transport, sleep=waits.append)
+    assert gateway.request("GET", "/generations/g-1").status_code == 200
+    assert waits == [3.0, MAX_RETRY_AFTER_S, 0.5]
+    assert len(seen) == 4
+
+    waits.clear()
+    seen, transport = _answers((503, "1"))
+    gateway = Gateway("http://kiln.test", "k", transport=transport, sleep=waits.append)
+    with pytest.raises(ClientError, match=r"^503 Service Unavailable"):
+        gateway.request("POST", "/generations/g-1/stream-token")
+    assert len(seen) == RETRIES_ON_503 + 1 and len(waits) == RETRIES_ON_503
+
+
+@pytest.mark.parametrize("path", ["/generations", "/generations/iterate"])
+def test_a_503_to_a_create_is_not_repeated(path: str) -> None:
+    waits: list[float] = []
+    seen, transport = _answers((503, "1"), (200, ""))
+    gateway = Gateway("http://kiln.test", "k", transport=transport, sleep=waits.append)
+    with pytest.raises(ClientError, match=r"^503"):
+        gateway.request("POST", path, json={})
+    assert seen == [f"POST {path}"] and waits == []

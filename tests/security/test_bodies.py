@@ -1,0 +1,50 @@
+"""Bodies a stranger can send: bytes that are not UTF-8 inside a JSON string, and JSON
+nested far deeper than any request needs. Each is a 4xx problem+json, never a 500 and
+never an ERROR line, and the key is checked before the body is read (no key or a wrong
+key is a 401 whatever the body is)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from services.common.settings import Settings
+from tests.conftest import ALICE_KEY
+from tests.support.stack import running_stack
+
+BODIES = {
+    "invalid UTF-8 in a string": b'{"project_name": "sh\xff\xfeop", "schema": {"entities": []}}',
+    "lone surrogate escape": b'{"project_name": "sh\\ud800op", "schema": {"entities": []}}',
+    "nested 100,000 deep": b"[" * 100_000 + b"]" * 100_000,
+    "objects nested 100,000 deep": b'{"a":' * 100_000 + b"1" + b"}" * 100_000,
+}
+KEYS = {"no key": None, "a wrong key": "wrong-key-0123456789", "alice's key": ALICE_KEY}
+
+
+@pytest.mark.parametrize("body", BODIES.values(), ids=BODIES.keys())
+async def test_a_hostile_body_is_a_4xx_problem_on_create_iterate_and_cancel(
+    settings: Settings, body: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running_stack(settings, orchestrator=False) as stack:
+        gid = (await stack.create())["generation_id"]
+        for route in ("/generations", "/generations/iterate", f"/generations/{gid}/cancel"):
+            for who, key in KEYS.items():
+                headers = {"Content-Type": "application/json"}
+                if key:
+                    headers["Authorization"] = f"Bearer {key}"
+                response = await stack.anonymous.post(route, content=body, headers=headers)
+                where = f"POST {route} with {who}"
+                assert response.headers["content-type"].startswith("application/problem+json"), (
+                    where
+                )
+                assert response.status_code == (400 if key == ALICE_KEY else 401), (
+                    f"{where}: {response.status_code} {response.text[:300]}"
+                )
+                if key == ALICE_KEY:
+                    assert response.json()["detail"].startswith(
+                        "The request body is malformed JSON ("
+                    ), where
+                    assert response.json()["problems"][0]["location"] == "body", where
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []

@@ -1,0 +1,119 @@
+"""Names a stranger may choose: any valid project name downloads, and a name, id or text
+that would break a later phase (a trailing newline, a control or bidi character) is a 400
+naming the field, up front."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from urllib.parse import unquote
+
+import pytest
+
+from services.common.settings import Settings
+from tests.support.stack import running_stack
+
+
+@pytest.mark.parametrize("name", ["商店", "\u0455hop", "café au lait", 'a"b;c\\d'])
+async def test_any_valid_project_name_downloads_with_an_rfc_6266_filename(
+    settings: Settings, name: str
+) -> None:
+    async with running_stack(settings) as stack:
+        accepted = await stack.create(project_name=name)
+        await stack.wait_status(accepted["generation_id"], "completed")
+        response = await stack.alice.get(f"/generations/{accepted['generation_id']}/archive")
+        assert response.status_code == 200, response.text
+        assert zipfile.ZipFile(io.BytesIO(response.content)).testzip() is None
+        disposition = response.headers["content-disposition"]
+        assert disposition.isascii()
+        plain = disposition.split('filename="', 1)[1].split('"', 1)[0]
+        assert plain.endswith("-v1.zip") and all(ch.isalnum() or ch in "-_." for ch in plain)
+        exact = unquote(disposition.split("filename*=UTF-8''", 1)[1], errors="strict")
+        expected = "".join(ch if ch.isalnum() else "-" for ch in name)
+        assert exact == "-".join(filter(None, expected.split("-"))) + "-v1.zip"
+
+
+def _schema(**entity: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "name": "Product",
+        "fields": [{"name": "title", "type": "string"}],
+    }
+    return {"entities": [{**base, **entity}]}
+
+
+@pytest.mark.parametrize(
+    ("schema", "location"),
+    [
+        (_schema(name="Product\n"), "schema.entities[0].name"),
+        (
+            _schema(fields=[{"name": "title\n", "type": "string"}]),
+            "schema.entities[0].fields[0].name",
+        ),
+        (
+            _schema(fields=[{"name": "kind", "type": "enum", "values": ["a\n"]}]),
+            "schema.entities[0].fields[0].values[0]",
+        ),
+        (
+            _schema(relations=[{"name": "parent\n", "target": "Product"}]),
+            "schema.entities[0].relations[0].name",
+        ),
+        (_schema(description="Pay \u202eusd"), "schema.entities[0].description"),
+        (
+            _schema(fields=[{"name": "title", "type": "string", "description": "a\x00b"}]),
+            "schema.entities[0].fields[0].description",
+        ),
+    ],
+)
+async def test_a_name_with_a_trailing_newline_or_a_hidden_character_is_a_400_naming_it(
+    settings: Settings, schema: dict[str, object], location: str
+) -> None:
+    async with running_stack(settings, orchestrator=False) as stack:
+        body = {"project_name": "shop", "schema": schema, "prompt": ""}
+        response = await stack.alice.post("/generations", json=body)
+        assert response.status_code == 400, response.text
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert location in [p["location"] for p in response.json()["problems"]]
+        assert (await stack.alice.get("/projects")).json() == {"projects": []}
+
+
+@pytest.mark.parametrize(
+    "name", ["shop\u202e", "sh\x00op", "shop\n", "\u200bshop", "a\u2066b", "shop\u2028"]
+)
+async def test_a_project_name_with_a_control_or_bidi_character_is_a_400_naming_it(
+    settings: Settings, name: str
+) -> None:
+    async with running_stack(settings, orchestrator=False) as stack:
+        body = {"project_name": name, "schema": _schema(), "prompt": ""}
+        response = await stack.alice.post("/generations", json=body)
+        assert response.status_code == 400, response.text
+        problems = response.json()["problems"]
+        assert problems[0]["location"] == "project_name"
+        assert f"U+{ord(next(ch for ch in name if not ch.isalpha())):04X}" in problems[0]["message"]
+        assert (await stack.alice.get("/projects")).json() == {"projects": []}
+
+
+async def test_an_id_with_a_trailing_newline_is_no_id_on_any_route(settings: Settings) -> None:
+    async with running_stack(settings) as stack:
+        accepted = await stack.create()
+        gid = accepted["generation_id"]
+        await stack.wait_status(gid, "completed")
+        bad = f"{gid}%0A"
+        for method, path in [
+            ("GET", f"/generations/{bad}"),
+            ("GET", f"/generations/{bad}/files"),
+            ("GET", f"/generations/{bad}/files/README.md"),
+            ("GET", f"/generations/{bad}/archive"),
+            ("GET", f"/generations/{bad}/diff"),
+            ("GET", f"/generations/{bad}/events"),
+            ("POST", f"/generations/{bad}/stream-token"),
+            ("POST", f"/generations/{bad}/cancel"),
+            ("GET", f"/generations/{bad}/stream"),
+            ("GET", f"/projects/{accepted['project_id']}%0A"),
+        ]:
+            response = await stack.alice.request(method, path)
+            assert response.status_code == 404, f"{method} {path}: {response.text}"
+        iterate = await stack.alice.post(
+            "/generations/iterate",
+            json={"parent_generation_id": f"{gid}\n", "modification_prompt": "add a field"},
+        )
+        assert iterate.status_code == 404, iterate.text
