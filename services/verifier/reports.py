@@ -9,6 +9,7 @@ never an exception that fails the verifier.
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
@@ -153,8 +154,16 @@ def _relative(path: str) -> str:
 
 
 def parse_ruff_format(output: str) -> int:
-    """How many files `ruff format --check` would reformat."""
-    return sum(1 for line in output.splitlines() if line.startswith("Would reformat"))
+    """How many files `ruff format --check` would reformat (its summary line, or else the
+    files it names, in the older and newer output styles)."""
+    summary = re.search(r"^(\d+) files? would be reformatted", output, re.MULTILINE)
+    if summary:
+        return int(summary.group(1))
+    return sum(
+        1
+        for line in output.splitlines()
+        if line.startswith(("Would reformat", "unformatted: File would be reformatted"))
+    )
 
 
 def parse_compile(data: str) -> list[str]:
