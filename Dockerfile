@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# One image for every Kiln service: `kiln orchestrator`, `kiln storage`, `kiln gateway`,
+# One image for every Kiln service: `kiln orchestrator`, `kiln storage`, `kiln verifier`, `kiln gateway`,
 # `kiln migrate` (see compose.yaml), or `kiln up` for everything in one container.
 
 ARG PYTHON_VERSION=3.11
@@ -16,13 +16,22 @@ COPY contracts ./contracts
 COPY services ./services
 RUN /opt/kiln/bin/pip install --constraint constraints.txt . \
     && /opt/kiln/bin/kiln settings >/dev/null
+# The verify runtime: what a generated project's tests run with, in the verifier's sandbox.
+RUN python -m venv /opt/kiln-verify \
+    && /opt/kiln-verify/bin/pip install --requirement services/verifier/runtime-requirements.txt
 
 # --- runtime: the virtual environment only, run as an unprivileged user
 FROM python:${PYTHON_VERSION}-slim AS runtime
+# bubblewrap: the verifier's sandbox (setpriv comes with util-linux).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends bubblewrap \
+    && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 kiln \
     && useradd --system --uid 10001 --gid kiln --home-dir /var/lib/kiln --create-home kiln
 COPY --from=build /opt/kiln /opt/kiln
+COPY --from=build /opt/kiln-verify /opt/kiln-verify
 ENV PATH=/opt/kiln/bin:$PATH \
+    KILN_VERIFY_RUNTIME=/opt/kiln-verify \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     KILN_DATA_DIR=/var/lib/kiln \

@@ -26,6 +26,7 @@ SCENARIOS = {
     "B4": "bench.scenarios.b4_herd",
     "B5": "bench.scenarios.b5_projection",
     "B6": "bench.scenarios.b6_end_to_end",
+    "B7": "bench.scenarios.b7_verify",
 }
 
 

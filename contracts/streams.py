@@ -18,11 +18,14 @@ EVENTS_STREAM = "KILN_EVENTS"
 COMMANDS_STREAM = "KILN_CMDS"
 CONTROL_STREAM = "KILN_CONTROL"
 DLQ_STREAM = "KILN_DLQ"
+VERIFY_STREAM = "KILN_VERIFY"
+VERIFY_RESULTS_STREAM = "KILN_VERIFY_RESULTS"
 VERSIONS_BUCKET = "KILN_VERSIONS"
 RUNS_BUCKET = "KILN_RUNS"
 
 ORCHESTRATOR_CONSUMER = "orchestrator"
 STORAGE_CONSUMER = "storage"
+VERIFIER_CONSUMER = "verifier"
 
 DUPLICATE_WINDOW_S = 120.0
 # nats-server 2.15 caps consumers per stream at 1,000 unless a positive number is set.
@@ -89,7 +92,53 @@ def dlq_stream(replicas: int = 1) -> StreamConfig:
     )
 
 
-ALL_STREAMS = (events_stream, commands_stream, control_stream, dlq_stream)
+def verify_stream(replicas: int = 1) -> StreamConfig:
+    """The work queue of verify commands: each is taken by one verifier."""
+    return StreamConfig(
+        name=VERIFY_STREAM,
+        description="Kiln verify commands for the verifiers (work queue)",
+        subjects=[subjects.VERIFY_REQUESTS],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        duplicate_window=DUPLICATE_WINDOW_S,
+    )
+
+
+def verify_results_stream(replicas: int = 1) -> StreamConfig:
+    """Verify results, one subject per generation and round, kept a week.
+
+    The duplicate window makes a result published twice (a verifier redelivered the
+    command after a crash, or retried a publish) one stored message: its `Nats-Msg-Id`
+    is `<generation_id>:<round>`. Past that window, the subject still keeps only the
+    first (one message per subject, new ones refused): a second verifier that ran the same
+    round later adds nothing.
+    """
+    return StreamConfig(
+        name=VERIFY_RESULTS_STREAM,
+        description="Kiln verify results, one subject per generation and round",
+        subjects=[subjects.ALL_VERIFY_RESULTS],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        max_age=7 * DAY_S,
+        max_msg_size=MAX_EVENT_BYTES,
+        max_msgs_per_subject=1,
+        discard=DiscardPolicy.NEW,
+        discard_new_per_subject=True,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        allow_direct=True,
+    )
+
+
+ALL_STREAMS = (
+    events_stream,
+    commands_stream,
+    control_stream,
+    dlq_stream,
+    verify_stream,
+    verify_results_stream,
+)
 
 
 def orchestrator_consumer(ack_wait_s: float, max_deliver: int) -> ConsumerConfig:
@@ -128,4 +177,18 @@ def storage_consumer(ack_wait_s: float, name: str = STORAGE_CONSUMER) -> Consume
         ack_wait=ack_wait_s,
         max_deliver=-1,
         max_ack_pending=20_000,
+    )
+
+
+def verifier_consumer(ack_wait_s: float, max_deliver: int) -> ConsumerConfig:
+    """The verifiers' shared durable pull consumer on the verify commands."""
+    return ConsumerConfig(
+        durable_name=VERIFIER_CONSUMER,
+        description="Kiln verifiers take verify commands",
+        filter_subject=subjects.VERIFY_REQUESTS,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=ack_wait_s,
+        max_deliver=max_deliver,
+        max_ack_pending=10_000,
     )

@@ -18,6 +18,9 @@ ALL_CONTROL = "kiln.control.>"
 ALL_CANCELS = f"{CANCEL_PREFIX}.*"
 DLQ_PREFIX = "kiln.dlq"
 ALL_DLQ = f"{DLQ_PREFIX}.>"
+VERIFY_REQUESTS = "kiln.verify.requests"
+VERIFY_RESULTS_PREFIX = "kiln.verify.results"
+ALL_VERIFY_RESULTS = f"{VERIFY_RESULTS_PREFIX}.>"
 
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")  # fullmatch: `$` accepts a trailing newline
 
@@ -46,6 +49,18 @@ def project_events(project_id: str) -> str:
 def cancel_subject(generation_id: str) -> str:
     """Where a cancel request for one generation is published."""
     return f"{CANCEL_PREFIX}.{_token(generation_id, 'generation id')}"
+
+
+def verify_result_subject(generation_id: str, round: int) -> str:
+    """Where the verifier publishes the result of one round of one generation."""
+    if round < 0:
+        raise ValueError(f"verify round {round} cannot be negative")
+    return f"{VERIFY_RESULTS_PREFIX}.{_token(generation_id, 'generation id')}.{round}"
+
+
+def verify_results_of(generation_id: str) -> str:
+    """A filter for every verify result of one generation."""
+    return f"{VERIFY_RESULTS_PREFIX}.{_token(generation_id, 'generation id')}.*"
 
 
 def dlq_subject(service: str) -> str:

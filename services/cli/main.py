@@ -30,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("orchestrator", help="run one orchestrator (configured by the environment)")
     commands.add_parser("storage", help="run one storage projector (configured by the environment)")
+    commands.add_parser(
+        "verifier", help="run one verifier (sandboxed tests of each version; the environment)"
+    )
     gateway = commands.add_parser("gateway", help="run one gateway (configured by the environment)")
     gateway.add_argument("--host", help="address to bind")
     gateway.add_argument("--port", type=int, help="port to listen on")
@@ -65,6 +68,10 @@ def main(argv: list[str] | None = None) -> None:
             from services.cli.services import run_storage
 
             run_storage(settings)
+        elif args.command == "verifier":
+            from services.cli.services import run_verifier
+
+            run_verifier(settings)
         elif args.command == "gateway":
             from services.cli.services import run_gateway
 

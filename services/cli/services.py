@@ -1,4 +1,4 @@
-"""`kiln orchestrator | storage | gateway`: one service in this process."""
+"""`kiln orchestrator | storage | verifier | gateway`: one service in this process."""
 
 from __future__ import annotations
 
@@ -30,6 +30,13 @@ def run_storage(settings: Settings) -> None:
         run_until_signalled(settings, "storage", StorageService(settings).run)
     except DatabaseNotMigrated as exc:
         sys.exit(f"kiln storage: {exc}")
+
+
+def run_verifier(settings: Settings) -> None:
+    """Run one verifier until SIGTERM."""
+    from services.verifier.service import VerifierService
+
+    run_until_signalled(settings, "verifier", VerifierService(settings).run)
 
 
 def run_gateway(settings: Settings) -> None:

@@ -2,7 +2,7 @@
 
 An embedded nats-server (unless NATS_URL is set), SQLite in the data directory (unless
 KILN_DATABASE_URL is set), migrations, a development API key (unless KILN_API_KEYS is
-set), then the orchestrator, storage and gateway as child processes, restarted if one
+set), then the orchestrator, storage, verifier and gateway as child processes, restarted if one
 dies. Ctrl-C stops everything it started.
 """
 
@@ -23,7 +23,7 @@ from services.common.settings import Settings
 
 log = get_logger(__name__)
 
-SERVICES = ("storage", "orchestrator", "gateway")
+SERVICES = ("storage", "orchestrator", "verifier", "gateway")
 
 
 def development_key(data_dir: Path) -> str:

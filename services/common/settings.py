@@ -264,17 +264,87 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "This projector's partition, 0 to KILN_STORAGE_PARTITIONS - 1.",
         ),
     ] = 0
+    verify_runtime: Annotated[
+        str | None,
+        _setting(
+            "KILN_VERIFY_RUNTIME",
+            "The verify runtime: the virtual environment (pinned in "
+            "services/verifier/runtime-requirements.txt) every sandboxed run uses, read-only. "
+            "Unset: `.venv-verify` beside Kiln's code, as `./kiln` makes it.",
+        ),
+    ] = None
+    verify_concurrency: Annotated[
+        int, _setting("KILN_VERIFY_CONCURRENCY", "Versions one verifier verifies at once.")
+    ] = 2
+    verify_timeout_s: Annotated[
+        float,
+        _setting(
+            "KILN_VERIFY_TIMEOUT",
+            "Seconds a version's test run may take (wall clock); then every process of the "
+            "run is killed and the result says it timed out.",
+        ),
+    ] = 120.0
+    verify_cpu_s: Annotated[
+        int, _setting("KILN_VERIFY_CPU_SECONDS", "CPU seconds each process of a run may use.")
+    ] = 120
+    verify_memory_mb: Annotated[
+        int,
+        _setting("KILN_VERIFY_MEMORY_MB", "Address space of each process of a run, in MiB."),
+    ] = 2048
+    verify_max_processes: Annotated[
+        int,
+        _setting("KILN_VERIFY_MAX_PROCESSES", "Processes and threads a run may have at once."),
+    ] = 64
+    verify_disk_mb: Annotated[
+        int,
+        _setting(
+            "KILN_VERIFY_DISK_MB",
+            "Size of a run's work directory and of its /tmp (each a tmpfs), and the largest "
+            "file it may write, in MiB.",
+        ),
+    ] = 256
+    verify_uid_base: Annotated[
+        int,
+        _setting(
+            "KILN_VERIFY_UID_BASE",
+            "When the verifier runs as root, each sandbox runs as an unprivileged uid from "
+            "this one up (one per verifier process and slot), so the process limit counts "
+            "only that run.",
+        ),
+    ] = 61000
+    verify_ack_wait_s: Annotated[
+        float,
+        _setting(
+            "KILN_VERIFY_ACK_WAIT",
+            "Seconds before a verify command held by a silent verifier is handed to another "
+            "(a running one renews it).",
+        ),
+    ] = 10.0
+    verify_max_deliver: Annotated[
+        int,
+        _setting("KILN_VERIFY_MAX_DELIVER", "Attempts at a verify command before it is given up."),
+    ] = 5
+    verify_unsandboxed_dev_only: Annotated[
+        bool,
+        _setting(
+            "KILN_VERIFY_UNSANDBOXED_DEV_ONLY",
+            "DEVELOPMENT ONLY: where bubblewrap cannot run, run generated code WITHOUT a "
+            "sandbox (resource limits and an empty environment only). Never set it where "
+            "generated code is not trusted.",
+        ),
+    ] = False
     health_host: Annotated[
         str,
         _setting(
-            "KILN_HEALTH_HOST", "Address the orchestrator's and storage's health server binds."
+            "KILN_HEALTH_HOST",
+            "Address the orchestrator's, storage's and verifier's health server binds.",
         ),
     ] = "127.0.0.1"
     health_port: Annotated[
         int,
         _setting(
             "KILN_HEALTH_PORT",
-            "Port of the orchestrator's or storage's /healthz, /readyz and /metrics (0: off).",
+            "Port of the orchestrator's, storage's or verifier's /healthz, /readyz and /metrics (0: off).",
         ),
     ] = 0
     log_format: Annotated[

