@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from contracts.events import Id
+from contracts.events import FailedTest, Id
 
 VerifyOutcome = Literal["completed", "unavailable"]
 Round = Annotated[int, msgspec.Meta(ge=0)]
@@ -38,15 +38,6 @@ class VerifyRequested(
     round: Round = 0
     upto_seq: Annotated[int, msgspec.Meta(ge=1)]
     at: datetime
-
-
-class TestFailure(msgspec.Struct, frozen=True, kw_only=True):
-    """One failed (or erroring) test: its id (`tests/test_x.py::test_y`) and a capped message."""
-
-    __test__ = False  # not a pytest test class
-
-    test_id: str
-    message: str = ""
 
 
 class VerifyResult(
@@ -75,7 +66,7 @@ class VerifyResult(
     format_findings: Count = 0
     lint_details: list[str] = []
     compile_errors: list[str] = []
-    failures: list[TestFailure] = []
+    failures: list[FailedTest] = []
     output_tail: str = ""
     verifier: str = ""
     at: datetime

@@ -17,9 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from contracts.events import utc_now
+from contracts.events import FailedTest, utc_now
 from contracts.paths import is_safe_path
-from contracts.verification import MAX_OUTPUT_TAIL_CHARS, TestFailure, VerifyResult
+from contracts.verification import MAX_OUTPUT_TAIL_CHARS, VerifyResult
 from services.common.logs import get_logger
 from services.verifier.reports import (
     LintReport,
@@ -195,8 +195,9 @@ def _test_counts(run: SandboxRun, wall_s: float) -> tuple[TestCounts, str]:
     if problem or (run.exit_code not in (0, 1, 5) and not counts.failed and not counts.errors):
         counts.errors = max(counts.errors, 1)
         counts.failures.append(
-            TestFailure(
+            FailedTest(
                 test_id="pytest",
+                kind="error",
                 message=cap(
                     f"pytest exited with code {run.exit_code}: {run.output.strip()[-1500:]}"
                 ),

@@ -13,11 +13,11 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
+from contracts.events import FailedTest
 from contracts.verification import (
     MAX_FAILURE_MESSAGE_CHARS,
     MAX_FAILURES,
     MAX_LINT_DETAILS,
-    TestFailure,
 )
 
 
@@ -35,7 +35,7 @@ class TestCounts:
     failed: int = 0
     errors: int = 0
     skipped: int = 0
-    failures: list[TestFailure] = field(default_factory=list)
+    failures: list[FailedTest] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -73,7 +73,11 @@ def parse_junit(data: bytes) -> TestCounts:
             counts.errors += 1
         if len(counts.failures) < MAX_FAILURES:
             counts.failures.append(
-                TestFailure(test_id=test_id(case), message=cap(_message(element)))
+                FailedTest(
+                    test_id=test_id(case),
+                    message=cap(_message(element)),
+                    kind="failure" if kind == "failure" else "error",
+                )
             )
     return counts
 

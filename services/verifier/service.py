@@ -10,7 +10,6 @@ another verifier takes it; the results stream keeps one result per generation an
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 
@@ -30,10 +29,10 @@ from contracts.verification import (
     decode_verify_request,
     result_msg_id,
 )
-from services.common.broker import connect, ensure_streams
+from services.common import metrics
 from services.common.consumer import Ack, DeadLetter, Outcome, PullWorker, Retry
 from services.common.eventlog import read_generation
-from services.common.health import HealthServer
+from services.common.host import broker_session, health_endpoint
 from services.common.logs import get_logger
 from services.common.settings import Settings
 from services.verifier.checks import verify
@@ -101,10 +100,8 @@ class VerifierService:
     async def run(self, stop: asyncio.Event) -> None:
         """Take and verify commands until `stop` is set; running verifications finish first."""
         await self.prepare()
-        nc = await connect(self.settings, f"kiln-verifier-{self.worker}")
-        js = nc.jetstream()
-        try:
-            await ensure_streams(js, self.settings.stream_replicas)
+        metrics.export("verifier")
+        async with broker_session(self.settings, f"kiln-verifier-{self.worker}") as (nc, js):
             worker = PullWorker(
                 js,
                 service="verifier",
@@ -122,35 +119,23 @@ class VerifierService:
                     return DeadLetter(str(exc))
                 return await self.handle(js, command)
 
-            health = None
-            if self.settings.health_port:
+            async def readiness() -> dict[str, str]:
+                return {
+                    "nats": "ok" if nc.is_connected else "disconnected",
+                    "sandbox": "ok" if self.unavailable is None else "unavailable",
+                }
 
-                async def readiness() -> dict[str, str]:
-                    return {
-                        "nats": "ok" if nc.is_connected else "disconnected",
-                        "sandbox": "ok" if self.unavailable is None else "unavailable",
-                    }
-
-                health = HealthServer(
-                    self.settings.health_host, self.settings.health_port, readiness
+            async with health_endpoint(self.settings, readiness):
+                log.info("Verifier {worker} taking verify commands", worker=self.worker)
+                self.ready.set()
+                await worker.run_each(
+                    handle,
+                    stop,
+                    concurrency=self.settings.verify_concurrency,
+                    heartbeat_s=max(self.settings.verify_ack_wait_s / 3, 0.3),
+                    grace_s=self.settings.shutdown_grace_s,
                 )
-                await health.start()
-            log.info("Verifier {worker} taking verify commands", worker=self.worker)
-            self.ready.set()
-            await worker.run_each(
-                handle,
-                stop,
-                concurrency=self.settings.verify_concurrency,
-                heartbeat_s=max(self.settings.verify_ack_wait_s / 3, 0.3),
-                grace_s=self.settings.shutdown_grace_s,
-            )
-            if health is not None:
-                await health.stop()
-        finally:
-            with contextlib.suppress(Exception):
-                await nc.flush(timeout=5)
-            await nc.close()
-            log.info("Verifier {worker} stopped", worker=self.worker)
+        log.info("Verifier {worker} stopped", worker=self.worker)
 
     async def handle(self, js: JetStreamContext, command: VerifyRequested) -> Outcome:
         """Verify one version and publish its result; Retry while the broker is away."""
@@ -198,7 +183,7 @@ class VerifierService:
             return unavailable(self.unavailable or "unverified: no sandbox")
         history = await read_generation(js, command.generation_id)
         state = fold(e.event for e in history if e.event.seq <= command.upto_seq)
-        if state is None or state.last_seq < command.upto_seq:
+        if state is None or state.summary.last_seq < command.upto_seq:
             return unavailable(
                 f"unverified: the log of generation {command.generation_id} has no event "
                 f"{command.upto_seq}"
