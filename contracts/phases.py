@@ -22,7 +22,7 @@ PHASES: tuple[PhasePlan, ...] = (
     PhasePlan("api", 60, "Writing the API"),
     PhasePlan("tests", 80, "Writing the tests"),
     PhasePlan("docs", 95, "Writing the documentation"),
-    PhasePlan("verify", 100, "Verifying that every Python file compiles"),
+    PhasePlan("verify", 100, "Running the project's own tests, lint and compile check"),
 )
 PHASE_NAMES: tuple[str, ...] = tuple(phase.name for phase in PHASES)
 

@@ -324,6 +324,30 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         int,
         _setting("KILN_VERIFY_MAX_DELIVER", "Attempts at a verify command before it is given up."),
     ] = 5
+    verify_enabled: Annotated[
+        bool,
+        _setting(
+            "KILN_VERIFY",
+            "Whether the orchestrator has each version's own tests run by a verifier; "
+            "false marks every version unverified, saying so.",
+        ),
+    ] = True
+    verify_pickup_s: Annotated[
+        float,
+        _setting(
+            "KILN_VERIFY_PICKUP",
+            "Seconds the orchestrator waits for any sign of a running verifier before it "
+            "calls a version unverified (a busy verifier counts as running).",
+        ),
+    ] = 15.0
+    verify_wait_s: Annotated[
+        float,
+        _setting(
+            "KILN_VERIFY_WAIT",
+            "Seconds the orchestrator waits for a verifier's answer (queueing included) "
+            "before it calls a version unverified.",
+        ),
+    ] = 900.0
     verify_unsandboxed_dev_only: Annotated[
         bool,
         _setting(

@@ -56,6 +56,7 @@ from services.orchestrator.guard import (
 from services.orchestrator.providers.base import PhaseRequest, Provider, ProviderError
 from services.orchestrator.providers.registry import Providers
 from services.orchestrator.reporter import EventReporter
+from services.orchestrator.verification import VerifierClient, verify_step
 from services.orchestrator.verify import compile_errors
 from services.orchestrator.watchdog import Heartbeats
 
@@ -104,12 +105,14 @@ class GenerationRunner:
         cancels: CancelWatcher,
         config: RunnerConfig,
         heartbeats: Heartbeats | None = None,
+        verifier: VerifierClient | None = None,
     ) -> None:
         self.js = js
         self.providers = providers
         self.cancels = cancels
         self.config = config
         self.heartbeats = heartbeats
+        self.verifier = verifier or VerifierClient(js, pickup_s=0, wait_s=0, enabled=False)
 
     async def run(self, command: GenerateRequested, attempt: int) -> Outcome:
         """Run (or resume) the command's generation; the outcome for its message."""
@@ -294,6 +297,8 @@ class _Run:
         await self._apply(plan, output)
         if self.cancelled.is_set():
             raise Cancelled
+        if plan.name == "verify":
+            await self._verify_version()
         files = self.state.files
         written = sorted(
             f.path
@@ -321,6 +326,31 @@ class _Run:
             files=len(written),
             progress=plan.progress,
         )
+
+    async def _verify_version(self) -> None:
+        """The version's own tests, run by a verifier; abandoned when it is cancelled."""
+        previous = self.state.summary.verification
+        round_ = 0
+        this_round = previous is not None and previous.round == round_
+        step = asyncio.ensure_future(
+            verify_step(
+                self.writer,
+                self.runner.verifier,
+                round_,
+                done=this_round and previous is not None and previous.status != "running",
+                started=this_round,
+            )
+        )
+        cancel = asyncio.ensure_future(self.cancelled.wait())
+        try:
+            await asyncio.wait({step, cancel}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cancel.cancel()
+        if not step.done():
+            step.cancel()
+            await asyncio.gather(step, return_exceptions=True)
+            raise Cancelled
+        step.result()
 
     async def _carry_parent_files(self) -> None:
         """Start the new version from the parent's files, each an event of this log."""

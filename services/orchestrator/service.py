@@ -20,6 +20,7 @@ from services.orchestrator.cancels import CancelWatcher
 from services.orchestrator.providers.base import Provider
 from services.orchestrator.providers.registry import Providers
 from services.orchestrator.runner import GenerationRunner, RunnerConfig
+from services.orchestrator.verification import VerifierClient
 from services.orchestrator.watchdog import Heartbeats, Watchdog
 
 log = get_logger(__name__)
@@ -58,6 +59,12 @@ class OrchestratorService:
                     heartbeat_s=max(min(stale_after / 6, 10.0), 0.2),
                 ),
                 Heartbeats(runs, self.worker),
+                VerifierClient(
+                    js,
+                    pickup_s=self.settings.verify_pickup_s,
+                    wait_s=self.settings.verify_wait_s,
+                    enabled=self.settings.verify_enabled,
+                ),
             )
             watchdog = asyncio.create_task(
                 Watchdog(nc, js, runs, worker=self.worker, stale_after_s=stale_after).run(stop)

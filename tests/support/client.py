@@ -130,7 +130,9 @@ async def read_events(
             async with aconnect_sse(http, "GET", stream_url, headers=headers) as source:
                 source.response.raise_for_status()
                 async for message in source.aiter_sse():
-                    if not message.id:  # the opening `retry:` block carries no event
+                    # The opening `retry:` block carries no event; after a keepalive comment
+                    # httpx-sse repeats the last id with empty data (EventSource would not).
+                    if not message.id or not message.data:
                         continue
                     event = _parsed(message)
                     events.append(event)
@@ -165,7 +167,7 @@ async def follow(
                         return
                     source.response.raise_for_status()
                     async for message in source.aiter_sse():
-                        if not message.id:
+                        if not message.id or not message.data:
                             continue
                         event = _parsed(message)
                         last_id = event.id

@@ -12,7 +12,8 @@ BOB_KEY = "bob-key-0123456789"
 
 def service_env(tmp_path: Path, nats_url: str, **overrides: str) -> dict[str, str]:
     """The services' variables for one test: its nats-server, its own SQLite file and data
-    folder, two users (alice and bob), a fixed token secret; `overrides` win."""
+    folder, two users (alice and bob), a fixed token secret, no wait for a verifier;
+    `overrides` win."""
     return {
         "NATS_URL": nats_url,
         "KILN_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'kiln.db'}",
@@ -20,6 +21,9 @@ def service_env(tmp_path: Path, nats_url: str, **overrides: str) -> dict[str, st
         "KILN_API_KEYS": f"alice:{ALICE_KEY},bob:{BOB_KEY}",
         "KILN_SECRET": "test-secret-not-for-production",
         "KILN_COMMAND_ACK_WAIT": "5",
+        # Most tests run no verifier: a version is unverified at once instead of after the
+        # production wait for one; the verifier's own tests start one.
+        "KILN_VERIFY_PICKUP": "0",
         **overrides,
     }
 

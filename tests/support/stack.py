@@ -23,6 +23,7 @@ from services.orchestrator.providers.base import Provider
 from services.orchestrator.service import OrchestratorService
 from services.storage.db import migrate
 from services.storage.service import StorageService
+from services.verifier.service import VerifierService
 from tests.support import client as kiln
 from tests.support.client import SCHEMA_ONE, SSEEvent
 from tests.support.environment import ALICE_KEY, BOB_KEY
@@ -46,11 +47,15 @@ class Stack:
         self.bob = kiln.connect(self.url, BOB_KEY)
         self.anonymous = kiln.connect(self.url)
 
-    async def start(self, *, orchestrator: bool = True, storage: bool = True) -> Stack:
+    async def start(
+        self, *, orchestrator: bool = True, storage: bool = True, verifier: bool = False
+    ) -> Stack:
         """Migrate the database and start the services; returns once the gateway is ready."""
         await asyncio.to_thread(migrate, self.settings.effective_database_url)
         if storage:
             self.start_storage()
+        if verifier:
+            self.start_verifier()
         if orchestrator:
             self.start_orchestrator()
         config = uvicorn.Config(
@@ -75,6 +80,12 @@ class Stack:
         """Start (or restart) the in-process orchestrator."""
         service = OrchestratorService(self.settings, self.providers)
         self.tasks["orchestrator"] = asyncio.create_task(service.run(self.stop_services))
+
+    def start_verifier(self) -> None:
+        """Start (or restart) an in-process verifier (its sandboxes are real processes)."""
+        self.tasks["verifier"] = asyncio.create_task(
+            VerifierService(self.settings).run(self.stop_services)
+        )
 
     def start_storage(self) -> None:
         """Start (or restart) the in-process storage projector."""

@@ -1,0 +1,98 @@
+"""Every completed version says whether its own tests passed, measured by Kiln in a sandbox:
+through the whole stack, with a real verifier, the real bubblewrap and the verify runtime."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from services.common.settings import Settings
+from services.verifier.reports import parse_junit
+from services.verifier.runtime import load_runtime
+from tests.support.stack import running_stack, schema_with
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _verify_events(events: list) -> list[tuple[str, dict]]:
+    return [(e.type, e.data) for e in events if e.type.startswith("verify.")]
+
+
+async def test_a_20_entity_project_is_verified_with_the_counts_of_pytest_outside(
+    settings: Settings, tmp_path: Path
+) -> None:
+    settings = msgspec.structs.replace(settings, verify_pickup_s=30.0)
+    async with running_stack(settings, verifier=True) as stack:
+        accepted = await stack.create(schema_with(20), project_name="twenty")
+        events = await stack.events(accepted["stream_url"], timeout=240)
+        status = await stack.wait_status(accepted["generation_id"], "completed")
+        archive = await stack.alice.get(f"/generations/{accepted['generation_id']}/archive")
+        project = (await stack.alice.get(f"/projects/{accepted['project_id']}")).json()
+
+    verify = _verify_events(events)
+    assert [t for t, _ in verify] == ["verify.started", "verify.completed"], verify
+    completed = verify[1][1]
+    assert completed["verdict"] == "passed", msgspec.json.encode(completed).decode()
+    assert completed["failed"] == completed["errors"] == 0
+    assert completed["compile_errors"] == []
+    # The verification sits between the docs phase and the end, and progress never goes back.
+    progress = [e.data.get("progress") for e in events if e.data.get("progress") is not None]
+    assert progress == sorted(progress)
+    assert 95 < verify[0][1]["progress"] < 100
+
+    verification = status["verification"]
+    assert verification["status"] == "passed"
+    assert verification["passed"] == completed["passed"] >= 20 * 5
+    assert project["versions"][0]["verification"]["status"] == "passed"
+
+    # The same pytest on the downloaded zip, outside Kiln, counts the same.
+    outside = tmp_path / "outside"
+    with zipfile.ZipFile(io.BytesIO(archive.content)) as zipped:
+        zipped.extractall(outside)
+    junit = tmp_path / "junit.xml"
+    runtime = load_runtime(settings.verify_runtime)
+    run = await asyncio.create_subprocess_exec(
+        str(runtime.python), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+        f"--junitxml={junit}",
+        cwd=outside,
+        stdout=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    assert await run.wait() == 0
+    counts = parse_junit(junit.read_bytes())
+    assert (counts.passed, counts.failed, counts.errors, counts.skipped) == (
+        completed["passed"],
+        completed["failed"],
+        completed["errors"],
+        completed["skipped"],
+    )
+
+    # The CLI shows it too.
+    shown = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "services.cli.main", "watch", accepted["generation_id"],
+         "--url", stack.url, "--api-key", stack.alice.headers["Authorization"].split()[1]],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert f"PASSED: tests: {completed['passed']} passed" in shown.stdout
+
+
+async def test_without_a_verifier_a_version_is_unverified_and_says_why(
+    settings: Settings,
+) -> None:
+    async with running_stack(settings) as stack:
+        accepted = await stack.create()
+        events = await stack.events(accepted["stream_url"])
+        status = await stack.wait_status(accepted["generation_id"], "completed")
+    verify = _verify_events(events)
+    assert [t for t, _ in verify] == ["verify.started", "verify.unavailable"]
+    assert "no verifier is running" in verify[1][1]["reason"]
+    assert status["verification"]["status"] == "unverified"
+    assert "kiln verifier" in status["verification"]["reason"]
