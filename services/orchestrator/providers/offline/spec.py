@@ -16,6 +16,7 @@ import msgspec
 
 from contracts import limits
 from contracts.schema import Entity, ProjectSchema, schema_problems
+from services.orchestrator.providers.offline.text import clean_line, clean_text
 
 SPEC_PATH = "kiln.json"
 SPEC_FORMAT = 1
@@ -56,17 +57,44 @@ class ProjectSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 
 def spec_from_schema(name: str, schema: ProjectSchema, description: str = "") -> ProjectSpec:
-    """The spec of a new project built from a submitted schema (no features yet)."""
-    return ProjectSpec(name=name, description=description, entities=list(schema.entities))
+    """The spec of a new project built from a submitted schema (no features yet).
+
+    The free text (name, description, the schema's descriptions) is cleaned of control
+    and bidi characters (`text.clean_text`), so no generated file holds them.
+    """
+    spec = ProjectSpec(name=name, description=description, entities=list(schema.entities))
+    return clean_spec(spec)
+
+
+def clean_spec(spec: ProjectSpec) -> ProjectSpec:
+    """`spec` with its free text cleaned: the name on one line, descriptions without control
+    or bidi characters (line breaks kept in the project's description only)."""
+    entities = [
+        msgspec.structs.replace(
+            entity,
+            description=clean_line(entity.description),
+            fields=[
+                msgspec.structs.replace(f, description=clean_line(f.description))
+                for f in entity.fields
+            ],
+        )
+        for entity in spec.entities
+    ]
+    return msgspec.structs.replace(
+        spec,
+        name=clean_line(spec.name),
+        description=clean_text(spec.description, multiline=True),
+        entities=entities,
+    )
 
 
 def dump_spec(spec: ProjectSpec) -> str:
     """The canonical kiln.json text of `spec`: sorted keys, indent 2, trailing newline.
 
-    A spec whose indented form would exceed the per-file limit is written compact (still
+    Its free text is cleaned (`clean_spec`). A spec whose indented form would exceed the per-file limit is written compact (still
     sorted, still with the trailing newline).
     """
-    normalised = msgspec.structs.replace(spec, features=sorted(set(spec.features)))
+    normalised = msgspec.structs.replace(clean_spec(spec), features=sorted(set(spec.features)))
     raw = msgspec.json.encode(normalised, order="sorted")
     pretty = msgspec.json.format(raw, indent=2)
     chosen = pretty if len(pretty) < limits.MAX_FILE_BYTES else raw

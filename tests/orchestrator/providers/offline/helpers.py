@@ -71,6 +71,38 @@ def numbered(count: int) -> ProjectSchema:
     return schema({"entities": entities})
 
 
+FIELD_KINDS = (
+    ("title", "string", {}),
+    ("body", "text", {}),
+    ("count", "integer", {}),
+    ("ratio", "float", {}),
+    ("price", "decimal", {}),
+    ("active", "boolean", {}),
+    ("day", "date", {}),
+    ("moment", "datetime", {}),
+    ("token", "uuid", {}),
+    ("status", "enum", {"values": ["draft", "active", "retired"]}),
+)
+
+
+def every_type(count: int) -> dict[str, Any]:
+    """`count` entities with every field type, required and optional; each entity after the
+    first has a required many_to_one relation to the first and an optional one to the one
+    before it (so a factory creates at most one other row, and the suite stays quick)."""
+    entities = []
+    for i in range(count):
+        fields = [
+            {"name": name, "type": kind, "required": (i + n) % 2 == 0, **extra}
+            for n, (name, kind, extra) in enumerate(FIELD_KINDS)
+        ]
+        relations = []
+        if i:
+            relations.append({"name": "first", "target": "Item0", "required": True})
+            relations.append({"name": "previous", "target": f"Item{i - 1}"})
+        entities.append({"name": f"Item{i}", "fields": fields, "relations": relations})
+    return {"entities": entities}
+
+
 class FakeReporter:
     """Records what the provider reports; `cancel` makes `cancelled()` true."""
 

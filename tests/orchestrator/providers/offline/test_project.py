@@ -3,9 +3,11 @@ its own test suite passes."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import pytest
 from contracts import limits
 from contracts.paths import safe_path
 from services.orchestrator.guard import find_elision
+from services.orchestrator.providers.offline.modifications import apply, parse_prompt
 from services.orchestrator.providers.offline.project import Build, build_project
 from services.orchestrator.providers.offline.spec import (
     ProjectSpec,
@@ -23,7 +26,9 @@ from services.orchestrator.providers.offline.spec import (
     spec_from_schema,
     spec_problems,
 )
-from tests.orchestrator.providers.offline.helpers import SHOP, numbered, schema
+from tests.orchestrator.providers.offline.helpers import SHOP, every_type, numbered, schema
+
+ROOT = Path(__file__).resolve().parents[4]
 
 # Field and entity names that shadow what the generated code itself uses.
 AWKWARD: dict[str, Any] = {
@@ -215,21 +220,107 @@ def test_a_large_schema_stays_within_the_limits() -> None:
     check_build(build_project(make_spec(document, ALL_FEATURES)))
 
 
-def test_the_generated_tests_pass_for_a_small_project(tmp_path: Path) -> None:
-    one = {"entities": [SHOP["entities"][2]]}
-    project = write(build_project(make_spec(one)), tmp_path)
+# Awkward names, without the 64-character entity (see LONG_NAMES).
+ESCAPED: dict[str, Any] = {"entities": [e for e in AWKWARD["entities"] if len(e["name"]) < 60]}
 
-    result = run_pytest(project, "-x")
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "one-entity": {"entities": [SHOP["entities"][2]]},
+    "readme-shop": json.loads((ROOT / "examples" / "shop.json").read_text()),
+    "every-type-20": every_type(20),
+    "escaped-names": ESCAPED,
+}
 
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert " passed" in result.stdout
+
+def iterations(first: str) -> list[str]:
+    """Every modification the README's *Iterations* section documents, in one sequence."""
+    return [
+        "add authentication",
+        "add entity Review with fields rating:integer, body:text",
+        f"add fields sku:string, stock:integer to {first}",
+        "remove entity Review",
+        f"add entity Note with fields body:text, mood:enum(happy|sad), due:date? "
+        f"and relation owner to {first}",
+        "add pagination",
+        "add a Dockerfile",
+    ]
 
 
-@pytest.mark.slow
-def test_the_generated_tests_pass_with_relations_enums_auth_and_pagination(
-    tmp_path: Path,
-) -> None:
-    project = write(build_project(make_spec(SHOP, ALL_FEATURES)), tmp_path)
+def versions(document: dict[str, Any]) -> list[ProjectSpec]:
+    """The created project's spec and the spec after each documented iteration."""
+    specs = [make_spec(document)]
+    for prompt in iterations(document["entities"][0]["name"]):
+        spec = apply(specs[-1], parse_prompt(prompt))
+        assert spec_problems(spec) == [], prompt
+        specs.append(spec)
+    return specs
+
+
+def ruff(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The dev venv's ruff, run in `cwd` (each project is checked with its own config)."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "ruff"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize("name", list(SCHEMAS))
+def test_every_version_is_lint_clean_and_formatted(name: str, tmp_path: Path) -> None:
+    projects = [
+        write(build_project(spec), tmp_path / f"v{number}")
+        for number, spec in enumerate(versions(SCHEMAS[name]))
+    ]
+    dirs = [p.name for p in projects]
+
+    checked = ruff("check", "--no-cache", "--output-format", "concise", *dirs, cwd=tmp_path)
+    formatted = ruff("format", "--no-cache", "--check", "--diff", *dirs, cwd=tmp_path)
+
+    assert checked.returncode == 0, checked.stdout[-6000:] + checked.stderr[-2000:]
+    assert formatted.returncode == 0, formatted.stdout[-6000:] + formatted.stderr[-2000:]
+    config = tomllib.loads((projects[0] / "pyproject.toml").read_text())["tool"]["ruff"]
+    assert config["lint"]["select"] == ["E", "F", "W", "I", "UP", "B"]
+
+
+LONG_NAMES: dict[str, Any] = {
+    "entities": [e for e in AWKWARD["entities"] if len(e["name"]) >= 60]
+    + [{"name": "Short", "fields": [{"name": "f" * 64, "type": "decimal", "required": False}]}]
+}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap: with 64-character names ruff format splits nested brackets and "
+    "annotations in ways the templates do not lay out yet (ruff check is clean)",
+)
+def test_names_of_the_maximum_length_are_formatted(tmp_path: Path) -> None:
+    project = write(build_project(make_spec(LONG_NAMES, ALL_FEATURES)), tmp_path / "long")
+
+    checked = ruff("check", "--no-cache", "--output-format", "concise", ".", cwd=project)
+    assert checked.returncode == 0, checked.stdout[-4000:]
+    formatted = ruff("format", "--no-cache", "--check", ".", cwd=project)
+    assert formatted.returncode == 0, formatted.stdout[-4000:]
+
+
+@pytest.mark.parametrize(
+    ("name", "iterated"),
+    [
+        ("one-entity", False),
+        ("one-entity", True),
+        ("readme-shop", False),
+        ("readme-shop", True),
+        # 200 to 280 tests, each on a fresh 20-table database: minutes on a loaded machine.
+        pytest.param("every-type-20", False, marks=[pytest.mark.slow, pytest.mark.timeout(900)]),
+        pytest.param("every-type-20", True, marks=[pytest.mark.slow, pytest.mark.timeout(900)]),
+        ("escaped-names", False),
+        ("escaped-names", True),
+    ],
+)
+def test_the_generated_tests_pass(name: str, iterated: bool, tmp_path: Path) -> None:
+    """The created project's own suite, or the one after every documented iteration."""
+    spec = versions(SCHEMAS[name])[-1 if iterated else 0]
+    project = write(build_project(spec), tmp_path)
 
     result = run_pytest(project)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from services.orchestrator.providers.offline.layout import EntityLayout, ProjectLayout
 from services.orchestrator.providers.offline.templates.common import Imports, py
+from services.orchestrator.providers.offline.templates.pyformat import INDENT, bracket, fits
 
 CRUD_MODULE = '''"""Helpers every controller shares: load a row or answer 404, check references."""
 
@@ -86,21 +87,19 @@ def routes_package(project: ProjectLayout) -> str:
     controllers = sorted((e.module, f"{e.name}Controller") for e in project.entities)
     imports = Imports({name for _, name in controllers})
     handler = imports.name("litestar.types", "ControllerRouterHandler")
+    names: list[str] = []
+    if project.auth:
+        names.append(imports.alias("app.auth.routes", "AuthController", "AuthController"))
+    names.extend(imports.alias(f"app.routes.{m}", name, name) for m, name in controllers)
     lines = [
         '"""Every route of the API, in one list for the application."""',
         "",
         "from __future__ import annotations",
         "",
         imports.render(),
+        "",
+        *bracket("", f"ROUTES: list[{handler}] = ", names, brackets="[]", explode=True),
     ]
-    if project.auth:
-        lines.append("from app.auth.routes import AuthController")
-    lines.extend(f"from app.routes.{module} import {name}" for module, name in controllers)
-    lines.extend(["", f"ROUTES: list[{handler}] = ["])
-    if project.auth:
-        lines.append("    AuthController,")
-    lines.extend(f"    {name}," for _, name in controllers)
-    lines.append("]")
     return "\n".join(lines) + "\n"
 
 
@@ -124,40 +123,45 @@ def route_module(project: ProjectLayout, entity: EntityLayout) -> str:
     msgspec = imports.module("msgspec")
     json_body = imports.name("litestar.params", "JSONBody")
     imports.name("app", "models")
+    imports.alias("app.schemas", entity.module, "schemas")
+    for module in child_modules:
+        imports.alias("app.schemas", module, f"{module}_schemas")
     get_or_404 = imports.name("app.crud", "get_or_404")
     guards = ""
     if project.auth:
-        guards = f", guards={imports.name('app.auth.security', 'ROUTE_GUARDS')}"
+        guards = f"guards={imports.name('app.auth.security', 'ROUTE_GUARDS')}"
     paging_args: list[str] = []
     paging_query = ""
     if project.pagination:
         limit = imports.name("app.pagination", "Limit")
         offset = imports.name("app.pagination", "Offset")
         default = imports.name("app.pagination", "DEFAULT_LIMIT")
-        paging_args = [f"        limit: {limit} = {default},", f"        offset: {offset} = 0,"]
+        paging_args = [f"limit: {limit} = {default}", f"offset: {offset} = 0"]
         paging_query = ".limit(limit).offset(offset)"
     model = f"models.{entity.name}"
     read = f"schemas.{entity.name}Read"
-    refs = [f"    {py(ref.column)}: models.{ref.target}," for ref in entity.refs]
-    check = ""
+    session_arg = f"session: {session_type}"
+    refs = [f"{py(ref.column)}: models.{ref.target}" for ref in entity.refs]
+    check: list[str] = []
     if refs:
         check_refs = imports.name("app.crud", "check_refs")
-        check = f"        await {check_refs}(session, values, REFS)\n"
+        check = [f"        await {check_refs}(session, values, REFS)"]
     load = imports.name("app.crud", "load_targets") if entity.many else ""
 
-    load_many = "".join(
-        f"        values[{py(m.name)}] = await {load}(\n"
-        f"            session, models.{m.target}, values[{py(m.name)}], {py(m.name)}\n"
-        "        )\n"
-        for m in entity.many
-    )
-    update_many = "".join(
-        f"        if {py(m.name)} in values:\n"
-        f"            values[{py(m.name)}] = await {load}(\n"
-        f"                session, models.{m.target}, values[{py(m.name)}], {py(m.name)}\n"
-        "            )\n"
-        for m in entity.many
-    )
+    load_many: list[str] = []
+    for m in entity.many:
+        args = ["session", f"models.{m.target}", f"values[{py(m.name)}]", py(m.name)]
+        load_many.extend(bracket("        ", f"values[{py(m.name)}] = await {load}", args))
+
+    update_many: list[str] = []
+    for m in entity.many:
+        args = ["session", f"models.{m.target}", f"values[{py(m.name)}]", py(m.name)]
+        update_many.append(f"        if {py(m.name)} in values:")
+        update_many.extend(bracket("            ", f"values[{py(m.name)}] = await {load}", args))
+
+    def decorator(verb: str, route: str = "") -> str:
+        args = [a for a in (py(route) if route else "", guards) if a]
+        return f"    @{verb}({', '.join(args)})"
 
     lines = [
         f'"""The HTTP API of {entity.name}: create, list, read, update and delete."""',
@@ -165,24 +169,19 @@ def route_module(project: ProjectLayout, entity: EntityLayout) -> str:
         "from __future__ import annotations",
         "",
         imports.render(),
-        *sorted(
-            [
-                *(f"from app.schemas import {m} as {m}_schemas" for m in child_modules),
-                f"from app.schemas import {entity.module} as schemas",
-            ]
-        ),
         "",
     ]
     if refs:
         lines.extend(
             [
                 "# The foreign keys of a body, and the model each one must name a row of.",
-                "REFS: dict[str, type[models.Base]] = {",
-                *refs,
-                "}",
+                *bracket(
+                    "", "REFS: dict[str, type[models.Base]] = ", refs, brackets="{}", explode=True
+                ),
                 "",
             ]
         )
+    item_id = "/{item_id:int}"
     lines.extend(
         [
             "",
@@ -192,65 +191,85 @@ def route_module(project: ProjectLayout, entity: EntityLayout) -> str:
             f"    path = {py(entity.path)}",
             f"    tags = [{py(entity.name)}]",
             "",
-            f"    @{get}({guards.removeprefix(', ')})",
-            "    async def index(",
-            "        self,",
-            f"        session: {session_type},",
-            *paging_args,
-            f"    ) -> list[{read}]:",
+            decorator(get),
+            *bracket(
+                "    ", "async def index", ["self", session_arg, *paging_args], f" -> list[{read}]:"
+            ),
             f'        """Every {entity.name}, in the order they were created."""',
-            "        rows = await session.scalars(",
-            f"            {select}({model}).order_by({model}.id){paging_query}",
-            "        )",
+            *_chain(
+                "        ",
+                "rows = await session.scalars",
+                f"{select}({model}).order_by({model}.id){paging_query}",
+            ),
             "        return [schemas.to_read(row) for row in rows]",
             "",
-            f"    @{post}({guards.removeprefix(', ')})",
-            "    async def create(",
-            "        self,",
-            f"        data: {json_body}[schemas.{entity.name}Create],",
-            f"        session: {session_type},",
-            f"    ) -> {read}:",
+            decorator(post),
+            *bracket(
+                "    ",
+                "async def create",
+                ["self", f"data: {json_body}[schemas.{entity.name}Create]", session_arg],
+                f" -> {read}:",
+            ),
             f'        """Create a {entity.name}."""',
             f"        values = {msgspec}.structs.asdict(data)",
-            check + load_many + f"        item = {model}()",
+            *check,
+            *load_many,
+            f"        item = {model}()",
             "        for key, value in values.items():",
             "            setattr(item, key, value)",
             "        session.add(item)",
             "        await session.commit()",
             "        return schemas.to_read(item)",
             "",
-            f'    @{get}("/{{item_id:int}}"{guards})',
-            "    async def read(",
-            f"        self, item_id: {path_id}, session: {session_type}",
-            f"    ) -> {read}:",
+            decorator(get, item_id),
+            *bracket(
+                "    ",
+                "async def read",
+                ["self", f"item_id: {path_id}", session_arg],
+                f" -> {read}:",
+            ),
             f'        """One {entity.name}, or 404."""',
-            f"        return schemas.to_read(await {get_or_404}(session, {model}, item_id))",
+            *bracket(
+                "        ",
+                "return schemas.to_read",
+                [f"await {get_or_404}(session, {model}, item_id)"],
+            ),
             "",
-            f'    @{patch}("/{{item_id:int}}"{guards})',
-            "    async def update(",
-            "        self,",
-            f"        item_id: {path_id},",
-            f"        data: {json_body}[schemas.{entity.name}Update],",
-            f"        session: {session_type},",
-            f"    ) -> {read}:",
+            decorator(patch, item_id),
+            *bracket(
+                "    ",
+                "async def update",
+                [
+                    "self",
+                    f"item_id: {path_id}",
+                    f"data: {json_body}[schemas.{entity.name}Update]",
+                    session_arg,
+                ],
+                f" -> {read}:",
+            ),
             '        """Change the members the body sends; the others keep their values."""',
-            f"        item = await {get_or_404}(session, {model}, item_id)",
+            *bracket("        ", "item = await " + get_or_404, ["session", model, "item_id"]),
             "        values = {",
             "            key: value",
             f"            for key, value in {msgspec}.structs.asdict(data).items()",
             f"            if value is not {msgspec}.UNSET",
             "        }",
-            check + update_many + "        for key, value in values.items():",
+            *check,
+            *update_many,
+            "        for key, value in values.items():",
             "            setattr(item, key, value)",
             "        await session.commit()",
             "        return schemas.to_read(item)",
             "",
-            f'    @{delete}("/{{item_id:int}}"{guards})',
-            "    async def remove(",
-            f"        self, item_id: {path_id}, session: {session_type}",
-            "    ) -> None:",
+            decorator(delete, item_id),
+            *bracket(
+                "    ",
+                "async def remove",
+                ["self", f"item_id: {path_id}", session_arg],
+                " -> None:",
+            ),
             f'        """Delete a {entity.name}; 409 while a required reference points at it."""',
-            f"        item = await {get_or_404}(session, {model}, item_id)",
+            *bracket("        ", "item = await " + get_or_404, ["session", model, "item_id"]),
             "        await session.delete(item)",
             "        await session.commit()",
         ]
@@ -259,24 +278,40 @@ def route_module(project: ProjectLayout, entity: EntityLayout) -> str:
         target = project.entity(child.target)
         child_model = f"models.{child.target}"
         child_schemas = f"{target.module}_schemas"
+        query = (
+            f"{select}({child_model})"
+            f".where({child_model}.{child.column} == item_id)"
+            f".order_by({child_model}.id)"
+        )
         lines.extend(
             [
                 "",
-                f'    @{get}("/{{item_id:int}}/{child.name.replace("_", "-")}")',
-                f"    async def related_{child.name}(",
-                f"        self, item_id: {path_id}, session: {session_type}",
-                f"    ) -> list[{child_schemas}.{child.target}Read]:",
+                decorator(get, f"{item_id}/{child.name.replace('_', '-')}"),
+                *bracket(
+                    "    ",
+                    f"async def related_{child.name}",
+                    ["self", f"item_id: {path_id}", session_arg],
+                    f" -> list[{child_schemas}.{child.target}Read]:",
+                ),
                 f'        """The {child.target} rows of this {entity.name} ({child.name})."""',
                 f"        await {get_or_404}(session, {model}, item_id)",
-                "        rows = await session.scalars(",
-                f"            {select}({child_model})",
-                f"            .where({child_model}.{child.column} == item_id)",
-                f"            .order_by({child_model}.id)",
-                "        )",
+                *_chain("        ", "rows = await session.scalars", query),
                 f"        return [{child_schemas}.to_read(row) for row in rows]",
             ]
         )
     return "\n".join(lines) + "\n"
+
+
+def _chain(indent: str, head: str, query: str) -> list[str]:
+    """`head(query)`, where `query` is a call chain: ruff splits it one call per line."""
+    lines = bracket(indent, head, [query])
+    if len(lines) != 3 or fits(lines[1]) or query.count(").") < 2:
+        return lines
+    first, *calls = query.split(").")
+    inner = indent + INDENT
+    chain = [f"{inner}{first})"] + [f"{inner}.{call})" for call in calls[:-1]]
+    chain.append(f"{inner}.{calls[-1]}")
+    return [lines[0], *chain, lines[2]]
 
 
 def main_module(project: ProjectLayout) -> str:

@@ -161,6 +161,7 @@ ROUTES = '''"""Register, get a token, see who you are, sign out."""
 from __future__ import annotations
 
 import asyncio
+
 from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException, NotAuthorizedException
@@ -226,9 +227,7 @@ class AuthController(Controller):
         return AuthUserRead(id=user.id, username=user.username)
 
     @post("/logout", status_code=204, guards=[requires_user])
-    async def logout(
-        self, request: Request, session: NamedDependency[AsyncSession]
-    ) -> None:  # type: ignore[type-arg]
+    async def logout(self, request: Request, session: NamedDependency[AsyncSession]) -> None:  # type: ignore[type-arg]
         """Revoke the token of this request."""
         token = bearer_token(request) or ""
         await session.execute(delete(AuthToken).where(AuthToken.digest == token_digest(token)))

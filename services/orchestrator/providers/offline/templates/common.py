@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 from services.orchestrator.guard import find_elision
 from services.orchestrator.providers.offline.layout import Column
+from services.orchestrator.providers.offline.templates.pyformat import import_from, natural
+from services.orchestrator.providers.offline.text import markdown_text
 
 
 @dataclass
@@ -22,7 +24,7 @@ class Imports:
 
     taken: set[str]
     _plain: set[str] = field(default_factory=set)
-    _from: dict[str, dict[str, str]] = field(default_factory=dict)
+    _from: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
 
     def module(self, module: str, alias: str | None = None) -> str:
         """Import `module` (optionally `as alias`); the name to use it by."""
@@ -35,7 +37,7 @@ class Imports:
     def name(self, module: str, name: str) -> str:
         """Import `name` from `module`; the name to use it by."""
         local = f"_{name}" if name in self.taken else name
-        self._from.setdefault(module, {})[name] = local
+        self._from.setdefault(module, set()).add((name, local))
         return local
 
     def builtin(self, name: str) -> str:
@@ -44,18 +46,26 @@ class Imports:
             return name
         return f"{self.module('builtins', '_builtins')}.{name}"
 
+    def alias(self, module: str, name: str, local: str) -> str:
+        """Import `name` from `module` as `local` (a name the caller chose); `local`."""
+        self._from.setdefault(module, set()).add((name, local))
+        return local
+
     def render(self, first_party: tuple[str, ...] = ("app", "tests")) -> str:
         """The import block: standard library, third party, the project's own (isort order)."""
         groups: dict[int, tuple[list[str], list[str]]] = {0: ([], []), 1: ([], []), 2: ([], [])}
         for line in self._plain:
             groups[_section(line.split()[1], first_party)][0].append(line)
-        for module, names in self._from.items():
-            parts = sorted(n if n == local else f"{n} as {local}" for n, local in names.items())
-            line = f"from {module} import {', '.join(parts)}"
-            if len(line) > 100:
-                line = f"from {module} import (\n" + "".join(f"    {p},\n" for p in parts) + ")"
-            groups[_section(module, first_party)][1].append(line)
-        blocks = ["\n".join([*sorted(plain), *sorted(froms)]) for plain, froms in groups.values()]
+        for module in self._from:
+            groups[_section(module, first_party)][1].append(module)
+        blocks = []
+        for plain, froms in groups.values():
+            lines = sorted(plain, key=lambda line: natural(line.split()[1]))
+            for module in sorted(froms, key=natural):
+                names = self._from[module]
+                parts = [n if n == local else f"{n} as {local}" for n, local in sorted(names)]
+                lines.extend(import_from(module, parts))
+            blocks.append("\n".join(lines))
         return "\n\n".join(block for block in blocks if block)
 
 
@@ -88,12 +98,12 @@ def py(value: object) -> str:
 
 
 def markdown(text: str) -> str:
-    """Text from a schema made safe for a Markdown table cell or paragraph.
+    """User text made inert for a Markdown table cell, heading or paragraph.
 
-    One line, `|` escaped; text that reads like an elision placeholder (which the
-    data-loss guard would reject) is left out.
+    One line, HTML and Markdown escaped (`text.markdown_text`); text that reads like an
+    elision placeholder (which the data-loss guard would reject) is left out.
     """
-    flat = " ".join(text.split()).replace("|", "\\|")
+    flat = markdown_text(text)
     return "" if find_elision(flat, None) else flat
 
 

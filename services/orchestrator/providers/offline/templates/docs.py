@@ -71,9 +71,11 @@ def readme(project: ProjectLayout) -> str:
             "",
             "```sh",
             "python -m pytest",
+            "ruff check . && ruff format --check .",
             "```",
             "",
-            "Every test runs against a fresh SQLite file.",
+            "Every test runs against a fresh SQLite file. The lint and format settings are in "
+            "`pyproject.toml`.",
             "",
             "## Layout",
             "",

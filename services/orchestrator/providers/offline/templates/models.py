@@ -9,6 +9,11 @@ from services.orchestrator.providers.offline.templates.common import (
     python_type,
     sql_type,
 )
+from services.orchestrator.providers.offline.templates.pyformat import (
+    bracket,
+    import_from,
+    natural,
+)
 
 DB_MODULE = '''"""The database: engine, sessions, the declarative base and an exact decimal type."""
 
@@ -94,9 +99,10 @@ def models_package(project: ProjectLayout) -> str:
     names = sorted((e.module, e.name) for e in project.entities)
     lines = ['"""Every model of the project; importing this package registers all tables."""', ""]
     if project.auth:
-        lines.append("from app.auth.models import AuthToken, AuthUser")
+        lines.extend(import_from("app.auth.models", ["AuthToken", "AuthUser"]))
     lines.append("from app.db import Base")
-    lines.extend(f"from app.models.{module} import {name}" for module, name in names)
+    for module, name in sorted(names, key=lambda pair: natural(pair[0])):
+        lines.extend(import_from(f"app.models.{module}", [name]))
     exported = ["Base", *(name for _, name in names)]
     if project.auth:
         exported = ["AuthToken", "AuthUser", *exported]
@@ -123,20 +129,25 @@ def model_module(project: ProjectLayout, entity: EntityLayout) -> str:
     for col in entity.columns:
         kind = python_type(col, imports)
         optional = "" if col.required else " | None"
-        body.append(
-            f"    {col.name}: {mapped}[{kind}{optional}] = {column}({sql_type(col, imports)})"
+        body.extend(
+            bracket(
+                "    ",
+                f"{col.name}: {mapped}[{kind}{optional}] = {column}",
+                [sql_type(col, imports)],
+            )
         )
     for ref in entity.refs:
         foreign_key = imports.name("sqlalchemy", "ForeignKey")
         target = project.entity(ref.target)
         on_delete = "RESTRICT" if ref.required else "SET NULL"
-        options = ", unique=True" if ref.unique else ""
         optional = "" if ref.required else " | None"
-        body.append(
-            f"    {ref.column}: {mapped}[{integer}{optional}] = {column}(\n"
-            f"        {foreign_key}({py(target.table + '.id')}, ondelete={py(on_delete)}),"
-            f" index=True{options}\n"
-            "    )"
+        arguments = [
+            f"{foreign_key}({py(target.table + '.id')}, ondelete={py(on_delete)})",
+            "index=True",
+            *(["unique=True"] if ref.unique else []),
+        ]
+        body.extend(
+            bracket("    ", f"{ref.column}: {mapped}[{integer}{optional}] = {column}", arguments)
         )
     for many in entity.many:
         table = imports.name("sqlalchemy", "Table")
@@ -192,8 +203,8 @@ def model_module(project: ProjectLayout, entity: EntityLayout) -> str:
     ]
     if type_checking:
         parts.append(type_checking)
-    for table_code in tables:
-        parts.extend(["", "", table_code])
+    for number, table_code in enumerate(tables):
+        parts.extend(["", "", table_code] if number or type_checking else ["", table_code])
     parts.extend(
         [
             "",

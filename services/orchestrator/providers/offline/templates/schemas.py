@@ -105,7 +105,7 @@ def schema_module(project: ProjectLayout, entity: EntityLayout) -> str:
     )
     parts = [*header, ""]
     if alias_lines:
-        parts.extend(["", *alias_lines, ""])
+        parts.extend([*alias_lines, ""])
     parts.extend(
         [
             "",

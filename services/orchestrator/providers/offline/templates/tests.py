@@ -6,6 +6,7 @@ from typing import Any
 
 from services.orchestrator.providers.offline.layout import Column, EntityLayout, ProjectLayout
 from services.orchestrator.providers.offline.templates.common import py
+from services.orchestrator.providers.offline.templates.pyformat import import_from, natural
 
 SAMPLES: dict[str, tuple[Any, Any]] = {
     "text": ("Some text.", "Other text."),
@@ -143,7 +144,8 @@ def factory_module(project: ProjectLayout, entity: EntityLayout) -> str:
     ]
     if needed:
         lines.append("")
-        lines.extend(f"from tests.factories.{m} import make_{m}" for m in needed)
+        for m in sorted(needed, key=natural):
+            lines.extend(import_from(f"tests.factories.{m}", [f"make_{m}"]))
     lines.extend(
         [
             "",
@@ -330,10 +332,8 @@ def entity_tests(project: ProjectLayout, entity: EntityLayout) -> str:
     by_module: dict[str, list[str]] = {}
     for factory_module_name, helper in sorted(helpers):
         by_module.setdefault(factory_module_name, []).append(helper)
-    lines.extend(
-        f"from tests.factories.{name} import {', '.join(names)}"
-        for name, names in sorted(by_module.items())
-    )
+    for name, names in sorted(by_module.items(), key=lambda item: natural(item[0])):
+        lines.extend(import_from(f"tests.factories.{name}", names))
     for test in tests:
         lines.extend(["", "", *test])
     return "\n".join(lines) + "\n"
@@ -383,17 +383,17 @@ def test_a_username_is_registered_once(anonymous: TestClient[Any]) -> None:
 
 
 def test_every_entity_route_needs_a_token(anonymous: TestClient[Any]) -> None:
-    assert anonymous.post({first.path!r}, json={{}}).status_code == 401
-    assert anonymous.patch({(first.path + "/1")!r}, json={{}}).status_code == 401
-    assert anonymous.delete({(first.path + "/1")!r}).status_code == 401
-    assert anonymous.get({first.path!r}).status_code == 401
-    assert anonymous.get({(first.path + "/1")!r}).status_code == 401
+    assert anonymous.post({py(first.path)}, json={{}}).status_code == 401
+    assert anonymous.patch({py(first.path + "/1")}, json={{}}).status_code == 401
+    assert anonymous.delete({py(first.path + "/1")}).status_code == 401
+    assert anonymous.get({py(first.path)}).status_code == 401
+    assert anonymous.get({py(first.path + "/1")}).status_code == 401
 
 
 def test_a_bad_token_is_refused(anonymous: TestClient[Any]) -> None:
     headers = {{"Authorization": "Bearer not-a-token"}}
     assert anonymous.get("/auth/me", headers=headers).status_code == 401
-    assert anonymous.post({first.path!r}, json={{}}, headers=headers).status_code == 401
+    assert anonymous.post({py(first.path)}, json={{}}, headers=headers).status_code == 401
 
 
 def test_logout_revokes_the_token(anonymous: TestClient[Any]) -> None:
