@@ -35,6 +35,14 @@ async def test_a_20_entity_project_is_verified_with_the_counts_of_pytest_outside
         status = await stack.wait_status(accepted["generation_id"], "completed")
         archive = await stack.alice.get(f"/generations/{accepted['generation_id']}/archive")
         project = (await stack.alice.get(f"/projects/{accepted['project_id']}")).json()
+        # The CLI shows it too (`watch` replays the whole stream).
+        key = stack.alice.headers["Authorization"].split()[1]
+        shown = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "services.cli.main", "watch", accepted["generation_id"],
+             "--url", stack.url, "--api-key", key],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
 
     verify = _verify_events(events)
     assert [t for t, _ in verify] == ["verify.started", "verify.completed"], verify
@@ -42,7 +50,8 @@ async def test_a_20_entity_project_is_verified_with_the_counts_of_pytest_outside
     assert completed["verdict"] == "passed", msgspec.json.encode(completed).decode()
     assert completed["failed"] == completed["errors"] == 0
     assert completed["compile_errors"] == []
-    # The verification sits between the docs phase and the end, and progress never goes back.
+    assert completed["lint_findings"] == completed["format_findings"] == 0
+    # The verification sits between the docs phase and the end; progress never goes back.
     progress = [e.data.get("progress") for e in events if e.data.get("progress") is not None]
     assert progress == sorted(progress)
     assert 95 < verify[0][1]["progress"] < 100
@@ -51,6 +60,9 @@ async def test_a_20_entity_project_is_verified_with_the_counts_of_pytest_outside
     assert verification["status"] == "passed"
     assert verification["passed"] == completed["passed"] >= 20 * 5
     assert project["versions"][0]["verification"]["status"] == "passed"
+
+    assert shown.returncode == 0, shown.stderr
+    assert f"PASSED: tests: {completed['passed']} passed · lint: clean" in shown.stdout
 
     # The same pytest on the downloaded zip, outside Kiln, counts the same.
     outside = tmp_path / "outside"
@@ -72,16 +84,6 @@ async def test_a_20_entity_project_is_verified_with_the_counts_of_pytest_outside
         completed["errors"],
         completed["skipped"],
     )
-
-    # The CLI shows it too.
-    shown = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "services.cli.main", "watch", accepted["generation_id"],
-         "--url", stack.url, "--api-key", stack.alice.headers["Authorization"].split()[1]],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert shown.returncode == 0, shown.stderr
-    assert f"PASSED: tests: {completed['passed']} passed" in shown.stdout
 
 
 async def test_without_a_verifier_a_version_is_unverified_and_says_why(

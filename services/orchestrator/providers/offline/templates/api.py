@@ -364,6 +364,9 @@ def create_app(url: str | None = None) -> Litestar:
         on_startup=[startup],
         on_shutdown=[shutdown],
         state=State({"sessions": create_sessions(engine)}),
+        # Litestar's default logging starts a queue-listener thread for every application
+        # (one per test); the server (uvicorn) logs requests.
+        logging_config=None,
     )
 
 
