@@ -62,6 +62,14 @@ sse_open = _of("gateway", Gauge, "kiln_gateway_sse_connections", "SSE streams op
 sse_events = _of(
     "gateway", Counter, "kiln_gateway_sse_events_delivered_total", "Events written to SSE clients"
 )
+http_refused = _of(
+    "gateway",
+    Counter,
+    "kiln_gateway_http_refused_total",
+    "Connections refused before reaching a route (`headers_too_large`: 431; "
+    "`header_timeout`: 408 or closed)",
+    ["reason"],
+)
 replay_seconds = _of(
     "gateway",
     Histogram,

@@ -120,6 +120,25 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "KILN_GENERATION_BURST", "New generations one API key may start at once, in a burst."
         ),
     ] = 60
+    max_header_bytes: Annotated[
+        int,
+        _setting(
+            "KILN_MAX_HEADER_BYTES",
+            "Largest request line and headers of one request, in bytes; more answers 431.",
+        ),
+    ] = 16 * 1024
+    max_headers: Annotated[
+        int,
+        _setting("KILN_MAX_HEADERS", "Most header fields one request may have; more answers 431."),
+    ] = 100
+    header_timeout_s: Annotated[
+        float,
+        _setting(
+            "KILN_HEADER_TIMEOUT",
+            "Seconds a request's headers may take to arrive (from the connection, or from the "
+            "request's first byte); then the gateway answers 408 and closes the connection.",
+        ),
+    ] = 10.0
     max_streams_per_key: Annotated[
         int,
         _setting(
