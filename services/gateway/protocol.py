@@ -66,6 +66,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._awaiting_headers = True
+        self._headers_completed = 0
         self._header_bytes = 0
         self._header_count = 0
         self._request_bytes = 0
@@ -88,7 +89,10 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         if self._refused:
             return  # lingering: what a refused client still sends is dropped
         self._unset_keepalive_if_required()
+        # Only a read that neither began nor ended a request's headers counts whole: one
+        # that holds a whole request and the start of the next is checked field by field.
         counted = self._awaiting_headers
+        completed = self._headers_completed
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -102,7 +106,12 @@ class LimitedHttpProtocol(HttpToolsProtocol):
                 self.logger.warning(message)
                 self.send_400_response(message)
                 return
-        if self._refusal is None and counted and self._awaiting_headers:
+        if (
+            self._refusal is None
+            and counted
+            and self._awaiting_headers
+            and self._headers_completed == completed
+        ):
             self._header_bytes += len(data)
             if self._header_bytes > self.limits.max_bytes:
                 self._refusal = (431, self._too_large())
@@ -141,6 +150,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         """The headers are in, within the limits: the request goes to the application."""
         self._awaiting_headers = False
+        self._headers_completed += 1
         self._header_bytes = 0
         self._disarm_header_timer()
         self.scope[TRANSPORT] = self.transport  # type: ignore[literal-required]

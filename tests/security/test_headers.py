@@ -104,6 +104,24 @@ async def test_a_huge_header_answers_431_without_the_gateway_growing(
     assert set(probe.statuses) == {200}
 
 
+async def test_a_request_and_its_large_body_in_one_read_are_served(
+    gateway: tuple[ServiceProcess, str],
+) -> None:
+    """Only header bytes count: a body far over the header limit, sent with its headers in
+    one write (one read for the gateway), reaches the application (here: 401, no key)."""
+    _, url = gateway
+    body = b'{"prompt": "' + b"x" * 100_000 + b'"}'
+    request = (
+        b"POST /generations HTTP/1.1\r\nHost: kiln\r\nContent-Type: application/json\r\n"
+        b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
+    ) + body
+    for _ in range(5):
+        with socket.create_connection(_address(url)) as sock:
+            sock.sendall(request)
+            status, _ = _status_and_problem(await asyncio.to_thread(_read_response, sock))
+        assert status == 401
+
+
 async def test_too_many_headers_answer_431_and_the_limit_itself_is_fine(
     gateway: tuple[ServiceProcess, str],
 ) -> None:
