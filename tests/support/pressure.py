@@ -12,6 +12,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
@@ -29,13 +30,15 @@ class Probe:
     every_s: float = 0.05
     baseline_rss: int = 0
     peak_rss: int = 0
+    peak_kernel_queued: int = 0
     latencies_s: list[float] = field(default_factory=list)
     statuses: list[int] = field(default_factory=list)
 
     def sample(self) -> int:
-        """The gateway's RSS now (and the peak so far is updated)."""
+        """The gateway's RSS now (and the peaks so far are updated)."""
         rss = self.gateway.memory_bytes("VmRSS")
         self.peak_rss = max(self.peak_rss, rss)
+        self.peak_kernel_queued = max(self.peak_kernel_queued, kernel_send_queue(self.url))
         return rss
 
     @property
@@ -50,7 +53,8 @@ class Probe:
         median = ordered[len(ordered) // 2] if ordered else float("nan")
         line = (
             f"{attack}: gateway RSS {self.baseline_rss / MIB:.0f} MiB -> peak "
-            f"{self.peak_rss / MIB:.0f} MiB (+{self.growth / MIB:.1f}); concurrent GET /healthz "
+            f"{self.peak_rss / MIB:.0f} MiB (+{self.growth / MIB:.1f}), kernel send queues peak "
+            f"{self.peak_kernel_queued / MIB:.1f} MiB; concurrent GET /healthz "
             f"median {median * 1000:.1f} ms, worst {worst * 1000:.1f} ms over "
             f"{len(self.latencies_s)} requests, statuses {sorted(set(self.statuses))}"
         )
@@ -71,6 +75,19 @@ class Probe:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.every_s)
         self.sample()
+
+
+def kernel_send_queue(url: str) -> int:
+    """Bytes the kernel holds unsent on the server's side of every connection to `url`
+    (the `tx_queue` column of /proc/net/tcp): what a gateway hands the kernel for clients
+    that do not read."""
+    port = int(url.rsplit(":", 1)[1])
+    total = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].rsplit(":", 1)[1], 16) == port:
+            total += int(fields[4].split(":")[0], 16)
+    return total
 
 
 @contextlib.asynccontextmanager
