@@ -44,6 +44,7 @@ def run_gateway(settings: Settings) -> None:
     import uvicorn
 
     from services.gateway.app import create_app
+    from services.gateway.protocol import protocol_class
 
     setup_logging(settings.log_format, settings.log_level, settings.secret_values())
     app = create_app(settings)
@@ -61,6 +62,7 @@ def run_gateway(settings: Settings) -> None:
         app,
         host=settings.host,
         port=settings.port,
+        http=protocol_class(settings),  # httptools, with limits on request headers
         log_config=None,
         access_log=True,
         lifespan="on",

@@ -62,6 +62,35 @@ sse_open = _of("gateway", Gauge, "kiln_gateway_sse_connections", "SSE streams op
 sse_events = _of(
     "gateway", Counter, "kiln_gateway_sse_events_delivered_total", "Events written to SSE clients"
 )
+sse_cut = _of(
+    "gateway",
+    Counter,
+    "kiln_gateway_sse_streams_cut_total",
+    "SSE streams closed because their client did not read (`stalled`: past the write "
+    "deadline; `shed`: the gateway's unsent bytes were over their cap)",
+    ["reason"],
+)
+sse_refused = _of(
+    "gateway",
+    Counter,
+    "kiln_gateway_sse_streams_refused_total",
+    "SSE streams refused with 503 at the gateway-wide cap (`streams` or `unsent_bytes`)",
+    ["reason"],
+)
+sse_unsent_bytes = _of(
+    "gateway",
+    Gauge,
+    "kiln_gateway_sse_unsent_bytes",
+    "Bytes of SSE streams waiting for clients that are not reading fast enough",
+)
+http_refused = _of(
+    "gateway",
+    Counter,
+    "kiln_gateway_http_refused_total",
+    "Connections refused before reaching a route (`headers_too_large`: 431; "
+    "`header_timeout`: 408 or closed)",
+    ["reason"],
+)
 replay_seconds = _of(
     "gateway",
     Histogram,

@@ -120,6 +120,25 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "KILN_GENERATION_BURST", "New generations one API key may start at once, in a burst."
         ),
     ] = 60
+    max_header_bytes: Annotated[
+        int,
+        _setting(
+            "KILN_MAX_HEADER_BYTES",
+            "Largest request line and headers of one request, in bytes; more answers 431.",
+        ),
+    ] = 16 * 1024
+    max_headers: Annotated[
+        int,
+        _setting("KILN_MAX_HEADERS", "Most header fields one request may have; more answers 431."),
+    ] = 100
+    header_timeout_s: Annotated[
+        float,
+        _setting(
+            "KILN_HEADER_TIMEOUT",
+            "Seconds a request's headers may take to arrive (from the connection, or from the "
+            "request's first byte); then the gateway answers 408 and closes the connection.",
+        ),
+    ] = 10.0
     max_streams_per_key: Annotated[
         int,
         _setting(
@@ -127,6 +146,39 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "Open SSE streams one user may hold at once on one gateway; 0 for no limit.",
         ),
     ] = 2000
+    sse_max_streams: Annotated[
+        int,
+        _setting(
+            "KILN_SSE_MAX_STREAMS",
+            "Open SSE streams one gateway serves at once, all users together; more answer "
+            "503 with Retry-After. 0 for no limit.",
+        ),
+    ] = 10_000
+    sse_max_unsent_bytes: Annotated[
+        int,
+        _setting(
+            "KILN_SSE_MAX_UNSENT_BYTES",
+            "Bytes one gateway's SSE streams may hold for clients that are not reading; above "
+            "it new streams answer 503 and the longest-waiting streams are closed. 0 for no "
+            "limit.",
+        ),
+    ] = 64 * 1024 * 1024
+    sse_max_write_bytes: Annotated[
+        int,
+        _setting(
+            "KILN_SSE_MAX_WRITE_BYTES",
+            "Largest write of one SSE stream; a stream whose client does not read holds about "
+            "two writes unsent.",
+        ),
+    ] = 64 * 1024
+    sse_write_timeout_s: Annotated[
+        float,
+        _setting(
+            "KILN_SSE_WRITE_TIMEOUT",
+            "Seconds an SSE client may leave a write unread before its stream is closed (it "
+            "resumes with Last-Event-ID). 0 for no deadline.",
+        ),
+    ] = 30.0
     command_ack_wait_s: Annotated[
         float,
         _setting(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -19,6 +20,7 @@ from services.gateway.auth import ApiKeys
 from services.gateway.commands import Commands
 from services.gateway.errors import exception_handlers
 from services.gateway.hub import Hub
+from services.gateway.outflow import OutflowBudget
 from services.gateway.quotas import GenerationRateLimit, StreamSlots
 from services.gateway.routes.asyncapi import asyncapi
 from services.gateway.routes.generations import GenerationController
@@ -71,7 +73,14 @@ def create_app(settings: Settings) -> Litestar:
                     settings.generations_per_minute, settings.generation_burst
                 ),
                 stream_slots=StreamSlots(settings.max_streams_per_key),
+                outflow=OutflowBudget(
+                    max_streams=settings.sse_max_streams,
+                    max_unsent_bytes=settings.sse_max_unsent_bytes,
+                    max_write_bytes=settings.sse_max_write_bytes,
+                    write_timeout_s=settings.sse_write_timeout_s,
+                ),
             )
+            outflow_watchdog = asyncio.create_task(gw.outflow.run())
             app.state["gateway"] = gw
             # What start-up made lives as long as the gateway: keep it out of the garbage
             # collector's full passes, which otherwise stall every open stream (60-130 ms).
@@ -80,6 +89,7 @@ def create_app(settings: Settings) -> Litestar:
             try:
                 yield
             finally:
+                outflow_watchdog.cancel()
                 gw.stop_streams()
                 await hub.stop()
         finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -21,10 +22,11 @@ from services.common import metrics
 from services.common.logs import get_logger
 from services.gateway.hub import GenerationLog, Hub
 from services.gateway.middleware import measured
+from services.gateway.outflow import OutflowBudget
+from services.gateway.protocol import TRANSPORT
 
 log = get_logger(__name__)
 
-MAX_CHUNK_BYTES = 512 * 1024
 RETRY_MS = 2000
 
 
@@ -71,6 +73,7 @@ class _SSEASGIResponse(ASGIResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.server_send = cast("Send | None", scope.get(SERVER_SEND))
+        self.session.transport = cast("asyncio.WriteTransport | None", scope.get(TRANSPORT))
         try:
             await super().__call__(scope, receive, send)
         finally:
@@ -109,7 +112,11 @@ class SSEResponse(Response[bytes]):
 
 
 class WatchSession:
-    """Sends one generation's events to one client, from `after_seq` on, until the end."""
+    """Sends one generation's events to one client, from `after_seq` on, until the end.
+
+    Each write is at most `budget.max_write_bytes` and is watched by the budget: a client
+    that does not take it within the write deadline has its connection cut.
+    """
 
     def __init__(
         self,
@@ -119,6 +126,7 @@ class WatchSession:
         stats: StreamStats,
         on_close: Callable[[], None] | None = None,
         stopping: asyncio.Future[None] | None = None,
+        budget: OutflowBudget | None = None,
     ) -> None:
         self.hub = hub
         self.generation_id = generation_id
@@ -126,8 +134,42 @@ class WatchSession:
         self.stats = stats
         self.on_close = on_close
         self.stopping = stopping
+        self.budget = budget or OutflowBudget()
+        self.transport: asyncio.WriteTransport | None = None
         self.sent = 0
+        self.write_started = 0.0
+        self.pending = 0
+        self.cut_reason: str | None = None
         self._waiter: asyncio.Future[None] | None = None
+
+    def buffered(self) -> int:
+        """Bytes the connection holds that the client has not taken yet."""
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
+    def _bound_kernel_buffer(self) -> None:
+        # The kernel would otherwise grow a stream's send buffer up to `tcp_wmem` (4 MiB)
+        # for a client that does not read; one write's worth is plenty for SSE.
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.budget.max_write_bytes)
+
+    def cut(self, reason: str) -> None:
+        """Close the connection now, dropping what it holds (the budget calls this)."""
+        self.cut_reason = f"the client did not read in time ({reason})"
+        if self.transport is not None:
+            self.transport.abort()
+        self._wake()
+
+    async def _write(self, send: Send, body: bytes, more_body: bool = True) -> None:
+        budget = self.budget
+        self.pending = len(body)
+        self.write_started = budget.clock()
+        budget.writing[self] = None
+        try:
+            await send({"type": "http.response.body", "body": body, "more_body": more_body})
+        finally:
+            budget.writing.pop(self, None)
 
     def _wake(self, _: object = None) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -135,6 +177,7 @@ class WatchSession:
 
     async def run(self, send: Send, receive: Receive) -> None:
         """Write the stream until the terminal event, a disconnect or the gateway stopping."""
+        self._bound_kernel_buffer()
         generation_log = self.hub.attach(self.generation_id)
         disconnected = asyncio.ensure_future(_wait_for_disconnect(receive))
         disconnected.add_done_callback(self._wake)
@@ -148,14 +191,8 @@ class WatchSession:
             after=self.after_seq,
         )
         try:
-            await send(
-                {
-                    "type": "http.response.body",
-                    "body": b"retry: %d\n\n" % RETRY_MS,
-                    "more_body": True,
-                }
-            )
-            reason = await self._pump(generation_log, send, disconnected)
+            await self._write(send, b"retry: %d\n\n" % RETRY_MS)
+            reason = self.cut_reason or await self._pump(generation_log, send, disconnected)
         finally:
             disconnected.cancel()
             self.hub.detach(generation_log)
@@ -163,8 +200,10 @@ class WatchSession:
             metrics.sse_open.dec()
             if self.on_close:
                 self.on_close()
-            with contextlib.suppress(Exception):
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if self.cut_reason is None:
+                with contextlib.suppress(Exception):
+                    await self._write(send, b"", more_body=False)
+            reason = self.cut_reason or reason
             log.info(
                 "SSE stream closed for generation {generation_id}: {reason}",
                 generation_id=self.generation_id,
@@ -177,6 +216,7 @@ class WatchSession:
     ) -> str:
         last_sent = self.after_seq
         ticks = generation_log.ticks
+        max_write = self.budget.max_write_bytes
         while True:
             if generation_log.failed is not None:
                 return "the replay failed; the client will reconnect"
@@ -186,8 +226,10 @@ class WatchSession:
             end = len(generation_log.chunks)
             if position < end:
                 while position < end:
-                    chunk, stop = _take(generation_log.chunks, position, end)
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    chunk, stop = _take(generation_log.chunks, position, end, max_write)
+                    await self._write(send, chunk)
+                    if self.cut_reason is not None:
+                        return self.cut_reason
                     self.sent += stop - position
                     self.stats.events_sent += stop - position
                     metrics.sse_events.inc(stop - position)
@@ -196,8 +238,8 @@ class WatchSession:
                 continue
             if generation_log.replayed and generation_log.complete:
                 return "the generation ended"
-            if disconnected.done():
-                return "client disconnected"
+            if disconnected.done() or self.cut_reason is not None:
+                return self.cut_reason or "client disconnected"
             if self.stopping is not None and self.stopping.done():
                 return "the gateway is stopping"
             # The waiter also resolves at keepalive ticks, when the gateway stops, and (see
@@ -206,16 +248,14 @@ class WatchSession:
             await self._waiter
             if generation_log.ticks != ticks and not disconnected.done():
                 ticks = generation_log.ticks
-                await send(
-                    {"type": "http.response.body", "body": b": keepalive\n\n", "more_body": True}
-                )
+                await self._write(send, b": keepalive\n\n")
 
 
-def _take(chunks: list[bytes], start: int, end: int) -> tuple[bytes, int]:
-    """Join blocks from `start` into one write of at most ~MAX_CHUNK_BYTES."""
+def _take(chunks: list[bytes], start: int, end: int, max_bytes: int) -> tuple[bytes, int]:
+    """Join blocks from `start` into one write of at most `max_bytes` (or one block)."""
     size = 0
     stop = start
-    while stop < end and (size == 0 or size + len(chunks[stop]) <= MAX_CHUNK_BYTES):
+    while stop < end and (size == 0 or size + len(chunks[stop]) <= max_bytes):
         size += len(chunks[stop])
         stop += 1
     return b"".join(chunks[start:stop]), stop

@@ -12,6 +12,7 @@ from services.common.settings import Settings
 from services.gateway.auth import ApiKeys
 from services.gateway.commands import Commands
 from services.gateway.hub import Hub
+from services.gateway.outflow import OutflowBudget
 from services.gateway.quotas import GenerationRateLimit, StreamSlots
 from services.gateway.sse import StreamStats
 from services.gateway.tokens import TokenSigner
@@ -34,6 +35,7 @@ class Gateway:
     tokens: TokenSigner
     rate_limit: GenerationRateLimit
     stream_slots: StreamSlots
+    outflow: OutflowBudget = field(default_factory=OutflowBudget)
     stats: StreamStats = field(default_factory=StreamStats)
     stopping: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()

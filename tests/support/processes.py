@@ -41,6 +41,14 @@ class ServiceProcess:
         """Everything the process has logged so far."""
         return self.log_path.read_text(errors="replace")
 
+    def memory_bytes(self, field: str = "VmRSS") -> int:
+        """A memory figure of the process from /proc/<pid>/status: `VmRSS` (resident now)
+        or `VmHWM` (the most it has been resident)."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024
+        raise LookupError(f"{field} is not in /proc/{self.process.pid}/status")
+
     def wait_http(self, url: str, timeout: float = 60) -> None:
         """Wait until `url` answers 200 (the process must stay alive meanwhile)."""
         deadline = time.monotonic() + timeout

@@ -19,6 +19,7 @@ from examples.schemas import schema_with
 from services.common.embedded_nats import free_port
 from services.common.settings import Settings
 from services.gateway.app import create_app
+from services.gateway.protocol import protocol_class
 from services.orchestrator.providers.base import Provider
 from services.orchestrator.service import OrchestratorService
 from services.storage.db import migrate
@@ -62,6 +63,7 @@ class Stack:
             create_app(self.settings),
             host="127.0.0.1",
             port=self.settings.port,
+            http=protocol_class(self.settings),
             log_config=None,
             lifespan="on",
         )

@@ -405,10 +405,26 @@ class GenerationController(Controller):
                 ) from None
         if after and await _ended_before(gw, generation_id, after):
             return Response(content=b"", status_code=204)
-        release = gw.stream_slots.acquire(owner)
+        release_stream = gw.outflow.admit()  # 503 beyond the gateway-wide caps
+        try:
+            release_slot = gw.stream_slots.acquire(owner)
+        except BaseException:
+            release_stream()
+            raise
+
+        def release() -> None:
+            release_slot()
+            release_stream()
+
         return SSEResponse(
             WatchSession(
-                gw.hub, generation_id, after, gw.stats, on_close=release, stopping=gw.stopping
+                gw.hub,
+                generation_id,
+                after,
+                gw.stats,
+                on_close=release,
+                stopping=gw.stopping,
+                budget=gw.outflow,
             )
         )
 
