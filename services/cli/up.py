@@ -120,7 +120,7 @@ def up(settings: Settings, nats_port: int | None) -> None:
         lines += [
             f"  NATS:        {env.get('NATS_URL', settings.nats_url)}",
             f"  Database:    {database_url}",
-            f"  API docs:    {base}/schema",
+            f"  API docs:    {base}/schema/openapi.json",
             "  Stop with Ctrl-C.",
             "",
         ]

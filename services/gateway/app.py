@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from contracts import __version__
@@ -107,6 +108,10 @@ def create_app(settings: Settings) -> Litestar:
             version=__version__,
             description="Generates whole software projects with an LLM, phase by phase.",
             path="/schema",
+            # The document only, as JSON (also at /schema itself): Litestar's HTML viewers
+            # load their scripts from public CDNs, on the origin where the page keeps the
+            # API key, so Kiln serves none of them (#19).
+            render_plugins=[JsonRenderPlugin()],
             components=Components(
                 security_schemes={
                     "BearerAuth": SecurityScheme(
