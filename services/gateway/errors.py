@@ -59,10 +59,17 @@ class MalformedJson(BadRequest):
         )
 
 
+WWW_AUTHENTICATE = 'Bearer realm="kiln"'
+
+
 class Unauthorized(GatewayError):
-    """No valid API key or SSE token."""
+    """No valid API key or SSE token; `WWW-Authenticate` names the scheme (RFC 9110)."""
 
     status, title = 401, "Unauthorized"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.headers["WWW-Authenticate"] = WWW_AUTHENTICATE
 
 
 class NotFound(GatewayError):
@@ -171,7 +178,7 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
             headers=dict(exc.headers or {}),
         )
     if isinstance(exc, NotAuthorizedException):
-        return problem(401, "Unauthorized", exc.detail)
+        return _gateway_error(request, Unauthorized(exc.detail))
     if status == 400 and _is_json_syntax(exc.detail):
         return _gateway_error(request, MalformedJson(exc.detail))
     detail = exc.detail if status < 500 else "The gateway could not handle the request."

@@ -1,15 +1,20 @@
-"""Liveness and readiness."""
+"""Liveness, readiness and metrics."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-from litestar import Response, get
+from litestar import Request, Response, get
 from litestar.di import Provide
+from litestar.handlers import HTTPRouteHandler
 
 from services.common.metrics import MEDIA_TYPE, exposition
+from services.common.settings import Settings
+from services.gateway.errors import NotFound
 from services.gateway.routes.dependencies import GatewayDep, gateway
 from services.gateway.schemas import Health
+from services.gateway.state import Gateway
 
 
 @get(
@@ -31,13 +36,7 @@ async def healthz(gw: GatewayDep) -> Health:
 )
 async def readyz(gw: GatewayDep) -> Response[Health]:
     """200 when NATS is connected and the database answers, else 503."""
-    checks: dict[str, str] = {}
-    checks["nats"] = "ok" if gw.nc.is_connected else "disconnected"
-    try:
-        await asyncio.wait_for(gw.read_model.ping(), 2.0)
-        checks["database"] = "ok"
-    except Exception as exc:
-        checks["database"] = f"unreachable: {type(exc).__name__}"
+    checks = await readiness_checks(gw)
     ready = all(v == "ok" for v in checks.values())
     return Response(
         Health(status="ok" if ready else "unavailable", checks=checks),
@@ -45,8 +44,47 @@ async def readyz(gw: GatewayDep) -> Response[Health]:
     )
 
 
-@get("/metrics", summary="Prometheus metrics", tags=["operations"], media_type="text/plain")
-async def prometheus_metrics() -> Response[bytes]:
-    """Requests, open SSE connections, events delivered, replay durations."""
-    data, _ = exposition()
-    return Response(data, media_type=MEDIA_TYPE)
+async def readiness_checks(gw: Gateway) -> dict[str, str]:
+    """What the gateway needs, each "ok" or why not: NATS connected, the database answering."""
+    checks: dict[str, str] = {}
+    checks["nats"] = "ok" if gw.nc.is_connected else "disconnected"
+    try:
+        await asyncio.wait_for(gw.read_model.ping(), 2.0)
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"unreachable: {type(exc).__name__}"
+    return checks
+
+
+def metrics_route(settings: Settings) -> HTTPRouteHandler:
+    """`GET /metrics` as KILN_METRICS_ACCESS says: open to all, behind an API key, or not
+    on the API port at all (then the health port serves it)."""
+    access = settings.metrics_access
+    description = {
+        "public": "No API key needed (KILN_METRICS_ACCESS=public).",
+        "key": "Needs `Authorization: Bearer <an API key>` (KILN_METRICS_ACCESS=key).",
+        "health-port": "Served on the health port only (KILN_METRICS_ACCESS=health-port).",
+    }[access]
+
+    @get(
+        "/metrics",
+        summary="Prometheus metrics",
+        description="Requests, open SSE connections, events delivered, replay durations. "
+        + description,
+        tags=["operations"],
+        media_type=MEDIA_TYPE,
+        security=[] if access == "public" else None,
+        include_in_schema=access != "health-port",
+        dependencies={"gw": Provide(gateway, sync_to_thread=False)},
+    )
+    async def prometheus_metrics(
+        request: Request[Any, Any, Any], gw: GatewayDep
+    ) -> Response[bytes]:
+        if access == "health-port":
+            raise NotFound(f"No route or resource at {request.url.path}.")
+        if access == "key":
+            gw.keys.user_for(request.headers.get("authorization"))
+        data, _ = exposition()
+        return Response(data, media_type=MEDIA_TYPE)
+
+    return prometheus_metrics
