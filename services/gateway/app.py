@@ -129,7 +129,14 @@ def create_app(settings: Settings) -> Litestar:
                 security_schemes={
                     "BearerAuth": SecurityScheme(
                         type="http", scheme="bearer", description="An API key"
-                    )
+                    ),
+                    "StreamToken": SecurityScheme(
+                        type="apiKey",
+                        name="token",
+                        security_scheme_in="query",
+                        description="A generation's short-lived SSE token (from its 201 or "
+                        "/stream-token); only for its /stream",
+                    ),
                 }
             ),
             security=[{"BearerAuth": []}],

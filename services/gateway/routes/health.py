@@ -8,11 +8,13 @@ from typing import Any
 from litestar import Request, Response, get
 from litestar.di import Provide
 from litestar.handlers import HTTPRouteHandler
+from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import Operation
 
 from services.common.metrics import MEDIA_TYPE, exposition
 from services.common.settings import Settings
-from services.gateway.errors import NotFound
-from services.gateway.routes.dependencies import GatewayDep, gateway
+from services.gateway.errors import NotFound, error_responses
+from services.gateway.routes.dependencies import GatewayDep, NoKeyOperation, gateway
 from services.gateway.schemas import Health
 from services.gateway.state import Gateway
 
@@ -21,6 +23,7 @@ from services.gateway.state import Gateway
     "/healthz",
     summary="Liveness",
     tags=["operations"],
+    operation_class=NoKeyOperation,
     dependencies={"gw": Provide(gateway, sync_to_thread=False)},
 )
 async def healthz(gw: GatewayDep) -> Health:
@@ -32,6 +35,8 @@ async def healthz(gw: GatewayDep) -> Health:
     "/readyz",
     summary="Readiness: NATS and the database reachable",
     tags=["operations"],
+    operation_class=NoKeyOperation,
+    responses={503: ResponseSpec(Health, description="Not ready; `checks` says what fails.")},
     dependencies={"gw": Provide(gateway, sync_to_thread=False)},
 )
 async def readyz(gw: GatewayDep) -> Response[Health]:
@@ -73,8 +78,9 @@ def metrics_route(settings: Settings) -> HTTPRouteHandler:
         + description,
         tags=["operations"],
         media_type=MEDIA_TYPE,
-        security=[] if access == "public" else None,
+        operation_class=NoKeyOperation if access == "public" else Operation,
         include_in_schema=access != "health-port",
+        responses=error_responses(401) if access == "key" else None,
         dependencies={"gw": Provide(gateway, sync_to_thread=False)},
     )
     async def prometheus_metrics(
