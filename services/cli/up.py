@@ -4,6 +4,10 @@ An embedded nats-server (unless NATS_URL is set), SQLite in the data directory (
 KILN_DATABASE_URL is set), migrations, a development API key (unless KILN_API_KEYS is
 set), then the orchestrator, storage, verifier and gateway as child processes, restarted if one
 dies. Ctrl-C stops everything it started.
+
+One `kiln up` per data directory: it holds the directory's lock for its whole life (a
+second one refuses to start), and its nats-server dies with it even when it is killed
+(a server an older crash left on the store is stopped before a new one starts).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from services.cli.lock import hold_data_dir
 from services.common.embedded_nats import EmbeddedNats
 from services.common.logs import get_logger, setup_logging
 from services.common.settings import Settings
@@ -61,14 +66,14 @@ def up(settings: Settings, nats_port: int | None) -> None:
     """Bring Kiln up and keep it up until interrupted."""
     setup_logging(settings.log_format, settings.log_level, settings.secret_values())
     data_dir = settings.data_path.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    lock = hold_data_dir(data_dir)  # held open until this function returns
     env = dict(os.environ)
     env["KILN_DATA_DIR"] = str(data_dir)
     env["KILN_HOST"], env["KILN_PORT"] = settings.host, str(settings.port)
 
     broker: EmbeddedNats | None = None
     if not settings.nats_url:
-        broker = EmbeddedNats(data_dir / "nats", port=nats_port).start()
+        broker = EmbeddedNats(data_dir / "nats", port=nats_port, die_with_parent=True).start()
         env["NATS_URL"] = broker.url
     database_url = settings.effective_database_url
     env["KILN_DATABASE_URL"] = database_url
@@ -120,7 +125,7 @@ def up(settings: Settings, nats_port: int | None) -> None:
         lines += [
             f"  NATS:        {env.get('NATS_URL', settings.nats_url)}",
             f"  Database:    {database_url}",
-            f"  API docs:    {base}/schema",
+            f"  API docs:    {base}/schema/openapi.json",
             "  Stop with Ctrl-C.",
             "",
         ]
@@ -149,3 +154,4 @@ def up(settings: Settings, nats_port: int | None) -> None:
         if broker is not None:
             broker.stop()
         log.info("Kiln stopped")
+        lock.close()

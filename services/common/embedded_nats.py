@@ -2,10 +2,19 @@
 
 Used by `kiln up`, by the test fixtures and by the benchmarks, so all three run the same
 broker the same way: JetStream on, bound to 127.0.0.1, its store in a given directory.
+
+Two servers must never share one JetStream store. Each server writes its pid file into
+its store directory; a start finds a server left running on the store (by the pid file,
+or by its command line naming the same configuration file), and stops it first. With
+`die_with_parent` (what `kiln up` uses) the kernel also ends the server when its parent
+dies, even by SIGKILL (Linux).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import os
 import shutil
 import signal
@@ -13,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from services.common.logs import get_logger
@@ -80,6 +90,7 @@ class EmbeddedNats:
         routes: list[int] | None = None,
         log_file: Path | None = None,
         extra_config: str = "",
+        die_with_parent: bool = False,
     ) -> None:
         self.store_dir = Path(store_dir)
         self.host = host
@@ -91,7 +102,20 @@ class EmbeddedNats:
         self.log_file = log_file or self.store_dir / "nats-server.log"
         self.extra_config = extra_config
         """More nats-server configuration (for instance an `authorization { … }` block)."""
+        self.die_with_parent = die_with_parent
+        """Ask the kernel to SIGTERM the server when the thread that started it dies (Linux);
+        only for a starter whose starting thread lives as long as it does."""
         self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def config_path(self) -> Path:
+        """The configuration file this server runs with (its command line names it)."""
+        return self.store_dir / f"{self.server_name}.conf"
+
+    @property
+    def pid_path(self) -> Path:
+        """The pid file the server writes (and removes when it stops)."""
+        return self.store_dir / f"{self.server_name}.pid"
 
     @property
     def url(self) -> str:
@@ -103,6 +127,7 @@ class EmbeddedNats:
         lines = [
             f'server_name: "{self.server_name}"',
             f'listen: "{self.host}:{self.port}"',
+            f'pid_file: "{self.pid_path}"',
             "jetstream {",
             f'  store_dir: "{self.store_dir / "jetstream"}"',
             "}",
@@ -127,7 +152,8 @@ class EmbeddedNats:
         if self.process is not None and self.process.poll() is None:
             return self
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        config = self.store_dir / f"{self.server_name}.conf"
+        self.stop_stale()
+        config = self.config_path
         config.write_text(self.config_text())
         with open(self.log_file, "ab") as out:
             self.process = subprocess.Popen(
@@ -136,6 +162,7 @@ class EmbeddedNats:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=_die_with(os.getpid()) if self.die_with_parent else None,
             )
         wait_for_port(self.host, self.port, timeout, self.process)
         log.info(
@@ -145,6 +172,29 @@ class EmbeddedNats:
             store=str(self.store_dir),
         )
         return self
+
+    def stale_pids(self) -> list[int]:
+        """Live nats-servers of this store's configuration that this object did not start:
+        the pid file's, and any whose command line names the same configuration file."""
+        own = self.process.pid if self.process is not None else None
+        found = set(servers_running(self.config_path))
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(self.pid_path.read_text().strip())
+            if _runs_config(pid, self.config_path):
+                found.add(pid)
+        return sorted(pid for pid in found if pid != own)
+
+    def stop_stale(self, timeout: float = 10.0) -> None:
+        """Stop every server left running on this store (a crashed starter's orphan), so
+        two servers never share it; SIGTERM first, so JetStream writes its state out."""
+        for pid in self.stale_pids():
+            log.warning(
+                "A nats-server (pid {pid}) is still running on the store {store}, left by a "
+                "process that died; stopping it before starting another",
+                pid=pid,
+                store=str(self.store_dir),
+            )
+            _terminate(pid, timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the server gracefully (SIGTERM), killing it if it does not exit in time."""
@@ -171,3 +221,87 @@ class EmbeddedNats:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    """A `preexec_fn`: the child gets SIGTERM when its parent dies (Linux's prctl), and
+    exits at once if the parent already died before the request was made."""
+    libc_name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(libc_name, use_errno=True) if libc_name else None
+
+    def preexec() -> None:
+        if libc is not None:
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def _runs_config(pid: int, config: Path) -> bool:
+    """True when `pid` is a live nats-server started with `-c config`."""
+    args = _cmdline(pid)
+    return (
+        len(args) >= 3
+        and Path(args[0]).name == "nats-server"
+        and str(config) in args[1:]
+        and not _is_zombie(pid)
+    )
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
+
+
+def servers_running(config: Path) -> list[int]:
+    """Pids of the live nats-servers whose command line names `config` (Linux's /proc)."""
+    pids: list[int] = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit() and _runs_config(int(entry.name), config):
+                pids.append(int(entry.name))
+    return pids
+
+
+def _terminate(pid: int, timeout: float) -> None:
+    """SIGTERM `pid`, then SIGKILL if it outlives `timeout`; returns once it is gone."""
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            raise BrokerError(
+                f"a nats-server (pid {pid}) of another user runs on this store; stop it first"
+            ) from None
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not _alive(pid):
+            return
+    raise BrokerError(f"the nats-server (pid {pid}) left on this store does not stop")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not _is_zombie(pid)

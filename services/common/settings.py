@@ -420,9 +420,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         int,
         _setting(
             "KILN_HEALTH_PORT",
-            "Port of the orchestrator's, storage's or verifier's /healthz, /readyz and /metrics (0: off).",
+            "Port of the orchestrator's, storage's or verifier's /healthz, /readyz and /metrics "
+            "(0: off); the gateway's too with KILN_METRICS_ACCESS=health-port.",
         ),
     ] = 0
+    metrics_access: Annotated[
+        Literal["public", "key", "health-port"],
+        _setting(
+            "KILN_METRICS_ACCESS",
+            "Who may read the gateway's /metrics: `public` (anyone who reaches its port), "
+            "`key` (`Authorization: Bearer <an API key>`, like the API), or `health-port` "
+            "(served only on KILN_HEALTH_HOST:KILN_HEALTH_PORT, 404 on the API port).",
+        ),
+    ] = "public"
     log_format: Annotated[
         Literal["text", "json"],
         _setting("KILN_LOG_FORMAT", "`text` for people, `json` for log collectors."),

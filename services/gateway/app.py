@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from contracts import __version__
 from services.common import metrics
 from services.common.broker import connect, ensure_streams
 from services.common.heap import freeze_startup_heap
+from services.common.host import health_endpoint
 from services.common.logs import get_logger
 from services.common.settings import Settings, SettingsError, parse_api_keys, token_secret
 from services.gateway.auth import ApiKeys
@@ -24,7 +27,7 @@ from services.gateway.outflow import OutflowBudget
 from services.gateway.quotas import GenerationRateLimit, StreamSlots
 from services.gateway.routes.asyncapi import asyncapi
 from services.gateway.routes.generations import GenerationController
-from services.gateway.routes.health import healthz, prometheus_metrics, readyz
+from services.gateway.routes.health import healthz, metrics_route, readiness_checks, readyz
 from services.gateway.routes.page import index, static_files
 from services.gateway.routes.projects import ProjectController
 from services.gateway.sse import GatewayApp
@@ -42,6 +45,11 @@ def create_app(settings: Settings) -> Litestar:
     if not settings.api_keys:
         raise SettingsError(
             "the gateway needs KILN_API_KEYS (`user:key,user:key`); `kiln up` makes one for you"
+        )
+    if settings.metrics_access == "health-port" and not settings.health_port:
+        raise SettingsError(
+            "KILN_METRICS_ACCESS=health-port needs KILN_HEALTH_PORT: the port that serves "
+            "/metrics (and /healthz, /readyz) apart from the API"
         )
     keys = ApiKeys(parse_api_keys(settings.api_keys))
     metrics.export("gateway")
@@ -86,8 +94,14 @@ def create_app(settings: Settings) -> Litestar:
             # collector's full passes, which otherwise stall every open stream (60-130 ms).
             freeze_startup_heap()
             log.info("Gateway ready")
+            health_port = (
+                health_endpoint(settings, lambda: readiness_checks(gw))
+                if settings.metrics_access == "health-port"
+                else contextlib.nullcontext()
+            )
             try:
-                yield
+                async with health_port:
+                    yield
             finally:
                 outflow_watchdog.cancel()
                 gw.stop_streams()
@@ -104,7 +118,7 @@ def create_app(settings: Settings) -> Litestar:
             ProjectController,
             healthz,
             readyz,
-            prometheus_metrics,
+            metrics_route(settings),
             index,
             static_files,
             asyncapi,
@@ -117,11 +131,22 @@ def create_app(settings: Settings) -> Litestar:
             version=__version__,
             description="Generates whole software projects with an LLM, phase by phase.",
             path="/schema",
+            # The document only, as JSON (also at /schema itself): Litestar's HTML viewers
+            # load their scripts from public CDNs, on the origin where the page keeps the
+            # API key, so Kiln serves none of them (#19).
+            render_plugins=[JsonRenderPlugin()],
             components=Components(
                 security_schemes={
                     "BearerAuth": SecurityScheme(
                         type="http", scheme="bearer", description="An API key"
-                    )
+                    ),
+                    "StreamToken": SecurityScheme(
+                        type="apiKey",
+                        name="token",
+                        security_scheme_in="query",
+                        description="A generation's short-lived SSE token (from its 201 or "
+                        "/stream-token); only for its /stream",
+                    ),
                 }
             ),
             security=[{"BearerAuth": []}],

@@ -1,7 +1,9 @@
 """The gateway's errors, and the one place that maps them (and Litestar's) to HTTP.
 
-Every error is `application/problem+json` with a `detail` a person can act on. A client
-error is never a 5xx; an unexpected error is a 500 with no traceback and a log line.
+Every error is `application/problem+json` (RFC 9457) with a `detail` a person can act on
+and the request's path as its `instance`. A client error is never a 5xx; an unexpected
+error is a 500 with no traceback and a log line. `error_responses` documents the same
+answers in the OpenAPI document, from this module too, so the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
+import msgspec
 from litestar import Request, Response
 from litestar.exceptions import (
     HTTPException,
@@ -16,6 +19,7 @@ from litestar.exceptions import (
     NotFoundException,
     ValidationException,
 )
+from litestar.openapi import ResponseSpec
 
 from services.common.broker import NOT_NOW
 from services.common.eventlog import LogUnavailable
@@ -59,10 +63,17 @@ class MalformedJson(BadRequest):
         )
 
 
+WWW_AUTHENTICATE = 'Bearer realm="kiln"'
+
+
 class Unauthorized(GatewayError):
-    """No valid API key or SSE token."""
+    """No valid API key or SSE token; `WWW-Authenticate` names the scheme (RFC 9110)."""
 
     status, title = 401, "Unauthorized"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.headers["WWW-Authenticate"] = WWW_AUTHENTICATE
 
 
 class NotFound(GatewayError):
@@ -104,14 +115,20 @@ class Unavailable(GatewayError):
 
 
 def problem(
-    status: int, title: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
+    request: Request[Any, Any, Any],
+    status: int,
+    title: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
 ) -> Response[Any]:
-    """A problem+json response."""
+    """A problem+json response to `request`; its `instance` is the request's path."""
     body = {
         "type": "about:blank",
         "title": title,
         "status": status,
         "detail": redactor(detail),
+        "instance": request.url.path,
         **extra,
     }
     return Response(
@@ -120,7 +137,7 @@ def problem(
 
 
 def _gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Response[Any]:
-    return problem(exc.status, exc.title, exc.detail, exc.headers, **exc.extra)
+    return problem(request, exc.status, exc.title, exc.detail, exc.headers, **exc.extra)
 
 
 def _validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
@@ -142,7 +159,7 @@ def _validation_error(request: Request[Any, Any, Any], exc: ValidationException)
             else p["message"]
             for p in problems
         )
-    return problem(400, "Bad Request", detail, problems=problems)
+    return problem(request, 400, "Bad Request", detail, problems=problems)
 
 
 _PHRASES = {s.value for s in HTTPStatus}
@@ -157,25 +174,29 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
     status = exc.status_code
     if status == 413:
         return problem(
+            request,
             413,
             "Payload Too Large",
             "The request body is larger than the gateway accepts (KILN_MAX_BODY_BYTES).",
         )
     if status == 404 and isinstance(exc, NotFoundException):
-        return problem(404, "Not Found", f"No route or resource at {request.url.path}.")
+        return problem(request, 404, "Not Found", f"No route or resource at {request.url.path}.")
     if status == 405:
         return problem(
+            request,
             405,
             "Method Not Allowed",
             f"{request.method} is not allowed on {request.url.path}.",
             headers=dict(exc.headers or {}),
         )
     if isinstance(exc, NotAuthorizedException):
-        return problem(401, "Unauthorized", exc.detail)
+        return _gateway_error(request, Unauthorized(exc.detail))
     if status == 400 and _is_json_syntax(exc.detail):
         return _gateway_error(request, MalformedJson(exc.detail))
     detail = exc.detail if status < 500 else "The gateway could not handle the request."
-    return problem(status, HTTPStatus(status).phrase if status in _PHRASES else "Error", detail)
+    return problem(
+        request, status, HTTPStatus(status).phrase if status in _PHRASES else "Error", detail
+    )
 
 
 BROKER_RETRY_AFTER_S = 2
@@ -208,7 +229,10 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any
         error=f"{type(exc).__name__}: {exc}",
     )
     return problem(
-        500, "Internal Server Error", "The gateway hit an unexpected error; it has been logged."
+        request,
+        500,
+        "Internal Server Error",
+        "The gateway hit an unexpected error; it has been logged.",
     )
 
 
@@ -220,3 +244,47 @@ exception_handlers: dict[Any, Any] = {
     HTTPException: _http_error,
     Exception: _unexpected,
 }
+
+
+class ProblemItem(msgspec.Struct, frozen=True, kw_only=True):
+    """One thing wrong with the request."""
+
+    location: str
+    message: str
+
+
+class Problem(msgspec.Struct, frozen=True, kw_only=True):
+    """An error answer (RFC 9457 problem details), as every 4xx and 5xx of the API is."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    instance: str
+    problems: list[ProblemItem] | None = None
+    """For 400: each rule the request breaks, and where."""
+
+
+_WHEN: dict[int, str] = {
+    400: "The request is malformed or breaks a rule; `problems` says which.",
+    401: "No valid API key (or SSE token); `WWW-Authenticate: Bearer` names the scheme.",
+    404: "No such resource for this caller (another user's resources are not revealed).",
+    409: "The resource is in a state that does not allow the request.",
+    413: "The request body is larger than the gateway accepts (KILN_MAX_BODY_BYTES).",
+    429: "A limit of the caller was reached; `Retry-After` says when to try again.",
+    503: "A dependency (NATS, the database) is not answering right now; `Retry-After` says "
+    "when to try again.",
+}
+
+
+def error_responses(*statuses: int) -> dict[int, ResponseSpec]:
+    """The OpenAPI `responses` of a route that can answer these error statuses."""
+    return {
+        status: ResponseSpec(
+            data_container=Problem,
+            description=_WHEN[status],
+            media_type=PROBLEM_JSON,
+            generate_examples=False,
+        )
+        for status in statuses
+    }

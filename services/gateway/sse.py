@@ -20,6 +20,7 @@ from litestar.types import Receive, Scope, Send
 
 from services.common import metrics
 from services.common.logs import get_logger
+from services.gateway.headers import with_security_headers
 from services.gateway.hub import GenerationLog, Hub
 from services.gateway.middleware import measured
 from services.gateway.outflow import OutflowBudget
@@ -49,14 +50,15 @@ class GatewayApp(Litestar):
     goes straight to the server: every event otherwise passes through each middleware's
     send wrapper (about a fifth of the gateway's time under heavy fan-out). The response
     start still goes through them, so status metrics and error handling see it. Every
-    request is counted and timed here, outside the router, so unmatched ones are too."""
+    request is counted and timed here, outside the router, so unmatched ones are too, and
+    every response gets its security headers here (services/gateway/headers.py)."""
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
         scope[SERVER_SEND] = send
-        await measured(super().__call__, scope, receive, send)
+        await measured(super().__call__, scope, receive, with_security_headers(send))
 
 
 class _SSEASGIResponse(ASGIResponse):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any, cast
 
 from litestar import Request
@@ -11,6 +12,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.exceptions import SerializationException
 from litestar.handlers import BaseRouteHandler
+from litestar.openapi.spec import Operation
 
 from services.gateway.errors import MalformedJson, NotFound
 from services.gateway.state import Gateway
@@ -51,6 +53,15 @@ async def require_key(
         raise MalformedJson(f"a string is not valid UTF-8 at byte {exc.start}") from None
     except RecursionError:
         raise MalformedJson("nested deeper than any Kiln request needs") from None
+
+
+@dataclass
+class NoKeyOperation(Operation):
+    """The OpenAPI operation of a route that needs no API key: `security: []` overrides the
+    document's default (Litestar adds security requirements up the layers, never removes)."""
+
+    def __post_init__(self) -> None:
+        self.security = []
 
 
 def checked_id(value: str, what: str = "generation") -> str:

@@ -7,7 +7,9 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
+from litestar.datastructures import ResponseHeader
 from litestar.di import Provide
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from contracts.audit import verify_chain
@@ -21,7 +23,13 @@ from services.common.eventlog import last_event
 from services.common.logs import get_logger
 from services.gateway.archive import build_zip, content_disposition
 from services.gateway.diffs import as_patch, diff_versions
-from services.gateway.errors import BadRequest, Conflict, NotFound, Unauthorized
+from services.gateway.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    Unauthorized,
+    error_responses,
+)
 from services.gateway.routes.dependencies import (
     TOKEN_AUTH,
     GatewayDep,
@@ -51,6 +59,12 @@ from services.gateway.views import stream_url
 
 log = get_logger(__name__)
 
+LOCATION = ResponseHeader(
+    name="Location",
+    description="The new generation's status URL (`/generations/{generation_id}`).",
+    documentation_only=True,
+)
+
 
 def _provider(gw: GatewayDep, name: str | None) -> str:
     provider = name or DEFAULT_PROVIDER
@@ -75,8 +89,16 @@ def _provider(gw: GatewayDep, name: str | None) -> str:
     return provider
 
 
-def _accepted(gw: GatewayDep, event: Any) -> Accepted:
+def _accepted(gw: GatewayDep, event: Any) -> Response[Accepted]:
+    """The 201 of a new generation: where to follow it, and its status URL as `Location`."""
     token, _ = gw.tokens.issue(event.generation_id, event.owner)
+    status_url = f"/generations/{event.generation_id}"
+    return Response(
+        _body(gw, event, token, status_url), status_code=201, headers={"Location": status_url}
+    )
+
+
+def _body(gw: GatewayDep, event: Any, token: str, status_url: str) -> Accepted:
     return Accepted(
         generation_id=event.generation_id,
         project_id=event.project_id,
@@ -84,7 +106,7 @@ def _accepted(gw: GatewayDep, event: Any) -> Accepted:
         status="pending",
         sse_token=token,
         stream_url=stream_url(event.generation_id, token),
-        status_url=f"/generations/{event.generation_id}",
+        status_url=status_url,
         parent_generation_id=event.parent_generation_id,
     )
 
@@ -100,10 +122,16 @@ class GenerationController(Controller):
         "user": Provide(current_user, sync_to_thread=False),
     }
 
-    @post("/", status_code=201, summary="Create a project and generate its first version")
+    @post(
+        "/",
+        status_code=201,
+        summary="Create a project and generate its first version",
+        response_headers=[LOCATION],
+        responses=error_responses(400, 401, 413, 429, 503),
+    )
     async def create(
         self, data: JSONBody[CreateGeneration], gw: GatewayDep, user: UserDep
-    ) -> Accepted:
+    ) -> Response[Accepted]:
         """Accepts the request, publishes it, and returns where to follow it."""
         refused = text_problem(data.project_name)
         if refused:
@@ -132,10 +160,16 @@ class GenerationController(Controller):
         )
         return _accepted(gw, event)
 
-    @post("/iterate", status_code=201, summary="Make a new version from any completed version")
+    @post(
+        "/iterate",
+        status_code=201,
+        summary="Make a new version from any completed version",
+        response_headers=[LOCATION],
+        responses=error_responses(400, 401, 404, 409, 413, 429, 503),
+    )
     async def iterate(
         self, data: JSONBody[IterateGeneration], gw: GatewayDep, user: UserDep
-    ) -> Accepted:
+    ) -> Response[Accepted]:
         """The new version starts from the parent's files; nothing of the parent changes."""
         parent_id = checked_id(data.parent_generation_id)
         parent_state = await gw.views.state(parent_id, user)
@@ -180,14 +214,22 @@ class GenerationController(Controller):
         )
         return _accepted(gw, event)
 
-    @get("/{generation_id:str}", summary="Where a generation stands")
+    @get(
+        "/{generation_id:str}",
+        summary="Where a generation stands",
+        responses=error_responses(400, 401, 404, 503),
+    )
     async def status(
         self, generation_id: FromPath[str], gw: GatewayDep, user: UserDep
     ) -> GenerationStatus:
         """Status, progress, phase, version, parent, files, timings, error."""
         return await gw.views.status(checked_id(generation_id), user)
 
-    @get("/{generation_id:str}/files", summary="The files of a version")
+    @get(
+        "/{generation_id:str}/files",
+        summary="The files of a version",
+        responses=error_responses(400, 401, 404, 503),
+    )
     async def files(self, generation_id: FromPath[str], gw: GatewayDep, user: UserDep) -> FileList:
         """Path, size and sha256 of every file of the version (so far, while it runs)."""
         view = await gw.views.settled(checked_id(generation_id), user)
@@ -208,6 +250,7 @@ class GenerationController(Controller):
         "/{generation_id:str}/files/{file_path:path}",
         summary="One file of a version",
         media_type="text/plain",
+        responses=error_responses(400, 401, 404, 503),
     )
     async def file(
         self, generation_id: FromPath[str], file_path: FromPath[str], gw: GatewayDep, user: UserDep
@@ -233,7 +276,10 @@ class GenerationController(Controller):
         )
 
     @get(
-        "/{generation_id:str}/archive", summary="The version as a zip", media_type="application/zip"
+        "/{generation_id:str}/archive",
+        summary="The version as a zip",
+        media_type="application/zip",
+        responses=error_responses(400, 401, 404, 503),
     )
     async def archive(
         self, generation_id: FromPath[str], gw: GatewayDep, user: UserDep
@@ -247,7 +293,11 @@ class GenerationController(Controller):
             headers={"Content-Disposition": content_disposition(view.project_name, view.version)},
         )
 
-    @get("/{generation_id:str}/diff", summary="The version against its parent")
+    @get(
+        "/{generation_id:str}/diff",
+        summary="The version against its parent",
+        responses=error_responses(400, 401, 404, 503),
+    )
     async def diff(
         self,
         generation_id: FromPath[str],
@@ -279,7 +329,11 @@ class GenerationController(Controller):
             )
         )
 
-    @get("/{generation_id:str}/events", summary="The generation's audit log")
+    @get(
+        "/{generation_id:str}/events",
+        summary="The generation's audit log",
+        responses=error_responses(400, 401, 404, 503),
+    )
     async def events(
         self,
         generation_id: FromPath[str],
@@ -315,7 +369,12 @@ class GenerationController(Controller):
             ],
         )
 
-    @post("/{generation_id:str}/stream-token", status_code=200, summary="A fresh SSE token")
+    @post(
+        "/{generation_id:str}/stream-token",
+        status_code=200,
+        summary="A fresh SSE token",
+        responses=error_responses(400, 401, 404, 413, 503),
+    )
     async def stream_token(
         self, generation_id: FromPath[str], gw: GatewayDep, user: UserDep
     ) -> StreamToken:
@@ -333,6 +392,7 @@ class GenerationController(Controller):
         "/{generation_id:str}/cancel",
         status_code=202,
         summary="Cancel a pending or running generation",
+        responses=error_responses(400, 401, 404, 409, 413, 503),
     )
     async def cancel(
         self,
@@ -359,7 +419,11 @@ class GenerationController(Controller):
         media_type="text/event-stream",
         dependencies={"user": Provide(lambda: "", sync_to_thread=False)},
         opt={TOKEN_AUTH: True},
-        responses={},
+        security=[{"StreamToken": []}, {"BearerAuth": []}],
+        responses={
+            204: ResponseSpec(None, description="The stream had ended before Last-Event-ID."),
+            **error_responses(400, 401, 404, 429, 503),
+        },
     )
     async def stream(
         self,

@@ -8,23 +8,9 @@ from litestar import Response, get
 from litestar.datastructures import CacheControlHeader
 from litestar.static_files import create_static_files_router
 
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+from services.gateway.headers import PAGE_POLICY
 
-# The page shows what a model wrote: it runs only its own scripts and talks only to its
-# own origin, so nothing in a generated file can load or send anything elsewhere.
-CONTENT_SECURITY_POLICY = "; ".join(
-    [
-        "default-src 'self'",
-        "script-src 'self'",
-        "style-src 'self'",
-        "img-src 'self' data:",
-        "connect-src 'self'",
-        "object-src 'none'",
-        "base-uri 'none'",
-        "form-action 'none'",
-        "frame-ancestors 'none'",
-    ]
-)
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 
 @get("/", include_in_schema=False, media_type="text/html")
@@ -36,7 +22,7 @@ async def index() -> Response[bytes]:
         headers={
             "Cache-Control": "no-cache",
             "X-Content-Type-Options": "nosniff",
-            "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+            "Content-Security-Policy": PAGE_POLICY,
             "Referrer-Policy": "no-referrer",
         },
     )

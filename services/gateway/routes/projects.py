@@ -7,7 +7,7 @@ from litestar import Controller, get
 from litestar.di import Provide
 from litestar.params import FromPath
 
-from services.gateway.errors import NotFound
+from services.gateway.errors import NotFound, error_responses
 from services.gateway.routes.dependencies import (
     GatewayDep,
     UserDep,
@@ -45,12 +45,16 @@ class ProjectController(Controller):
         "user": Provide(current_user, sync_to_thread=False),
     }
 
-    @get("/", summary="The caller's projects")
+    @get("/", summary="The caller's projects", responses=error_responses(401, 503))
     async def list_projects(self, gw: GatewayDep, user: UserDep) -> ProjectList:
         """Every project of the caller with its versions, newest first."""
         return ProjectList(projects=[project_info(p) for p in await gw.read_model.projects(user)])
 
-    @get("/{project_id:str}", summary="One project and its versions")
+    @get(
+        "/{project_id:str}",
+        summary="One project and its versions",
+        responses=error_responses(400, 401, 404, 503),
+    )
     async def get_project(
         self, project_id: FromPath[str], gw: GatewayDep, user: UserDep
     ) -> ProjectInfo:
