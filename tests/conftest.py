@@ -1,7 +1,10 @@
-"""Fixtures every test can use: a real nats-server on a free loopback port, and settings."""
+"""Fixtures every test can use: a real nats-server on a free loopback port, settings, and
+the database the services of a test use (SQLite, or PostgreSQL: see tests/support/databases.py).
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -12,9 +15,49 @@ from nats.aio.client import Client
 from services.common.broker import ensure_streams
 from services.common.embedded_nats import EmbeddedNats
 from services.common.settings import Settings, load_settings
+from tests.support.databases import (
+    BOTH_DATABASES_SUITES,
+    DATABASE_ENV,
+    DATABASES,
+    POSTGRES_ENV,
+    postgres_database_sync,
+)
 from tests.support.environment import ALICE_KEY, BOB_KEY, service_env
 
 __all__ = ["ALICE_KEY", "BOB_KEY", "make_settings"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test of the e2e, fault or browser suite that runs Kiln's services (it uses a
+    nats-server) runs once on SQLite and once on PostgreSQL."""
+    suite = Path(str(metafunc.definition.path)).parent.name
+    fixtures = metafunc.fixturenames
+    if suite in BOTH_DATABASES_SUITES and "database" in fixtures and "nats_server" in fixtures:
+        metafunc.parametrize(
+            "database",
+            [
+                "sqlite",
+                pytest.param("postgresql", marks=pytest.mark.postgres),
+            ],
+            indirect=True,
+        )
+
+
+@pytest.fixture
+def database(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The read model's database for this test's services: "sqlite" (each test's own file,
+    the default) or "postgresql" (a database of its own, dropped afterwards; skipped,
+    saying so, without `KILN_TEST_POSTGRES_URL`)."""
+    kind = getattr(request, "param", DATABASES[0])
+    if kind == "sqlite":
+        yield kind
+        return
+    base = os.environ.get(POSTGRES_ENV)
+    if not base:
+        pytest.skip(f"{POSTGRES_ENV} is not set: the PostgreSQL variant needs a server")
+    with postgres_database_sync(base) as url:
+        monkeypatch.setenv(DATABASE_ENV, url)
+        yield kind
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from nats.js.api import ConsumerConfig
 from nats.js.errors import NotFoundError
 
 from contracts import subjects
+from services.common.broker import NOT_NOW
 from services.common.logs import get_logger
 
 log = get_logger(__name__)
@@ -88,6 +89,8 @@ class PullWorker:
         self.config = config
         self.max_deliveries = max_deliveries
         self._sub: JetStreamContext.PullSubscription | None = None
+        self._waiting: str | None = None
+        """Why the broker does not answer fetches right now (None while it does)."""
 
     async def _subscription(self) -> JetStreamContext.PullSubscription:
         if self._sub is None:
@@ -104,7 +107,7 @@ class PullWorker:
         """Up to `batch` messages, waiting at most `timeout_s`; [] when none or when offline."""
         try:
             sub = await self._subscription()
-            return await sub.fetch(batch, timeout=timeout_s)
+            msgs = await sub.fetch(batch, timeout=timeout_s)
         except (TimeoutError, nats.errors.TimeoutError):
             # nats-py raises the plain asyncio one when the deadline passes between its
             # two requests of a batch fetch.
@@ -116,14 +119,18 @@ class PullWorker:
             self._sub = None
             await asyncio.sleep(0.2)
             return []
-        except (
-            nats.errors.ConnectionClosedError,
-            nats.errors.ConnectionReconnectingError,
-            nats.errors.NoRespondersError,
-            nats.errors.StaleConnectionError,
-            nats.js.errors.ServiceUnavailableError,
-            nats.js.errors.APIError,
-        ) as exc:
+        except NOT_NOW as exc:
+            # The broker is restarting, reconnecting or electing a leader: wait, said once.
+            if self._waiting is None:
+                log.info(
+                    "Waiting for the broker: {consumer} cannot fetch yet ({error})",
+                    consumer=self.config.durable_name,
+                    error=repr(exc),
+                )
+            self._waiting = repr(exc)
+            await asyncio.sleep(0.25)
+            return []
+        except nats.js.errors.APIError as exc:
             log.warning(
                 "Fetch from {consumer} failed: {error}",
                 consumer=self.config.durable_name,
@@ -131,6 +138,12 @@ class PullWorker:
             )
             await asyncio.sleep(0.25)
             return []
+        if self._waiting is not None:
+            log.info(
+                "The broker answers again: {consumer} fetches", consumer=self.config.durable_name
+            )
+            self._waiting = None
+        return msgs
 
     async def settle(self, msg: Msg, outcome: Outcome) -> None:
         """Apply one outcome to one message."""

@@ -74,8 +74,11 @@ def wait_for_port(
 class EmbeddedNats:
     """One nats-server process with JetStream, on loopback.
 
-    `cluster_port` and `routes` make it one node of a cluster (tests/ops/cluster.py
+    `cluster_port` and `routes` make it one node of a cluster (tests/ops/nats_cluster.py
     starts its nodes with them); `server_name` must then be unique per node.
+    `cluster_advertise` is the route address the node tells the others (its
+    `cluster_port` unless set), `monitor_port` serves nats-server's HTTP monitoring
+    (`/jsz`, `/routez`) on loopback.
     """
 
     def __init__(
@@ -88,6 +91,8 @@ class EmbeddedNats:
         cluster_name: str | None = None,
         cluster_port: int | None = None,
         routes: list[int] | None = None,
+        cluster_advertise: int | None = None,
+        monitor_port: int | None = None,
         log_file: Path | None = None,
         extra_config: str = "",
         die_with_parent: bool = False,
@@ -99,6 +104,8 @@ class EmbeddedNats:
         self.cluster_name = cluster_name
         self.cluster_port = cluster_port
         self.routes = routes or []
+        self.cluster_advertise = cluster_advertise
+        self.monitor_port = monitor_port
         self.log_file = log_file or self.store_dir / "nats-server.log"
         self.extra_config = extra_config
         """More nats-server configuration (for instance an `authorization { … }` block)."""
@@ -134,6 +141,8 @@ class EmbeddedNats:
             "max_payload: 4MB",
             "write_deadline: 10s",
         ]
+        if self.monitor_port:
+            lines.append(f'http: "{self.host}:{self.monitor_port}"')
         if self.cluster_port:
             routes = ", ".join(f'"nats-route://{self.host}:{p}"' for p in self.routes)
             lines += [
@@ -141,6 +150,10 @@ class EmbeddedNats:
                 f'  name: "{self.cluster_name or "kiln"}"',
                 f'  listen: "{self.host}:{self.cluster_port}"',
                 f"  routes: [{routes}]",
+            ]
+            if self.cluster_advertise:
+                lines.append(f'  advertise: "{self.host}:{self.cluster_advertise}"')
+            lines += [
                 "}",
             ]
         if self.extra_config:

@@ -347,8 +347,10 @@ class GenerationWriter:
                     raise LogUnavailable(
                         f"could not append to generation {self.generation_id}: {exc!r}"
                     ) from None
-                log.warning(
-                    "Append to generation {generation_id} not acknowledged; retrying",
+                # The broker says "not now" (electing a leader, reconnecting): waiting is
+                # the plan, not an error; LogUnavailable above is the error.
+                log.info(
+                    "Waiting for the broker to take an event of generation {generation_id}",
                     generation_id=self.generation_id,
                     error=repr(exc),
                 )

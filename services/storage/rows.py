@@ -41,6 +41,10 @@ def row_values(summary: GenerationSummary) -> dict[str, Any]:
 
 
 def _column_value(value: Any) -> Any:
+    if isinstance(value, str):
+        # PostgreSQL's text cannot hold NUL (a failure message may quote a hostile path
+        # that has one): it is stored as the visible `\x00`, on every database alike.
+        return value.replace("\x00", "\\x00")
     return msgspec.to_builtins(value) if isinstance(value, msgspec.Struct) else value
 
 

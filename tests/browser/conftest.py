@@ -10,6 +10,13 @@ from pathlib import Path
 
 import pytest
 
+
+@pytest.fixture(autouse=True)
+def _each_database(database: str) -> str:
+    """Every test here that runs Kiln's services runs once per database (tests/conftest.py)."""
+    return database
+
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless=new",

@@ -23,6 +23,13 @@ from tests.support.client import SSEEvent, ended
 from tests.support.environment import ALICE_KEY, service_env
 from tests.support.processes import Processes
 
+
+@pytest.fixture(autouse=True)
+def _each_database(database: str) -> str:
+    """Every test here that runs Kiln's services runs once per database (tests/conftest.py)."""
+    return database
+
+
 # Slow enough to hit a generation mid-phase, fast enough for CI.
 PHASE_DELAY = "0.4"
 

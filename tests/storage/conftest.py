@@ -18,9 +18,7 @@ import nats
 import pytest
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
-from sqlalchemy import pool, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.events import (
     FileDeleted,
@@ -42,9 +40,10 @@ from services.storage.db import create_engine, migrate
 from services.storage.queries import ReadModel
 from services.storage.service import StorageService
 from tests.conftest import make_settings
+from tests.support.databases import POSTGRES_ENV, postgres_database
 from tests.support.waiting import eventually
 
-POSTGRES_ENV = "KILN_TEST_POSTGRES_URL"
+__all__ = ["POSTGRES_ENV", "postgres_database"]
 
 
 @pytest.fixture(scope="module")
@@ -70,24 +69,6 @@ async def js(nats_module: EmbeddedNats) -> AsyncIterator[JetStreamContext]:
         yield js
     finally:
         await nc.close()
-
-
-@contextlib.asynccontextmanager
-async def postgres_database(base_url: str) -> AsyncIterator[str]:
-    """A new, empty PostgreSQL database next to `base_url`'s, dropped afterwards."""
-    base = make_url(base_url)
-    name = f"kiln_{uuid.uuid4().hex[:12]}"
-    admin = create_async_engine(base, isolation_level="AUTOCOMMIT", poolclass=pool.NullPool)
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield base.set(database=name).render_as_string(hide_password=False)
-        finally:
-            async with admin.connect() as conn:
-                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        await admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

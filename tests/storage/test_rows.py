@@ -87,3 +87,19 @@ async def test_the_fold_table_projected_reads_back_as_the_fold(
         assert files == {
             p: (f.size, f.sha256, f.phase, f.origin) for p, f in state.files.items()
         }, case.name
+
+
+async def test_a_failure_message_with_a_nul_is_stored_on_every_database(
+    js: JetStreamContext, storage_settings: Settings, read_model: ReadModel
+) -> None:
+    # A hostile path quoted in a failure message once dead-lettered the event on
+    # PostgreSQL (its text cannot hold NUL) and left the generation running forever.
+    project_id, generation_id = uuid.uuid4().hex, uuid.uuid4().hex
+    case = next(c for c in CASES if c.events[-1]["type"] == "generation.failed")
+    events = _as(case, generation_id, project_id)
+    events[-1] = {**events[-1], "message": "path rejected: app/nul\x00byte.py"}
+    async with running_storage(storage_settings):
+        await wait_applied(read_model, await _publish(js, events))
+    view = await read_model.generation(generation_id)
+    assert view is not None and view.status == "failed"
+    assert view.error == "path rejected: app/nul\\x00byte.py"

@@ -130,9 +130,7 @@ async def read_events(
             async with aconnect_sse(http, "GET", stream_url, headers=headers) as source:
                 source.response.raise_for_status()
                 async for message in source.aiter_sse():
-                    # The opening `retry:` block carries no event; after a keepalive comment
-                    # httpx-sse repeats the last id with empty data (EventSource would not).
-                    if not message.id or not message.data:
+                    if not _is_event(message):
                         continue
                     event = _parsed(message)
                     events.append(event)
@@ -153,21 +151,28 @@ async def read_stream(
 
 
 async def follow(
-    http: httpx.AsyncClient, stream_url: str, *, timeout: float = 60
+    http: httpx.AsyncClient,
+    stream_url: str,
+    *,
+    timeout: float = 60,
+    answers: list[httpx.Response] | None = None,
 ) -> AsyncIterator[SSEEvent]:
     """Follow a stream like EventSource does: reconnect with Last-Event-ID whenever the
-    connection ends before the terminal event, stop at it (or at a 204)."""
+    connection ends before the terminal event, stop at it (or at a 204). Each connection's
+    response (its status and headers) is appended to `answers`."""
     last_id: int | None = None
     async with asyncio.timeout(timeout):
         while True:
             headers = {"Last-Event-ID": str(last_id)} if last_id is not None else {}
             try:
                 async with aconnect_sse(http, "GET", stream_url, headers=headers) as source:
+                    if answers is not None:
+                        answers.append(source.response)
                     if source.response.status_code == 204:
                         return
                     source.response.raise_for_status()
                     async for message in source.aiter_sse():
-                        if not message.id or not message.data:
+                        if not _is_event(message):
                             continue
                         event = _parsed(message)
                         last_id = event.id
@@ -177,6 +182,13 @@ async def follow(
             except (httpx.TransportError, httpx.HTTPStatusError):
                 pass
             await asyncio.sleep(0.5)
+
+
+def _is_event(message: ServerSentEvent) -> bool:
+    """Whether an SSE block is an event. The opening `retry:` block is not, and neither is a
+    keepalive comment, although httpx-sse hands it over, with the previous event's id (the
+    SSE standard dispatches nothing for a block without data)."""
+    return bool(message.id and message.data)
 
 
 def _parsed(message: ServerSentEvent) -> SSEEvent:

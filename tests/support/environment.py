@@ -6,17 +6,21 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tests.support.databases import DATABASE_ENV
+
 ALICE_KEY = "alice-key-0123456789"
 BOB_KEY = "bob-key-0123456789"
 
 
 def service_env(tmp_path: Path, nats_url: str, **overrides: str) -> dict[str, str]:
-    """The services' variables for one test: its nats-server, its own SQLite file and data
-    folder, two users (alice and bob), a fixed token secret, no wait for a verifier;
-    `overrides` win."""
+    """The services' variables for one test: its nats-server, its own database (a SQLite
+    file, or the PostgreSQL database the `database` fixture made for it) and data folder,
+    two users (alice and bob), a fixed token secret, no wait for a verifier; `overrides`
+    win."""
     return {
         "NATS_URL": nats_url,
-        "KILN_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'kiln.db'}",
+        "KILN_DATABASE_URL": os.environ.get(DATABASE_ENV)
+        or f"sqlite+aiosqlite:///{tmp_path / 'kiln.db'}",
         "KILN_DATA_DIR": str(tmp_path / "data"),
         "KILN_API_KEYS": f"alice:{ALICE_KEY},bob:{BOB_KEY}",
         "KILN_SECRET": "test-secret-not-for-production",
