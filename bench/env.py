@@ -22,8 +22,8 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from bench.procs import stop_process
-from services.common.broker import ensure_streams
-from services.common.embedded_nats import EmbeddedNats, free_port
+from services.common.broker import ensure_streams_when_ready
+from services.common.embedded_nats import EmbeddedNats, NatsCluster, free_port
 from services.gateway.tokens import TokenSigner
 
 REPO = Path(__file__).resolve().parent.parent
@@ -97,9 +97,12 @@ class Stack:
         storage: bool = False,
         orchestrator: bool = False,
         profile: bool = False,
+        cluster: int = 0,
     ) -> None:
         self.root = root
         self.profile = profile
+        self.replicas = max(cluster, 1)
+        """Replicas of every stream: `cluster` nodes, each stream on all of them."""
         self.want = [
             name
             for name, on in (
@@ -109,7 +112,9 @@ class Stack:
             )
             if on
         ]
-        self.broker = EmbeddedNats(root / "nats")
+        self.broker: EmbeddedNats | NatsCluster = (
+            NatsCluster(root / "nats", cluster) if cluster else EmbeddedNats(root / "nats")
+        )
         self.port = free_port()
         self.database_path = root / "kiln.db"
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -130,7 +135,10 @@ class Stack:
         return self.broker.url
 
     def env(self) -> dict[str, str]:
-        return service_env(self.nats_url, self.database_url, self.root / "data", self.port)
+        env = service_env(self.nats_url, self.database_url, self.root / "data", self.port)
+        if self.replicas > 1:
+            env["KILN_STREAM_REPLICAS"] = str(self.replicas)
+        return env
 
     def stream_path(self, generation_id: str, owner: str = USER) -> str:
         """The SSE path of a generation, with a token signed by the gateways' secret."""
@@ -153,8 +161,10 @@ class Stack:
     async def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self.broker.start)
-        self.nc = await nats.connect(self.nats_url, name="kiln-bench", pending_size=256 * 1024**2)
-        await ensure_streams(self.js)
+        self.nc = await nats.connect(
+            servers=self.nats_url.split(","), name="kiln-bench", pending_size=256 * 1024**2
+        )
+        await ensure_streams_when_ready(self.js, self.replicas)
         if self.want:
             from services.storage.db import migrate
 

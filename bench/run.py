@@ -27,6 +27,7 @@ SCENARIOS = {
     "B5": "bench.scenarios.b5_projection",
     "B6": "bench.scenarios.b6_end_to_end",
     "B7": "bench.scenarios.b7_verify",
+    "B8": "bench.scenarios.b8_cluster",
 }
 
 

@@ -34,8 +34,12 @@ MAX_EVENT_BYTES = 1024 * 1024
 DAY_S = 24 * 3600.0
 
 
-def events_stream(replicas: int = 1) -> StreamConfig:
-    """Every generation's events, kept until deleted: the source of truth."""
+def events_stream(replicas: int = 1, *, atomic: bool = True) -> StreamConfig:
+    """Every generation's events, kept until deleted: the source of truth.
+
+    `atomic` lets a writer append a phase as one atomic batch (nats-server >= 2.12; an
+    older server refuses a configuration that names the field, so it is left out there).
+    """
     return StreamConfig(
         name=EVENTS_STREAM,
         description="Kiln generation events, one subject per generation",
@@ -48,6 +52,7 @@ def events_stream(replicas: int = 1) -> StreamConfig:
         max_msg_size=MAX_EVENT_BYTES,
         discard=DiscardPolicy.NEW,
         allow_direct=True,
+        allow_atomic=True if atomic else None,
     )
 
 

@@ -106,15 +106,26 @@ async def _raw_publish(stack: Stack, ids: list[str]) -> tuple[float, int]:
 
 
 async def run(ctx: Context) -> list[Row]:
+    return await run_on(ctx, TITLE, cluster=0)
+
+
+async def run_on(ctx: Context, title: str, *, cluster: int) -> list[Row]:
+    """B6 on one nats-server (`cluster=0`) or on a cluster of that many nodes, every
+    stream at one replica per node (B8)."""
     sizes = [1, 3] if ctx.toy else [1, 20, 100]
     concurrent = ctx.size(50, 3)
     concurrent_entities = ctx.size(20, 1)
     users = Users()
     rows: list[Row] = []
     async with Stack(
-        ctx.dir("b6"), gateway=True, storage=True, orchestrator=True, profile=ctx.profile
+        ctx.dir("b8" if cluster else "b6"),
+        gateway=True,
+        storage=True,
+        orchestrator=True,
+        profile=ctx.profile,
+        cluster=cluster,
     ) as stack:
-        config = streams.events_stream()
+        config = streams.events_stream(stack.replicas)
         await stack.js.add_stream(
             dataclasses.replace(
                 config, name=RAW_STREAM, subjects=["bench.raw.>"], description="bench"
@@ -149,12 +160,12 @@ async def run(ctx: Context) -> list[Row]:
                 added = per_event.kiln_median - per_event.baseline_median
                 ratio = added / per_event.baseline_median
                 ctx.log(
-                    f"{TITLE}: {label}: {totals.kiln_median:.2f} s for {event_counts[0]} events "
+                    f"{title}: {label}: {totals.kiln_median:.2f} s for {event_counts[0]} events "
                     f"(raw publish {totals.baseline_median:.2f} s)"
                 )
                 rows.append(
                     Row(
-                        f"{TITLE}: {label}",
+                        f"{title}: {label}",
                         f"{totals.kiln_median:.2f} s ({per_event.kiln_median:.2f} ms/event)",
                         f"{totals.baseline_median:.3f} s ({per_event.baseline_median:.3f} ms/event)",
                         f"added {ratio:.1f}x raw",

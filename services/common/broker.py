@@ -6,6 +6,7 @@ their number, so a service is back within a second or two of the server, not 18 
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from typing import Any
 
@@ -43,6 +44,9 @@ NOT_NOW: tuple[type[Exception], ...] = (
     ServiceUnavailableError,
     NoStreamResponseError,
 )
+
+# A cluster just started: no meta leader yet (an API error), or not answering yet.
+NOT_YET: tuple[type[Exception], ...] = (nats.js.errors.APIError, *NOT_NOW)
 
 RECONNECT_WAIT_S = 0.25
 PING_INTERVAL_S = 5
@@ -99,10 +103,47 @@ async def connect(settings: Settings, name: str) -> Client:
     return nc
 
 
+# Atomic batch publish came with nats-server 2.12 (`allow_atomic` on a stream).
+ATOMIC_BATCHES_SINCE = (2, 12)
+
+
+def takes_atomic_batches(nc: Client) -> bool:
+    """Whether the connected nats-server has atomic batch publish."""
+    version = nc.connected_server_version
+    try:
+        return (version.major, version.minor) >= ATOMIC_BATCHES_SINCE
+    except (TypeError, ValueError, AttributeError):
+        return False
+
+
+async def ensure_streams_when_ready(
+    js: JetStreamContext, replicas: int, timeout_s: float = 60.0
+) -> None:
+    """`ensure_streams` on a cluster just started: retried until JetStream has a meta
+    leader and enough peers for `replicas`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        try:
+            await ensure_streams(js, replicas)
+            return
+        except NOT_YET:
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
 async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
-    """Create Kiln's streams and buckets, or bring their configuration up to date."""
+    """Create Kiln's streams and buckets, or bring their configuration up to date.
+
+    The events stream allows atomic batches where the server has them."""
+    atomic = takes_atomic_batches(js._nc)
     for make in streams.ALL_STREAMS:
-        config = make(replicas)
+        config = (
+            streams.events_stream(replicas, atomic=atomic)
+            if make is streams.events_stream
+            else make(replicas)
+        )
         try:
             await js.add_stream(config)
         except BadRequestError as exc:

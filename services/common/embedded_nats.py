@@ -318,3 +318,45 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return not _is_zombie(pid)
+
+
+class NatsCluster:
+    """`size` routed nats-server nodes with JetStream on loopback (one cluster, each node
+    its own store), as an operator's 3-node cluster; stopped by PID."""
+
+    def __init__(
+        self,
+        root: Path,
+        size: int = 3,
+        *,
+        extra_config: str = "",
+        node: type[EmbeddedNats] = EmbeddedNats,
+    ) -> None:
+        cluster_ports = [free_port() for _ in range(size)]
+        self.nodes = [
+            node(
+                root / f"n{i}",
+                server_name=f"n{i}",
+                cluster_name="kiln",
+                cluster_port=cluster_ports[i],
+                routes=[p for j, p in enumerate(cluster_ports) if j != i],
+                extra_config=extra_config,
+            )
+            for i in range(size)
+        ]
+
+    @property
+    def url(self) -> str:
+        """Every node's client URL, comma-separated (as NATS_URL takes them)."""
+        return ",".join(node.url for node in self.nodes)
+
+    def start(self, timeout: float = 10.0) -> NatsCluster:
+        """Start every node and wait until each accepts connections."""
+        for node in self.nodes:
+            node.start(timeout)
+        return self
+
+    def stop(self) -> None:
+        """Stop every node (SIGTERM, then SIGKILL)."""
+        for node in self.nodes:
+            node.stop()

@@ -19,7 +19,6 @@ from nats.js import JetStreamContext
 from contracts.codec import content_sha256
 from contracts.commands import GenerateRequested
 from contracts.events import (
-    Event,
     FileDeleted,
     FileWritten,
     GenerationCancelled,
@@ -37,6 +36,7 @@ from contracts.state import GenerationState, apply, fold
 from services.common import metrics
 from services.common.consumer import Ack, DeadLetter, Outcome, Retry
 from services.common.eventlog import (
+    EventBatch,
     GenerationWriter,
     LogUnavailable,
     StoredEvent,
@@ -88,11 +88,9 @@ class FoldingWriter(GenerationWriter):
         super().__init__(*args, **kwargs)
         self.state = state
 
-    async def append(self, event: Event) -> StoredEvent:
-        """Append the event, then apply it to `state`."""
-        stored = await super().append(event)
-        apply(self.state, event)
-        return stored
+    def appended(self, stored: StoredEvent) -> None:
+        """Apply each event the stream took (alone or in a batch) to `state`."""
+        apply(self.state, stored.event)
 
 
 class GenerationRunner:
@@ -294,20 +292,30 @@ class _Run:
         if plan.name == "plan" and self.request.kind == "iterate":
             await self._carry_parent_files()
         output = await self._produce(plan, provider)
-        await self._apply(plan, output)
         if self.cancelled.is_set():
             raise Cancelled
-        if plan.name == "verify":
-            await self._verify_version()
+        # The phase's files, deletions and phase.completed go in as one atomic batch: after
+        # a crash the log holds all of the phase or none of it.
+        batch = self.writer.batch()
+        self._apply(plan, output, batch)
+        staged = {e.path for e in batch.events if isinstance(e, FileWritten)}
         files = self.state.files
         written = sorted(
             f.path
             for f in output.files
-            if f.path in files
-            and files[f.path].phase == plan.name
-            and files[f.path].origin == "generated"
+            if f.path in staged
+            or (
+                f.path in files
+                and files[f.path].phase == plan.name
+                and files[f.path].origin == "generated"
+            )
         )
-        await self.writer.emit(
+        if plan.name == "verify":
+            # The version is whole: its last files go in, then its own tests run.
+            await batch.append()
+            await self._verify_version()
+            batch = self.writer.batch()
+        batch.add(
             PhaseCompleted,
             phase=plan.name,
             files=written,
@@ -316,6 +324,7 @@ class _Run:
             duration_ms=int((time.monotonic() - started) * 1000),
             progress=plan.progress,
         )
+        await batch.append()
         metrics.phase_seconds.labels(plan.name, self.request.provider).observe(
             time.monotonic() - started
         )
@@ -353,12 +362,15 @@ class _Run:
         step.result()
 
     async def _carry_parent_files(self) -> None:
-        """Start the new version from the parent's files, each an event of this log."""
+        """Start the new version from the parent's files, each an event of this log,
+        appended as one atomic batch before the provider sees them."""
+        batch = self.writer.batch()
         for path in sorted(self.parent_files):
             content = self.parent_files[path]
             if path in self.state.deleted or self._content(path) == content:
                 continue
-            await self._write(path, content, "plan", "parent", progress_before("plan"))
+            self._write(batch, path, content, "plan", "parent", progress_before("plan"))
+        await batch.append()
 
     async def _produce(self, plan: PhasePlan, provider: Provider) -> PhaseOutput:
         """The provider's output for a phase, checked; one corrective retry when rejected."""
@@ -457,29 +469,30 @@ class _Run:
                 retryable=True,
             ) from None
 
-    async def _apply(self, plan: PhasePlan, output: PhaseOutput) -> None:
-        """Publish the phase's files and deletions, skipping what the log already has."""
+    def _apply(self, plan: PhasePlan, output: PhaseOutput, batch: EventBatch) -> None:
+        """Add the phase's files and deletions to `batch`, skipping what the log already
+        has (the guard has made sure no path is written twice, or written and deleted)."""
         before, target = progress_before(plan.name), plan.progress
         count = len(output.files)
         for index, file in enumerate(output.files):
             if self._content(file.path) == file.content:
                 continue
             progress = before + (target - before) * (index + 1) // (count + 1)
-            await self._write(file.path, file.content, plan.name, "generated", progress)
+            self._write(batch, file.path, file.content, plan.name, "generated", progress)
         for deletion in output.deletions:
             if deletion.path not in self.state.files:
                 continue
-            await self.writer.emit(
-                FileDeleted, path=deletion.path, reason=deletion.reason, phase=plan.name
-            )
+            batch.add(FileDeleted, path=deletion.path, reason=deletion.reason, phase=plan.name)
 
     def _content(self, path: str) -> str | None:
         """The content of a file of the version so far (None if it has none)."""
         file = self.state.files.get(path)
         return None if file is None else file.content
 
-    async def _write(self, path: str, content: str, phase: str, origin: str, progress: int) -> None:
-        await self.writer.emit(
+    def _write(
+        self, batch: EventBatch, path: str, content: str, phase: str, origin: str, progress: int
+    ) -> None:
+        batch.add(
             FileWritten,
             path=path,
             content=content,

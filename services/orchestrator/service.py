@@ -13,6 +13,7 @@ from contracts.codec import DecodeError, decode_command
 from contracts.commands import GenerateRequested
 from services.common import metrics
 from services.common.consumer import DeadLetter, Outcome, PullWorker, deliveries_of
+from services.common.eventlog import atomic_batches
 from services.common.host import broker_session, health_endpoint, nats_readiness
 from services.common.logs import get_logger
 from services.common.settings import Settings
@@ -44,6 +45,7 @@ class OrchestratorService:
         """Take and run commands until `stop` is set; in-flight generations finish first."""
         metrics.export("orchestrator")
         async with broker_session(self.settings, f"kiln-orchestrator-{self.worker}") as (nc, js):
+            await atomic_batches(js)  # detected once, and logged, before any append
             cancels = CancelWatcher(js)
             await cancels.start()
             runs = await js.key_value(streams.RUNS_BUCKET)

@@ -3,21 +3,46 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
+import signal
+import sys
 import uuid
+from pathlib import Path
+from typing import Any
 
+import nats
+import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js.api import RawStreamMsg
 
-from contracts import subjects
-from contracts.events import GenerationRequested, GenerationStarted, PhaseStarted
+from contracts import streams, subjects
+from contracts.codec import content_sha256, encode, event_hash
+from contracts.events import (
+    FileWritten,
+    GenerationRequested,
+    GenerationStarted,
+    PhaseCompleted,
+    PhaseStarted,
+    event_tag,
+)
 from contracts.phases import PHASES
+from services.common.broker import ensure_streams
 from services.common.embedded_nats import EmbeddedNats
 from services.common.eventlog import (
+    EventBatch,
     GenerationWriter,
+    StoredEvent,
+    WriterConflict,
+    atomic_batches,
     last_event,
     read_generation,
     subscribe_ordered,
 )
+from tests.support.nats_cluster import NatsCluster, connect_cluster
+from tests.support.processes import ROOT
+from tests.support.waiting import eventually
 
 
 async def _requested(nc: Client) -> GenerationWriter:
@@ -96,3 +121,276 @@ async def test_an_ordered_reader_restarted_before_its_first_message_repeats_noth
     await asyncio.sleep(2.0)
     assert received.empty(), "nothing older than the start was delivered after the restart"
     await sub.unsubscribe()
+
+
+# Atomic batches: a phase's events go in as one unit, or one at a time where the stream
+# has no atomic batch publish.
+
+BATCH_LIMIT = 4
+
+
+class _BatchLimitedNats(EmbeddedNats):
+    """A nats-server whose atomic batches hold at most BATCH_LIMIT messages."""
+
+    def config_text(self) -> str:
+        return (
+            super()
+            .config_text()
+            .replace(
+                "jetstream {",
+                f"jetstream {{\n  limits {{ batch {{ max_msgs: {BATCH_LIMIT} }} }}",
+                1,
+            )
+        )
+
+
+def _files(batch: EventBatch, count: int, *, size: int = 10, phase: str = "model") -> None:
+    for i in range(count):
+        content = f"{i:0{size}d}"
+        batch.add(
+            FileWritten,
+            path=f"src/f{i}.py",
+            content=content,
+            sha256=content_sha256(content),
+            size=len(content),
+            phase=phase,
+            origin="generated",
+        )
+
+
+async def _stored(nc: Client, writer: GenerationWriter) -> list[RawStreamMsg]:
+    js = nc.jetstream()
+    history = await read_generation(js, writer.generation_id)
+    return [await js.get_msg(streams.EVENTS_STREAM, e.stream_seq) for e in history]
+
+
+def _assert_whole_chain(events: list[StoredEvent]) -> None:
+    """Seqs 1..n exactly once, each event chained to the one before it."""
+    assert [e.event.seq for e in events] == list(range(1, len(events) + 1))
+    for before, after in itertools.pairwise(events):
+        assert after.event.prev_hash == event_hash(before.data)
+
+
+async def test_a_batch_goes_in_as_one_unit_with_one_ack(nc: Client) -> None:
+    writer = await _requested(nc)
+    batch = writer.batch()
+    _files(batch, 5)
+    batch.add(PhaseCompleted, phase="model", files=[f"src/f{i}.py" for i in range(5)])
+    acks = 0
+    publish = nc.jetstream().publish
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal acks
+        acks += 1
+        return await publish(*args, **kwargs)
+
+    writer.js.publish = counting  # type: ignore[method-assign]
+    stored = await batch.append()
+    assert acks == 1
+    history = await read_generation(nc.jetstream(), writer.generation_id)
+    assert [(e.stream_seq, e.data) for e in history[1:]] == [(s.stream_seq, s.data) for s in stored]
+    _assert_whole_chain(history)
+    assert writer.last_stream_seq == history[-1].stream_seq
+    messages = await _stored(nc, writer)
+    batch_ids = {m.headers.get("Nats-Batch-Id") for m in messages[1:] if m.headers}
+    assert len(batch_ids) == 1 and None not in batch_ids
+    for message, event in zip(messages, history, strict=True):
+        assert message.headers is not None
+        assert message.headers["Nats-Msg-Id"] == f"{writer.generation_id}:{event.event.seq}"
+        assert message.headers["ce-id"] == event.event.event_id
+        assert message.headers["ce-type"] == f"kiln.{event_tag(type(event.event))}"
+
+
+async def test_a_second_writers_stale_batch_is_refused(nc: Client) -> None:
+    first = await _requested(nc)
+    history = await read_generation(nc.jetstream(), first.generation_id)
+    second = GenerationWriter.after(nc.jetstream(), history, source="test")
+    ours = first.batch()
+    _files(ours, 3)
+    await ours.append()
+    theirs = second.batch()
+    _files(theirs, 3, size=12)
+    with pytest.raises(WriterConflict):
+        await theirs.append()
+    after = await read_generation(nc.jetstream(), first.generation_id)
+    assert [e.event.event_id for e in after[1:]] == [e.event_id for e in ours.events]
+
+
+async def test_a_retried_batch_whose_ack_was_lost_is_stored_once(nc: Client) -> None:
+    writer = await _requested(nc)
+    history = await read_generation(nc.jetstream(), writer.generation_id)
+    # The same bytes reach the stream twice, as when a commit's ack is lost and the
+    # writer sends the batch again: the twin's attempt is the one whose ack was lost.
+    twin = GenerationWriter.after(nc.jetstream(), history, source="test")
+    batch = writer.batch()
+    _files(batch, 4)
+    await twin.append_batch(batch.events)
+    stored = await batch.append()
+    after = await read_generation(nc.jetstream(), writer.generation_id)
+    assert [e.event.event_id for e in after[1:]] == [e.event_id for e in batch.events]
+    assert [s.stream_seq for s in stored] == [e.stream_seq for e in after[1:]]
+    assert writer.last_seq == 5 and writer.last_stream_seq == after[-1].stream_seq
+
+
+async def test_a_phase_over_the_servers_batch_limit_goes_in_as_several_batches(
+    tmp_path: Path,
+) -> None:
+    server = _BatchLimitedNats(tmp_path / "nats").start()
+    try:
+        client = await nats.connect(server.url)
+        await ensure_streams(client.jetstream())
+        writer = await _requested(client)
+        batch = writer.batch()
+        _files(batch, 3 * BATCH_LIMIT + 1)
+        await batch.append()
+        # Learnt from the server's refusal; the same limit is kept for the next batch.
+        assert writer.max_batch_events == BATCH_LIMIT
+        history = await read_generation(client.jetstream(), writer.generation_id)
+        _assert_whole_chain(history)
+        assert len(history) == 1 + 3 * BATCH_LIMIT + 1
+        ids = [m.headers.get("Nats-Batch-Id") for m in await _stored(client, writer) if m.headers]
+        assert [len(list(g)) for _, g in itertools.groupby(ids[1:])] == [4, 4, 4, 1]
+        await client.close()
+    finally:
+        server.stop()
+
+
+async def test_a_batch_over_the_default_limits_is_split_by_count_and_by_bytes(
+    nc: Client,
+) -> None:
+    writer = await _requested(nc)
+    batch = writer.batch()
+    _files(batch, 1001)
+    await batch.append()
+    big = GenerationWriter.after(
+        nc.jetstream(),
+        await read_generation(nc.jetstream(), writer.generation_id),
+        source="test",
+    )
+    batch = big.batch()
+    _files(batch, 4, size=700, phase="api")
+    big.max_batch_bytes = 2 * len(encode(batch.events[0])) + 10  # two events a batch
+    await batch.append()
+    history = await read_generation(nc.jetstream(), writer.generation_id)
+    _assert_whole_chain(history)
+    ids = [m.headers.get("Nats-Batch-Id") for m in await _stored(nc, writer) if m.headers]
+    assert [len(list(g)) for _, g in itertools.groupby(ids[1:])] == [1000, 1, 2, 2]
+
+
+async def test_a_stream_without_atomic_batches_takes_a_batch_one_event_at_a_time(
+    nats_server: EmbeddedNats,
+) -> None:
+    client = await nats.connect(nats_server.url)
+    js = client.jetstream()
+    await js.add_stream(streams.events_stream(atomic=False))
+    assert await atomic_batches(js) is False  # detected (and logged) once per connection
+    writer = await _requested(client)
+    batch = writer.batch()
+    _files(batch, 3)
+    await batch.append()
+    assert writer.atomic is False
+    # A writer told the stream takes batches learns otherwise from its refusal.
+    told = GenerationWriter.after(
+        js, await read_generation(js, writer.generation_id), source="test", atomic=True
+    )
+    batch = told.batch()
+    _files(batch, 2, size=12)
+    await batch.append()
+    assert told.atomic is False
+    history = await read_generation(js, writer.generation_id)
+    _assert_whole_chain(history)
+    assert len(history) == 6
+    messages = await _stored(client, writer)
+    assert all(m.headers and "Nats-Batch-Id" not in m.headers for m in messages)
+    await client.close()
+
+
+CRASHING_WRITER = """
+import asyncio, sys
+import nats
+from contracts.codec import content_sha256
+from contracts.events import FileWritten
+from services.common.eventlog import GenerationWriter, read_generation
+
+async def main(url, generation_id, per_batch):
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    writer = GenerationWriter.after(js, await read_generation(js, generation_id), source="crash")
+    while True:
+        batch = writer.batch()
+        for i in range(per_batch):
+            content = "x" * 20_000 + str(writer.last_seq + i)
+            batch.add(FileWritten, path=f"f{writer.last_seq + i}.py", content=content,
+                      sha256=content_sha256(content), size=len(content), phase="model")
+        await batch.append()
+
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+"""
+
+
+async def test_a_writer_killed_between_or_inside_batches_leaves_whole_batches_only(
+    nats_server: EmbeddedNats, nc: Client, tmp_path: Path
+) -> None:
+    per_batch = 25
+    writer = await _requested(nc)
+    script = tmp_path / "crashing_writer.py"
+    script.write_text(CRASHING_WRITER)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(script),
+        nats_server.url,
+        writer.generation_id,
+        str(per_batch),
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+    async def three_batches_stored() -> bool:
+        history = await read_generation(nc.jetstream(), writer.generation_id)
+        return len(history) >= 1 + 3 * per_batch
+
+    try:
+        await eventually(three_batches_stored, timeout=60)
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        await process.wait()
+    js = nc.jetstream()
+    history = await read_generation(js, writer.generation_id)
+    _assert_whole_chain(history)
+    assert (len(history) - 1) % per_batch == 0, "no batch is half appended"
+    resumed = GenerationWriter.after(js, history, source="test")
+    batch = resumed.batch()
+    _files(batch, per_batch)
+    await batch.append()
+    after = await read_generation(js, writer.generation_id)
+    _assert_whole_chain(after)
+    assert len(after) == len(history) + per_batch
+
+
+async def test_on_a_3_node_cluster_batches_are_atomic_guarded_and_split(
+    tmp_path: Path,
+) -> None:
+    cluster = NatsCluster(tmp_path / "cluster", node=_BatchLimitedNats).start()
+    try:
+        client = await connect_cluster(cluster)
+        js = client.jetstream(timeout=10)
+        assert (await js.stream_info(streams.EVENTS_STREAM)).config.num_replicas == 3
+        assert await atomic_batches(js)
+        first = await _requested(client)
+        history = await read_generation(js, first.generation_id)
+        second = GenerationWriter.after(js, history, source="test")
+        ours = first.batch()
+        _files(ours, 2 * BATCH_LIMIT + 1)
+        twin = GenerationWriter.after(js, history, source="test")
+        await twin.append_batch(ours.events[:BATCH_LIMIT])  # a first attempt, its ack lost
+        await ours.append()
+        theirs = second.batch()
+        _files(theirs, 2, size=12)
+        with pytest.raises(WriterConflict):
+            await theirs.append()
+        after = await read_generation(js, first.generation_id)
+        _assert_whole_chain(after)
+        assert [e.event.event_id for e in after[1:]] == [e.event_id for e in ours.events]
+        await client.close()
+    finally:
+        cluster.stop()

@@ -11,6 +11,7 @@ import nats
 import pytest
 from nats.js import JetStreamContext
 
+from contracts import streams
 from contracts.codec import content_sha256
 from contracts.commands import GenerateRequested
 from contracts.events import GenerationRequested, utc_now
@@ -266,3 +267,50 @@ async def test_a_file_already_written_with_the_same_content_is_not_written_again
         if isinstance(e.event, FileWritten)
     ]
     assert paths.count("plan/a.py") == 1
+
+
+async def _batches(js: JetStreamContext, generation_id: str) -> list[list[str]]:
+    """The generation's events (type names) grouped by the atomic batch each came in;
+    an event appended alone is a group of one."""
+    groups: list[list[str]] = []
+    last_id: str | None = None
+    for stored in await read_generation(js, generation_id):
+        message = await js.get_msg(streams.EVENTS_STREAM, stored.stream_seq)
+        batch_id = (message.headers or {}).get("Nats-Batch-Id")
+        if batch_id is None or batch_id != last_id:
+            groups.append([])
+        groups[-1].append(type(stored.event).__name__)
+        last_id = batch_id
+    return groups
+
+
+async def test_a_phases_files_and_its_completion_go_in_as_one_batch(
+    js: JetStreamContext,
+) -> None:
+    command = await request_generation(js)
+    assert await (await make_runner(js, Scripted())).run(command, attempt=1) == Ack()
+    groups = await _batches(js, command.generation_id)
+    phases = [g for g in groups if g[-1] == "PhaseCompleted"]
+    assert len(phases) == len(PHASE_NAMES)
+    assert phases[0] == ["FileWritten", "FileWritten", "PhaseCompleted"]
+    assert phases[-1] == ["PhaseCompleted"]  # verify writes no file
+    assert all(g.count("PhaseCompleted") <= 1 for g in groups)
+
+
+async def test_without_atomic_batches_a_run_appends_one_event_at_a_time(
+    nats_server: EmbeddedNats,
+) -> None:
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    await ensure_streams(js)
+    await js.update_stream(streams.events_stream(atomic=False))  # an older cluster's stream
+    try:
+        command = await request_generation(js)
+        assert await (await make_runner(js, Scripted())).run(command, attempt=1) == Ack()
+        history = await read_generation(js, command.generation_id)
+        state = fold(e.event for e in history)
+        assert state is not None and state.summary.status == "completed"
+        assert len(state.files) == 12
+        assert all(len(g) == 1 for g in await _batches(js, command.generation_id))
+    finally:
+        await nc.close()
