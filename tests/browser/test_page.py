@@ -564,3 +564,48 @@ async def test_the_download_button_saves_any_valid_project_name(
             saved = tmp_path / "saved.zip"
             await download.save_as(saved)
             assert zipfile.ZipFile(saved).testzip() is None
+
+
+BADGE_HISTORY = """
+window.__kilnBadges = [];
+new MutationObserver(() => {
+  const badge = document.querySelector('[data-ref="verification-badge"]');
+  const text = badge && !badge.closest('[hidden]') ? badge.textContent : null;
+  const seen = window.__kilnBadges;
+  if (text && seen[seen.length - 1] !== text) seen.push(text);
+}).observe(document, { subtree: true, childList: true, characterData: true, attributes: true });
+"""
+
+
+@pytest.mark.timeout(300)
+async def test_the_versions_own_tests_are_shown_live_and_after_a_reload(
+    tmp_path: Path, nats_server: Any, browser: Browser, screenshots: Screenshots
+) -> None:
+    settings = make_settings(tmp_path, nats_server.url, KILN_VERIFY_PICKUP="30")
+    async with (
+        running_stack(settings, verifier=True) as stack,
+        open_page(browser, stack) as page,
+    ):
+        await page.add_init_script(BADGE_HISTORY)
+        await page.evaluate(BADGE_HISTORY)
+        generation_id = await create_from_form(page)
+        # A sandboxed test run takes seconds, and longer on a busy machine.
+        await expect(page.locator("[data-ref=status]")).to_have_text("completed", timeout=180_000)
+        status = (await stack.alice.get(f"/generations/{generation_id}")).json()
+        verification = status["verification"]
+        assert verification["status"] == "passed", verification
+        line = f"tests: {verification['passed']} passed · lint: clean · format: clean"
+
+        panel = page.locator("[data-ref=verification]")
+        await expect(panel.locator("[data-ref=verification-badge]")).to_have_text("passed")
+        await expect(panel.locator("[data-ref=verification-line]")).to_contain_text(line)
+        # Live: the page said "running" while the verifier worked, then the verdict.
+        assert await page.evaluate("window.__kilnBadges") == ["running…", "passed"]
+        version = page.locator(f"[data-ref=versions] li[data-generation='{generation_id}']")
+        await expect(version.locator(".badge[data-verdict]")).to_have_text("tests passed")
+        await screenshots.take(page, "verified", full_page=False)
+
+        await page.reload()
+        await expect(panel.locator("[data-ref=verification-badge]")).to_have_text("passed")
+        await expect(panel.locator("[data-ref=verification-line]")).to_contain_text(line)
+        await assert_page_matches_history(page, stack, generation_id)

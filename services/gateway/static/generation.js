@@ -13,6 +13,7 @@ import {
   renderAudit,
   renderDiff,
   renderTimeline,
+  renderVerification,
   renderTree,
   renderUsage,
   renderVersions,
@@ -149,6 +150,7 @@ export class GenerationPage {
     this.renderProgress();
     this.renderRetry(now);
     this.renderOutcome();
+    renderVerification(this.refs, this.model.verification);
     renderTimeline(this.refs.timeline, this.model, now);
     renderUsage(this.refs.usage, this.model, now);
     this.renderFiles();
@@ -160,7 +162,11 @@ export class GenerationPage {
   renderVersionTree() {
     if (!this.model.version) return;
     const versions = this.versions || [this.ownVersion()];
-    const key = JSON.stringify([this.model.status, versions.map((v) => [v.generation_id, v.status])]);
+    const key = JSON.stringify([
+      this.model.status,
+      this.model.verification?.status,
+      versions.map((v) => [v.generation_id, v.status, v.verification?.status]),
+    ]);
     if (key === this.versionsKey) return;
     this.versionsKey = key;
     keepFocus(this.refs.versions, () => renderVersions(this.refs.versions, versions, this.model));

@@ -5,6 +5,7 @@
 // a duplicate and is dropped), in `seq` order with no gap (a gap reopens the stream after
 // the last delivered id, so the server sends what was missed).
 
+// Every type of contracts/events.py (tests/gateway/test_page_contract.py keeps them equal).
 export const EVENT_TYPES = [
   "generation.requested",
   "generation.started",
@@ -16,6 +17,9 @@ export const EVENT_TYPES = [
   "file.deleted",
   "llm.called",
   "llm.retrying",
+  "verify.started",
+  "verify.completed",
+  "verify.unavailable",
   "generation.completed",
   "generation.failed",
   "generation.cancelled",

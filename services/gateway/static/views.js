@@ -1,6 +1,6 @@
 // DOM helpers and the renderers of the generation page's parts.
 
-import { fileTree, formatBytes, formatDuration, isTerminal } from "./model.js";
+import { fileTree, formatBytes, formatDuration, isTerminal, verificationLine } from "./model.js";
 
 export function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -218,6 +218,7 @@ export function renderVersions(container, versions, current) {
 function versionItem(version, current, children, branch) {
   const isCurrent = current && version.generation_id === current.id;
   const status = isCurrent ? current.status : version.status;
+  const tests = (isCurrent ? current.verification : version.verification)?.status;
   return el(
     "li",
     { "data-generation": version.generation_id },
@@ -232,6 +233,8 @@ function versionItem(version, current, children, branch) {
     ),
     " ",
     el("span", { class: "badge", "data-status": status, text: status }),
+    tests ? " " : null,
+    tests ? el("span", { class: "badge", "data-verdict": tests, text: `tests ${VERDICTS[tests] || tests}` }) : null,
     " ",
     el("span", { class: "prompt", text: version.kind === "iterate" ? version.prompt : "first version" }),
     children.has(version.generation_id) ? branch(version.generation_id) : null,
@@ -254,5 +257,38 @@ export function renderAudit(container, log) {
   const head = el("tr", {}, ["Stream id", "Seq", "Type", "At", "Progress", "Hash"].map((h) => el("th", { scope: "col", text: h })));
   container.replaceChildren(
     el("div", { class: "table-scroll" }, el("table", { class: "audit-table" }, el("thead", {}, head), el("tbody", {}, rows))),
+  );
+}
+
+const VERDICTS = {
+  running: "running…",
+  passed: "passed",
+  failed: "failed",
+  no_tests: "no tests",
+  unverified: "unverified",
+};
+
+// The version's own tests as Kiln ran them in its sandbox: a badge, the counts in one line
+// ("tests: 20 passed · lint: clean · format: clean") and the first failures.
+export function renderVerification(refs, verification) {
+  show(refs.verification, Boolean(verification));
+  if (!verification) return;
+  const v = verification;
+  refs["verification-badge"].textContent = VERDICTS[v.status] || v.status;
+  refs["verification-badge"].dataset.verdict = v.status;
+  let line;
+  if (v.status === "running") {
+    line = v.round ? `Running them again after repair round ${v.round}…` : "Running them in Kiln's sandbox…";
+  } else if (v.status === "unverified") {
+    line = v.reason || "They could not be run.";
+  } else {
+    line = `${verificationLine(v)} (${formatDuration(v.duration_ms)})`;
+  }
+  refs["verification-line"].textContent = line;
+  refs["verification-failures"].replaceChildren(
+    ...v.failures.map((f) =>
+      el("li", {}, el("code", { text: f.test_id }), el("pre", { text: f.message.split("\n").slice(0, 12).join("\n") })),
+    ),
+    ...v.compile_errors.map((error) => el("li", {}, el("code", { text: error }))),
   );
 }
