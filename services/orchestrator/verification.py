@@ -71,6 +71,9 @@ class VerifierClient:
         sign of life for `pickup_s`, or none answers within `wait_s`.
         """
         subject = subjects.verify_result_subject(generation_id, round_)
+        stored = await self._stored(subject, generation_id, round_)
+        if stored is not None:
+            return stored
         results: asyncio.Queue[bytes] = asyncio.Queue()
 
         async def received(msg: Msg) -> None:
@@ -79,7 +82,11 @@ class VerifierClient:
         # Subscribed before asking, from the subject's start: an answer stored earlier (or
         # one that arrives right after the command) is never missed.
         sub = await subscribe_ordered(
-            self.js, subject, stream=streams.VERIFY_RESULTS_STREAM, cb=received
+            self.js,
+            subject,
+            stream=streams.VERIFY_RESULTS_STREAM,
+            cb=received,
+            idle_heartbeat_s=2.0,  # a broker restart during a long run is noticed in seconds
         )
         try:
             command = VerifyRequested(
@@ -99,6 +106,18 @@ class VerifierClient:
         finally:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
+
+    async def _stored(self, subject: str, generation_id: str, round_: int) -> VerifyResult | None:
+        """The answer already stored for this round (a resumed generation), if any."""
+        try:
+            msg = await self.js.get_last_msg(streams.VERIFY_RESULTS_STREAM, subject)
+        except NotFoundError:
+            return None
+        try:
+            result = decode_verify_result(msg.data or b"")
+        except VerifyDecodeError:
+            return None
+        return result if (result.generation_id, result.round) == (generation_id, round_) else None
 
     async def _answer(
         self, results: asyncio.Queue[bytes], generation_id: str, round_: int, command_seq: int

@@ -1,0 +1,116 @@
+"""The orchestrator's side of verification, through a real nats-server: a stored answer is
+used as it is, a busy verifier is waited for, and no verifier at all is said plainly."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from nats.aio.client import Client
+
+from contracts import streams, subjects
+from contracts.codec import encode
+from contracts.events import GenerationRequested, VerifyCompleted, VerifyUnavailable, utc_now
+from contracts.state import fold
+from contracts.verification import (
+    VerifyResult,
+    decode_verify_request,
+    result_msg_id,
+)
+from services.common.eventlog import GenerationWriter, read_generation
+from services.orchestrator.verification import (
+    NO_VERIFIER,
+    VerifierClient,
+    VerifyUnanswered,
+    verify_step,
+)
+
+
+def _result(generation_id: str, round_: int, **counts: int) -> VerifyResult:
+    return VerifyResult(
+        generation_id=generation_id,
+        project_id="p",
+        round=round_,
+        outcome="completed",
+        verifier="test-verifier",
+        at=utc_now(),
+        **counts,
+    )
+
+
+async def _store(nc: Client, result: VerifyResult) -> None:
+    await nc.jetstream().publish(
+        subjects.verify_result_subject(result.generation_id, result.round),
+        encode(result),
+        headers={"Nats-Msg-Id": result_msg_id(result.generation_id, result.round)},
+    )
+
+
+async def test_an_answer_already_stored_is_used_without_asking_again(nc: Client) -> None:
+    generation_id = str(uuid.uuid4())
+    await _store(nc, _result(generation_id, 0, passed=7))
+    client = VerifierClient(nc.jetstream(), pickup_s=0, wait_s=30)
+
+    answer = await client.verify(generation_id, "p", 0, upto_seq=5)
+
+    assert isinstance(answer, VerifyResult) and answer.passed == 7
+
+
+async def test_without_any_verifier_the_answer_is_unanswered_and_the_command_withdrawn(
+    nc: Client,
+) -> None:
+    client = VerifierClient(nc.jetstream(), pickup_s=0, wait_s=30)
+
+    answer = await client.verify(str(uuid.uuid4()), "p", 0, upto_seq=5)
+
+    assert answer == VerifyUnanswered(NO_VERIFIER)
+    info = await nc.jetstream().stream_info(streams.VERIFY_STREAM)
+    assert info.state.messages == 0, "a verifier started later does not run a stale command"
+
+
+async def test_a_verifier_that_takes_its_time_is_waited_for(nc: Client) -> None:
+    js = nc.jetstream()
+    await js.add_consumer(streams.VERIFY_STREAM, streams.verifier_consumer(30.0, 3))
+    pull = await js.pull_subscribe_bind(streams.VERIFIER_CONSUMER, stream=streams.VERIFY_STREAM)
+
+    async def slow_verifier() -> None:
+        [msg] = await pull.fetch(1, timeout=10)
+        command = decode_verify_request(msg.data)
+        await asyncio.sleep(3)  # longer than the pickup window: it is working, not absent
+        await _store(nc, _result(command.generation_id, command.round, passed=3, failed=1))
+        await msg.ack()
+
+    verifier = asyncio.create_task(slow_verifier())
+    client = VerifierClient(js, pickup_s=1, wait_s=30)
+    answer = await client.verify(str(uuid.uuid4()), "p", 1, upto_seq=9)
+    await verifier
+
+    assert isinstance(answer, VerifyResult)
+    assert (answer.round, answer.passed, answer.failed) == (1, 3, 1)
+
+
+async def test_the_step_appends_one_answer_per_round_also_when_resumed(nc: Client) -> None:
+    js = nc.jetstream()
+    writer = GenerationWriter(js, "p-1", str(uuid.uuid4()), source="urn:kiln:test")
+    await writer.emit(GenerationRequested, owner="alice", project_name="shop", version=1)
+    await _store(nc, _result(writer.generation_id, 0, passed=4, failed=2))
+    client = VerifierClient(js, pickup_s=0, wait_s=30)
+
+    completed = await verify_step(writer, client, 0, done=False, started=False)
+    # A resumed run whose log already has the round's verify.started asks again and gets
+    # the same stored answer; one whose round is done appends nothing.
+    again = await verify_step(writer, client, 0, done=True, started=True)
+    unverified = await verify_step(writer, client, 1, done=False, started=False)
+
+    assert isinstance(completed, VerifyCompleted) and completed.verdict == "failed"
+    assert again is None
+    assert isinstance(unverified, VerifyUnavailable) and unverified.reason == NO_VERIFIER
+    state = fold(e.event for e in await read_generation(js, writer.generation_id))
+    assert state is not None and state.summary.verification is not None
+    assert [type(e.event).__name__ for e in await read_generation(js, writer.generation_id)] == [
+        "GenerationRequested",
+        "VerifyStarted",
+        "VerifyCompleted",
+        "VerifyStarted",
+        "VerifyUnavailable",
+    ]
