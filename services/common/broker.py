@@ -22,6 +22,7 @@ from nats.js.errors import (
 )
 
 from contracts import streams
+from contracts.providers import ADVERT_TTL_S
 from services.common.logs import get_logger
 from services.common.settings import Settings
 
@@ -166,5 +167,15 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
             bucket=streams.RUNS_BUCKET,
             description="Heartbeats of running generations (generation id → worker and time)",
             history=1,
+            replicas=replicas,
+        )
+    try:
+        await js.key_value(streams.PROVIDERS_BUCKET)
+    except (NotFoundError, nats.js.errors.BucketNotFoundError):
+        await js.create_key_value(
+            bucket=streams.PROVIDERS_BUCKET,
+            description="The providers live orchestrators can run (provider → worker)",
+            history=1,
+            ttl=ADVERT_TTL_S,
             replicas=replicas,
         )
