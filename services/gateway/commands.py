@@ -1,4 +1,7 @@
-"""What the gateway writes: the first event of a generation, its command, cancels.
+"""What the gateway writes, and whether a request may be written: the first event of a
+generation, its command, cancels. A create or iterate is checked first (its rules in
+requests.py, its provider in providers.py, the 409s, the rate limit); nothing is
+published for a request that is refused.
 
 The gateway publishes `generation.requested` (seq 1, on an empty subject) and then the
 generate command; from then on the orchestrator is the generation's only writer. Version

@@ -1,4 +1,5 @@
-"""What the gateway reads: the read model, checked against the log so it never lies.
+"""What the gateway reads, shaped as the API answers it: the read model, checked against
+the log so it never lies.
 
 The read model (storage's projection) may lag the log by a few milliseconds, or by much
 more if storage is down. Every read first asks the stream for the generation's last

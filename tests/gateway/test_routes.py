@@ -296,3 +296,14 @@ async def test_health_and_readiness_need_no_key() -> None:
         ready = await gw.client.get("/readyz")
         assert ready.status_code == 200
         assert ready.json()["checks"] == {"nats": "ok", "database": "ok"}
+
+
+async def test_the_page_its_scripts_and_the_api_document_need_no_key() -> None:
+    async with gateway_app() as gw:
+        page = await gw.client.get("/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert "script-src" in page.headers["content-security-policy"]
+        script = await gw.client.get("/static/model.js")
+        assert script.status_code == 200 and script.headers["cache-control"] == "no-cache"
+        document = (await gw.client.get("/schema/openapi.json")).json()
+        assert "/generations/{generation_id}/stream" in document["paths"]
