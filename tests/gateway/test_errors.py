@@ -13,7 +13,7 @@ import pytest
 from services.common.settings import Settings
 from services.gateway.app import create_app
 from services.gateway.errors import PROBLEM_JSON
-from tests.support.gateway_app import ALICE, gateway_app, gateway_settings
+from tests.support.gateway_app import ALICE, assert_problem, gateway_app, gateway_settings
 
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 NO_KEY = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/asyncapi")}
@@ -79,15 +79,6 @@ def test_a_201_documents_its_location(openapi: dict[str, Any]) -> None:
     every = operations(openapi)
     for route in (("POST", "/generations"), ("POST", "/generations/iterate")):
         assert "Location" in every[route]["responses"]["201"]["headers"], route
-
-
-def assert_problem(response: Any, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM_JSON
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status and body["title"] and body["detail"]
-    assert body["instance"] == response.request.url.path
-    return body
 
 
 async def test_error_answers_carry_instance_and_their_headers() -> None:

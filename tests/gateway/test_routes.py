@@ -16,23 +16,19 @@ from contracts.codec import decode_event
 from contracts.events import GenerationRequested
 from contracts.providers import ADVERT_TTL_S
 from services.gateway import views
-from services.gateway.errors import PROBLEM_JSON
-from tests.support.gateway_app import ALICE, BOB, GatewayUnderTest, gateway_app, gateway_settings
+from tests.support.gateway_app import (
+    ALICE,
+    BOB,
+    GatewayUnderTest,
+    assert_problem,
+    gateway_app,
+    gateway_settings,
+)
 from tests.support.stack import schema_with
 
 EVENTS = streams.EVENTS_STREAM
 COMMANDS = streams.COMMANDS_STREAM
 FILES = {"app/models.py": "class Item: ...\n", "README.md": "# shop\n"}
-
-
-def problem(response: Any, status: int) -> dict[str, Any]:
-    """The problem+json body of an error answer, checked."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM_JSON
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status and body["title"] and body["detail"]
-    assert body["instance"] == response.request.url.path
-    return body
 
 
 async def create(gw: GatewayUnderTest, **fields: Any) -> dict[str, Any]:
@@ -84,14 +80,14 @@ async def test_a_request_that_breaks_a_rule_is_a_400_and_publishes_nothing() -> 
         }
         for location, body in cases.items():
             refused = await gw.client.post("/generations", json=body, headers=ALICE)
-            problems = problem(refused, 400)["problems"]
+            problems = assert_problem(refused, 400)["problems"]
             assert any(p["location"].startswith(location) for p in problems), problems
         shape = await gw.client.post("/generations", json={"prompt": 1}, headers=ALICE)
-        problem(shape, 400)
+        assert_problem(shape, 400)
         malformed = await gw.client.post(
             "/generations", content=b'{"project_name": ', headers=ALICE
         )
-        assert "malformed JSON" in problem(malformed, 400)["detail"]
+        assert "malformed JSON" in assert_problem(malformed, 400)["detail"]
         assert gw.broker.messages == []
 
 
@@ -109,7 +105,7 @@ async def test_a_provider_no_orchestrator_advertises_is_refused_naming_what_to_s
                 json={"project_name": "shop", "schema": schema_with(1), "provider": provider},
                 headers=ALICE,
             )
-            assert setting in problem(refused, 400)["detail"]
+            assert setting in assert_problem(refused, 400)["detail"]
         assert len(gw.broker.messages) == published
 
         await adverts.put("gemini", b"worker-2")
@@ -122,23 +118,27 @@ async def test_no_key_a_wrong_key_and_another_users_generation() -> None:
         generation_id = (await create(gw))["generation_id"]
         for path in ("/projects", f"/generations/{generation_id}"):
             refused = await gw.client.get(path)
-            problem(refused, 401)
+            assert_problem(refused, 401)
             assert refused.headers["www-authenticate"] == 'Bearer realm="kiln"'
         wrong = await gw.client.post(
             "/generations", json={}, headers={"Authorization": "Bearer wrong"}
         )
-        problem(wrong, 401)
+        assert_problem(wrong, 401)
         for path in ("", "/files", "/archive", "/diff", "/events"):
-            problem(await gw.client.get(f"/generations/{generation_id}{path}", headers=BOB), 404)
-        problem(await gw.client.post(f"/generations/{generation_id}/cancel", headers=BOB), 404)
-        problem(await gw.client.get("/generations/no%20such", headers=ALICE), 404)
-        problem(await gw.client.get("/no/such/route", headers=ALICE), 404)
+            assert_problem(
+                await gw.client.get(f"/generations/{generation_id}{path}", headers=BOB), 404
+            )
+        assert_problem(
+            await gw.client.post(f"/generations/{generation_id}/cancel", headers=BOB), 404
+        )
+        assert_problem(await gw.client.get("/generations/no%20such", headers=ALICE), 404)
+        assert_problem(await gw.client.get("/no/such/route", headers=ALICE), 404)
 
 
 async def test_a_body_over_the_limit_is_a_413() -> None:
     async with gateway_app(gateway_settings(KILN_MAX_BODY_BYTES="4096")) as gw:
         big = b'{"prompt": "' + b"x" * 8192 + b'"}'
-        problem(await gw.client.post("/generations", content=big, headers=ALICE), 413)
+        assert_problem(await gw.client.post("/generations", content=big, headers=ALICE), 413)
 
 
 async def test_the_rate_limit_is_a_429_with_retry_after() -> None:
@@ -147,7 +147,7 @@ async def test_the_rate_limit_is_a_429_with_retry_after() -> None:
         await create(gw)
         body = {"project_name": "shop", "schema": schema_with(1)}
         limited = await gw.client.post("/generations", json=body, headers=ALICE)
-        problem(limited, 429)
+        assert_problem(limited, 429)
         assert int(limited.headers["retry-after"]) >= 1
 
 
@@ -163,8 +163,8 @@ async def test_files_one_file_archive_diff_and_events_of_a_completed_version() -
         one = await gw.client.get(f"{base}/files/README.md", headers=ALICE)
         assert one.status_code == 200 and one.text == FILES["README.md"]
         assert one.headers["etag"] == f'"{one.headers["x-content-sha256"]}"'
-        problem(await gw.client.get(f"{base}/files/nope.py", headers=ALICE), 404)
-        problem(await gw.client.get(f"{base}/files/a%01b", headers=ALICE), 400)
+        assert_problem(await gw.client.get(f"{base}/files/nope.py", headers=ALICE), 404)
+        assert_problem(await gw.client.get(f"{base}/files/a%01b", headers=ALICE), 400)
 
         archive = await gw.client.get(f"{base}/archive", headers=ALICE)
         assert archive.headers["content-type"] == "application/zip"
@@ -177,7 +177,7 @@ async def test_files_one_file_archive_diff_and_events_of_a_completed_version() -
         patch = await gw.client.get(f"{base}/diff?format=patch", headers=ALICE)
         assert patch.headers["content-type"].startswith("text/x-diff")
         assert "+# shop" in patch.text
-        problem(await gw.client.get(f"{base}/diff?format=html", headers=ALICE), 400)
+        assert_problem(await gw.client.get(f"{base}/diff?format=html", headers=ALICE), 400)
 
         events = (await gw.client.get(f"{base}/events?verify=true", headers=ALICE)).json()
         assert events["count"] == len(events["events"]) == 1 + 1 + len(FILES) + 1
@@ -198,9 +198,9 @@ async def test_a_read_model_that_has_not_caught_up_is_a_503_with_retry_after(
         status = await gw.client.get(f"/generations/{generation_id}", headers=ALICE)
         assert status.json()["status"] == "completed"
         waiting = await gw.client.get(f"/generations/{generation_id}/files", headers=ALICE)
-        problem(waiting, 503)
+        assert_problem(waiting, 503)
         assert waiting.headers["retry-after"] == "1"
-        problem(await gw.client.get(f"/generations/{generation_id}/files", headers=BOB), 404)
+        assert_problem(await gw.client.get(f"/generations/{generation_id}/files", headers=BOB), 404)
 
 
 async def test_iterate_answers_409_until_the_parent_completes_then_201() -> None:
@@ -208,15 +208,17 @@ async def test_iterate_answers_409_until_the_parent_completes_then_201() -> None
         parent = (await create(gw))["generation_id"]
         body = {"parent_generation_id": parent, "modification_prompt": "add auth"}
         early = await gw.client.post("/generations/iterate", json=body, headers=ALICE)
-        assert problem(early, 409)["parent_status"] == "pending"
+        assert assert_problem(early, 409)["parent_status"] == "pending"
 
         await gw.finish(parent, FILES)
         outside = {**body, "locked_paths": ["../etc/passwd"]}
-        problem(await gw.client.post("/generations/iterate", json=outside, headers=ALICE), 400)
+        assert_problem(
+            await gw.client.post("/generations/iterate", json=outside, headers=ALICE), 400
+        )
         missing = {**body, "locked_paths": ["app/nope.py"]}
         refused = await gw.client.post("/generations/iterate", json=missing, headers=ALICE)
-        assert problem(refused, 400)["problems"][0]["location"] == "locked_paths[0]"
-        problem(await gw.client.post("/generations/iterate", json=body, headers=BOB), 404)
+        assert assert_problem(refused, 400)["problems"][0]["location"] == "locked_paths[0]"
+        assert_problem(await gw.client.post("/generations/iterate", json=body, headers=BOB), 404)
 
         locked = {**body, "locked_paths": ["README.md", "README.md"]}
         response = await gw.client.post("/generations/iterate", json=locked, headers=ALICE)
@@ -241,7 +243,7 @@ async def test_cancel_ends_a_pending_generation_and_is_a_409_once_it_has_ended()
         assert cancelled.status_code == 202, cancelled.text
         assert cancelled.json()["status"] == "cancelled"
         again = await gw.client.post(f"/generations/{generation_id}/cancel", headers=ALICE)
-        assert problem(again, 409)["generation_status"] == "cancelled"
+        assert assert_problem(again, 409)["generation_status"] == "cancelled"
 
 
 async def test_projects_list_the_callers_own() -> None:
@@ -252,7 +254,7 @@ async def test_projects_list_the_callers_own() -> None:
         assert (await gw.client.get("/projects", headers=BOB)).json()["projects"] == []
         one = await gw.client.get(f"/projects/{created['project_id']}", headers=ALICE)
         assert one.json()["versions"][0]["generation_id"] == created["generation_id"]
-        problem(await gw.client.get(f"/projects/{created['project_id']}", headers=BOB), 404)
+        assert_problem(await gw.client.get(f"/projects/{created['project_id']}", headers=BOB), 404)
 
 
 async def test_stream_auth_token_key_and_last_event_id() -> None:
@@ -276,7 +278,7 @@ async def test_stream_auth_token_key_and_last_event_id() -> None:
         assert (
             await gw.client.get(stream, headers={**ALICE, "Last-Event-ID": str(end)})
         ).status_code == 204
-        problem(await gw.client.get(stream, headers={**BOB, "Last-Event-ID": str(end)}), 404)
+        assert_problem(await gw.client.get(stream, headers={**BOB, "Last-Event-ID": str(end)}), 404)
 
         for refused in [
             await gw.client.get(stream),
@@ -284,10 +286,10 @@ async def test_stream_auth_token_key_and_last_event_id() -> None:
             await gw.client.get(f"/generations/{other}/stream?token={token}"),
             await gw.client.get(stream, headers={"Authorization": "Bearer wrong"}),
         ]:
-            problem(refused, 401)
+            assert_problem(refused, 401)
             assert refused.headers["www-authenticate"].startswith("Bearer")
         bad = await gw.client.get(f"{stream}?token={token}", headers={"Last-Event-ID": "abc"})
-        assert "Last-Event-ID" in problem(bad, 400)["detail"]
+        assert "Last-Event-ID" in assert_problem(bad, 400)["detail"]
 
 
 async def test_health_and_readiness_need_no_key() -> None:

@@ -4,30 +4,17 @@ gateway's provider check reads those adverts, on a real nats-server."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import nats
 import pytest
 from nats.js import JetStreamContext
 
 from contracts import streams
-from services.common.broker import ensure_streams
-from services.common.embedded_nats import EmbeddedNats
 from services.common.settings import load_settings
 from services.gateway.errors import BadRequest
 from services.gateway.providers import ProviderCheck
 from services.orchestrator.adverts import ProviderAdverts
 from services.orchestrator.providers.registry import Providers
 from tests.support.waiting import eventually
-
-
-@pytest.fixture
-async def js(nats_server: EmbeddedNats) -> AsyncIterator[JetStreamContext]:
-    nc = await nats.connect(nats_server.url)
-    js = nc.jetstream()
-    await ensure_streams(js)
-    yield js
-    await nc.close()
 
 
 def test_an_orchestrator_runs_the_providers_it_has_the_configuration_for() -> None:

@@ -21,6 +21,7 @@ from services.common.eventlog import GenerationWriter, read_generation
 from services.common.settings import Settings, load_settings
 from services.gateway.app import compose, create_app
 from services.gateway.auth import ApiKeys
+from services.gateway.errors import PROBLEM_JSON
 from services.gateway.hub import Hub
 from services.gateway.state import Gateway
 from services.gateway.tokens import TokenSigner
@@ -72,6 +73,17 @@ class GatewayUnderTest:
             duration_ms=1,
             progress=100,
         )
+
+
+def assert_problem(response: Any, status: int) -> dict[str, Any]:
+    """The problem+json body of an error answer, checked: status, title, detail, and the
+    request's path as `instance`."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM_JSON
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status and body["title"] and body["detail"]
+    assert body["instance"] == response.request.url.path
+    return body
 
 
 def gateway_settings(**env: str) -> Settings:
