@@ -22,6 +22,7 @@ from nats.js.errors import (
 )
 
 from contracts import streams
+from contracts.providers import ADVERT_TTL_S
 from services.common.logs import get_logger
 from services.common.settings import Settings
 
@@ -150,21 +151,26 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
             if exc.err_code != 10058:  # stream name already in use with a different configuration
                 raise
             await js.update_stream(config)
-    try:
-        await js.key_value(streams.VERSIONS_BUCKET)
-    except (NotFoundError, nats.js.errors.BucketNotFoundError):
-        await js.create_key_value(
-            bucket=streams.VERSIONS_BUCKET,
-            description="Latest version number of each project",
-            history=1,
-            replicas=replicas,
-        )
-    try:
-        await js.key_value(streams.RUNS_BUCKET)
-    except (NotFoundError, nats.js.errors.BucketNotFoundError):
-        await js.create_key_value(
-            bucket=streams.RUNS_BUCKET,
-            description="Heartbeats of running generations (generation id → worker and time)",
-            history=1,
-            replicas=replicas,
-        )
+    for bucket, description, ttl in _BUCKETS:
+        try:
+            await js.key_value(bucket)
+        except (NotFoundError, nats.js.errors.BucketNotFoundError):
+            await js.create_key_value(
+                bucket=bucket, description=description, history=1, ttl=ttl, replicas=replicas
+            )
+
+
+_BUCKETS: tuple[tuple[str, str, float | None], ...] = (
+    (streams.VERSIONS_BUCKET, "Latest version number of each project", None),
+    (
+        streams.RUNS_BUCKET,
+        "Heartbeats of running generations (generation id → worker and time)",
+        None,
+    ),
+    (
+        streams.PROVIDERS_BUCKET,
+        "The providers live orchestrators can run (provider → worker)",
+        ADVERT_TTL_S,
+    ),
+)
+"""Kiln's key-value buckets: name, description, how long a key lives (None: for ever)."""

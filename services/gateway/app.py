@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from nats.aio.client import Client
+from nats.js import JetStreamContext
 
 from contracts import __version__
 from services.common import metrics
@@ -24,6 +26,7 @@ from services.gateway.commands import Commands
 from services.gateway.errors import exception_handlers
 from services.gateway.hub import Hub
 from services.gateway.outflow import OutflowBudget
+from services.gateway.providers import ProviderCheck
 from services.gateway.quotas import GenerationRateLimit, StreamSlots
 from services.gateway.routes.asyncapi import asyncapi
 from services.gateway.routes.generations import GenerationController
@@ -40,8 +43,74 @@ from services.storage.queries import ReadModel
 log = get_logger(__name__)
 
 
-def create_app(settings: Settings) -> Litestar:
-    """The gateway application; connects to NATS and the database when it starts."""
+Parts = Callable[[Settings, ApiKeys, TokenSigner], AbstractAsyncContextManager[Gateway]]
+"""Makes the gateway's shared parts when it starts and closes them when it stops."""
+
+
+@asynccontextmanager
+async def connected_parts(
+    settings: Settings, keys: ApiKeys, tokens: TokenSigner
+) -> AsyncIterator[Gateway]:
+    """The gateway's parts over a NATS connection and the read model's database: the
+    broker and the read model are the only two things a test composes differently."""
+    nc = await connect(settings, "kiln-gateway")
+    js = nc.jetstream()
+    engine = create_engine(settings.effective_database_url)
+    try:
+        await ensure_streams(js, settings.stream_replicas)
+        await check_migrated(engine)
+        read_model = ReadModel(engine)
+        hub = Hub(nc, js, keepalive_s=settings.sse_keepalive_s)
+        hub.on_replay = metrics.replay_seconds.observe
+        await hub.start()
+        try:
+            yield compose(settings, keys, tokens, nc=nc, js=js, read_model=read_model, hub=hub)
+        finally:
+            await hub.stop()
+    finally:
+        await nc.drain()
+        await engine.dispose()
+        log.info("Gateway stopped")
+
+
+def compose(
+    settings: Settings,
+    keys: ApiKeys,
+    tokens: TokenSigner,
+    *,
+    nc: Client,
+    js: JetStreamContext,
+    read_model: ReadModel,
+    hub: Hub,
+) -> Gateway:
+    """The gateway's parts around a broker connection and a read model."""
+    return Gateway(
+        settings=settings,
+        nc=nc,
+        js=js,
+        read_model=read_model,
+        views=Views(js, read_model),
+        commands=Commands(
+            js,
+            GenerationRateLimit(settings.generations_per_minute, settings.generation_burst),
+            ProviderCheck(js),
+        ),
+        hub=hub,
+        keys=keys,
+        tokens=tokens,
+        stream_slots=StreamSlots(settings.max_streams_per_key),
+        outflow=OutflowBudget(
+            max_streams=settings.sse_max_streams,
+            max_unsent_bytes=settings.sse_max_unsent_bytes,
+            max_write_bytes=settings.sse_max_write_bytes,
+            write_timeout_s=settings.sse_write_timeout_s,
+        ),
+    )
+
+
+def create_app(settings: Settings, parts: Parts = connected_parts) -> Litestar:
+    """The gateway application; `parts` makes its shared parts when it starts (by default
+    connecting to NATS and the database)."""
     if not settings.api_keys:
         raise SettingsError(
             "the gateway needs KILN_API_KEYS (`user:key,user:key`); `kiln up` makes one for you"
@@ -57,37 +126,7 @@ def create_app(settings: Settings) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        nc = await connect(settings, "kiln-gateway")
-        js = nc.jetstream()
-        engine = create_engine(settings.effective_database_url)
-        try:
-            await ensure_streams(js, settings.stream_replicas)
-            await check_migrated(engine)
-            read_model = ReadModel(engine)
-            hub = Hub(nc, js, keepalive_s=settings.sse_keepalive_s)
-            hub.on_replay = metrics.replay_seconds.observe
-            await hub.start()
-            gw = Gateway(
-                settings=settings,
-                nc=nc,
-                js=js,
-                read_model=read_model,
-                views=Views(js, read_model),
-                commands=Commands(js),
-                hub=hub,
-                keys=keys,
-                tokens=tokens,
-                rate_limit=GenerationRateLimit(
-                    settings.generations_per_minute, settings.generation_burst
-                ),
-                stream_slots=StreamSlots(settings.max_streams_per_key),
-                outflow=OutflowBudget(
-                    max_streams=settings.sse_max_streams,
-                    max_unsent_bytes=settings.sse_max_unsent_bytes,
-                    max_write_bytes=settings.sse_max_write_bytes,
-                    write_timeout_s=settings.sse_write_timeout_s,
-                ),
-            )
+        async with parts(settings, keys, tokens) as gw:
             outflow_watchdog = asyncio.create_task(gw.outflow.run())
             app.state["gateway"] = gw
             # What start-up made lives as long as the gateway: keep it out of the garbage
@@ -105,11 +144,6 @@ def create_app(settings: Settings) -> Litestar:
             finally:
                 outflow_watchdog.cancel()
                 gw.stop_streams()
-                await hub.stop()
-        finally:
-            await nc.drain()
-            await engine.dispose()
-            log.info("Gateway stopped")
 
     return GatewayApp(
         logging_config=None,  # Kiln's own redacting formatter handles every line

@@ -1,10 +1,16 @@
-"""API keys: `Authorization: Bearer <key>` names the caller."""
+"""Who the caller is: `Authorization: Bearer <key>` names a user; a stream also takes an SSE
+token (services/gateway/tokens.py)."""
 
 from __future__ import annotations
 
 import hmac
+from typing import NamedTuple
 
+from services.common.logs import get_logger
 from services.gateway.errors import Unauthorized
+from services.gateway.tokens import TokenInvalid, TokenSigner
+
+log = get_logger(__name__)
 
 
 class ApiKeys:
@@ -34,3 +40,39 @@ class ApiKeys:
         if user is None:
             raise Unauthorized("The API key is not valid.")
         return user
+
+
+class StreamCaller(NamedTuple):
+    """Who opens an SSE stream, and how: an SSE token names a generation the holder may
+    watch; an API key names a user whose ownership of the generation is still to check."""
+
+    owner: str
+    by_key: bool
+
+
+def stream_caller(
+    keys: ApiKeys,
+    tokens: TokenSigner,
+    generation_id: str,
+    *,
+    token: str | None,
+    authorization: str | None,
+) -> StreamCaller:
+    """The caller of `/stream`: `?token=` when given, else a Bearer key, or Unauthorized."""
+    if token is None and authorization:
+        return StreamCaller(keys.user_for(authorization), by_key=True)
+    try:
+        owner = tokens.verify(token, generation_id)
+    except TokenInvalid as exc:
+        log.info(
+            "SSE token rejected for generation {generation_id}: {reason}",
+            generation_id=generation_id,
+            reason=str(exc),
+        )
+        raise Unauthorized(str(exc)) from None
+    log.info(
+        "SSE token validated for generation {generation_id}",
+        generation_id=generation_id,
+        owner=owner,
+    )
+    return StreamCaller(owner, by_key=False)

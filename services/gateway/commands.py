@@ -1,4 +1,7 @@
-"""What the gateway writes: the first event of a generation, its command, cancels.
+"""What the gateway writes, and whether a request may be written: the first event of a
+generation, its command, cancels. A create or iterate is checked first (its rules in
+requests.py, its provider in providers.py, the 409s, the rate limit); nothing is
+published for a request that is refused.
 
 The gateway publishes `generation.requested` (seq 1, on an empty subject) and then the
 generate command; from then on the orchestrator is the generation's only writer. Version
@@ -21,7 +24,7 @@ from contracts.codec import encode
 from contracts.commands import CancelRequested, GenerateRequested
 from contracts.events import GenerationCancelled, GenerationRequested, utc_now
 from contracts.schema import ProjectSchema
-from contracts.state import GenerationSummary
+from contracts.state import GenerationState, GenerationSummary
 from services.common.eventlog import (
     GenerationWriter,
     LogUnavailable,
@@ -30,7 +33,11 @@ from services.common.eventlog import (
     source_uri,
 )
 from services.common.logs import get_logger
-from services.gateway.errors import Unavailable
+from services.gateway.errors import Conflict, Unavailable
+from services.gateway.providers import ProviderCheck
+from services.gateway.quotas import GenerationRateLimit
+from services.gateway.requests import check_schema, checked_locked_paths, checked_project_name
+from services.gateway.schemas import CreateGeneration, IterateGeneration
 
 log = get_logger(__name__)
 
@@ -38,11 +45,56 @@ SOURCE = source_uri("gateway")
 
 
 class Commands:
-    """Publishes new generations, iterations and cancels."""
+    """Decides whether a request may become a generation or a cancel, and publishes it."""
 
-    def __init__(self, js: JetStreamContext) -> None:
+    def __init__(
+        self, js: JetStreamContext, rate_limit: GenerationRateLimit, providers: ProviderCheck
+    ) -> None:
         self.js = js
+        self.rate_limit = rate_limit
+        self.providers = providers
         self._versions: KeyValue | None = None
+
+    async def create_generation(self, owner: str, data: CreateGeneration) -> GenerationRequested:
+        """A new project's first version, once the request keeps every rule (BadRequest
+        otherwise) and the owner's rate limit allows it (TooManyRequests)."""
+        project_name = checked_project_name(data.project_name)
+        check_schema(data.schema)
+        provider = await self.providers.checked(data.provider)
+        self.rate_limit.take(owner)
+        return await self.create(
+            owner=owner,
+            project_name=project_name,
+            schema=data.schema,
+            prompt=data.prompt,
+            provider=provider,
+            model=data.model,
+        )
+
+    async def iterate_generation(
+        self, owner: str, data: IterateGeneration, parent: GenerationState, latest_version: int
+    ) -> GenerationRequested:
+        """A new version from a completed `parent` (Conflict otherwise); the provider and
+        model are the parent's unless the request names others."""
+        summary = parent.summary
+        if summary.status != "completed":
+            raise Conflict(
+                f"The parent generation is {summary.status}; only a completed version can be "
+                "iterated on." + (" Wait until it completes." if not summary.is_terminal else ""),
+                parent_status=summary.status,
+            )
+        locked = checked_locked_paths(data.locked_paths, parent.files)
+        provider = await self.providers.checked(data.provider or summary.provider)
+        self.rate_limit.take(owner)
+        return await self.iterate(
+            owner=owner,
+            parent=summary,
+            prompt=data.modification_prompt,
+            locked_paths=locked,
+            provider=provider,
+            model=data.model or (summary.model if provider == summary.provider else None),
+            latest_known_version=max(summary.version, latest_version),
+        )
 
     async def _kv(self) -> KeyValue:
         if self._versions is None:
@@ -167,8 +219,15 @@ class Commands:
                 await asyncio.sleep(delay)
                 delay *= 2
 
-    async def cancel(self, state: GenerationSummary, by: str, reason: str) -> None:
-        """Ask the orchestrators to stop the generation; a pending one is cancelled at once."""
+    async def cancel(self, state: GenerationSummary, by: str, reason: str = "") -> None:
+        """Ask the orchestrators to stop the generation; a pending one is cancelled at once.
+        Conflict when it has already ended."""
+        if state.is_terminal:
+            raise Conflict(
+                f"The generation is already {state.status}; there is nothing to cancel.",
+                generation_status=state.status,
+            )
+        reason = reason or f"cancelled by {by}"
         command = CancelRequested(
             generation_id=state.generation_id,
             project_id=state.project_id,
@@ -198,7 +257,7 @@ class Commands:
             await writer.emit(
                 GenerationCancelled,
                 by=by,
-                reason=reason or f"cancelled by {by}",
+                reason=reason,
                 phase=None,
                 files_kept=0,
             )

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 from services.gateway.errors import TooManyRequests
+from services.gateway.outflow import OutflowBudget
 
 
 class GenerationRateLimit:
@@ -72,3 +73,20 @@ class StreamSlots:
                 self._open.pop(user, None)
 
         return release
+
+
+def admit_stream(outflow: OutflowBudget, slots: StreamSlots, owner: str) -> Callable[[], None]:
+    """Count a new SSE stream against the gateway-wide caps (503 beyond) and the owner's
+    slots (429 beyond); returns the release of both."""
+    release_stream = outflow.admit()
+    try:
+        release_slot = slots.acquire(owner)
+    except BaseException:
+        release_stream()
+        raise
+
+    def release() -> None:
+        release_slot()
+        release_stream()
+
+    return release

@@ -13,7 +13,7 @@ from services.gateway.auth import ApiKeys
 from services.gateway.commands import Commands
 from services.gateway.hub import Hub
 from services.gateway.outflow import OutflowBudget
-from services.gateway.quotas import GenerationRateLimit, StreamSlots
+from services.gateway.quotas import StreamSlots
 from services.gateway.sse import StreamStats
 from services.gateway.tokens import TokenSigner
 from services.gateway.views import Views
@@ -33,7 +33,6 @@ class Gateway:
     hub: Hub
     keys: ApiKeys
     tokens: TokenSigner
-    rate_limit: GenerationRateLimit
     stream_slots: StreamSlots
     outflow: OutflowBudget = field(default_factory=OutflowBudget)
     stats: StreamStats = field(default_factory=StreamStats)

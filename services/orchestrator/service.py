@@ -17,6 +17,7 @@ from services.common.eventlog import atomic_batches
 from services.common.host import broker_session, health_endpoint, nats_readiness
 from services.common.logs import get_logger
 from services.common.settings import Settings
+from services.orchestrator.adverts import ProviderAdverts
 from services.orchestrator.cancels import CancelWatcher
 from services.orchestrator.providers.base import Provider
 from services.orchestrator.providers.registry import Providers
@@ -68,6 +69,13 @@ class OrchestratorService:
                     enabled=self.settings.verify_enabled,
                 ),
             )
+            adverts = ProviderAdverts(
+                await js.key_value(streams.PROVIDERS_BUCKET),
+                self.worker,
+                self.providers.configured(),
+            )
+            await adverts.publish()  # before the first command: gateways check against it
+            advertising = asyncio.create_task(adverts.run(stop))
             watchdog = asyncio.create_task(
                 Watchdog(nc, js, runs, worker=self.worker, stale_after_s=stale_after).run(stop)
             )
@@ -105,4 +113,5 @@ class OrchestratorService:
                 )
                 await cancels.stop()
                 await watchdog
+                await advertising
         log.info("Orchestrator {worker} stopped", worker=self.worker)

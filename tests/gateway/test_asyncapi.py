@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from contracts.asyncapi import document
-from services.common.settings import Settings
-from tests.support.stack import running_stack
+from tests.support.gateway_app import gateway_app
 
 
-async def test_the_gateway_serves_the_asyncapi_document(settings: Settings) -> None:
-    async with running_stack(settings, orchestrator=False, storage=False) as stack:
-        response = await stack.anonymous.get("/asyncapi")
+async def test_the_gateway_serves_the_asyncapi_document() -> None:
+    async with gateway_app() as gw:
+        response = await gw.client.get("/asyncapi")
 
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/json")

@@ -6,7 +6,6 @@ need no key marked `security: []`."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,8 +13,7 @@ import pytest
 from services.common.settings import Settings
 from services.gateway.app import create_app
 from services.gateway.errors import PROBLEM_JSON
-from tests.conftest import make_settings
-from tests.support.stack import running_stack
+from tests.support.gateway_app import ALICE, assert_problem, gateway_app, gateway_settings
 
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 NO_KEY = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/asyncapi")}
@@ -83,37 +81,28 @@ def test_a_201_documents_its_location(openapi: dict[str, Any]) -> None:
         assert "Location" in every[route]["responses"]["201"]["headers"], route
 
 
-def assert_problem(response: Any, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM_JSON
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status and body["title"] and body["detail"]
-    assert body["instance"] == response.request.url.path
-    return body
-
-
-async def test_error_answers_carry_instance_and_their_headers(
-    tmp_path: Path, nats_server: Any
-) -> None:
-    settings = make_settings(tmp_path, nats_server.url, KILN_MAX_BODY_BYTES="4096")
-    async with running_stack(settings) as stack:
+async def test_error_answers_carry_instance_and_their_headers() -> None:
+    async with gateway_app(gateway_settings(KILN_MAX_BODY_BYTES="4096")) as gw:
+        anonymous, alice = gw.client, {"Authorization": ALICE["Authorization"]}
         for path in ("/projects", "/generations/abc"):
-            refused = await stack.anonymous.get(path)
+            refused = await anonymous.get(path)
             assert_problem(refused, 401)
             assert refused.headers["www-authenticate"] == 'Bearer realm="kiln"'
-        wrong = await stack.anonymous.post(
+        wrong = await anonymous.post(
             "/generations", headers={"Authorization": "Bearer wrong"}, json={}
         )
         assert_problem(wrong, 401)
         assert wrong.headers["www-authenticate"].startswith("Bearer")
 
-        assert_problem(await stack.alice.get("/generations/nope"), 404)
-        assert_problem(await stack.alice.get("/no/such/route"), 404)
-        assert_problem(await stack.alice.post("/generations", json={"prompt": 1}), 400)
-        big = await stack.alice.post("/generations", content=b'{"prompt": "' + b"x" * 8192 + b'"}')
+        assert_problem(await anonymous.get("/generations/nope", headers=alice), 404)
+        assert_problem(await anonymous.get("/no/such/route", headers=alice), 404)
+        assert_problem(await anonymous.post("/generations", json={"prompt": 1}, headers=alice), 400)
+        big = await anonymous.post(
+            "/generations", content=b'{"prompt": "' + b"x" * 8192 + b'"}', headers=alice
+        )
         assert_problem(big, 413)
 
-        created = await stack.alice.post(
+        created = await anonymous.post(
             "/generations",
             json={
                 "project_name": "shop",
@@ -122,6 +111,7 @@ async def test_error_answers_carry_instance_and_their_headers(
                     "entities": [{"name": "Item", "fields": [{"name": "title", "type": "string"}]}]
                 },
             },
+            headers=alice,
         )
         assert created.status_code == 201, created.text
         location = created.headers["location"]
@@ -130,9 +120,9 @@ async def test_error_answers_carry_instance_and_their_headers(
             == created.json()["status_url"]
             == (f"/generations/{created.json()['generation_id']}")
         )
-        assert (await stack.alice.get(location)).status_code == 200
+        assert (await anonymous.get(location, headers=alice)).status_code == 200
 
         generation_id = created.json()["generation_id"]
-        await stack.wait_status(generation_id, "completed")
-        conflict = await stack.alice.post(f"/generations/{generation_id}/cancel")
+        await gw.finish(generation_id, {"README.md": "# shop\n"})
+        conflict = await anonymous.post(f"/generations/{generation_id}/cancel", headers=alice)
         assert assert_problem(conflict, 409)["generation_status"] == "completed"

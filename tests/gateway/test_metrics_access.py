@@ -16,28 +16,27 @@ from services.common.embedded_nats import free_port
 from services.common.settings import SettingsError
 from services.gateway.app import create_app
 from tests.conftest import ALICE_KEY, make_settings
+from tests.support.gateway_app import ALICE, gateway_app, gateway_settings
 from tests.support.stack import running_stack
 
 METRIC = b"kiln_gateway_requests_total"
 
 
-async def test_public_metrics_need_no_key(tmp_path: Path, nats_server: Any) -> None:
-    settings = make_settings(tmp_path, nats_server.url)
-    async with running_stack(settings, orchestrator=False, storage=False) as stack:
-        answer = await stack.anonymous.get("/metrics")
+async def test_public_metrics_need_no_key() -> None:
+    async with gateway_app() as gw:
+        answer = await gw.client.get("/metrics")
         assert answer.status_code == 200 and METRIC in answer.content
 
 
-async def test_metrics_behind_a_key_need_a_bearer_api_key(tmp_path: Path, nats_server: Any) -> None:
-    settings = make_settings(tmp_path, nats_server.url, KILN_METRICS_ACCESS="key")
-    async with running_stack(settings, orchestrator=False, storage=False) as stack:
+async def test_metrics_behind_a_key_need_a_bearer_api_key() -> None:
+    async with gateway_app(gateway_settings(KILN_METRICS_ACCESS="key")) as gw:
         for headers in ({}, {"Authorization": "Bearer not-a-key"}, {"Authorization": ALICE_KEY}):
-            refused = await stack.anonymous.get("/metrics", headers=headers)
+            refused = await gw.client.get("/metrics", headers=headers)
             assert refused.status_code == 401, headers
             assert refused.headers["content-type"].startswith("application/problem+json")
             assert refused.headers["www-authenticate"].startswith("Bearer")
             assert METRIC not in refused.content
-        answer = await stack.alice.get("/metrics")
+        answer = await gw.client.get("/metrics", headers=ALICE)
         assert answer.status_code == 200 and METRIC in answer.content
         assert answer.headers["content-type"].startswith("text/plain")
 

@@ -36,6 +36,7 @@ def kiln_streams() -> list[str]:
     return [str(n) for n in names] + [
         f"KV_{streams.VERSIONS_BUCKET}",
         f"KV_{streams.RUNS_BUCKET}",
+        f"KV_{streams.PROVIDERS_BUCKET}",
     ]
 
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
 import nats
-import pytest
 from nats.js import JetStreamContext
 
 from contracts import streams
@@ -55,15 +53,6 @@ class Scripted:
         if self.bad_attempts.get(request.phase, 0) >= request.attempt:
             files.append(GeneratedFile(f"{request.phase}/c.py", "# ... existing code ...\n"))
         return PhaseOutput(files=files, summary=f"{request.phase} done")
-
-
-@pytest.fixture
-async def js(nats_server: EmbeddedNats) -> AsyncIterator[JetStreamContext]:
-    nc = await nats.connect(nats_server.url)
-    js = nc.jetstream()
-    await ensure_streams(js)
-    yield js
-    await nc.close()
 
 
 async def request_generation(js: JetStreamContext) -> GenerateRequested:

@@ -9,9 +9,9 @@ import logging
 
 import pytest
 
-from services.common.settings import Settings
 from tests.conftest import ALICE_KEY
-from tests.support.stack import running_stack
+from tests.support.gateway_app import gateway_app
+from tests.support.stack import schema_with
 
 BODIES = {
     "invalid UTF-8 in a string": b'{"project_name": "sh\xff\xfeop", "schema": {"entities": []}}',
@@ -24,16 +24,21 @@ KEYS = {"no key": None, "a wrong key": "wrong-key-0123456789", "alice's key": AL
 
 @pytest.mark.parametrize("body", BODIES.values(), ids=BODIES.keys())
 async def test_a_hostile_body_is_a_4xx_problem_on_create_iterate_and_cancel(
-    settings: Settings, body: bytes, caplog: pytest.LogCaptureFixture
+    body: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with running_stack(settings, orchestrator=False) as stack:
-        gid = (await stack.create())["generation_id"]
+    async with gateway_app() as gw:
+        created = await gw.client.post(
+            "/generations",
+            json={"project_name": "shop", "schema": schema_with(1)},
+            headers={"Authorization": f"Bearer {ALICE_KEY}"},
+        )
+        gid = created.json()["generation_id"]
         for route in ("/generations", "/generations/iterate", f"/generations/{gid}/cancel"):
             for who, key in KEYS.items():
                 headers = {"Content-Type": "application/json"}
                 if key:
                     headers["Authorization"] = f"Bearer {key}"
-                response = await stack.anonymous.post(route, content=body, headers=headers)
+                response = await gw.client.post(route, content=body, headers=headers)
                 where = f"POST {route} with {who}"
                 assert response.headers["content-type"].startswith("application/problem+json"), (
                     where

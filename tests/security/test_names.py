@@ -6,22 +6,22 @@ from __future__ import annotations
 
 import io
 import zipfile
+from typing import Any
 from urllib.parse import unquote
 
 import pytest
 
-from services.common.settings import Settings
-from tests.support.stack import running_stack
+from tests.support.gateway_app import ALICE, GatewayUnderTest, gateway_app
 
 
 @pytest.mark.parametrize("name", ["商店", "\u0455hop", "café au lait", 'a"b;c\\d'])
-async def test_any_valid_project_name_downloads_with_an_rfc_6266_filename(
-    settings: Settings, name: str
-) -> None:
-    async with running_stack(settings) as stack:
-        accepted = await stack.create(project_name=name)
-        await stack.wait_status(accepted["generation_id"], "completed")
-        response = await stack.alice.get(f"/generations/{accepted['generation_id']}/archive")
+async def test_any_valid_project_name_downloads_with_an_rfc_6266_filename(name: str) -> None:
+    async with gateway_app() as gw:
+        accepted = await create(gw, name)
+        await gw.finish(accepted["generation_id"], FILES)
+        response = await gw.client.get(
+            f"/generations/{accepted['generation_id']}/archive", headers=ALICE
+        )
         assert response.status_code == 200, response.text
         assert zipfile.ZipFile(io.BytesIO(response.content)).testzip() is None
         disposition = response.headers["content-disposition"]
@@ -31,6 +31,18 @@ async def test_any_valid_project_name_downloads_with_an_rfc_6266_filename(
         exact = unquote(disposition.split("filename*=UTF-8''", 1)[1], errors="strict")
         expected = "".join(ch if ch.isalnum() else "-" for ch in name)
         assert exact == "-".join(filter(None, expected.split("-"))) + "-v1.zip"
+
+
+FILES = {"README.md": "# shop\n", "app/models.py": "class Product: ...\n"}
+
+
+async def create(gw: GatewayUnderTest, name: str) -> dict[str, Any]:
+    response = await gw.client.post(
+        "/generations", json={"project_name": name, "schema": _schema()}, headers=ALICE
+    )
+    assert response.status_code == 201, response.text
+    accepted: dict[str, Any] = response.json()
+    return accepted
 
 
 def _schema(**entity: object) -> dict[str, object]:
@@ -65,38 +77,38 @@ def _schema(**entity: object) -> dict[str, object]:
     ],
 )
 async def test_a_name_with_a_trailing_newline_or_a_hidden_character_is_a_400_naming_it(
-    settings: Settings, schema: dict[str, object], location: str
+    schema: dict[str, object], location: str
 ) -> None:
-    async with running_stack(settings, orchestrator=False) as stack:
+    async with gateway_app() as gw:
         body = {"project_name": "shop", "schema": schema, "prompt": ""}
-        response = await stack.alice.post("/generations", json=body)
+        response = await gw.client.post("/generations", json=body, headers=ALICE)
         assert response.status_code == 400, response.text
         assert response.headers["content-type"].startswith("application/problem+json")
         assert location in [p["location"] for p in response.json()["problems"]]
-        assert (await stack.alice.get("/projects")).json() == {"projects": []}
+        assert gw.broker.messages == []
 
 
 @pytest.mark.parametrize(
     "name", ["shop\u202e", "sh\x00op", "shop\n", "\u200bshop", "a\u2066b", "shop\u2028"]
 )
 async def test_a_project_name_with_a_control_or_bidi_character_is_a_400_naming_it(
-    settings: Settings, name: str
+    name: str,
 ) -> None:
-    async with running_stack(settings, orchestrator=False) as stack:
+    async with gateway_app() as gw:
         body = {"project_name": name, "schema": _schema(), "prompt": ""}
-        response = await stack.alice.post("/generations", json=body)
+        response = await gw.client.post("/generations", json=body, headers=ALICE)
         assert response.status_code == 400, response.text
         problems = response.json()["problems"]
         assert problems[0]["location"] == "project_name"
         assert f"U+{ord(next(ch for ch in name if not ch.isalpha())):04X}" in problems[0]["message"]
-        assert (await stack.alice.get("/projects")).json() == {"projects": []}
+        assert gw.broker.messages == []
 
 
-async def test_an_id_with_a_trailing_newline_is_no_id_on_any_route(settings: Settings) -> None:
-    async with running_stack(settings) as stack:
-        accepted = await stack.create()
+async def test_an_id_with_a_trailing_newline_is_no_id_on_any_route() -> None:
+    async with gateway_app() as gw:
+        accepted = await create(gw, "shop")
         gid = accepted["generation_id"]
-        await stack.wait_status(gid, "completed")
+        await gw.finish(gid, FILES)
         bad = f"{gid}%0A"
         for method, path in [
             ("GET", f"/generations/{bad}"),
@@ -110,10 +122,11 @@ async def test_an_id_with_a_trailing_newline_is_no_id_on_any_route(settings: Set
             ("GET", f"/generations/{bad}/stream"),
             ("GET", f"/projects/{accepted['project_id']}%0A"),
         ]:
-            response = await stack.alice.request(method, path)
+            response = await gw.client.request(method, path, headers=ALICE)
             assert response.status_code == 404, f"{method} {path}: {response.text}"
-        iterate = await stack.alice.post(
+        iterate = await gw.client.post(
             "/generations/iterate",
             json={"parent_generation_id": f"{gid}\n", "modification_prompt": "add a field"},
+            headers=ALICE,
         )
         assert iterate.status_code == 404, iterate.text

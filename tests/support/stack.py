@@ -44,6 +44,7 @@ class Stack:
         self.stop_services = asyncio.Event()
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.server: uvicorn.Server | None = None
+        self.orchestrator: OrchestratorService | None = None
         self.alice = kiln.connect(self.url, ALICE_KEY)
         self.bob = kiln.connect(self.url, BOB_KEY)
         self.anonymous = kiln.connect(self.url)
@@ -76,12 +77,19 @@ class Stack:
             return False
 
         await eventually(ready, 20, 0.025, what="the gateway to become ready")
+        if orchestrator:  # it has advertised its providers, which the gateway checks
+            await eventually(
+                lambda: self.orchestrator is not None and self.orchestrator.ready.is_set(),
+                20,
+                0.025,
+                what="the orchestrator to start",
+            )
         return self
 
     def start_orchestrator(self) -> None:
         """Start (or restart) the in-process orchestrator."""
-        service = OrchestratorService(self.settings, self.providers)
-        self.tasks["orchestrator"] = asyncio.create_task(service.run(self.stop_services))
+        self.orchestrator = OrchestratorService(self.settings, self.providers)
+        self.tasks["orchestrator"] = asyncio.create_task(self.orchestrator.run(self.stop_services))
 
     def start_verifier(self) -> None:
         """Start (or restart) an in-process verifier (its sandboxes are real processes)."""

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import msgspec
 from litestar import Controller, get
 from litestar.di import Provide
 from litestar.params import FromPath
 
-from services.gateway.errors import NotFound, error_responses
+from services.gateway.errors import error_responses
 from services.gateway.routes.dependencies import (
     GatewayDep,
     UserDep,
@@ -16,22 +15,7 @@ from services.gateway.routes.dependencies import (
     gateway,
     require_key,
 )
-from services.gateway.schemas import ProjectInfo, ProjectList, VersionInfo
-from services.storage.queries import ProjectView
-
-
-def project_info(project: ProjectView) -> ProjectInfo:
-    """The API's shape of a project."""
-    return ProjectInfo(
-        project_id=project.project_id,
-        name=project.name,
-        created_at=project.created_at,
-        latest_version=project.latest_version,
-        versions=[
-            msgspec.convert(msgspec.structs.asdict(v), VersionInfo, from_attributes=True)
-            for v in project.versions
-        ],
-    )
+from services.gateway.schemas import ProjectInfo, ProjectList
 
 
 class ProjectController(Controller):
@@ -48,7 +32,7 @@ class ProjectController(Controller):
     @get("/", summary="The caller's projects", responses=error_responses(401, 503))
     async def list_projects(self, gw: GatewayDep, user: UserDep) -> ProjectList:
         """Every project of the caller with its versions, newest first."""
-        return ProjectList(projects=[project_info(p) for p in await gw.read_model.projects(user)])
+        return await gw.views.projects(user)
 
     @get(
         "/{project_id:str}",
@@ -59,7 +43,4 @@ class ProjectController(Controller):
         self, project_id: FromPath[str], gw: GatewayDep, user: UserDep
     ) -> ProjectInfo:
         """The project's versions, each naming its parent (a tree)."""
-        project = await gw.read_model.project(checked_id(project_id, "project"))
-        if project is None or project.owner != user:
-            raise NotFound(f"There is no project {project_id}.")
-        return project_info(project)
+        return await gw.views.project(checked_id(project_id, "project"), user)

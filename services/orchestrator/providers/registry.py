@@ -14,6 +14,15 @@ class Providers:
         self.settings = settings
         self._instances: dict[str, Provider] = dict(overrides or {})
 
+    def configured(self) -> list[str]:
+        """The providers this orchestrator has the configuration for (what it advertises)."""
+        present = {
+            "offline": True,
+            "gemini": bool(self.settings.effective_gemini_key),
+            "openai": bool(self.settings.openai_base_url),
+        }
+        return sorted({name for name, ok in present.items() if ok} | self._instances.keys())
+
     def get(self, name: str) -> Provider:
         """The provider called `name`, or ProviderError naming the ones that exist."""
         if name not in self._instances:
