@@ -29,10 +29,17 @@ __all__ = ["ALICE_KEY", "BOB_KEY", "make_settings"]
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """A test of the e2e, fault or browser suite that runs Kiln's services (it uses a
-    nats-server) runs once on SQLite and once on PostgreSQL."""
+    nats-server) runs once on SQLite and once on PostgreSQL, unless it is marked
+    `one_database` (what it proves does not depend on the read model's database)."""
     suite = Path(str(metafunc.definition.path)).parent.name
     fixtures = metafunc.fixturenames
-    if suite in BOTH_DATABASES_SUITES and "database" in fixtures and "nats_server" in fixtures:
+    one = metafunc.definition.get_closest_marker("one_database") is not None
+    if (
+        suite in BOTH_DATABASES_SUITES
+        and not one
+        and "database" in fixtures
+        and "nats_server" in fixtures
+    ):
         metafunc.parametrize(
             "database",
             [

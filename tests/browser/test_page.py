@@ -578,6 +578,7 @@ new MutationObserver(() => {
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.one_database
 async def test_the_versions_own_tests_are_shown_live_and_after_a_reload(
     tmp_path: Path, nats_server: Any, browser: Browser, screenshots: Screenshots
 ) -> None:
