@@ -150,21 +150,22 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
             if exc.err_code != 10058:  # stream name already in use with a different configuration
                 raise
             await js.update_stream(config)
+    await _ensure_bucket(
+        js, streams.VERSIONS_BUCKET, "Latest version number of each project", replicas
+    )
+    await _ensure_bucket(
+        js,
+        streams.RUNS_BUCKET,
+        "Heartbeats of running generations (generation id → worker and time)",
+        replicas,
+    )
+
+
+async def _ensure_bucket(js: JetStreamContext, name: str, description: str, replicas: int) -> None:
+    """Create a key-value bucket that keeps one value per key, unless it is there."""
     try:
-        await js.key_value(streams.VERSIONS_BUCKET)
+        await js.key_value(name)
     except (NotFoundError, nats.js.errors.BucketNotFoundError):
         await js.create_key_value(
-            bucket=streams.VERSIONS_BUCKET,
-            description="Latest version number of each project",
-            history=1,
-            replicas=replicas,
-        )
-    try:
-        await js.key_value(streams.RUNS_BUCKET)
-    except (NotFoundError, nats.js.errors.BucketNotFoundError):
-        await js.create_key_value(
-            bucket=streams.RUNS_BUCKET,
-            description="Heartbeats of running generations (generation id → worker and time)",
-            history=1,
-            replicas=replicas,
+            bucket=name, description=description, history=1, replicas=replicas
         )
