@@ -103,6 +103,18 @@ def _summary(value: type) -> str:
     return (value.__doc__ or "").strip().splitlines()[0]
 
 
+def _message(tag: str, payload: type, headers: dict[str, Any]) -> dict[str, Any]:
+    """The message of one JSON payload type, with its headers' schema."""
+    return {
+        "name": tag,
+        "title": payload.__name__,
+        "summary": _summary(payload),
+        "contentType": "application/json",
+        "headers": headers,
+        "payload": {"$ref": _SCHEMAS.format(name=payload.__name__)},
+    }
+
+
 def _parameter(description: str) -> dict[str, Any]:
     return {"description": description}
 
@@ -119,29 +131,19 @@ def document() -> dict[str, Any]:
     messages: dict[str, Any] = {}
     for event_type in EVENT_TYPES:
         tag = event_tag(event_type)
-        messages[tag] = {
-            "name": tag,
-            "title": event_type.__name__,
-            "summary": _summary(event_type),
-            "contentType": "application/json",
-            "headers": {
+        messages[tag] = _message(
+            tag,
+            event_type,
+            {
                 "allOf": [
                     {"$ref": _SCHEMAS.format(name="CloudEventsHeaders")},
                     {"properties": {"ce-type": {"const": f"kiln.{tag}"}}},
                 ]
             },
-            "payload": {"$ref": _SCHEMAS.format(name=event_type.__name__)},
-        }
+        )
     for command in commands:
         tag = _tag(command)
-        messages[tag] = {
-            "name": tag,
-            "title": command.__name__,
-            "summary": _summary(command),
-            "contentType": "application/json",
-            "headers": {"$ref": _SCHEMAS.format(name="CommandHeaders")},
-            "payload": {"$ref": _SCHEMAS.format(name=command.__name__)},
-        }
+        messages[tag] = _message(tag, command, {"$ref": _SCHEMAS.format(name="CommandHeaders")})
     messages["dead_letter"] = {
         "name": "dead_letter",
         "title": "DeadLetter",

@@ -7,7 +7,8 @@ or raises `DecodeError`, which the consumer loop turns into a dead-letter.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -28,26 +29,36 @@ _command_decoder = msgspec.json.Decoder(AnyCommand)
 _generic_decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 
+T = TypeVar("T")
+
 
 def encode(value: msgspec.Struct) -> bytes:
     """JSON bytes of an event or command."""
     return _encoder.encode(value)
 
 
+def decode_as(
+    decoder: msgspec.json.Decoder[T],
+    data: bytes,
+    what: str,
+    error: Callable[[str], Exception] = DecodeError,
+) -> T:
+    """`data` decoded by `decoder`, or `error("not a valid <what>: <why>")` whatever is
+    wrong with the bytes (not JSON, not UTF-8, not the type)."""
+    try:
+        return decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+        raise error(f"not a valid {what}: {exc}") from None
+
+
 def decode_event(data: bytes) -> AnyEvent:
     """An event from JSON bytes, or DecodeError."""
-    try:
-        return _event_decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
-        raise DecodeError(f"not a valid event: {exc}") from None
+    return decode_as(_event_decoder, data, "event")
 
 
 def decode_command(data: bytes) -> AnyCommand:
     """A command from JSON bytes, or DecodeError."""
-    try:
-        return _command_decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
-        raise DecodeError(f"not a valid command: {exc}") from None
+    return decode_as(_command_decoder, data, "command")
 
 
 def canonical(data: bytes) -> bytes:

@@ -57,16 +57,26 @@ def events_stream(replicas: int = 1, *, atomic: bool = True) -> StreamConfig:
     )
 
 
-def commands_stream(replicas: int = 1) -> StreamConfig:
-    """The work queue of generate commands: each is taken by one orchestrator."""
+def _work_queue(name: str, description: str, subject: str, replicas: int) -> StreamConfig:
+    """A work-queue stream: each message is taken by one consumer, then removed."""
     return StreamConfig(
-        name=COMMANDS_STREAM,
-        description="Kiln commands for the orchestrators (work queue)",
-        subjects=[subjects.ALL_COMMANDS],
+        name=name,
+        description=description,
+        subjects=[subject],
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         num_replicas=replicas,
         duplicate_window=DUPLICATE_WINDOW_S,
+    )
+
+
+def commands_stream(replicas: int = 1) -> StreamConfig:
+    """The work queue of generate commands: each is taken by one orchestrator."""
+    return _work_queue(
+        COMMANDS_STREAM,
+        "Kiln commands for the orchestrators (work queue)",
+        subjects.ALL_COMMANDS,
+        replicas,
     )
 
 
@@ -100,14 +110,11 @@ def dlq_stream(replicas: int = 1) -> StreamConfig:
 
 def verify_stream(replicas: int = 1) -> StreamConfig:
     """The work queue of verify commands: each is taken by one verifier."""
-    return StreamConfig(
-        name=VERIFY_STREAM,
-        description="Kiln verify commands for the verifiers (work queue)",
-        subjects=[subjects.VERIFY_REQUESTS],
-        retention=RetentionPolicy.WORK_QUEUE,
-        storage=StorageType.FILE,
-        num_replicas=replicas,
-        duplicate_window=DUPLICATE_WINDOW_S,
+    return _work_queue(
+        VERIFY_STREAM,
+        "Kiln verify commands for the verifiers (work queue)",
+        subjects.VERIFY_REQUESTS,
+        replicas,
     )
 
 
@@ -147,17 +154,30 @@ ALL_STREAMS = (
 )
 
 
-def orchestrator_consumer(ack_wait_s: float, max_deliver: int) -> ConsumerConfig:
-    """The orchestrators' shared durable pull consumer on the generate commands."""
+def _worker_consumer(
+    name: str, description: str, subject: str, ack_wait_s: float, max_deliver: int
+) -> ConsumerConfig:
+    """A durable pull consumer that workers share on a work queue: each takes what it acks."""
     return ConsumerConfig(
-        durable_name=ORCHESTRATOR_CONSUMER,
-        description="Kiln orchestrators take generate commands",
-        filter_subject=subjects.GENERATE_COMMANDS,
+        durable_name=name,
+        description=description,
+        filter_subject=subject,
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
         ack_wait=ack_wait_s,
         max_deliver=max_deliver,
         max_ack_pending=10_000,
+    )
+
+
+def orchestrator_consumer(ack_wait_s: float, max_deliver: int) -> ConsumerConfig:
+    """The orchestrators' shared durable pull consumer on the generate commands."""
+    return _worker_consumer(
+        ORCHESTRATOR_CONSUMER,
+        "Kiln orchestrators take generate commands",
+        subjects.GENERATE_COMMANDS,
+        ack_wait_s,
+        max_deliver,
     )
 
 
@@ -188,13 +208,10 @@ def storage_consumer(ack_wait_s: float, name: str = STORAGE_CONSUMER) -> Consume
 
 def verifier_consumer(ack_wait_s: float, max_deliver: int) -> ConsumerConfig:
     """The verifiers' shared durable pull consumer on the verify commands."""
-    return ConsumerConfig(
-        durable_name=VERIFIER_CONSUMER,
-        description="Kiln verifiers take verify commands",
-        filter_subject=subjects.VERIFY_REQUESTS,
-        ack_policy=AckPolicy.EXPLICIT,
-        deliver_policy=DeliverPolicy.ALL,
-        ack_wait=ack_wait_s,
-        max_deliver=max_deliver,
-        max_ack_pending=10_000,
+    return _worker_consumer(
+        VERIFIER_CONSUMER,
+        "Kiln verifiers take verify commands",
+        subjects.VERIFY_REQUESTS,
+        ack_wait_s,
+        max_deliver,
     )

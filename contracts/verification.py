@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from contracts.codec import decode_as
 from contracts.events import FailedTest, Id
 
 VerifyOutcome = Literal["completed", "unavailable"]
@@ -95,18 +96,12 @@ class VerifyDecodeError(ValueError):
 
 def decode_verify_request(data: bytes) -> VerifyRequested:
     """A verify command from JSON bytes, or VerifyDecodeError."""
-    try:
-        return _request_decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
-        raise VerifyDecodeError(f"not a valid verify command: {exc}") from None
+    return decode_as(_request_decoder, data, "verify command", VerifyDecodeError)
 
 
 def decode_verify_result(data: bytes) -> VerifyResult:
     """A verify result from JSON bytes, or VerifyDecodeError."""
-    try:
-        return _result_decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
-        raise VerifyDecodeError(f"not a valid verify result: {exc}") from None
+    return decode_as(_result_decoder, data, "verify result", VerifyDecodeError)
 
 
 def result_msg_id(generation_id: str, round: int) -> str:

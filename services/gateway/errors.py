@@ -202,14 +202,21 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
 BROKER_RETRY_AFTER_S = 2
 
 
+def _failed_request(request: Request[Any, Any, Any], exc: Exception) -> dict[str, str]:
+    """A request that failed and why, as a log line's fields (`method`, `path`, `error`)."""
+    return {
+        "method": request.method,
+        "path": request.url.path,
+        "error": f"{type(exc).__name__}: {exc}",
+    }
+
+
 def _broker_not_now(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     """JetStream said "not now" (restarting, electing a leader, reconnecting): a 503 that
     says when to retry, logged as waiting, never a 500."""
     log.warning(
         "The message broker is not answering on {method} {path}; answered 503: {error}",
-        method=request.method,
-        path=request.url.path,
-        error=f"{type(exc).__name__}: {exc}",
+        **_failed_request(request, exc),
     )
     return _gateway_error(
         request,
@@ -224,9 +231,7 @@ def _broker_not_now(request: Request[Any, Any, Any], exc: Exception) -> Response
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.error(
         "Unhandled error on {method} {path}: {error}",
-        method=request.method,
-        path=request.url.path,
-        error=f"{type(exc).__name__}: {exc}",
+        **_failed_request(request, exc),
     )
     return problem(
         request,

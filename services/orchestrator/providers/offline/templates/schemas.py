@@ -55,28 +55,22 @@ def schema_module(project: ProjectLayout, entity: EntityLayout) -> str:
     def unset_names() -> tuple[str, str]:
         return imports.name("msgspec", "UnsetType"), imports.name("msgspec", "UNSET")
 
+    def field(name: str, kind: str, plain: str, required: bool) -> None:
+        """A field in the three bodies: `kind` as sent, `plain` as read back."""
+        unset_type, unset = unset_names()
+        optional = "" if required else " | None"
+        create_lines.append(
+            f"    {name}: {kind}" if required else f"    {name}: {kind} | None = None"
+        )
+        update_lines.append(f"    {name}: {kind}{optional} | {unset_type} = {unset}")
+        read_lines.append(f"    {name}: {plain}{optional}")
+
     for column in entity.columns:
         kind = value_type(column)
         plain = aliases.get(column.name) or python_type(column, imports)
-        unset_type, unset = unset_names()
-        if column.required:
-            create_lines.append(f"    {column.name}: {kind}")
-            update_lines.append(f"    {column.name}: {kind} | {unset_type} = {unset}")
-            read_lines.append(f"    {column.name}: {plain}")
-        else:
-            create_lines.append(f"    {column.name}: {kind} | None = None")
-            update_lines.append(f"    {column.name}: {kind} | None | {unset_type} = {unset}")
-            read_lines.append(f"    {column.name}: {plain} | None")
+        field(column.name, kind, plain, column.required)
     for ref in entity.refs:
-        unset_type, unset = unset_names()
-        if ref.required:
-            create_lines.append(f"    {ref.column}: {integer}")
-            update_lines.append(f"    {ref.column}: {integer} | {unset_type} = {unset}")
-            read_lines.append(f"    {ref.column}: {integer}")
-        else:
-            create_lines.append(f"    {ref.column}: {integer} | None = None")
-            update_lines.append(f"    {ref.column}: {integer} | None | {unset_type} = {unset}")
-            read_lines.append(f"    {ref.column}: {integer} | None")
+        field(ref.column, integer, integer, ref.required)
     for many in entity.many:
         unset_type, unset = unset_names()
         create_lines.append(f"    {many.name}: {listing}[{integer}] = []")

@@ -118,6 +118,19 @@ FACTORIES_PACKAGE = (
 )
 
 
+def _client_module_head(docstring: str) -> list[str]:
+    """The first lines of a generated test module that calls the app through `TestClient`."""
+    return [
+        f'"""{docstring}"""',
+        "",
+        "from __future__ import annotations",
+        "",
+        "from typing import Any",
+        "",
+        "from litestar.testing import TestClient",
+    ]
+
+
 def factory_module(project: ProjectLayout, entity: EntityLayout) -> str:
     """`tests/factories/<entity>.py`: a valid body for the entity and a create helper.
 
@@ -133,15 +146,9 @@ def factory_module(project: ProjectLayout, entity: EntityLayout) -> str:
         for r in entity.refs
         if r.required
     )
-    lines = [
-        f'"""A valid {entity.name} body, and a helper that creates one through the API."""',
-        "",
-        "from __future__ import annotations",
-        "",
-        "from typing import Any",
-        "",
-        "from litestar.testing import TestClient",
-    ]
+    lines = _client_module_head(
+        f"A valid {entity.name} body, and a helper that creates one through the API."
+    )
     if needed:
         lines.append("")
         for m in sorted(needed, key=natural):
@@ -320,13 +327,9 @@ def entity_tests(project: ProjectLayout, entity: EntityLayout) -> str:
             ]
         )
     lines = [
-        f'"""The {entity.name} API through HTTP: create, list, read, update, delete."""',
-        "",
-        "from __future__ import annotations",
-        "",
-        "from typing import Any",
-        "",
-        "from litestar.testing import TestClient",
+        *_client_module_head(
+            f"The {entity.name} API through HTTP: create, list, read, update, delete."
+        ),
         "",
     ]
     by_module: dict[str, list[str]] = {}
