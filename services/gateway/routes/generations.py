@@ -22,7 +22,7 @@ from contracts.text import text_problem
 from services.common.eventlog import last_event
 from services.common.logs import get_logger
 from services.gateway.archive import build_zip, content_disposition
-from services.gateway.diffs import as_patch, diff_versions
+from services.gateway.diffs import as_patch, diff_versions, repaired_files
 from services.gateway.errors import (
     BadRequest,
     Conflict,
@@ -312,12 +312,14 @@ class GenerationController(Controller):
         if view.parent_generation_id:
             await gw.views.settled(view.parent_generation_id, user)
             parent_contents = await gw.read_model.contents(view.parent_generation_id)
+        events = await gw.read_model.events(view.generation_id)
         reasons = {
             e.body.get("path", ""): e.body.get("reason", "")
-            for e in await gw.read_model.events(view.generation_id)
+            for e in events
             if e.type == "file.deleted"
         }
-        summary, files = diff_versions(parent_contents, contents, reasons)
+        repaired = repaired_files([(e.type, e.body) for e in events])
+        summary, files = diff_versions(parent_contents, contents, reasons, repaired)
         if format == "patch":
             return Response(content=as_patch(files), media_type="text/x-diff; charset=utf-8")
         return Response(
