@@ -51,19 +51,13 @@ def _shape(content: str) -> _Shape:
         shape.skips = len(_SKIP_WORDS.findall(content))
         shape.constant_asserts = len(re.findall(r"^\s*assert\s+(True|1)\b", content, re.M))
         return shape
-    scopes: list[str] = []
 
     def visit(node: ast.AST) -> None:
         for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.ClassDef):
-                scopes.append(child.name)
-                visit(child)
-                scopes.pop()
-                continue
             if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef) and child.name.startswith(
                 "test"
             ):
-                shape.tests.add(".".join([*scopes, child.name]))
+                shape.tests.add(child.name)
             if isinstance(child, ast.Assert) and _always_true(child.test):
                 shape.constant_asserts += 1
             if isinstance(child, ast.Attribute | ast.Name):

@@ -556,8 +556,8 @@ class _Run:
                 )
         now = self.state.summary.verification
         reason = (
-            f"repair round {round_} made things worse: {failing(now) if now else '?'} tests "
-            f"failing instead of {failing(v)}; its files were put back"
+            f"it made things worse: {failing(now) if now else '?'} tests failing instead of "
+            f"{failing(v)}; its files were put back"
         )
         batch.add(
             RepairReverted,

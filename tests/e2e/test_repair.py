@@ -34,7 +34,7 @@ BUGGY = '"""HTTP statuses."""\n\n\ndef created() -> int:\n    return HTTPStatus.
 STILL_BUGGY = BUGGY.replace('"""HTTP statuses."""', '"""HTTP statuses (tried)."""')
 STILL_BUGGY_2 = BUGGY.replace('"""HTTP statuses."""', '"""HTTP statuses (tried again)."""')
 FIXED = '"""HTTP statuses."""\n\nfrom http import HTTPStatus\n\n\ndef created() -> int:\n    return HTTPStatus.CREATED\n\n\ndef ok() -> int:\n    return 200\n'
-WORSE = '"""HTTP statuses."""\n\n\ndef created() -> int:\n    return 201\n\n\ndef ok() -> int:\n    return missing()\n\n\ndef also() -> int:\n    return missing()\n'
+WORSE = '"""HTTP statuses."""\n\n\ndef created() -> int:\n    return missing()\n\n\ndef ok() -> int:\n    return missing()\n\n\ndef also() -> int:\n    return missing()\n'
 TESTS = (
     '"""The statuses."""\n\nfrom app.status import created, ok\n\n\n'
     "def test_created() -> None:\n    assert created() == 201\n\n\n"

@@ -3,6 +3,7 @@
 
 import { api, apiText, downloadBlob, paths } from "./api.js";
 import { applyEvent, createModel, formatBytes, formatDuration, isTerminal } from "./model.js";
+import { renderRepairs } from "./repairs.js";
 import { Watcher } from "./stream.js";
 import { highlightInto } from "./syntax.js";
 import {
@@ -149,6 +150,7 @@ export class GenerationPage {
     this.renderProgress();
     this.renderRetry(now);
     this.renderOutcome();
+    renderRepairs(this.refs.repairs, this.model);
     renderTimeline(this.refs.timeline, this.model, now);
     renderUsage(this.refs.usage, this.model, now);
     this.renderFiles();
