@@ -48,7 +48,7 @@ async def test_an_orchestrator_killed_in_a_repair_round_resumes_that_round_once(
         processes.start("storage")
         processes.start("verifier", **env)
         first = processes.start("orchestrator", "orchestrator-1", **env)
-        _, url = processes.gateway()
+        _, url = processes.gateway(**env)
         client = client_for(url)
         accepted = await kiln.create(
             client, schema_with(1), project_name="repair", provider="gemini"

@@ -20,6 +20,17 @@ export const EVENT_TYPES = [
   "generation.failed",
   "generation.cancelled",
 ];
+// The verification and the repair rounds (repairs.js): listened to once, however listed.
+for (const type of [
+  "verify.started",
+  "verify.completed",
+  "verify.unavailable",
+  "repair.started",
+  "repair.completed",
+  "repair.reverted",
+]) {
+  if (!EVENT_TYPES.includes(type)) EVENT_TYPES.push(type);
+}
 export const TERMINAL_TYPES = new Set([
   "generation.completed",
   "generation.failed",
