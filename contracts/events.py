@@ -194,6 +194,61 @@ class VerifyUnavailable(Event, frozen=True, kw_only=True, tag="verify.unavailabl
     reason: str
 
 
+RepairOutcome = Literal["changed", "unchanged", "rejected", "failed"]
+
+
+class RepairStarted(Event, frozen=True, kw_only=True, tag="repair.started"):
+    """A repair round began: the failing tests of the last verification (round `round` - 1)
+    went back to the model. `failing` names them (as the verifier listed them, capped);
+    `failing_count` counts every failed or erroring test."""
+
+    round: int
+    failing: list[str] = []
+    failing_count: int = 0
+
+
+class RepairCompleted(Event, frozen=True, kw_only=True, tag="repair.completed"):
+    """A repair round ended. `changed`: its files (written just before, in the same batch)
+    are verified next as round `round`; `unchanged`: the model changed nothing; `rejected`:
+    the guard refused the repair twice, `rules` name why; `failed`: the model could not
+    answer (`reason`). Only `changed` is verified again; the others end the repair."""
+
+    round: int
+    files_changed: list[str] = []
+    deleted: list[str] = []
+    outcome: RepairOutcome = "changed"
+    rules: list[str] = []
+    reason: str = ""
+    summary: str = ""
+
+
+class RestoredVerification(msgspec.Struct, frozen=True, kw_only=True):
+    """The verification of the version a revert went back to (as its verify.completed had it)."""
+
+    round: int = 0
+    verdict: VerifyVerdict
+    passed: int = 0
+    failed: int = 0
+    errors: int = 0
+    skipped: int = 0
+    duration_ms: int = 0
+    lint_findings: int = 0
+    format_findings: int = 0
+    compile_errors: list[str] = []
+    failures: list[FailedTest] = []
+
+
+class RepairReverted(Event, frozen=True, kw_only=True, tag="repair.reverted"):
+    """Repair round `round` made things worse (more failing tests): its files were put back
+    as they were (the file events just before, in the same batch), the version's
+    verification is `restored` again, and no further round runs."""
+
+    round: int
+    files: list[str] = []
+    reason: str = ""
+    restored: RestoredVerification
+
+
 class GenerationCompleted(Event, frozen=True, kw_only=True, tag="generation.completed"):
     """Every phase finished; the version is complete."""
 
@@ -235,6 +290,9 @@ AnyEvent = (
     | VerifyStarted
     | VerifyCompleted
     | VerifyUnavailable
+    | RepairStarted
+    | RepairCompleted
+    | RepairReverted
     | GenerationCompleted
     | GenerationFailed
     | GenerationCancelled

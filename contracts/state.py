@@ -36,6 +36,10 @@ from contracts.events import (
     PhaseCompleted,
     PhaseProgress,
     PhaseStarted,
+    RepairCompleted,
+    RepairReverted,
+    RepairStarted,
+    RestoredVerification,
     VerifyCompleted,
     VerifyStarted,
     VerifyUnavailable,
@@ -57,6 +61,24 @@ class FileState(msgspec.Struct):
 
 
 VerifyStatus = Literal["running", "passed", "failed", "no_tests", "unverified"]
+RepairStatus = Literal["running", "changed", "unchanged", "rejected", "failed", "reverted"]
+
+
+class RepairRound(msgspec.Struct, kw_only=True):
+    """One repair round: the failing tests it was given and what came of it.
+
+    `running` until its repair.completed; then `changed` (verified again next),
+    `unchanged`, `rejected` (by the guard: `rules`), `failed` (the model could not answer),
+    or `reverted` (it made things worse and its files were put back).
+    """
+
+    round: int
+    status: RepairStatus = "running"
+    failing: list[str] = []
+    failing_count: int = 0
+    files_changed: list[str] = []
+    rules: list[str] = []
+    reason: str | None = None
 
 
 class Verification(msgspec.Struct, kw_only=True):
@@ -78,6 +100,43 @@ class Verification(msgspec.Struct, kw_only=True):
     compile_errors: list[str] = []
     failures: list[FailedTest] = []
     reason: str | None = None
+    repair_rounds: int = 0
+    """Repair rounds that ended (whatever came of them)."""
+    repairs: list[RepairRound] = []
+    headline: str = ""
+    """The verification in a few words, as every reader shows it (`verification_headline`)."""
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def verification_headline(v: Verification) -> str:
+    """`verified: passed after 1 repair round`, `failed: 3 tests still failing after 2
+    rounds`, `repairing: round 1, 2 tests failing` … (model.js says it the same way)."""
+    last = v.repairs[-1] if v.repairs else None
+    rounds = v.repair_rounds
+    if last is not None and last.status == "running":
+        return f"repairing: round {last.round}, {_plural(last.failing_count, 'test')} failing"
+    if v.status == "running":
+        return f"verifying after repair round {v.round}" if v.round else "verifying"
+    if v.status == "unverified":
+        return f"unverified: {v.reason or 'no reason given'}"
+    if v.status == "no_tests":
+        return "verified: no tests"
+    if v.status == "passed":
+        after = f" after {_plural(rounds, 'repair round')}" if rounds else ""
+        return f"verified: passed{after}"
+    failing = v.failed + v.errors
+    if not failing and v.compile_errors:
+        line = f"failed: {_plural(len(v.compile_errors), 'file')} do not compile"
+    else:
+        line = f"failed: {_plural(failing, 'test')}"
+        line += f" still failing after {_plural(rounds, 'round')}" if rounds else " failing"
+    if last is not None and last.status in ("reverted", "rejected", "failed"):
+        why = ", ".join(last.rules) if last.status == "rejected" else (last.reason or "")
+        line += f" (round {last.round} {last.status}{': ' + why if why else ''})"
+    return line
 
 
 class GenerationSummary(msgspec.Struct, kw_only=True):
@@ -230,25 +289,52 @@ def apply(state: GenerationState, event: Event, *, keep_content: bool = True) ->
         case LlmRetrying():
             state.retrying = event
         case VerifyStarted():
-            s.verification = Verification(status="running", round=event.round)
+            _verified(s, Verification(status="running", round=event.round))
         case VerifyCompleted():
-            s.verification = Verification(
-                status=event.verdict,
-                round=event.round,
-                passed=event.passed,
-                failed=event.failed,
-                errors=event.errors,
-                skipped=event.skipped,
-                lint_findings=event.lint_findings,
-                format_findings=event.format_findings,
-                duration_ms=event.duration_ms,
-                compile_errors=list(event.compile_errors),
-                failures=list(event.failures),
+            _verified(
+                s,
+                Verification(
+                    status=event.verdict,
+                    round=event.round,
+                    passed=event.passed,
+                    failed=event.failed,
+                    errors=event.errors,
+                    skipped=event.skipped,
+                    lint_findings=event.lint_findings,
+                    format_findings=event.format_findings,
+                    duration_ms=event.duration_ms,
+                    compile_errors=list(event.compile_errors),
+                    failures=list(event.failures),
+                ),
             )
         case VerifyUnavailable():
-            s.verification = Verification(
-                status="unverified", round=event.round, reason=event.reason
-            )
+            _verified(s, Verification(status="unverified", round=event.round, reason=event.reason))
+        case RepairStarted():
+            v = s.verification or Verification(status="failed")
+            if not any(r.round == event.round for r in v.repairs):
+                v.repairs.append(
+                    RepairRound(
+                        round=event.round,
+                        failing=list(event.failing),
+                        failing_count=event.failing_count,
+                    )
+                )
+            _verified(s, v)
+        case RepairCompleted():
+            v = s.verification or Verification(status="failed")
+            for r in v.repairs:
+                if r.round == event.round:
+                    r.status = event.outcome
+                    r.files_changed = sorted({*event.files_changed, *event.deleted})
+                    r.rules = list(event.rules)
+                    r.reason = event.reason or None
+            _verified(s, v)
+        case RepairReverted():
+            for r in s.verification.repairs if s.verification else []:
+                if r.round == event.round:
+                    r.status = "reverted"
+                    r.reason = event.reason or None
+            _verified(s, _restored(event.restored))
         case GenerationCompleted():
             s.status = "completed"
             s.progress = 100
@@ -269,6 +355,31 @@ def apply(state: GenerationState, event: Event, *, keep_content: bool = True) ->
             s.finished_at = event.at
             state.retrying = None
     return state
+
+
+def _verified(s: GenerationSummary, v: Verification) -> None:
+    """`v` becomes the verification, with the repair rounds so far and its headline."""
+    if s.verification is not None and s.verification is not v:
+        v.repairs = s.verification.repairs
+    v.repair_rounds = sum(1 for r in v.repairs if r.status != "running")
+    v.headline = verification_headline(v)
+    s.verification = v
+
+
+def _restored(r: RestoredVerification) -> Verification:
+    return Verification(
+        status=r.verdict,
+        round=r.round,
+        passed=r.passed,
+        failed=r.failed,
+        errors=r.errors,
+        skipped=r.skipped,
+        lint_findings=r.lint_findings,
+        format_findings=r.format_findings,
+        duration_ms=r.duration_ms,
+        compile_errors=list(r.compile_errors),
+        failures=list(r.failures),
+    )
 
 
 def _remove_file(state: GenerationState, path: str) -> None:

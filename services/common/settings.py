@@ -400,6 +400,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "before it calls a version unverified.",
         ),
     ] = 900.0
+    repair_rounds: Annotated[
+        int,
+        _setting(
+            "KILN_REPAIR_ROUNDS",
+            "Repair rounds at most when an LLM version's own tests fail: its failing tests go "
+            "back to the model, and the version is verified again (0 turns repair off).",
+        ),
+    ] = 2
     verify_unsandboxed_dev_only: Annotated[
         bool,
         _setting(

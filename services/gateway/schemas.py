@@ -137,6 +137,8 @@ class FileDiff(msgspec.Struct, frozen=True):
     status: DiffStatus
     diff: str
     reason: str | None = None
+    repair_rounds: list[int] = []
+    """The repair rounds that changed this file (and were kept)."""
 
 
 class DiffSummary(msgspec.Struct, frozen=True):

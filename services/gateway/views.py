@@ -22,7 +22,7 @@ from contracts.events import GenerationRequested, is_terminal
 from contracts.state import GenerationState, GenerationSummary, fold
 from services.common.eventlog import last_event, last_stream_seq, read_generation
 from services.gateway.archive import build_zip, content_disposition
-from services.gateway.diffs import diff_versions
+from services.gateway.diffs import diff_versions, repaired_files
 from services.gateway.errors import NotFound, Unavailable
 from services.gateway.requests import checked_file_path
 from services.gateway.schemas import (
@@ -190,12 +190,14 @@ class Views:
         if view.parent_generation_id:
             await self.settled(view.parent_generation_id, owner)
             parent_contents = await self.read_model.contents(view.parent_generation_id)
+        events = await self.read_model.events(view.generation_id)
         reasons = {
             e.body.get("path", ""): e.body.get("reason", "")
-            for e in await self.read_model.events(view.generation_id)
+            for e in events
             if e.type == "file.deleted"
         }
-        summary, files = diff_versions(parent_contents, contents, reasons)
+        repaired = repaired_files([(e.type, e.body) for e in events])
+        summary, files = diff_versions(parent_contents, contents, reasons, repaired)
         return Diff(
             generation_id=view.generation_id,
             parent_generation_id=view.parent_generation_id,

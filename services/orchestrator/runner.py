@@ -29,6 +29,9 @@ from contracts.events import (
     GenerationStarted,
     PhaseCompleted,
     PhaseStarted,
+    RepairCompleted,
+    RepairReverted,
+    RepairStarted,
     utc_now,
 )
 from contracts.phases import PHASES, PhaseOutput, PhasePlan, progress_before
@@ -46,6 +49,7 @@ from services.common.eventlog import (
 )
 from services.common.logs import get_logger, redactor
 from services.orchestrator.cancels import CancelWatcher
+from services.orchestrator.cheats import check_repair
 from services.orchestrator.guard import (
     Violation,
     check_output,
@@ -53,8 +57,25 @@ from services.orchestrator.guard import (
     missing_parent_files,
     rejection_message,
 )
-from services.orchestrator.providers.base import PhaseRequest, Provider, ProviderError
+from services.orchestrator.providers.base import (
+    PhaseRequest,
+    Provider,
+    ProviderError,
+    RepairBrief,
+)
 from services.orchestrator.providers.registry import Providers
+from services.orchestrator.repairs import (
+    REPAIR_PROGRESS,
+    Done,
+    Repair,
+    Revert,
+    Verify,
+    before_round,
+    failing,
+    files_named,
+    next_step,
+    restored,
+)
 from services.orchestrator.reporter import EventReporter
 from services.orchestrator.verification import VerifierClient, verify_step
 from services.orchestrator.verify import compile_errors
@@ -75,6 +96,7 @@ class RunnerConfig:
     max_attempts: int
     conflict_retry_s: float = 30.0
     heartbeat_s: float = 5.0
+    repair_rounds: int = 2
 
 
 class FoldingWriter(GenerationWriter):
@@ -211,6 +233,7 @@ class _Run:
         self.attempt = attempt
         self.phase: str | None = state.summary.phase
         self.parent_files: dict[str, str] = {}
+        self.parent_passed = False
         request = state.request
         assert request is not None
         self.request = request
@@ -278,6 +301,10 @@ class _Run:
                 f"the parent generation {parent_id} is not a completed version",
                 kind="provider",
             )
+        self.parent_passed = (
+            parent.summary.verification is not None
+            and parent.summary.verification.status == "passed"
+        )
         return parent.file_contents()
 
     async def _phase(self, plan: PhasePlan, provider: Provider) -> None:
@@ -313,7 +340,7 @@ class _Run:
         if plan.name == "verify":
             # The version is whole: its last files go in, then its own tests run.
             await batch.append()
-            await self._verify_version()
+            await self._verify_and_repair(provider)
             batch = self.writer.batch()
         batch.add(
             PhaseCompleted,
@@ -336,19 +363,31 @@ class _Run:
             progress=plan.progress,
         )
 
-    async def _verify_version(self) -> None:
-        """The version's own tests, run by a verifier; abandoned when it is cancelled."""
-        previous = self.state.summary.verification
-        round_ = 0
-        this_round = previous is not None and previous.round == round_
+    async def _verify_and_repair(self, provider: Provider) -> None:
+        """Verify the version; while an LLM version's tests fail, repair and verify again.
+
+        Each step is decided from the log's fold alone, so a resumed generation continues
+        at the unfinished step and never repeats a finished one.
+        """
+        rounds = self.runner.config.repair_rounds
+        repairable = bool(getattr(provider, "repairs", False)) and rounds > 0
+        while True:
+            step = next_step(self.state.summary.verification, rounds=rounds, repairable=repairable)
+            match step:
+                case Done():
+                    return
+                case Verify(round=round_, started=started):
+                    await self._verify_version(round_, started)
+                case Repair(round=round_, started=started):
+                    await self._repair(provider, round_, started, rounds)
+                case Revert(round=round_):
+                    await self._revert(round_)
+
+    async def _verify_version(self, round_: int, started: bool) -> None:
+        """One round of the version's own tests, run by a verifier; abandoned when it is
+        cancelled."""
         step = asyncio.ensure_future(
-            verify_step(
-                self.writer,
-                self.runner.verifier,
-                round_,
-                done=this_round and previous is not None and previous.status != "running",
-                started=this_round,
-            )
+            verify_step(self.writer, self.runner.verifier, round_, done=False, started=started)
         )
         cancel = asyncio.ensure_future(self.cancelled.wait())
         try:
@@ -360,6 +399,181 @@ class _Run:
             await asyncio.gather(step, return_exceptions=True)
             raise Cancelled
         step.result()
+
+    async def _repair(self, provider: Provider, round_: int, started: bool, rounds: int) -> None:
+        """Repair round `round_`: the failing tests go to the model; its checked changes
+        and repair.completed are appended as one batch."""
+        v = self.state.summary.verification
+        assert v is not None
+        if self.cancelled.is_set():
+            raise Cancelled
+        if not started:
+            await self.writer.emit(
+                RepairStarted,
+                round=round_,
+                failing=[f.test_id for f in v.failures],
+                failing_count=failing(v),
+                progress=REPAIR_PROGRESS,
+            )
+        log.info(
+            "Repair round {round} of generation {generation_id} started",
+            round=round_,
+            generation_id=self.generation_id,
+            failing=failing(v),
+            resumed=started,
+        )
+        brief = RepairBrief(
+            round=round_,
+            rounds=max(rounds, round_),
+            failed=v.failed,
+            errors=v.errors,
+            failures=list(v.failures),
+            compile_errors=list(v.compile_errors),
+            files=files_named(v, self.state.file_contents()),
+            parent_passed=self.parent_passed,
+        )
+        output, rules, reason = await self._produce_repair(provider, brief)
+        batch = self.writer.batch()
+        if output is not None:
+            self._apply_repair(output, batch)
+        written = sorted({e.path for e in batch.events if isinstance(e, FileWritten)})
+        deleted = sorted({e.path for e in batch.events if isinstance(e, FileDeleted)})
+        outcome = "changed" if written or deleted else "unchanged" if output is not None else None
+        batch.add(
+            RepairCompleted,
+            round=round_,
+            files_changed=written,
+            deleted=deleted,
+            outcome=outcome or ("rejected" if rules else "failed"),
+            rules=rules,
+            reason=reason,
+            summary=output.summary if output is not None else "",
+            progress=REPAIR_PROGRESS,
+        )
+        await batch.append()
+        log.info(
+            "Repair round {round} of generation {generation_id}: {outcome}",
+            round=round_,
+            generation_id=self.generation_id,
+            outcome=outcome or ("rejected" if rules else "failed"),
+            files=len(written) + len(deleted),
+            reason=reason,
+        )
+
+    async def _produce_repair(
+        self, provider: Provider, brief: RepairBrief
+    ) -> tuple[PhaseOutput | None, list[str], str]:
+        """The checked repair, or None with the rules it broke (twice) or why the model
+        could not answer."""
+        correction: str | None = None
+        locked = frozenset(self.request.locked_paths)
+        for attempt in (1, 2):
+            reporter = EventReporter(self.writer, "repair", REPAIR_PROGRESS, self.cancelled)
+            current = self.state.file_contents()
+            request = PhaseRequest(
+                generation_id=self.generation_id,
+                project_name=self.request.project_name,
+                phase="repair",
+                plan=list(PHASES),
+                kind=self.request.kind,
+                prompt=self.request.prompt,
+                schema=self.request.schema,
+                files=current,
+                parent_files=self.parent_files,
+                locked_paths=list(self.request.locked_paths),
+                model=self.request.model,
+                correction=correction,
+                attempt=attempt,
+                repair=brief,
+            )
+            try:
+                output = await self._call(provider, request, reporter)
+            except ProviderError as exc:
+                return None, [], redactor(exc.message)
+            checked, violations = check_output(output, current=current, locked=locked)
+            cheats = check_repair(output, current=current)
+            cheated = {v.path for v in cheats}
+            violations = cheats + [
+                v for v in violations if not (v.rule == "dropped" and v.path in cheated)
+            ]
+            if not violations:
+                return checked, [], ""
+            problems = "; ".join(v.describe() for v in violations[:10])
+            log.warning(
+                "Repair round {round} of generation {generation_id} rejected",
+                round=brief.round,
+                generation_id=self.generation_id,
+                attempt=attempt,
+                problems=problems,
+            )
+            if attempt == 2:
+                rules = sorted({v.rule for v in violations})
+                return None, rules, rejection_message("repair", violations)
+            correction = correction_for("repair", violations)
+            await reporter.retrying(
+                reason="guard_rejected", delay_s=0.0, attempt=2, message=problems
+            )
+        raise AssertionError("unreachable")
+
+    def _apply_repair(self, output: PhaseOutput, batch: EventBatch) -> None:
+        for file in output.files:
+            if self._content(file.path) != file.content:
+                self._write(batch, file.path, file.content, "repair", "generated", REPAIR_PROGRESS)
+        for deletion in output.deletions:
+            if deletion.path in self.state.files:
+                batch.add(FileDeleted, path=deletion.path, reason=deletion.reason, phase="repair")
+
+    async def _revert(self, round_: int) -> None:
+        """Put back what repair round `round_` changed, and its verification before it."""
+        history = [e.event for e in await read_generation(self.runner.js, self.generation_id)]
+        before = before_round(history, round_)
+        v = before.summary.verification if before is not None else None
+        assert before is not None and v is not None, "a reverted round has a repair.started"
+        changed = (
+            next(
+                (
+                    r.files_changed
+                    for r in self.state.summary.verification.repairs
+                    if r.round == round_
+                ),
+                [],
+            )
+            if self.state.summary.verification is not None
+            else []
+        )
+        batch = self.writer.batch()
+        for path in changed:
+            old = before.files.get(path)
+            if old is not None and old.content is not None:
+                if self._content(path) != old.content:
+                    self._write(batch, path, old.content, "repair", old.origin, REPAIR_PROGRESS)
+            elif path in self.state.files:
+                batch.add(
+                    FileDeleted,
+                    path=path,
+                    reason=f"added by repair round {round_}, which was reverted",
+                    phase="repair",
+                )
+        now = self.state.summary.verification
+        reason = (
+            f"it made things worse: {failing(now) if now else '?'} tests failing instead of "
+            f"{failing(v)}; its files were put back"
+        )
+        batch.add(
+            RepairReverted,
+            round=round_,
+            files=changed,
+            reason=reason,
+            restored=restored(v),
+            progress=REPAIR_PROGRESS,
+        )
+        await batch.append()
+        log.warning(
+            "Repair round {round} of generation {generation_id} reverted",
+            round=round_,
+            generation_id=self.generation_id,
+            reason=reason,
+        )
 
     async def _carry_parent_files(self) -> None:
         """Start the new version from the parent's files, each an event of this log,

@@ -60,6 +60,7 @@ class OrchestratorService:
                     max_attempts=self.settings.command_max_deliver,
                     conflict_retry_s=self.settings.command_ack_wait_s,
                     heartbeat_s=max(min(stale_after / 6, 10.0), 0.2),
+                    repair_rounds=max(0, self.settings.repair_rounds),
                 ),
                 Heartbeats(runs, self.worker),
                 VerifierClient(

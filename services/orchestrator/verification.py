@@ -197,7 +197,9 @@ async def verify_step(
         return None
     generation_id = writer.generation_id
     if not started:
-        await writer.emit(VerifyStarted, round=round_, progress=VERIFY_STARTED_PROGRESS)
+        # A repair round's verification starts where the repair left progress: never back.
+        progress = VERIFY_STARTED_PROGRESS if round_ == 0 else VERIFY_ANSWERED_PROGRESS
+        await writer.emit(VerifyStarted, round=round_, progress=progress)
     if not client.enabled:
         answer: VerifyResult | VerifyUnanswered = VerifyUnanswered(
             "verification is turned off on this orchestrator (KILN_VERIFY=false)"

@@ -25,6 +25,7 @@ from contracts.events import (
     FileWritten,
     GenerationRequested,
     PhaseCompleted,
+    RestoredVerification,
     event_tag,
     utc_now,
 )
@@ -58,6 +59,13 @@ REQUIRED = {
         "failures": [FailedTest(test_id="tests/test_api.py::test_create", message="assert 500")],
     },
     "verify.unavailable": {"reason": "bubblewrap cannot run here"},
+    "repair.started": {"round": 1, "failing": ["tests/test_api.py::test_create"]},
+    "repair.completed": {"round": 1, "files_changed": ["app/api.py"]},
+    "repair.reverted": {
+        "round": 1,
+        "files": ["app/api.py"],
+        "restored": RestoredVerification(verdict="failed", failed=1),
+    },
     "generation.completed": {"file_count": 1, "total_bytes": 6, "duration_ms": 10},
     "generation.failed": {"phase": "api", "message": "boom"},
     "generation.cancelled": {"by": "alice"},

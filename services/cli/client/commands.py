@@ -21,6 +21,7 @@ from contracts.events import (
     VerifyCompleted,
     VerifyUnavailable,
 )
+from contracts.state import GenerationState, apply, new_state
 from services.cli.client.connection import ClientError, Gateway, add_connection_arguments
 from services.cli.client.extract import UnsafeArchive, extract
 from services.cli.client.follow import Reconnecting, StreamEvent, follow
@@ -152,6 +153,7 @@ def _follow(gateway: Gateway, generation_id: str, stream_url: str | None) -> int
     renderer = renderer_for()
     last: StreamEvent | None = None
     verification: VerifyCompleted | VerifyUnavailable | None = None
+    state: GenerationState | None = None
     try:
         for item in follow(gateway, generation_id, stream_url=stream_url):
             if isinstance(item, Reconnecting):
@@ -159,6 +161,8 @@ def _follow(gateway: Gateway, generation_id: str, stream_url: str | None) -> int
             else:
                 renderer.event(item)
                 last = item
+                if item.event is not None:
+                    state = apply(state or new_state(item.event), item.event)
                 if isinstance(item.event, VerifyCompleted | VerifyUnavailable):
                     verification = item.event
     finally:
@@ -166,10 +170,15 @@ def _follow(gateway: Gateway, generation_id: str, stream_url: str | None) -> int
     match last.event if last is not None else None:
         case GenerationCompleted(file_count=count, total_bytes=size):
             print(f"{count} files, {size} bytes: kiln download {generation_id} --extract DIR")
+            folded = state.summary.verification if state is not None else None
+            if folded is not None and folded.repairs:
+                print(folded.headline)
             if isinstance(verification, VerifyCompleted) and verification.verdict == "failed":
+                failed = folded or verification
                 print(
                     f"kiln: generation {generation_id} completed, but its own tests failed "
-                    f"({verification.failed} failed, {verification.errors} errors)",
+                    f"({failed.failed} failed, {failed.errors} errors)"
+                    + (f": {folded.headline}" if folded is not None and folded.repairs else ""),
                     file=sys.stderr,
                 )
                 return EXIT_TESTS_FAILED

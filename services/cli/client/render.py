@@ -24,6 +24,9 @@ from contracts.events import (
     PhaseCompleted,
     PhaseProgress,
     PhaseStarted,
+    RepairCompleted,
+    RepairReverted,
+    RepairStarted,
     VerifyCompleted,
     VerifyStarted,
     VerifyUnavailable,
@@ -96,6 +99,8 @@ def describe(event: StreamEvent) -> str | None:
             return "\n".join(lines)
         case VerifyUnavailable(reason=reason):
             return f"UNVERIFIED: {reason}"
+        case RepairStarted() | RepairCompleted() | RepairReverted():
+            return repair_line(event.event)
         case GenerationCompleted(file_count=count, total_bytes=size, duration_ms=ms):
             return f"completed: {count} files, {size} bytes in {ms / 1000:.1f} s"
         case GenerationFailed(phase=phase, message=message, files_kept=kept):
@@ -106,6 +111,27 @@ def describe(event: StreamEvent) -> str | None:
                 f"({kept} files kept)"
             )
     return None
+
+
+def repair_line(event: RepairStarted | RepairCompleted | RepairReverted) -> str:
+    """A repair round's step in one line (the page says it the same way)."""
+    match event:
+        case RepairStarted(round=round_, failing=failing, failing_count=count):
+            tests = f"{count} test{'' if count == 1 else 's'}"
+            named = f" ({', '.join(failing[:3])}{', …' if len(failing) > 3 else ''})"
+            return f"repair round {round_}: {tests} failing{named if failing else ''}"
+        case RepairCompleted(round=round_, outcome="changed", files_changed=files, deleted=gone):
+            changed = ", ".join([*files, *(f"{p} (deleted)" for p in gone)])
+            return f"repair round {round_} changed {changed}"
+        case RepairCompleted(round=round_, outcome="unchanged"):
+            return f"repair round {round_}: the model changed nothing"
+        case RepairCompleted(round=round_, outcome="rejected", rules=rules):
+            return f"REPAIR REJECTED: round {round_} broke the guard's rules: {', '.join(rules)}"
+        case RepairCompleted(round=round_, reason=reason):
+            return f"repair round {round_} failed: {reason}"
+        case RepairReverted(round=round_, reason=reason):
+            return f"REPAIR REVERTED: round {round_}: {reason}"
+    raise AssertionError(event)
 
 
 def _first_line(text: str) -> str:
@@ -212,7 +238,15 @@ class BarRenderer:
             end_at=self.end_at,
         )
         line = describe(event)
-        shown = ("phase.completed", "llm.retrying", "verify.completed", "verify.unavailable")
+        shown = (
+            "phase.completed",
+            "llm.retrying",
+            "verify.completed",
+            "verify.unavailable",
+            "repair.started",
+            "repair.completed",
+            "repair.reverted",
+        )
         if line and (event.is_terminal or event.type in shown):
             self.progress.refresh()  # the bar above the line shows the state it reports
             self.progress.console.print(line.strip())

@@ -3,6 +3,7 @@
 
 import { api, apiText, downloadBlob, paths } from "./api.js";
 import { applyEvent, createModel, formatBytes, formatDuration, isTerminal } from "./model.js";
+import { renderRepairs } from "./repairs.js";
 import { Watcher } from "./stream.js";
 import { highlightInto } from "./syntax.js";
 import {
@@ -151,6 +152,7 @@ export class GenerationPage {
     this.renderRetry(now);
     this.renderOutcome();
     renderVerification(this.refs, this.model.verification);
+    renderRepairs(this.refs.repairs, this.model);
     renderTimeline(this.refs.timeline, this.model, now);
     renderUsage(this.refs.usage, this.model, now);
     this.renderFiles();

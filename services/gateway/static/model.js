@@ -2,6 +2,8 @@
 // contracts/state.py: both must pass the cases of tests/contracts/fold_cases.json
 // (tests/browser/test_fold.py runs them here, through `summaryOf`).
 
+import { describeRepair, repairHandlers, verified } from "./repairs.js";
+
 export function createModel(generationId) {
   return {
     id: generationId,
@@ -132,14 +134,15 @@ const handlers = {
     };
   },
   "verify.started"(model, e) {
-    model.verification = verification("running", e);
+    verified(model, verification("running", e));
   },
   "verify.completed"(model, e) {
-    model.verification = verification(e.verdict, e);
+    verified(model, verification(e.verdict, e));
   },
   "verify.unavailable"(model, e) {
-    model.verification = verification("unverified", e);
+    verified(model, verification("unverified", e));
   },
+  ...repairHandlers,
   "generation.completed"(model, e) {
     model.status = "completed";
     model.progress = 100;
@@ -169,7 +172,7 @@ const handlers = {
   },
 };
 
-function verification(status, e) {
+export function verification(status, e) {
   return {
     status,
     round: e.round || 0,
@@ -307,6 +310,10 @@ export function describe(e) {
       return `Tests ${e.verdict.replace("_", " ")}: ${verificationLine(verification(e.verdict, e))}`;
     case "verify.unavailable":
       return `Unverified: ${e.reason}`;
+    case "repair.started":
+    case "repair.completed":
+    case "repair.reverted":
+      return describeRepair(e);
     case "generation.completed":
       return `Completed: ${e.file_count} files, ${formatBytes(e.total_bytes)} in ${formatDuration(e.duration_ms)}`;
     case "generation.failed":

@@ -6,7 +6,7 @@ from typing import Literal, Protocol
 
 import msgspec
 
-from contracts.events import RetryReason
+from contracts.events import FailedTest, RetryReason
 from contracts.phases import PhaseOutput, PhasePlan
 from contracts.schema import ProjectSchema
 
@@ -20,6 +20,23 @@ ErrorKind = Literal[
     "limits",  # the output exceeds Kiln's size limits
     "cancelled",  # the generation was cancelled during the call
 ]
+
+
+class RepairBrief(msgspec.Struct, frozen=True, kw_only=True):
+    """What a repair round tells the model: the failing tests and the files they point at."""
+
+    round: int
+    rounds: int
+    """The most rounds this version gets."""
+    failed: int = 0
+    errors: int = 0
+    failures: list[FailedTest] = []
+    """The failing tests as the verifier listed them (ids and capped messages)."""
+    compile_errors: list[str] = []
+    files: list[str] = []
+    """Paths the failures name (their test files, the modules in their tracebacks)."""
+    parent_passed: bool = False
+    """An iteration whose parent version passed its tests: the modification broke them."""
 
 
 class PhaseRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -41,6 +58,8 @@ class PhaseRequest(msgspec.Struct, frozen=True, kw_only=True):
     correction: str | None = None
     """Set when the previous output of this phase was rejected: what was wrong with it."""
     attempt: int = 1
+    repair: RepairBrief | None = None
+    """Set for a repair round (phase `repair`): fix these failing tests."""
 
 
 class Reporter(Protocol):

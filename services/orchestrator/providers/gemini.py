@@ -60,6 +60,7 @@ class GeminiProvider:
     """Phases produced by a Gemini model through google-genai."""
 
     name = "gemini"
+    repairs = True  # a version whose tests fail goes back to the model (repairs.py)
 
     def __init__(self, settings: Settings) -> None:
         key = settings.effective_gemini_key

@@ -47,6 +47,7 @@ class OpenAIProvider:
     """Phases produced by a model behind an OpenAI-compatible chat-completions API."""
 
     name = "openai"
+    repairs = True  # a version whose tests fail goes back to the model (repairs.py)
 
     def __init__(self, settings: Settings) -> None:
         if not settings.openai_base_url:

@@ -82,7 +82,19 @@ PHASE_PATH_HINTS: dict[str, tuple[str, ...]] = {
     "tests": ("test", "conftest", "api", "route"),
     "docs": ("readme", "doc", "api", "route"),
     "verify": (),
+    "repair": ("test", "conftest"),
 }
+
+# A failure's message is quoted up to this many characters in a repair prompt.
+REPAIR_MESSAGE_CHARS = 1500
+
+REPAIR_RULES = (
+    "Fix the code so that these tests pass. The tests are the specification: change the "
+    "application code, not the tests, unless a test itself is plainly wrong (a typo, a "
+    "wrong import path). Never delete or empty a test file, never remove a test function, "
+    "never add skip or xfail markers, never replace an assertion with `assert True`: such "
+    "a repair is rejected. Return only the files you change, complete."
+)
 
 SYSTEM_INSTRUCTION = f"""\
 You are the code generator of Kiln. You write a software project phase by phase; each \
@@ -128,16 +140,19 @@ def phase_prompt(
     the output limit (the model is asked for the remaining ones); `note` says why the
     previous answer of this call could not be read.
     """
-    plan = phase_plan(request.phase)
-    index = next(i for i, p in enumerate(PHASES) if p.name == request.phase)
-    sections: list[str] = [
-        f"## Phase: {request.phase}\n"
-        f"Phase {index + 1} of {len(PHASES)}: {plan.title}. Answer for this phase only."
-    ]
-    sections.append("## The plan\n" + _plan_lines(request))
-    sections.append(_project_section(request))
-    goal = PHASE_GOALS.get(request.phase, f"{plan.title}.")
-    sections.append(f"## What this phase must produce\n{goal}")
+    if request.repair is not None:
+        sections = _repair_sections(request)
+    else:
+        plan = phase_plan(request.phase)
+        index = next(i for i, p in enumerate(PHASES) if p.name == request.phase)
+        sections = [
+            f"## Phase: {request.phase}\n"
+            f"Phase {index + 1} of {len(PHASES)}: {plan.title}. Answer for this phase only."
+        ]
+        sections.append("## The plan\n" + _plan_lines(request))
+        sections.append(_project_section(request))
+        goal = PHASE_GOALS.get(request.phase, f"{plan.title}.")
+        sections.append(f"## What this phase must produce\n{goal}")
     if request.locked_paths:
         sections.append(
             "## Locked paths (never create, change or delete them)\n"
@@ -167,9 +182,46 @@ def phase_prompt(
     return "\n\n".join(sections) + "\n"
 
 
+def _repair_sections(request: PhaseRequest) -> list[str]:
+    """The head of a repair round's prompt: the failing tests and what to do about them."""
+    repair = request.repair
+    assert repair is not None
+    failing = repair.failed + repair.errors
+    sections = [
+        "## Phase: repair\n"
+        f"Repair round {repair.round} of at most {repair.rounds}. Every phase is done and the "
+        f"project's own tests were run in a sandbox: {failing} failed or errored."
+    ]
+    sections.append("## The plan\n" + _plan_lines(request))
+    sections.append(_project_section(request))
+    if repair.parent_passed:
+        sections.append(
+            "## This iteration broke passing tests\nThe parent version passed all its tests; "
+            "after this modification they fail. Keep the modification and fix the breakage."
+        )
+    lines = ["## The failing tests"]
+    for failure in repair.failures:
+        message = failure.message.strip()
+        if len(message) > REPAIR_MESSAGE_CHARS:
+            message = message[:REPAIR_MESSAGE_CHARS] + "\n[... cut ...]"
+        lines.append(f"### {failure.test_id} ({failure.kind})\n```\n{message}\n```")
+    if failing > len(repair.failures):
+        lines.append(f"(and {failing - len(repair.failures)} more not listed)")
+    if repair.compile_errors:
+        lines.append("### Files that do not compile\n" + "\n".join(repair.compile_errors))
+    sections.append("\n".join(lines))
+    if repair.files:
+        sections.append(
+            "## Files the failures point at (quoted first below)\n"
+            + "\n".join(f"- {p}" for p in repair.files)
+        )
+    sections.append(f"## What this round must produce\n{REPAIR_RULES}")
+    return sections
+
+
 def _plan_lines(request: PhaseRequest) -> str:
     names = [p.name for p in request.plan]
-    current = names.index(request.phase) if request.phase in names else -1
+    current = names.index(request.phase) if request.phase in names else len(names)
     lines = []
     for i, p in enumerate(request.plan):
         state = "done" if i < current else "this phase" if i == current else "later"
@@ -236,6 +288,8 @@ def context_files(request: PhaseRequest, context_chars: int) -> list[ContextFile
         value = 0
         if lowered == "plan.md":
             value += 100
+        if request.repair is not None and path in request.repair.files:
+            value += 200
         if any(h in lowered for h in hints):
             value += 4
         if any(w in lowered for w in words):

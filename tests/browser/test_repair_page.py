@@ -1,0 +1,79 @@
+"""Repair rounds on the page, in a real Chromium against a real stack with a real verifier:
+the rounds appear live, and a reload mid-round shows the same state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from playwright.async_api import Browser, expect
+
+from contracts.phases import GeneratedFile
+from services.orchestrator.providers.base import PhaseRequest
+from tests.browser.scripted import FILES_BY_PHASE, ScriptedProvider
+from tests.browser.test_page import create_from_form, open_page, wait_finished
+from tests.conftest import make_settings
+from tests.support.stack import running_stack
+
+pytestmark = pytest.mark.timeout(240)
+
+BUGGY_API = FILES_BY_PHASE["api"]["app/api.py"].replace("return []", "return [1]")
+
+
+class RepairingProvider(ScriptedProvider):
+    """The scripted phases with a bug in the API, fixed by its repair round."""
+
+    repairs = True
+
+    def _files(self, request: PhaseRequest) -> list[GeneratedFile]:
+        if request.phase == "api":
+            return [GeneratedFile("app/api.py", BUGGY_API)]
+        if request.phase == "repair":
+            return [GeneratedFile("app/api.py", FILES_BY_PHASE["api"]["app/api.py"])]
+        return super()._files(request)
+
+
+async def test_repair_rounds_appear_live_and_survive_a_reload(
+    tmp_path: Path, nats_server: Any, browser: Browser
+) -> None:
+    provider = RepairingProvider()
+    settings = msgspec.structs.replace(
+        make_settings(tmp_path, nats_server.url), verify_pickup_s=30.0
+    )
+    async with (
+        running_stack(settings, providers={"offline": provider}, verifier=True) as stack,
+        open_page(browser, stack) as page,
+    ):
+        provider.hold("repair")
+        await create_from_form(page)
+        await provider.reached("repair", timeout=120)
+        section = page.locator("[data-ref=repairs]")
+        await expect(section).to_be_visible()
+        await expect(section.locator(".repair-headline")).to_have_text(
+            "repairing: round 1, 1 test failing"
+        )
+        await expect(section.locator("li[data-round='1']")).to_have_attribute(
+            "data-status", "running"
+        )
+        before = await section.inner_text()
+
+        await page.reload()
+        await expect(section.locator("li[data-round='1']")).to_have_attribute(
+            "data-status", "running"
+        )
+        assert await section.inner_text() == before
+
+        provider.release("repair")
+        await wait_finished(page)
+        await expect(section.locator(".repair-headline")).to_have_text(
+            "verified: passed after 1 repair round"
+        )
+        await expect(section.locator("li[data-round='1']")).to_have_attribute(
+            "data-status", "changed"
+        )
+        await expect(section.locator("li[data-round='1']")).to_contain_text("app/api.py")
+        await expect(page.locator("[data-ref=events]")).to_contain_text(
+            "Repair round 1 changed app/api.py"
+        )
