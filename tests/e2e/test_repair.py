@@ -28,7 +28,8 @@ from tests.fakes.gemini_server import FakeGemini
 from tests.fakes.openai_server import FakeOpenAI
 from tests.support.stack import SSEEvent, Stack, running_stack, schema_with
 
-pytestmark = pytest.mark.timeout(300)
+# Repair rounds prove the same on either database (storage's suite covers the column).
+pytestmark = [pytest.mark.timeout(300), pytest.mark.one_database]
 
 BUGGY = '"""HTTP statuses."""\n\n\ndef created() -> int:\n    return HTTPStatus.CREATED\n\n\ndef ok() -> int:\n    return 200\n'
 STILL_BUGGY = BUGGY.replace('"""HTTP statuses."""', '"""HTTP statuses (tried)."""')
