@@ -18,19 +18,18 @@ import httpx
 from google import genai
 from google.genai import errors, types
 
-from contracts.phases import PhaseOutput
 from services.common.settings import Settings
 from services.orchestrator.providers.answers import (
     gemini_response_schema,
 )
-from services.orchestrator.providers.base import PhaseRequest, ProviderError, Reporter
+from services.orchestrator.providers.base import ProviderError
 from services.orchestrator.providers.conversation import (
     CallFailed,
     CallPolicy,
     CallResult,
+    ChatModelProvider,
     Finish,
     Progress,
-    converse,
     retry_after_seconds,
     scrub,
     shorten,
@@ -56,11 +55,11 @@ _RETRY_IN = re.compile(r"retry in (\d+(?:\.\d+)?)\s*(ms|s)\b", re.IGNORECASE)
 _KEY_INVALID = re.compile(r"api key (not valid|invalid|expired)", re.IGNORECASE)
 
 
-class GeminiProvider:
+class GeminiProvider(ChatModelProvider):
     """Phases produced by a Gemini model through google-genai."""
 
     name = "gemini"
-    repairs = True  # a version whose tests fail goes back to the model (repairs.py)
+    label = LABEL
 
     def __init__(self, settings: Settings) -> None:
         key = settings.effective_gemini_key
@@ -85,22 +84,9 @@ class GeminiProvider:
         )
         self._schema = types.Schema.model_validate(gemini_response_schema())
 
-    async def run_phase(self, request: PhaseRequest, reporter: Reporter) -> PhaseOutput:
-        """The phase output Gemini writes for `request`, or ProviderError."""
-        model = request.model or self.settings.gemini_model
-
-        async def call(*, system: str, prompt: str, progress: Progress) -> CallResult:
-            return await self._stream(model, system, prompt, progress)
-
-        return await converse(
-            request,
-            reporter,
-            provider=self.name,
-            label=LABEL,
-            model=model,
-            call=call,
-            policy=self.policy,
-        )
+    def default_model(self) -> str:
+        """The model of a request that names none (from the settings)."""
+        return self.settings.gemini_model
 
     async def aclose(self) -> None:
         """Close the HTTP connections of the client."""

@@ -19,19 +19,18 @@ from urllib.parse import urlsplit
 import httpx
 from httpx_sse import EventSource
 
-from contracts.phases import PhaseOutput
 from services.common.settings import Settings
 from services.orchestrator.providers.answers import (
     output_json_schema,
 )
-from services.orchestrator.providers.base import PhaseRequest, ProviderError, Reporter
+from services.orchestrator.providers.base import ProviderError
 from services.orchestrator.providers.conversation import (
     CallFailed,
     CallPolicy,
     CallResult,
+    ChatModelProvider,
     Finish,
     Progress,
-    converse,
     retry_after_seconds,
     scrub,
     shorten,
@@ -43,11 +42,11 @@ _PER_DAY = re.compile(r"per day|\(RPD\)|\(TPD\)|daily", re.IGNORECASE)
 _QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "quota_exceeded"})
 
 
-class OpenAIProvider:
+class OpenAIProvider(ChatModelProvider):
     """Phases produced by a model behind an OpenAI-compatible chat-completions API."""
 
     name = "openai"
-    repairs = True  # a version whose tests fail goes back to the model (repairs.py)
+    label = LABEL
 
     def __init__(self, settings: Settings) -> None:
         if not settings.openai_base_url:
@@ -73,22 +72,9 @@ class OpenAIProvider:
         self._client = httpx.AsyncClient(base_url=base, headers=headers, timeout=timeout)
         self._schema = output_json_schema()
 
-    async def run_phase(self, request: PhaseRequest, reporter: Reporter) -> PhaseOutput:
-        """The phase output the endpoint's model writes for `request`, or ProviderError."""
-        model = request.model or self.settings.openai_model
-
-        async def call(*, system: str, prompt: str, progress: Progress) -> CallResult:
-            return await self._stream(model, system, prompt, progress)
-
-        return await converse(
-            request,
-            reporter,
-            provider=self.name,
-            label=LABEL,
-            model=model,
-            call=call,
-            policy=self.policy,
-        )
+    def default_model(self) -> str:
+        """The model of a request that names none (from the settings)."""
+        return self.settings.openai_model
 
     async def aclose(self) -> None:
         """Close the HTTP connections."""
