@@ -38,13 +38,12 @@ from contracts.phases import PHASES, PhaseOutput, PhasePlan, progress_before
 from contracts.state import GenerationState, apply, fold
 from services.common import metrics
 from services.common.consumer import Ack, DeadLetter, Outcome, Retry
-from services.common.eventlog import (
+from services.common.eventlog import StoredEvent, read_generation
+from services.common.eventwriter import (
     EventBatch,
     GenerationWriter,
     LogUnavailable,
-    StoredEvent,
     WriterConflict,
-    read_generation,
     source_uri,
 )
 from services.common.logs import get_logger, redactor
