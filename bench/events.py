@@ -31,7 +31,7 @@ from contracts.events import (
     PhaseStarted,
 )
 from contracts.phases import PHASES
-from services.common.eventlog import GenerationWriter, cloudevents_headers
+from services.common.eventwriter import GenerationWriter, cloudevents_headers
 
 SOURCE = "kiln-bench"
 BENCH_MARK = "bench "

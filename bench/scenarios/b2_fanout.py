@@ -16,7 +16,7 @@ from bench.procs import CpuMeter
 from bench.report import Measurements, Row, client_note, percentile
 from bench.scenarios import Context
 from services.common.embedded_nats import free_port
-from services.common.eventlog import GenerationWriter
+from services.common.eventwriter import GenerationWriter
 
 TITLE = "B2 live fan-out"
 PROCESSES = 2

@@ -3,6 +3,11 @@
 Each field names its environment variable and says what it does; the README's settings
 table is generated from this class (`kiln settings --markdown`), and a test fails when
 the two differ.
+
+It stays one module, longer than the others: it is one declarative table (a field per
+setting, each a few lines), and one table is what keeps every variable's name unique, one
+`load_settings` validating them all together, and the README generated from one place;
+splitting it by service would only scatter the table.
 """
 
 from __future__ import annotations

@@ -25,13 +25,8 @@ from contracts.commands import CancelRequested, GenerateRequested
 from contracts.events import GenerationCancelled, GenerationRequested, utc_now
 from contracts.schema import ProjectSchema
 from contracts.state import GenerationState, GenerationSummary
-from services.common.eventlog import (
-    GenerationWriter,
-    LogUnavailable,
-    WriterConflict,
-    last_event,
-    source_uri,
-)
+from services.common.eventlog import last_event
+from services.common.eventwriter import GenerationWriter, LogUnavailable, WriterConflict, source_uri
 from services.common.logs import get_logger
 from services.gateway.errors import Conflict, Unavailable
 from services.gateway.providers import ProviderCheck

@@ -22,7 +22,7 @@ from litestar.exceptions import (
 from litestar.openapi import ResponseSpec
 
 from services.common.broker import NOT_NOW
-from services.common.eventlog import LogUnavailable
+from services.common.eventwriter import LogUnavailable
 from services.common.logs import get_logger, redactor
 
 log = get_logger(__name__)

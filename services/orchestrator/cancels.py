@@ -21,6 +21,10 @@ from services.common.logs import get_logger
 log = get_logger(__name__)
 
 
+class Cancelled(Exception):
+    """The generation was cancelled while a step ran."""
+
+
 class CancelWatcher:
     """Maps generation ids to an asyncio.Event that is set when the generation is cancelled."""
 

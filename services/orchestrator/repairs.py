@@ -7,7 +7,7 @@ on up to `KILN_REPAIR_ROUNDS`. A round that makes things worse is reverted and e
 loop, as does a round the guard rejects, one that changes nothing and one the model cannot
 answer. Every decision is taken from the fold of the log alone (`next_step`), so an
 orchestrator that resumes a generation continues at the unfinished step and never repeats
-a finished one. The runner carries the steps out.
+a finished one. `repair_loop.RepairLoop` carries the steps out.
 """
 
 from __future__ import annotations

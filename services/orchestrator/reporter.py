@@ -8,7 +8,7 @@ import time
 
 from contracts.events import LlmCalled, LlmRetrying, PhaseProgress, RetryReason
 from services.common import metrics
-from services.common.eventlog import GenerationWriter
+from services.common.eventwriter import GenerationWriter
 
 PROGRESS_INTERVAL_S = 0.5
 

@@ -13,7 +13,7 @@ from contracts.codec import DecodeError, decode_command
 from contracts.commands import GenerateRequested
 from services.common import metrics
 from services.common.consumer import DeadLetter, Outcome, PullWorker, deliveries_of
-from services.common.eventlog import atomic_batches
+from services.common.eventwriter import atomic_batches
 from services.common.host import broker_session, health_endpoint, nats_readiness
 from services.common.logs import get_logger
 from services.common.settings import Settings

@@ -30,7 +30,8 @@ from contracts.verification import (
     decode_verify_result,
     request_msg_id,
 )
-from services.common.eventlog import GenerationWriter, subscribe_ordered
+from services.common.eventlog import subscribe_ordered
+from services.common.eventwriter import GenerationWriter
 from services.common.logs import get_logger
 
 log = get_logger(__name__)

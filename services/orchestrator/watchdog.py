@@ -31,13 +31,8 @@ from contracts.commands import GenerateRequested
 from contracts.events import GenerationFailed
 from contracts.state import fold
 from services.common import metrics
-from services.common.eventlog import (
-    GenerationWriter,
-    LogUnavailable,
-    WriterConflict,
-    read_generation,
-    source_uri,
-)
+from services.common.eventlog import read_generation
+from services.common.eventwriter import GenerationWriter, LogUnavailable, WriterConflict, source_uri
 from services.common.logs import get_logger
 
 log = get_logger(__name__)

@@ -15,7 +15,7 @@ from contracts.events import GenerationRequested, PhaseCompleted, event_tag
 from contracts.streams import EVENTS_STREAM
 from services.common.broker import ensure_streams
 from services.common.embedded_nats import EmbeddedNats
-from services.common.eventlog import GenerationWriter, source_uri
+from services.common.eventwriter import GenerationWriter, source_uri
 from services.common.settings import Settings
 from tests.support.stack import running_stack
 

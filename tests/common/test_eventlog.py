@@ -30,16 +30,8 @@ from contracts.events import (
 from contracts.phases import PHASES
 from services.common.broker import ensure_streams
 from services.common.embedded_nats import EmbeddedNats
-from services.common.eventlog import (
-    EventBatch,
-    GenerationWriter,
-    StoredEvent,
-    WriterConflict,
-    atomic_batches,
-    last_event,
-    read_generation,
-    subscribe_ordered,
-)
+from services.common.eventlog import StoredEvent, last_event, read_generation, subscribe_ordered
+from services.common.eventwriter import EventBatch, GenerationWriter, WriterConflict, atomic_batches
 from tests.support.nats_cluster import NatsCluster, connect_cluster
 from tests.support.processes import ROOT
 from tests.support.waiting import eventually
@@ -310,7 +302,8 @@ import asyncio, sys
 import nats
 from contracts.codec import content_sha256
 from contracts.events import FileWritten
-from services.common.eventlog import GenerationWriter, read_generation
+from services.common.eventlog import read_generation
+from services.common.eventwriter import GenerationWriter
 
 async def main(url, generation_id, per_batch):
     nc = await nats.connect(url)

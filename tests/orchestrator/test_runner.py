@@ -19,7 +19,8 @@ from contracts.state import fold
 from services.common.broker import ensure_streams
 from services.common.consumer import Ack, Retry
 from services.common.embedded_nats import EmbeddedNats
-from services.common.eventlog import GenerationWriter, read_generation
+from services.common.eventlog import read_generation
+from services.common.eventwriter import GenerationWriter
 from services.common.settings import load_settings
 from services.orchestrator.cancels import CancelWatcher
 from services.orchestrator.providers.base import PhaseRequest, ProviderError, Reporter

@@ -17,7 +17,8 @@ from contracts.verification import (
     decode_verify_request,
     result_msg_id,
 )
-from services.common.eventlog import GenerationWriter, read_generation
+from services.common.eventlog import read_generation
+from services.common.eventwriter import GenerationWriter
 from services.orchestrator.verification import (
     NO_VERIFIER,
     VerifierClient,

@@ -20,7 +20,8 @@ from contracts.events import GenerationCompleted, GenerationRequested, Generatio
 from contracts.phases import PHASES
 from contracts.schema import Entity, Field, ProjectSchema
 from contracts.state import fold
-from services.common.eventlog import GenerationWriter, read_generation
+from services.common.eventlog import read_generation
+from services.common.eventwriter import GenerationWriter
 from services.orchestrator.watchdog import Heartbeat, Heartbeats, Watchdog
 
 SCHEMA = ProjectSchema(entities=[Entity(name="Thing", fields=[Field(name="name", type="string")])])

@@ -21,7 +21,7 @@ from contracts.events import (
 )
 from services.common.broker import ensure_streams
 from services.common.embedded_nats import EmbeddedNats
-from services.common.eventlog import GenerationWriter
+from services.common.eventwriter import GenerationWriter
 from services.sdk import Received, subscribe
 
 

@@ -34,7 +34,7 @@ from contracts.phases import PHASES
 from contracts.streams import DLQ_STREAM, EVENTS_STREAM
 from services.common.broker import ensure_streams
 from services.common.embedded_nats import EmbeddedNats
-from services.common.eventlog import GenerationWriter
+from services.common.eventwriter import GenerationWriter
 from services.common.settings import Settings
 from services.storage.db import create_engine, migrate
 from services.storage.queries import ReadModel

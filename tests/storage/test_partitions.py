@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts import subjects
 from contracts.streams import EVENTS_STREAM, storage_consumer_name
-from services.common.eventlog import GenerationWriter
+from services.common.eventwriter import GenerationWriter
 from services.common.settings import Settings, SettingsError, load_settings
 from services.storage.db import create_engine, migrate
 from services.storage.models import Base

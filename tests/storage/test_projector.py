@@ -23,7 +23,7 @@ from contracts.codec import encode
 from contracts.events import FileWritten, GenerationCompleted, LlmCalled, PhaseStarted
 from contracts.streams import DLQ_STREAM, EVENTS_STREAM, STORAGE_CONSUMER, storage_consumer
 from services.common.consumer import Ack, Retry
-from services.common.eventlog import GenerationWriter
+from services.common.eventwriter import GenerationWriter
 from services.common.settings import Settings
 from services.storage.bulk import insert_many, upsert
 from services.storage.db import create_engine, migrate

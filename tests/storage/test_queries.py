@@ -15,7 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.codec import event_hash
 from contracts.events import GenerationFailed
-from services.common.eventlog import GenerationWriter, read_generation
+from services.common.eventlog import read_generation
+from services.common.eventwriter import GenerationWriter
 from services.common.settings import Settings
 from services.storage.db import create_engine
 from services.storage.queries import FileEntry, ReadModel

@@ -17,7 +17,8 @@ from litestar.testing import AsyncTestClient
 
 from contracts.events import FileDeleted, FileWritten, GenerationCompleted, GenerationStarted
 from contracts.phases import PHASES
-from services.common.eventlog import GenerationWriter, read_generation
+from services.common.eventlog import read_generation
+from services.common.eventwriter import GenerationWriter
 from services.common.settings import Settings, load_settings
 from services.gateway.app import compose, create_app
 from services.gateway.auth import ApiKeys

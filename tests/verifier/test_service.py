@@ -25,7 +25,7 @@ from contracts.verification import (
     request_msg_id,
 )
 from services.common.embedded_nats import EmbeddedNats
-from services.common.eventlog import GenerationWriter
+from services.common.eventwriter import GenerationWriter
 from services.common.settings import Settings
 from services.verifier.service import VerifierService
 from tests.support.processes import Processes
