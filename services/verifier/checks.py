@@ -177,10 +177,14 @@ def _or_note(notes: list[str], what: str, run: SandboxRun, parse: Callable[[], T
 def _test_counts(run: SandboxRun, wall_s: float) -> tuple[TestCounts, str]:
     """The tests' counts, and a reason when the run did not end normally."""
     if run.timed_out:
-        return (
-            TestCounts(),
-            f"the tests did not finish within {wall_s:g} s; every process of the run was killed",
+        # Named among the failures too, so the event and everything that shows it say why
+        # the verdict is `failed` (pytest, killed, wrote no report naming a test).
+        reason = (
+            f"the tests did not finish within {wall_s:g} s; every process of the run was killed"
         )
+        timed_out = TestCounts(errors=1)
+        timed_out.failures.append(FailedTest(test_id="pytest", kind="error", message=reason))
+        return timed_out, reason
     counts = TestCounts()
     problem = ""
     if run.report:
