@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import tempfile
 import textwrap
 import uuid
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from contracts.verification import MAX_OUTPUT_TAIL_CHARS, VerifyResult, decode_v
 from services.common.embedded_nats import EmbeddedNats
 from services.common.settings import Settings
 from services.orchestrator.providers.base import PhaseRequest, Reporter
+from services.verifier.checks import STAGING_PREFIX
 from tests.conftest import make_settings
 from tests.support.processes import Processes, ServiceProcess
 from tests.support.stack import Stack, running_stack
@@ -374,6 +376,10 @@ async def test_a_project_needing_a_package_outside_the_runtime_is_unverified_and
 # -- a verifier SIGKILLed mid-run ---------------------------------------------------------
 
 
+def _staging_of(pid: int) -> list[Path]:
+    return list(Path(tempfile.gettempdir()).glob(f"{STAGING_PREFIX}{pid}-*"))
+
+
 async def _wait_log(process: ServiceProcess, text: str, timeout: float = 60) -> None:
     def logged() -> bool:
         assert process.process.poll() is None, process.log[-3000:]
@@ -413,7 +419,11 @@ async def test_a_verifier_killed_mid_run_leaves_exactly_one_verify_completed(
             await eventually(
                 lambda: _processes_with(marker) == [], 10, 0.05, what="the sandbox to die"
             )
+            left = _staging_of(first.process.pid)
+            assert left, "the killed verifier could not remove its staging directory"
             second = processes.start("verifier", "second")
+            await _wait_log(second, "taking verify commands")
+            assert not any(p.exists() for p in left), "the next verifier swept it"
             events = await stack.events(accepted["stream_url"], timeout=120)
             status = await stack.wait_status(accepted["generation_id"], "completed")
             result = await stored_result(nc, accepted["generation_id"])
