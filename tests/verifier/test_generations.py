@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 import pytest
@@ -108,7 +109,7 @@ async def stored_result(nc: Client, generation_id: str) -> VerifyResult:
     msg = await nc.jetstream().get_last_msg(
         streams.VERIFY_RESULTS_STREAM, subjects.verify_result_subject(generation_id, 0)
     )
-    return decode_verify_result(msg.data)
+    return decode_verify_result(msg.data or b"")
 
 
 async def generate(stack: Stack, nc: Client, project_name: str) -> Generation:
@@ -131,12 +132,16 @@ TIMES_OUT = ("endless-loop", "sleeps-past-timeout")
 TIMEOUT_S = 8
 
 
-def _network(port: int) -> dict[str, str]:
+def _network(stack: Stack) -> dict[str, str]:
+    broker = urlsplit(stack.settings.nats_url or "").port
     return scripted(f"""
         import socket
 
         def test_gateway_port():
-            socket.create_connection(("127.0.0.1", {port}), timeout=2)
+            socket.create_connection(("127.0.0.1", {stack.settings.port}), timeout=2)
+
+        def test_broker_port():
+            socket.create_connection(("127.0.0.1", {broker}), timeout=2)
 
         def test_outside():
             socket.create_connection(("1.1.1.1", 80), timeout=2)
@@ -224,8 +229,9 @@ SLEEPS_PAST_TIMEOUT = scripted(f"""
 
 def _refused(g: Generation) -> None:
     assert g.completed["verdict"] == "failed"
-    assert (g.completed["passed"], g.completed["failed"]) == (0, 2)
+    assert (g.completed["passed"], g.completed["failed"]) == (0, 3)
     assert "Connection refused" in g.failure("test_gateway_port")
+    assert "Connection refused" in g.failure("test_broker_port")
     assert "Network is unreachable" in g.failure("test_outside")
 
 
@@ -269,7 +275,7 @@ def _sleeper_killed(g: Generation) -> None:
     assert _processes_with(SLEEPER) == [], "the child that ignored SIGTERM was killed"
 
 
-HOSTILE: dict[str, tuple[Callable[[int], dict[str, str]], Callable[[Generation], None]]] = {
+HOSTILE: dict[str, tuple[Callable[[Stack], dict[str, str]], Callable[[Generation], None]]] = {
     "network": (_network, _refused),
     "fork-bomb": (lambda _: FORK_BOMB, _fork_refused),
     "endless-loop": (lambda _: SPIN, _timed_out),
@@ -319,11 +325,13 @@ async def test_a_hostile_project_is_contained_named_and_the_verifier_serves_the_
     if case not in TIMES_OUT:
         settings = msgspec.structs.replace(settings, verify_timeout_s=60.0)
     write, check = HOSTILE[case]
-    watched = [*outside_paths(), Path.cwd().parent.parent / "x"]
+    # Where the project writes, as seen from the host (its ../../x is /x from the work
+    # directory, as from the host's staging directory).
+    watched = outside_paths()
     before = host_snapshot(watched)
     provider = ScriptedProvider({})
     async with running_stack(settings, providers={"offline": provider}, verifier=True) as stack:
-        provider.projects["hostile"] = write(stack.settings.port)
+        provider.projects["hostile"] = write(stack)
         hostile = await generate(stack, nc, "hostile")
         normal = await generate(stack, nc, "normal")
 
@@ -338,6 +346,7 @@ async def test_a_hostile_project_is_contained_named_and_the_verifier_serves_the_
     assert (normal.completed["passed"], normal.completed["failed"]) == (1, 0)
     assert normal.result.verifier == hostile.result.verifier
     assert host_snapshot(watched) == before, "a run changed something outside the sandbox"
+    assert _staging_of(os.getpid()) == [], "the verifier removed the versions' files"
 
 
 # -- a project needing a package outside the runtime --------------------------------------
