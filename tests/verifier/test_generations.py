@@ -302,7 +302,11 @@ def hostile_settings(tmp_path: Path, nats_url: str, **env: str) -> Settings:
     )
 
 
-@pytest.mark.parametrize("case", list(HOSTILE))
+@pytest.mark.parametrize(
+    "case",
+    # The two that wait out the deadline are the long ones.
+    [pytest.param(c, marks=pytest.mark.slow) if c in TIMES_OUT else c for c in HOSTILE],
+)
 async def test_a_hostile_project_is_contained_named_and_the_verifier_serves_the_next(
     case: str,
     nats_server: EmbeddedNats,
@@ -397,6 +401,7 @@ async def _wait_log(process: ServiceProcess, text: str, timeout: float = 60) -> 
     await eventually(logged, timeout, 0.1, what=lambda: f"{text!r} in {process.log[-2000:]}")
 
 
+@pytest.mark.slow
 async def test_a_verifier_killed_mid_run_leaves_exactly_one_verify_completed(
     nats_server: EmbeddedNats, nc: Client, tmp_path: Path
 ) -> None:
