@@ -37,6 +37,7 @@ log = get_logger(__name__)
 T = TypeVar("T")
 
 LINT_WALL_S = 60.0
+STAGING_PREFIX = "kiln-verify-"
 # Reads every .py file under the working directory; prints the ones that do not compile.
 COMPILE_SCRIPT = """
 import json, os
@@ -56,6 +57,34 @@ for top, dirs, names in os.walk("."):
             errors.append(f"{path}: {exc}")
 print(json.dumps(errors))
 """
+
+
+def staging_dir() -> Path:
+    """A fresh host directory for one version's files, named after this verifier's pid."""
+    return Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-"))
+
+
+def sweep_stale_staging(parent: Path | None = None) -> list[Path]:
+    """Remove the staging directories of verifiers that are gone (one SIGKILLed mid-run
+    cannot remove its own); returns what was removed."""
+    removed = []
+    for path in Path(parent or tempfile.gettempdir()).glob(f"{STAGING_PREFIX}*-*"):
+        pid = path.name.removeprefix(STAGING_PREFIX).split("-", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)) or not path.is_dir():
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def stage(files: dict[str, str], root: Path) -> None:
@@ -103,7 +132,7 @@ async def verify(
         return unavailable(f"unverified: needs {', '.join(missing)}")
     if not any(p.endswith(".py") for p in files):
         return unavailable("unverified: the version has no Python files")
-    root = Path(tempfile.mkdtemp(prefix="kiln-verify-"))
+    root = staging_dir()
     try:
         stage(files, root)
         python, ruff = str(sandbox.runtime.python), str(sandbox.runtime.bin_dir / "ruff")
@@ -177,10 +206,14 @@ def _or_note(notes: list[str], what: str, run: SandboxRun, parse: Callable[[], T
 def _test_counts(run: SandboxRun, wall_s: float) -> tuple[TestCounts, str]:
     """The tests' counts, and a reason when the run did not end normally."""
     if run.timed_out:
-        return (
-            TestCounts(),
-            f"the tests did not finish within {wall_s:g} s; every process of the run was killed",
+        # Named among the failures too, so the event and everything that shows it say why
+        # the verdict is `failed` (pytest, killed, wrote no report naming a test).
+        reason = (
+            f"the tests did not finish within {wall_s:g} s; every process of the run was killed"
         )
+        timed_out = TestCounts(errors=1)
+        timed_out.failures.append(FailedTest(test_id="pytest", kind="error", message=reason))
+        return timed_out, reason
     counts = TestCounts()
     problem = ""
     if run.report:

@@ -35,7 +35,7 @@ from services.common.eventlog import read_generation
 from services.common.host import broker_session, health_endpoint
 from services.common.logs import get_logger
 from services.common.settings import Settings
-from services.verifier.checks import verify
+from services.verifier.checks import sweep_stale_staging, verify
 from services.verifier.runtime import RuntimeUnavailable, load_runtime
 from services.verifier.sandbox import Limits, Sandbox, SandboxUnavailable
 
@@ -71,7 +71,11 @@ class VerifierService:
         self.unavailable: str | None = None
 
     async def prepare(self) -> None:
-        """Load the runtime and probe the sandbox; what fails is the reason of every result."""
+        """Load the runtime and probe the sandbox; what fails is the reason of every result.
+
+        First removes what verifiers killed mid-run left in the temporary directory."""
+        for path in sweep_stale_staging():
+            log.info("Removed the staging directory of a verifier that is gone", path=str(path))
         try:
             runtime = load_runtime(self.settings.verify_runtime)
         except RuntimeUnavailable as exc:

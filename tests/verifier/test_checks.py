@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from services.orchestrator.providers.offline import OfflineProvider
-from services.verifier.checks import stage, verify
+from services.verifier.checks import STAGING_PREFIX, stage, sweep_stale_staging, verify
 from services.verifier.reports import parse_junit
 from services.verifier.sandbox import Limits
 from tests.orchestrator.providers.offline.helpers import SHOP, generate
@@ -111,3 +113,18 @@ async def test_a_project_without_tests_says_so() -> None:
     assert result.outcome == "completed"
     assert result.passed == 0 and result.exit_code == 5
     assert result.reason == "no tests were collected"
+
+
+def test_the_staging_directories_of_verifiers_that_are_gone_are_swept(tmp_path: Path) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = tmp_path / f"{STAGING_PREFIX}{gone.pid}-abc"
+    (stale / "tests").mkdir(parents=True)
+    (stale / "tests" / "test_it.py").write_text("x = 1\n")
+    mine = tmp_path / f"{STAGING_PREFIX}{os.getpid()}-def"
+    mine.mkdir()
+    other = tmp_path / f"{STAGING_PREFIX}unsandboxed-ghi"
+    other.mkdir()
+
+    assert sweep_stale_staging(tmp_path) == [stale]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, other.name])
