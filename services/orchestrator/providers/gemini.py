@@ -23,11 +23,11 @@ from services.orchestrator.providers.answers import (
     gemini_response_schema,
 )
 from services.orchestrator.providers.base import ProviderError
+from services.orchestrator.providers.chat import ChatModelProvider
 from services.orchestrator.providers.conversation import (
     CallFailed,
     CallPolicy,
     CallResult,
-    ChatModelProvider,
     Finish,
     Progress,
     retry_after_seconds,

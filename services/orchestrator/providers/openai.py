@@ -24,11 +24,11 @@ from services.orchestrator.providers.answers import (
     output_json_schema,
 )
 from services.orchestrator.providers.base import ProviderError
+from services.orchestrator.providers.chat import ChatModelProvider
 from services.orchestrator.providers.conversation import (
     CallFailed,
     CallPolicy,
     CallResult,
-    ChatModelProvider,
     Finish,
     Progress,
     retry_after_seconds,
