@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from services.cli.lock import hold_data_dir
@@ -43,10 +44,15 @@ def development_key(data_dir: Path) -> str:
 
 
 def _wait_ready(
-    url: str, processes: dict[str, subprocess.Popen[bytes]], timeout: float = 60.0
+    url: str,
+    processes: dict[str, subprocess.Popen[bytes]],
+    stopping: Callable[[], bool],
+    timeout: float = 60.0,
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if stopping():
+            return  # asked to stop while starting: the services' exits are expected
         for name, process in processes.items():
             if process.poll() is not None:
                 raise SystemExit(
@@ -112,6 +118,7 @@ def up(settings: Settings, nats_port: int | None) -> None:
             if settings.host in ("0.0.0.0", "::")
             else f"{base}/readyz",
             processes,
+            lambda: stopping,
         )
         lines = [
             "",
@@ -129,7 +136,8 @@ def up(settings: Settings, nats_port: int | None) -> None:
             "  Stop with Ctrl-C.",
             "",
         ]
-        print("\n".join(lines), flush=True)
+        if not stopping:
+            print("\n".join(lines), flush=True)
         while not stopping:
             time.sleep(0.2)
             for name, process in list(processes.items()):
