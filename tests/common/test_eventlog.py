@@ -30,7 +30,13 @@ from contracts.events import (
 from contracts.phases import PHASES
 from services.common.broker import ensure_streams
 from services.common.embedded_nats import EmbeddedNats
-from services.common.eventlog import StoredEvent, last_event, read_generation, subscribe_ordered
+from services.common.eventlog import (
+    StoredEvent,
+    last_event,
+    last_stream_seq,
+    read_generation,
+    subscribe_ordered,
+)
 from services.common.eventwriter import EventBatch, GenerationWriter, WriterConflict, atomic_batches
 from tests.support.nats_cluster import NatsCluster, connect_cluster
 from tests.support.processes import ROOT
@@ -348,6 +354,16 @@ async def test_a_writer_killed_between_or_inside_batches_leaves_whole_batches_on
         os.kill(process.pid, signal.SIGKILL)
         await process.wait()
     js = nc.jetstream()
+
+    # A batch the killed writer had sent whole may still be committing on the server: the
+    # log is read once it stops moving (a new writer that read too early is refused, as
+    # the runner's WriterConflict path expects).
+    async def settled() -> bool:
+        before = await last_stream_seq(js, writer.generation_id)
+        await asyncio.sleep(1.0)
+        return before == await last_stream_seq(js, writer.generation_id)
+
+    await eventually(settled, timeout=30)
     history = await read_generation(js, writer.generation_id)
     _assert_whole_chain(history)
     assert (len(history) - 1) % per_batch == 0, "no batch is half appended"
