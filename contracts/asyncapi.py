@@ -144,6 +144,12 @@ def document() -> dict[str, Any]:
     for command in commands:
         tag = _tag(command)
         messages[tag] = _message(tag, command, {"$ref": _SCHEMAS.format(name="CommandHeaders")})
+    messages["file_content"] = {
+        "name": "file_content",
+        "title": "FileContent",
+        "summary": "One file's content, UTF-8, named by its sha256.",
+        "payload": {"type": "string", "description": "The file's bytes (UTF-8 text)."},
+    }
     messages["dead_letter"] = {
         "name": "dead_letter",
         "title": "DeadLetter",
@@ -188,6 +194,19 @@ def document() -> dict[str, Any]:
             "description": f"Stream {streams.CONTROL_STREAM}: the last request per generation, kept a day.",
             "parameters": {"generation_id": _parameter("The generation to cancel.")},
             "messages": refs([_tag(CancelRequested)]),
+        },
+        "fileContents": {
+            "address": f"{subjects.BLOBS_PREFIX}.{{sha256}}",
+            "title": "File contents, by sha256",
+            "description": (
+                f"Stream {streams.BLOBS_STREAM}: each distinct file content once, on the "
+                "subject of its sha256 (the first message kept). A `version.based_on` event "
+                "names its inherited files by sha256; their contents are stored here before "
+                "that event. Read one with a direct get of the subject's last message; check "
+                "that it hashes to its name."
+            ),
+            "parameters": {"sha256": _parameter("The content's sha256, in lowercase hex.")},
+            "messages": refs(["file_content"]),
         },
         "deadLetters": {
             "address": f"{subjects.DLQ_PREFIX}.{{service}}",
@@ -249,6 +268,12 @@ def document() -> dict[str, Any]:
             ),
             "receiveCancelRequest": operation(
                 "receive", "cancelRequests", "Orchestrators watch for cancels."
+            ),
+            "sendFileContent": operation(
+                "send", "fileContents", "Orchestrators store what a version inherits."
+            ),
+            "receiveFileContent": operation(
+                "receive", "fileContents", "Readers resolve a version's inherited files."
             ),
             "sendDeadLetter": operation("send", "deadLetters", "A service gives up on a message."),
         },

@@ -119,6 +119,32 @@ class FileWritten(Event, frozen=True, kw_only=True, tag="file.written"):
     origin: FileOrigin = "generated"
 
 
+Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$(?!\n)")]
+
+
+class InheritedFile(msgspec.Struct, frozen=True, kw_only=True):
+    """A file a version keeps unchanged from its parent: named by content, not copied.
+
+    Its content is the blob `sha256` of the blob stream (contracts/streams.py), which the
+    writer stores before the event that names it."""
+
+    path: str
+    sha256: Sha256
+    size: Annotated[int, msgspec.Meta(ge=0)]
+
+
+class VersionBasedOn(Event, frozen=True, kw_only=True, tag="version.based_on"):
+    """An iteration starts from its parent's files: the manifest of what it inherits.
+
+    Each inherited file is in the version as if written with `origin: "parent"` in `phase`
+    (a `file.written` of it later replaces it). A huge manifest may span several of these
+    events, appended in one atomic batch; each adds its `files`."""
+
+    parent_generation_id: Id
+    files: list[InheritedFile] = []
+    phase: str = "plan"
+
+
 class FileDeleted(Event, frozen=True, kw_only=True, tag="file.deleted"):
     """An explicit deletion of a file of the parent version, with its reason."""
 
@@ -284,6 +310,7 @@ AnyEvent = (
     | PhaseProgress
     | PhaseCompleted
     | FileWritten
+    | VersionBasedOn
     | FileDeleted
     | LlmCalled
     | LlmRetrying

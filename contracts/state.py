@@ -43,6 +43,7 @@ from contracts.events import (
     VerifyCompleted,
     VerifyStarted,
     VerifyUnavailable,
+    VersionBasedOn,
 )
 
 Status = Literal["pending", "running", "completed", "failed", "cancelled"]
@@ -50,7 +51,11 @@ TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled
 
 
 class FileState(msgspec.Struct):
-    """One file of the version as the log has it so far."""
+    """One file of the version as the log has it so far.
+
+    `content` is None where the fold was told not to keep it, and for a file inherited
+    through `version.based_on` until a reader fills it from the blob store
+    (services/common/blobs.py `resolve_contents`)."""
 
     path: str
     sha256: str
@@ -194,6 +199,8 @@ class GenerationState(msgspec.Struct, kw_only=True):
     request: GenerationRequested | None = None
     retrying: LlmRetrying | None = None
     """The retry announced in the current phase, until the phase moves on."""
+    based_on: str | None = None
+    """The parent generation whose files the version inherited by manifest (`version.based_on`)."""
 
     @property
     def generation_id(self) -> str:
@@ -206,8 +213,13 @@ class GenerationState(msgspec.Struct, kw_only=True):
         return self.summary.is_terminal
 
     def file_contents(self) -> dict[str, str]:
-        """path → content of every file whose content the fold kept."""
+        """path → content of every file whose content the fold kept (an inherited file's
+        only once resolved: see `unresolved`)."""
         return {p: f.content for p, f in self.files.items() if f.content is not None}
+
+    def unresolved(self) -> dict[str, FileState]:
+        """path → file of every inherited file whose content is not filled in yet."""
+        return {p: f for p, f in self.files.items() if f.content is None and f.origin == "parent"}
 
 
 def new_state(event: Event) -> GenerationState:
@@ -277,6 +289,20 @@ def apply(state: GenerationState, event: Event, *, keep_content: bool = True) ->
             )
             s.file_count += 1
             s.total_bytes += event.size
+        case VersionBasedOn():
+            state.based_on = event.parent_generation_id
+            for inherited in event.files:
+                _remove_file(state, inherited.path)
+                state.deleted.pop(inherited.path, None)
+                state.files[inherited.path] = FileState(
+                    path=inherited.path,
+                    sha256=inherited.sha256,
+                    size=inherited.size,
+                    phase=event.phase,
+                    origin="parent",
+                )
+                s.file_count += 1
+                s.total_bytes += inherited.size
         case FileDeleted():
             _remove_file(state, event.path)
             state.deleted[event.path] = event.reason

@@ -9,10 +9,12 @@ from nats.js.api import (
     DiscardPolicy,
     RetentionPolicy,
     StorageType,
+    StoreCompression,
     StreamConfig,
 )
 
 from contracts import subjects
+from contracts.limits import MAX_FILE_BYTES
 
 EVENTS_STREAM = "KILN_EVENTS"
 COMMANDS_STREAM = "KILN_CMDS"
@@ -20,6 +22,7 @@ CONTROL_STREAM = "KILN_CONTROL"
 DLQ_STREAM = "KILN_DLQ"
 VERIFY_STREAM = "KILN_VERIFY"
 VERIFY_RESULTS_STREAM = "KILN_VERIFY_RESULTS"
+BLOBS_STREAM = "KILN_BLOBS"
 VERSIONS_BUCKET = "KILN_VERSIONS"
 RUNS_BUCKET = "KILN_RUNS"
 PROVIDERS_BUCKET = "KILN_PROVIDERS"
@@ -32,6 +35,7 @@ DUPLICATE_WINDOW_S = 120.0
 # nats-server 2.15 caps consumers per stream at 1,000 unless a positive number is set.
 MAX_CONSUMERS = 100_000
 MAX_EVENT_BYTES = 1024 * 1024
+MAX_BLOB_BYTES = MAX_FILE_BYTES
 DAY_S = 24 * 3600.0
 
 
@@ -40,6 +44,7 @@ def events_stream(replicas: int = 1, *, atomic: bool = True) -> StreamConfig:
 
     `atomic` lets a writer append a phase as one atomic batch (nats-server >= 2.12; an
     older server refuses a configuration that names the field, so it is left out there).
+    Stored S2-compressed: a log of source code shrinks several times on disk.
     """
     return StreamConfig(
         name=EVENTS_STREAM,
@@ -54,6 +59,31 @@ def events_stream(replicas: int = 1, *, atomic: bool = True) -> StreamConfig:
         discard=DiscardPolicy.NEW,
         allow_direct=True,
         allow_atomic=True if atomic else None,
+        compression=StoreCompression.S2,
+    )
+
+
+def blobs_stream(replicas: int = 1) -> StreamConfig:
+    """File contents, once per sha256: the content a `version.based_on` manifest names.
+
+    One subject per sha256 keeping its first message only (a second publish of the same
+    content is refused, and nothing is stored twice), kept until deleted like the log
+    that refers to it, S2-compressed.
+    """
+    return StreamConfig(
+        name=BLOBS_STREAM,
+        description="Kiln file contents, one subject per sha256",
+        subjects=[subjects.ALL_BLOBS],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        max_msg_size=MAX_BLOB_BYTES,
+        max_msgs_per_subject=1,
+        discard=DiscardPolicy.NEW,
+        discard_new_per_subject=True,
+        allow_direct=True,
+        compression=StoreCompression.S2,
     )
 
 
@@ -146,6 +176,7 @@ def verify_results_stream(replicas: int = 1) -> StreamConfig:
 
 ALL_STREAMS = (
     events_stream,
+    blobs_stream,
     commands_stream,
     control_stream,
     dlq_stream,

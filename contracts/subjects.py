@@ -21,6 +21,8 @@ ALL_DLQ = f"{DLQ_PREFIX}.>"
 VERIFY_REQUESTS = "kiln.verify.requests"
 VERIFY_RESULTS_PREFIX = "kiln.verify.results"
 ALL_VERIFY_RESULTS = f"{VERIFY_RESULTS_PREFIX}.>"
+BLOBS_PREFIX = "kiln.blobs"
+ALL_BLOBS = f"{BLOBS_PREFIX}.*"
 
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")  # fullmatch: `$` accepts a trailing newline
 
@@ -44,6 +46,16 @@ def generation_events_any_project(generation_id: str) -> str:
 def project_events(project_id: str) -> str:
     """A filter for every generation of one project."""
     return f"{EVENTS_PREFIX}.{_token(project_id, 'project id')}.*"
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def blob_subject(sha256: str) -> str:
+    """The subject of the file content whose sha256 (lowercase hex) is `sha256`."""
+    if not _SHA256.fullmatch(sha256):
+        raise ValueError(f"{sha256!r} is not a sha256 in lowercase hex")
+    return f"{BLOBS_PREFIX}.{sha256}"
 
 
 def cancel_subject(generation_id: str) -> str:

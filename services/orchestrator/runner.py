@@ -28,13 +28,16 @@ from contracts.events import (
     GenerationRequested,
     GenerationResumed,
     GenerationStarted,
+    InheritedFile,
     PhaseCompleted,
     PhaseStarted,
+    VersionBasedOn,
     utc_now,
 )
 from contracts.phases import PHASES, PhaseOutput, PhasePlan, progress_before
 from contracts.state import GenerationState, fold
 from services.common import metrics
+from services.common.blobs import BlobError, BlobStore, contents_by_sha256, resolve_contents
 from services.common.consumer import Ack, DeadLetter, Outcome, Retry
 from services.common.eventlog import read_generation
 from services.common.eventwriter import (
@@ -56,6 +59,10 @@ from services.orchestrator.verification import VerifierClient
 from services.orchestrator.watchdog import Heartbeats
 
 log = get_logger(__name__)
+
+# Inherited files per `version.based_on` event: 1,000 entries stay far below the largest
+# event the stream takes (contracts/streams.py MAX_EVENT_BYTES), whatever their paths.
+MANIFEST_CHUNK = 1_000
 
 
 @dataclass
@@ -87,6 +94,7 @@ class GenerationRunner:
         self.config = config
         self.heartbeats = heartbeats
         self.verifier = verifier or VerifierClient(js, pickup_s=0, wait_s=0, enabled=False)
+        self.blobs = BlobStore(js)
 
     async def run(self, command: GenerateRequested, attempt: int) -> Outcome:
         """Run (or resume) the command's generation; the outcome for its message."""
@@ -104,6 +112,10 @@ class GenerationRunner:
             )
             self.cancels.forget(generation_id)
             return Ack()
+        try:
+            await resolve_contents(self.blobs, state)
+        except BlobError as exc:
+            return Retry(f"the log names file contents the broker cannot give: {exc}")
         writer = FoldingWriter.after(
             self.js, history, source=source_uri("orchestrator", self.config.worker), state=state
         )
@@ -187,6 +199,7 @@ class _Run:
         self.attempt = attempt
         self.phase: str | None = state.summary.phase
         self.parent_files: dict[str, str] = {}
+        self.parent: GenerationState | None = None
         self.parent_passed = False
         request = state.request
         assert request is not None
@@ -255,6 +268,8 @@ class _Run:
                 f"the parent generation {parent_id} is not a completed version",
                 kind="provider",
             )
+        await resolve_contents(self.runner.blobs, parent)
+        self.parent = parent
         self.parent_passed = (
             parent.summary.verification is not None
             and parent.summary.verification.status == "passed"
@@ -329,15 +344,36 @@ class _Run:
         )
 
     async def _carry_parent_files(self) -> None:
-        """Start the new version from the parent's files, each an event of this log,
-        appended as one atomic batch before the provider sees them."""
+        """Start the new version from the parent's files, named by content: their blobs
+        go to the broker first, then one `version.based_on` manifest (a batch of them for
+        a huge project), before the provider sees the files. Done once per version."""
+        if self.state.based_on is not None or self.parent is None:
+            return
+        stored = await self.runner.blobs.put_many(self.parent_files.values())
+        inherited = [
+            InheritedFile(path=f.path, sha256=f.sha256, size=f.size)
+            for f in sorted(self.parent.files.values(), key=lambda f: f.path)
+        ]
         batch = self.writer.batch()
-        for path in sorted(self.parent_files):
-            content = self.parent_files[path]
-            if path in self.state.deleted or file_content(self.state, path) == content:
-                continue
-            add_file_written(batch, path, content, "plan", "parent", progress_before("plan"))
+        for start in range(0, max(len(inherited), 1), MANIFEST_CHUNK):
+            batch.add(
+                VersionBasedOn,
+                parent_generation_id=self.parent.generation_id,
+                files=inherited[start : start + MANIFEST_CHUNK],
+                phase="plan",
+                progress=progress_before("plan"),
+            )
         await batch.append()
+        await resolve_contents(
+            self.runner.blobs, self.state, contents_by_sha256(self.parent_files.values())
+        )
+        log.info(
+            "Generation {generation_id} based on {parent_id}: {files} files inherited",
+            generation_id=self.generation_id,
+            parent_id=self.parent.generation_id,
+            files=len(inherited),
+            blobs_stored=stored,
+        )
 
     def _apply(self, plan: PhasePlan, output: PhaseOutput, batch: EventBatch) -> None:
         """Add the phase's files and deletions to `batch`, skipping what the log already

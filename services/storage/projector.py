@@ -42,6 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from contracts import subjects
 from contracts.streams import EVENTS_STREAM, STORAGE_CONSUMER
 from services.common import metrics
+from services.common.blobs import BlobStore
 from services.common.consumer import Ack, DeadLetter, Outcome, Retry
 from services.common.logs import get_logger
 from services.storage.dberrors import describe_error, is_refused
@@ -86,6 +87,7 @@ class Projector:
         self.partitions = partitions
         self.consumer = consumer
         self.js = js
+        self.blobs = BlobStore(js) if js is not None else None
         self.stream = stream
         self.batches = 0
         self.failed_batches = 0
@@ -207,7 +209,7 @@ class Projector:
                 position = self.start_position
             result.position = position
             todo = await self._plan(msgs, position, result)
-            writer = BatchWriter(conn)
+            writer = BatchWriter(conn, self.blobs)
             await self._reuse(writer, [prepared[index] for index, _, _ in todo])
             for index, msg, seq in todo:
                 decoded = prepared[index]

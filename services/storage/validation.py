@@ -15,6 +15,7 @@ from contracts.events import (
     AnyEvent,
     FileDeleted,
     FileWritten,
+    VersionBasedOn,
     event_tag,
 )
 from contracts.paths import PathRejected, safe_path
@@ -52,12 +53,16 @@ def _problem(subject: str, event: AnyEvent) -> str | None:
             f"was published on {subject!r}"
         )
     if isinstance(event, FileWritten | FileDeleted):
-        try:
-            normalised = safe_path(event.path)
-        except PathRejected as exc:
-            return str(exc)
-        if normalised != event.path:
-            return f"path {event.path[:80]!r} is not in its normal form {normalised[:80]!r}"
+        problem = _path_problem(event.path)
+        if problem is not None:
+            return problem
+    if isinstance(event, VersionBasedOn):
+        for inherited in event.files:
+            problem = _path_problem(inherited.path)
+            if problem is not None:
+                return problem
+        if len({f.path for f in event.files}) != len(event.files):
+            return "a version.based_on names one path twice"
     if isinstance(event, FileWritten):
         data = event.content.encode()
         if len(data) != event.size:
@@ -65,6 +70,17 @@ def _problem(subject: str, event: AnyEvent) -> str | None:
         digest = hashlib.sha256(data).hexdigest()
         if digest != event.sha256:
             return f"the content of {event.path!r} has sha256 {digest}, not {event.sha256}"
+    return None
+
+
+def _path_problem(path: str) -> str | None:
+    """Why a file path of an event cannot be stored, or None."""
+    try:
+        normalised = safe_path(path)
+    except PathRejected as exc:
+        return str(exc)
+    if normalised != path:
+        return f"path {path[:80]!r} is not in its normal form {normalised[:80]!r}"
     return None
 
 

@@ -19,9 +19,11 @@ from contracts.events import (
     FileDeleted,
     FileWritten,
     GenerationRequested,
+    VersionBasedOn,
     event_tag,
 )
 from contracts.state import FileState, GenerationState, GenerationSummary, apply, new_state
+from services.common.blobs import BlobError, BlobStore
 from services.common.consumer import Ack, DeadLetter, Outcome
 from services.storage.bulk import insert_many
 from services.storage.models import (
@@ -47,10 +49,15 @@ class LoadedGeneration:
 
 
 class BatchWriter:
-    """Applies events within one transaction; generation rows are written on `flush`."""
+    """Applies events within one transaction; generation rows are written on `flush`.
 
-    def __init__(self, conn: AsyncConnection) -> None:
+    `blob_source` gives the contents a `version.based_on` names that the read model does
+    not hold yet (their parent projected elsewhere, or not yet); without it, such a
+    manifest is dead-lettered."""
+
+    def __init__(self, conn: AsyncConnection, blob_source: BlobStore | None = None) -> None:
         self.conn = conn
+        self.blob_source = blob_source
         self.generations: dict[str, LoadedGeneration] = {}
         self.blobs: set[str] = set()
         self.audit: list[dict[str, Any]] = []
@@ -98,6 +105,10 @@ class BatchWriter:
                 f"{generation.state.summary.project_id}, not {event.project_id}"
             )
         else:
+            if isinstance(event, VersionBasedOn):
+                problem = await self._store_inherited_blobs(event)
+                if problem is not None:
+                    return DeadLetter(problem)
             await self._fold(generation, event, seq)
 
         self.audit.append(decoded.audit)
@@ -137,7 +148,16 @@ class BatchWriter:
             self.audit = []
 
     async def _fold(self, generation: LoadedGeneration, event: AnyEvent, seq: int) -> None:
-        if isinstance(event, FileWritten | FileDeleted):
+        if isinstance(event, VersionBasedOn):
+            await self._load_files(generation)
+            files = generation.state.files
+            earlier = {f.path: files.get(f.path) for f in event.files}
+            apply(generation.state, event, keep_content=False)
+            for path, was in earlier.items():
+                after = files.get(path)
+                if after != was:
+                    self.file_writes[(event.generation_id, path)] = after
+        elif isinstance(event, FileWritten | FileDeleted):
             if isinstance(event, FileWritten):
                 await self._store_blob(event)
             await self._load_files(generation)
@@ -219,6 +239,30 @@ class BatchWriter:
             {"sha256": event.sha256, "size": event.size, "content": event.content.encode()}
         )
         self.blobs.add(event.sha256)
+
+    async def _store_inherited_blobs(self, event: VersionBasedOn) -> str | None:
+        """Make sure the read model holds the content of every file a manifest names,
+        fetching from the broker what it lacks; why it cannot, or None."""
+        wanted = sorted({f.sha256 for f in event.files} - self.blobs)
+        held: set[str] = set()
+        for start in range(0, len(wanted), 500):
+            query = select(blobs_table.c.sha256).where(
+                blobs_table.c.sha256.in_(wanted[start : start + 500])
+            )
+            held.update(str(sha) for sha in (await self.conn.execute(query)).scalars())
+        missing = [sha for sha in wanted if sha not in held]
+        if missing:
+            if self.blob_source is None:
+                return f"{len(missing)} inherited file contents are not in the read model"
+            try:
+                contents = await self.blob_source.get_many(missing)
+            except BlobError as exc:
+                return f"an inherited file cannot be read: {exc}"
+            for sha, content in contents.items():
+                data = content.encode()
+                self.new_blobs.append({"sha256": sha, "size": len(data), "content": data})
+        self.blobs.update(wanted)
+        return None
 
     async def _flush_files(self) -> None:
         """The pending blobs (stored once however many versions share them) and file rows."""

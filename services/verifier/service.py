@@ -30,6 +30,7 @@ from contracts.verification import (
     result_msg_id,
 )
 from services.common import metrics
+from services.common.blobs import BlobError, BlobStore, resolve_contents
 from services.common.consumer import Ack, DeadLetter, Outcome, PullWorker, Retry
 from services.common.eventlog import read_generation
 from services.common.host import broker_session, health_endpoint
@@ -192,6 +193,10 @@ class VerifierService:
                 f"unverified: the log of generation {command.generation_id} has no event "
                 f"{command.upto_seq}"
             )
+        try:
+            await resolve_contents(BlobStore(js), state)
+        except BlobError as exc:
+            return unavailable(f"unverified: the version's files cannot be read ({exc})")
         log.info(
             "Verifying generation {generation_id} at event {seq}",
             generation_id=command.generation_id,

@@ -22,6 +22,8 @@ class FoldCase(msgspec.Struct, frozen=True):
     about: str
     events: list[dict[str, Any]]
     expect: dict[str, Any]
+    blobs: list[str] = []
+    """Contents its `version.based_on` names: stored in the broker before its events."""
 
     def decoded(self) -> list[AnyEvent]:
         """The case's events, decoded as every service decodes them."""

@@ -71,13 +71,15 @@ def test_every_event_is_a_message_with_its_tag_and_cloudevents_headers() -> None
 def test_channels_and_operations_are_consistent() -> None:
     doc = document()
     assert doc["asyncapi"] == "3.0.0"
-    ids = {"project_id": "p1", "generation_id": "g1", "service": "storage"}
+    sha = "ab" * 32
+    ids = {"project_id": "p1", "generation_id": "g1", "service": "storage", "sha256": sha}
     addresses = {c["address"].format(**ids) for c in doc["channels"].values()}
     assert addresses == {
         subjects.generation_events("p1", "g1"),
         subjects.GENERATE_COMMANDS,
         subjects.cancel_subject("g1"),
         subjects.dlq_subject("storage"),
+        subjects.blob_subject(sha),
     }
     for name, channel in doc["channels"].items():
         placeholders = set(re.findall(r"{(\w+)}", channel["address"]))

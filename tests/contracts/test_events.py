@@ -24,6 +24,7 @@ from contracts.events import (
     FailedTest,
     FileWritten,
     GenerationRequested,
+    InheritedFile,
     PhaseCompleted,
     RestoredVerification,
     event_tag,
@@ -47,6 +48,10 @@ REQUIRED = {
         "sha256": "0" * 64,
         "size": 6,
         "phase": "plan",
+    },
+    "version.based_on": {
+        "parent_generation_id": "g0",
+        "files": [InheritedFile(path="a.py", sha256="ab" * 32, size=3)],
     },
     "file.deleted": {"path": "a.py", "reason": "gone", "phase": "api"},
     "llm.called": {"provider": "gemini", "model": "m", "phase": "plan"},

@@ -12,6 +12,7 @@ from nats.js import JetStreamContext
 
 from contracts import subjects
 from contracts.state import GenerationSummary, fold
+from services.common.blobs import BlobStore
 from services.common.settings import Settings
 from services.storage.models import generations_table
 from services.storage.queries import GenerationView, ReadModel
@@ -51,6 +52,7 @@ async def test_the_fold_table_projected_reads_back_as_the_fold(
     js: JetStreamContext, storage_settings: Settings, read_model: ReadModel
 ) -> None:
     ids = {case.name: (uuid.uuid4().hex, uuid.uuid4().hex) for case in CASES}
+    await BlobStore(js).put_many(b for case in CASES for b in case.blobs)
     logs = {case.name: _as(case, *ids[case.name]) for case in CASES}
     # Half of each log, then the rest to a new storage service: the second half is applied
     # to generations read back from their rows, not kept in memory.

@@ -298,6 +298,8 @@ def _detail(kind: str, event: dict[str, Any]) -> str:
             return f"{event.get('path')} ({event.get('size')} B)"
         case "file.deleted":
             return f"{event.get('path')}: {event.get('reason')}"
+        case "version.based_on":
+            return f"{len(event.get('files') or [])} files inherited from {event.get('parent_generation_id')}"
         case "llm.called":
             return (
                 f"{event.get('provider')} {event.get('model')}: {event.get('tokens_in')} in, "

@@ -30,6 +30,7 @@ from contracts.events import (
     VerifyCompleted,
     VerifyStarted,
     VerifyUnavailable,
+    VersionBasedOn,
 )
 from services.cli.client.follow import Reconnecting, StreamEvent
 
@@ -84,6 +85,9 @@ def describe(event: StreamEvent) -> str | None:
             return (
                 f"  wrote {path} ({size} B{', from the parent' if origin != 'generated' else ''})"
             )
+        case VersionBasedOn(files=files):
+            size = sum(f.size for f in files)
+            return f"  kept {len(files)} files of the parent ({size} B), named by content"
         case FileDeleted(path=path, reason=reason):
             return f"  deleted {path}: {reason}"
         case LlmRetrying(phase=phase, reason=reason, delay_s=delay, attempt=attempt):

@@ -112,6 +112,14 @@ const handlers = {
     model.deleted.delete(e.path);
     model.filesVersion += 1;
   },
+  "version.based_on"(model, e) {
+    // The parent's files, named by content: the viewer fetches one when it is opened.
+    for (const f of e.files || []) {
+      model.files.set(f.path, { size: f.size, sha256: f.sha256, phase: e.phase || "plan", origin: "parent", content: undefined });
+      model.deleted.delete(f.path);
+    }
+    model.filesVersion += 1;
+  },
   "file.deleted"(model, e) {
     model.files.delete(e.path);
     model.deleted.set(e.path, e.reason);
@@ -298,6 +306,10 @@ export function describe(e) {
       return `${e.phase} done in ${formatDuration(e.duration_ms)}: ${e.files?.length || 0} file(s)`;
     case "file.written":
       return `${e.path} (${formatBytes(e.size)}${e.origin === "parent" ? ", from the parent" : ""})`;
+    case "version.based_on": {
+      const size = (e.files || []).reduce((total, f) => total + f.size, 0);
+      return `${e.files?.length || 0} file(s) of the parent kept (${formatBytes(size)})`;
+    }
     case "file.deleted":
       return `${e.path} deleted: ${e.reason}`;
     case "llm.called":

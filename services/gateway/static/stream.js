@@ -14,6 +14,7 @@ export const EVENT_TYPES = [
   "phase.progress",
   "phase.completed",
   "file.written",
+  "version.based_on",
   "file.deleted",
   "llm.called",
   "llm.retrying",
