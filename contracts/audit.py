@@ -24,7 +24,9 @@ import msgspec
 
 from contracts.codec import DecodeError, event_hash
 
-Check = Literal["undecodable", "seq_gap", "prev_hash", "hash"]
+Check = Literal["undecodable", "seq_gap", "prev_hash", "hash", "blob"]
+"""`blob`: a file a `version.based_on` names has no content in the broker, or content
+that does not hash to its name (checked by `kiln audit --from-nats`)."""
 
 
 class StoredLink(msgspec.Struct, frozen=True, kw_only=True):

@@ -17,6 +17,7 @@ import sys
 from typing import Any
 
 import msgspec
+from nats.js import JetStreamContext
 
 from contracts import subjects
 from contracts.audit import BrokenLink, ChainReport, StoredLink, describe, verify_chain
@@ -147,6 +148,7 @@ async def _from_stream(nats_url: str, generation_id: str) -> tuple[list[_Row], C
         except TimeoutError as exc:
             raise _Unavailable(str(exc)) from None
         links = [StoredLink(stream_seq=seq, data=data) for seq, data in raw]
+        unresolved = await _unresolved_blob(js, links)
     finally:
         await nc.drain()
     rows = []
@@ -168,7 +170,44 @@ async def _from_stream(nats_url: str, generation_id: str) -> tuple[list[_Row], C
                 prev_hash=str(body.get("prev_hash", "")),
             )
         )
-    return rows, verify_chain(links)
+    report = verify_chain(links)
+    if report.ok and unresolved is not None:
+        report = ChainReport(
+            ok=False,
+            checked=report.checked,
+            verified=report.verified,
+            head_hash=report.head_hash,
+            broken=unresolved,
+        )
+    return rows, report
+
+
+async def _unresolved_blob(js: JetStreamContext, links: list[StoredLink]) -> BrokenLink | None:
+    """The first `version.based_on` naming a file content the broker cannot give as named."""
+    from contracts.codec import DecodeError, decode_event
+    from contracts.events import VersionBasedOn
+    from services.common.blobs import BlobError, BlobStore
+
+    store = BlobStore(js)
+    for link in links:
+        try:
+            event = decode_event(link.data)
+        except DecodeError:
+            continue
+        if not isinstance(event, VersionBasedOn):
+            continue
+        try:
+            await store.get_many(f.sha256 for f in event.files)
+        except BlobError as exc:
+            return BrokenLink(
+                stream_seq=link.stream_seq,
+                seq=event.seq,
+                event_id=event.event_id,
+                type="version.based_on",
+                check="blob",
+                message=str(exc),
+            )
+    return None
 
 
 def _print_chain(rows: list[_Row], broken: BrokenLink | None) -> None:

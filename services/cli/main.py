@@ -36,7 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     gateway = commands.add_parser("gateway", help="run one gateway (configured by the environment)")
     gateway.add_argument("--host", help="address to bind")
     gateway.add_argument("--port", type=int, help="port to listen on")
-    commands.add_parser("migrate", help="create or upgrade the read model's database")
+    commands.add_parser(
+        "migrate", help="create or upgrade the read model's database and the broker's streams"
+    )
     settings = commands.add_parser("settings", help="list every setting")
     settings.add_argument("--markdown", action="store_true", help="as the README's table")
     for module in (client_commands, asyncapi, audit):
@@ -77,10 +79,12 @@ def main(argv: list[str] | None = None) -> None:
 
             run_gateway(settings)
         elif args.command == "migrate":
-            from services.storage.db import migrate, shown_url
+            from services.cli.migrate import MigrationFailed, migrate
 
-            migrate(settings.effective_database_url)
-            print(f"Database is up to date: {shown_url(settings.effective_database_url)}")
+            try:
+                migrate(settings)
+            except MigrationFailed as exc:
+                sys.exit(f"kiln migrate: {exc}")
         elif args.command == "settings":
             from services.cli.settings_doc import settings_table
 

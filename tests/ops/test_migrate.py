@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
 
+import nats
 import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
+from nats.js.api import StoreCompression
 from sqlalchemy.engine import make_url
 
+from contracts import streams, subjects
 from services.common.embedded_nats import EmbeddedNats, free_port
+from services.common.eventlog import read_subject
 from services.storage.db import (
     alembic_config,
     check_migrated,
@@ -24,6 +29,7 @@ from tests.conftest import ALICE_KEY
 from tests.storage.conftest import database_url  # noqa: F401  (the fixture, both backends)
 from tests.support.environment import process_env
 from tests.support.processes import ROOT
+from tests.support.stream_fixture import RELEASE_0_1_0, load_release_log, log_path, read_messages
 
 NOT_MIGRATED = "is not migrated: run `kiln migrate`"
 
@@ -46,8 +52,12 @@ def revisions() -> list[str]:
     return [r.revision for r in reversed(list(script.walk_revisions()))]
 
 
-async def test_kiln_migrate_upgrades_an_empty_database(database_url: str) -> None:  # noqa: F811
-    result = await asyncio.to_thread(kiln, "migrate", env={"KILN_DATABASE_URL": database_url})
+async def test_kiln_migrate_upgrades_an_empty_database(
+    database_url: str,  # noqa: F811
+    nats_server: EmbeddedNats,
+) -> None:
+    env = {"KILN_DATABASE_URL": database_url, "NATS_URL": nats_server.url}
+    result = await asyncio.to_thread(kiln, "migrate", env=env)
     assert result.returncode == 0, result.stderr
     assert "Database is up to date" in result.stdout
     password = make_url(database_url).password
@@ -63,6 +73,7 @@ async def test_kiln_migrate_upgrades_an_empty_database(database_url: str) -> Non
 @pytest.mark.parametrize("first", range(len(revisions())))
 async def test_kiln_migrate_upgrades_from_every_earlier_revision(
     database_url: str,  # noqa: F811
+    nats_server: EmbeddedNats,
     first: int,
 ) -> None:
     revision = revisions()[first]
@@ -70,12 +81,55 @@ async def test_kiln_migrate_upgrades_from_every_earlier_revision(
     engine = create_engine(database_url)
     try:
         assert await current_revision(engine) == revision
-        result = await asyncio.to_thread(kiln, "migrate", env={"KILN_DATABASE_URL": database_url})
+        env = {"KILN_DATABASE_URL": database_url, "NATS_URL": nats_server.url}
+        result = await asyncio.to_thread(kiln, "migrate", env=env)
         assert result.returncode == 0, result.stderr
         assert await current_revision(engine) == head_revision()
         await check_migrated(engine)
     finally:
         await engine.dispose()
+
+
+async def test_kiln_migrate_brings_a_broker_of_release_0_1_0_up_to_date(
+    tmp_path: Path, nats_server: EmbeddedNats
+) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        # KILN_EVENTS as release 0.1.0 made it (uncompressed), holding that release's log.
+        await js.add_stream(dataclasses.replace(streams.events_stream(), compression=None))
+        messages = read_messages(log_path(RELEASE_0_1_0))
+        last = await load_release_log(js, messages, create_streams=False)
+        env = {
+            "KILN_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'kiln.db'}",
+            "NATS_URL": nats_server.url,
+        }
+        result = await asyncio.to_thread(kiln, "migrate", env=env)
+        assert result.returncode == 0, result.stderr
+        assert f"Stream KILN_EVENTS is up to date: {last} messages" in result.stdout
+        assert "Stream KILN_BLOBS is up to date: 0 messages" in result.stdout
+        events = await js.stream_info(streams.EVENTS_STREAM)
+        assert events.config.compression == StoreCompression.S2
+        assert events.state.messages == len(messages) and events.state.last_seq == last
+        blobs = await js.stream_info(streams.BLOBS_STREAM)
+        assert blobs.config.compression == StoreCompression.S2
+        # The old log reads back whole (tests/compat checks what it means).
+        raw = await read_subject(js, subjects.ALL_EVENTS, after_stream_seq=0, upto_stream_seq=last)
+        assert [data for _, data in raw] == [m.data.encode() for m in messages]
+    finally:
+        await nc.close()
+
+
+def test_kiln_migrate_without_a_broker_says_the_streams_were_not_migrated(tmp_path: Path) -> None:
+    env = {
+        "KILN_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'kiln.db'}",
+        "NATS_URL": f"nats://127.0.0.1:{free_port()}",
+    }
+    result = kiln("migrate", env=env)
+    assert result.returncode == 1
+    assert "Database is up to date" in result.stdout
+    assert "the streams were not migrated" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_storage_refuses_a_missing_sqlite_file_and_leaves_none_behind(tmp_path: Path) -> None:

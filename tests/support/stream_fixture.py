@@ -157,13 +157,17 @@ def replay_headers(headers: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in headers.items() if not k.lower().startswith(_REFUSED_ON_REPLAY)}
 
 
-async def load_release_log(js: JetStreamContext, messages: list[ReleaseMessage]) -> int:
-    """Create Kiln's streams as today's code does and publish every message again, in order,
+async def load_release_log(
+    js: JetStreamContext, messages: list[ReleaseMessage], *, create_streams: bool = True
+) -> int:
+    """Create Kiln's streams as today's code does (unless `create_streams` is False: the
+    caller made them as an older release did) and publish every message again, in order,
     with its subject and headers; the last stream sequence.
 
     The stream must be empty: each message then lands at the sequence it had, so an SSE
     `id:` or a stored position means the same as in the release that wrote it."""
-    await ensure_streams(js)
+    if create_streams:
+        await ensure_streams(js)
     last = 0
     for message in messages:
         ack = await js.publish(
