@@ -10,14 +10,17 @@ and names the first link that does not hold:
 - `prev_hash`: the event's `prev_hash` is not the hash of the event before it (that one was
   changed after this one was written, or this one was);
 - `hash`: the hash recomputed from the stored bytes differs from the hash stored beside them
-  (the event was changed where it is stored).
+  (the event was changed where it is stored);
+- `blob`: a file a `version.based_on` names by sha256 has no stored content, or content
+  that hashes otherwise (`check_inherited`; the chain covers the names, not the contents).
 
 Pure: no I/O, so the gateway, the CLI and the tests share it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import msgspec
@@ -25,8 +28,6 @@ import msgspec
 from contracts.codec import DecodeError, event_hash
 
 Check = Literal["undecodable", "seq_gap", "prev_hash", "hash", "blob"]
-"""`blob`: a file a `version.based_on` names has no content in the broker, or content
-that does not hash to its name (checked by `kiln audit --from-nats`)."""
 
 
 class StoredLink(msgspec.Struct, frozen=True, kw_only=True):
@@ -114,6 +115,54 @@ def _check(
             f"its content hashes to {digest[:16]}…, not the stored {link.stored_hash[:16]}…",
         )
     return digest, None
+
+
+def inherited_names(links: Iterable[StoredLink]) -> set[str]:
+    """Every sha256 the `version.based_on` events among `links` name."""
+    return {sha for _, body in _manifests(links) for sha in _named(body)}
+
+
+def check_inherited(
+    report: ChainReport, links: Iterable[StoredLink], contents: Mapping[str, bytes]
+) -> ChainReport:
+    """`report`, broken at the first `version.based_on` naming a sha256 whose content in
+    `contents` is missing or hashes otherwise (an intact chain only: its first break stands)."""
+    if not report.ok:
+        return report
+    for link, body in _manifests(links):
+        for sha in _named(body):
+            content = contents.get(sha)
+            if content is None:
+                problem = f"the content {sha[:16]}… it names is not stored"
+            elif hashlib.sha256(content).hexdigest() != sha:
+                problem = f"the content stored as {sha[:16]}… hashes otherwise"
+            else:
+                continue
+            return msgspec.structs.replace(
+                report, ok=False, broken=_broken(link, body, "blob", problem)
+            )
+    return report
+
+
+def _manifests(links: Iterable[StoredLink]) -> list[tuple[StoredLink, dict[str, Any]]]:
+    found = []
+    for link in links:
+        try:
+            body = _decoder.decode(link.data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue
+        if body.get("type") == "version.based_on":
+            found.append((link, body))
+    return found
+
+
+def _named(body: dict[str, Any]) -> list[str]:
+    files = body.get("files")
+    return [
+        str(f.get("sha256"))
+        for f in (files if isinstance(files, list) else [])
+        if isinstance(f, dict)
+    ]
 
 
 def describe(broken: BrokenLink) -> str:

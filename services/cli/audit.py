@@ -19,8 +19,16 @@ from typing import Any
 import msgspec
 from nats.js import JetStreamContext
 
-from contracts import subjects
-from contracts.audit import BrokenLink, ChainReport, StoredLink, describe, verify_chain
+from contracts import streams, subjects
+from contracts.audit import (
+    BrokenLink,
+    ChainReport,
+    StoredLink,
+    check_inherited,
+    describe,
+    inherited_names,
+    verify_chain,
+)
 from services.cli.client.connection import ClientError, Gateway, add_connection_arguments
 
 
@@ -148,7 +156,7 @@ async def _from_stream(nats_url: str, generation_id: str) -> tuple[list[_Row], C
         except TimeoutError as exc:
             raise _Unavailable(str(exc)) from None
         links = [StoredLink(stream_seq=seq, data=data) for seq, data in raw]
-        unresolved = await _unresolved_blob(js, links)
+        contents = await _inherited_contents(js, links)
     finally:
         await nc.drain()
     rows = []
@@ -170,44 +178,22 @@ async def _from_stream(nats_url: str, generation_id: str) -> tuple[list[_Row], C
                 prev_hash=str(body.get("prev_hash", "")),
             )
         )
-    report = verify_chain(links)
-    if report.ok and unresolved is not None:
-        report = ChainReport(
-            ok=False,
-            checked=report.checked,
-            verified=report.verified,
-            head_hash=report.head_hash,
-            broken=unresolved,
-        )
-    return rows, report
+    return rows, check_inherited(verify_chain(links), links, contents)
 
 
-async def _unresolved_blob(js: JetStreamContext, links: list[StoredLink]) -> BrokenLink | None:
-    """The first `version.based_on` naming a file content the broker cannot give as named."""
-    from contracts.codec import DecodeError, decode_event
-    from contracts.events import VersionBasedOn
-    from services.common.blobs import BlobError, BlobStore
+async def _inherited_contents(js: JetStreamContext, links: list[StoredLink]) -> dict[str, bytes]:
+    """sha256 → content in the broker, of each one a `version.based_on` names (those the
+    broker lacks are left out: `check_inherited` names them)."""
+    from nats.js.errors import NotFoundError
 
-    store = BlobStore(js)
-    for link in links:
+    found: dict[str, bytes] = {}
+    for sha in sorted(inherited_names(links)):
         try:
-            event = decode_event(link.data)
-        except DecodeError:
+            message = await js.get_last_msg(streams.BLOBS_STREAM, subjects.blob_subject(sha))
+        except (NotFoundError, ValueError):
             continue
-        if not isinstance(event, VersionBasedOn):
-            continue
-        try:
-            await store.get_many(f.sha256 for f in event.files)
-        except BlobError as exc:
-            return BrokenLink(
-                stream_seq=link.stream_seq,
-                seq=event.seq,
-                event_id=event.event_id,
-                type="version.based_on",
-                check="blob",
-                message=str(exc),
-            )
-    return None
+        found[sha] = message.data or b""
+    return found
 
 
 def _print_chain(rows: list[_Row], broken: BrokenLink | None) -> None:

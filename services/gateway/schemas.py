@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from contracts import limits
+from contracts.audit import Check
 from contracts.schema import ProjectSchema
 from contracts.state import Status, Verification
 
@@ -174,13 +175,14 @@ class AuditEvent(msgspec.Struct, frozen=True):
 class BrokenLink(msgspec.Struct, frozen=True):
     """The first event whose link in the hash chain does not hold, and which check failed:
     `hash` (its stored bytes no longer hash to the stored hash), `prev_hash` (it does not
-    name the hash of the event before it), `seq_gap` or `undecodable`."""
+    name the hash of the event before it), `seq_gap`, `undecodable`, or `blob` (a file a
+    `version.based_on` names has no stored content, or content that hashes otherwise)."""
 
     stream_seq: int
     seq: int | None
     event_id: str | None
     type: str | None
-    check: Literal["undecodable", "seq_gap", "prev_hash", "hash"]
+    check: Check
     message: str
 
 

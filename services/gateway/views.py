@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import msgspec
 from nats.js import JetStreamContext
 
-from contracts.audit import verify_chain
+from contracts.audit import check_inherited, inherited_names, verify_chain
 from contracts.events import GenerationRequested, is_terminal
 from contracts.state import GenerationState, GenerationSummary, fold
 from services.common.eventlog import last_event, last_stream_seq, read_generation
@@ -209,7 +209,11 @@ class Views:
         """Every stored event in order; with `verify`, the hash chain recomputed too."""
         view = await self.settled(generation_id, owner)
         entries = await self.read_model.events(view.generation_id)
-        report = verify_chain(await self.read_model.stored_links(entries)) if verify else None
+        report = None
+        if verify:
+            links = await self.read_model.stored_links(entries)
+            contents = await self.read_model.blobs(inherited_names(links))
+            report = check_inherited(verify_chain(links), links, contents)
         return AuditLog(
             verification=msgspec.convert(msgspec.to_builtins(report), ChainVerification)
             if report

@@ -5,6 +5,7 @@ Nothing here writes. Every method opens a connection, reads, and lets it roll ba
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -167,17 +168,24 @@ class ReadModel:
             for row in rows
         ]
 
+    async def blobs(self, names: Iterable[str]) -> dict[str, bytes]:
+        """sha256 → stored content, of those of `names` the read model holds."""
+        wanted = sorted(set(names))
+        found: dict[str, bytes] = {}
+        async with self.engine.connect() as conn:
+            for start in range(0, len(wanted), 500):
+                query = select(blobs_table.c.sha256, blobs_table.c.content).where(
+                    blobs_table.c.sha256.in_(wanted[start : start + 500])
+                )
+                found.update((row.sha256, bytes(row.content)) for row in await conn.execute(query))
+        return found
+
     async def stored_links(self, entries: list[EventEntry]) -> list[StoredLink]:
         """Audit rows as the events were published (file contents put back from their
         blobs), each with the hash stored beside it: what `verify_chain` checks."""
-        digests = sorted({str(e.body.get("sha256")) for e in entries if e.type == "file.written"})
-        blobs: dict[str, bytes] = {}
-        async with self.engine.connect() as conn:
-            for start in range(0, len(digests), 500):
-                query = select(blobs_table.c.sha256, blobs_table.c.content).where(
-                    blobs_table.c.sha256.in_(digests[start : start + 500])
-                )
-                blobs.update((row.sha256, bytes(row.content)) for row in await conn.execute(query))
+        blobs = await self.blobs(
+            str(e.body.get("sha256")) for e in entries if e.type == "file.written"
+        )
         links = []
         for entry in entries:
             body = entry.body

@@ -7,13 +7,21 @@ from typing import Any
 import msgspec
 import pytest
 
-from contracts.audit import StoredLink, describe, verify_chain
-from contracts.codec import encode, event_hash
+from contracts.audit import (
+    StoredLink,
+    check_inherited,
+    describe,
+    inherited_names,
+    verify_chain,
+)
+from contracts.codec import content_sha256, encode, event_hash
 from contracts.events import (
     GenerationCompleted,
     GenerationRequested,
+    InheritedFile,
     PhaseCompleted,
     PhaseStarted,
+    VersionBasedOn,
     utc_now,
 )
 
@@ -135,3 +143,63 @@ def test_an_undecodable_event_is_named_by_its_stream_seq(garbage: bytes) -> None
     report = verify_chain(links(stored, with_hashes=False))
     assert report.broken is not None
     assert (report.broken.stream_seq, report.broken.check) == (101, "undecodable")
+
+
+def manifest_chain(*contents: str) -> list[bytes]:
+    """A chain whose second event names `contents` as inherited files."""
+    first = encode(
+        GenerationRequested(
+            event_id="e1", generation_id="g2", project_id="p1", seq=1, at=utc_now(),
+            owner="alice", project_name="shop", version=2, kind="iterate",
+        )
+    )  # fmt: skip
+    based_on = VersionBasedOn(
+        event_id="e2",
+        generation_id="g2",
+        project_id="p1",
+        seq=2,
+        at=utc_now(),
+        prev_hash=event_hash(first),
+        parent_generation_id="g1",
+        files=[
+            InheritedFile(path=f"f{i}.py", sha256=content_sha256(c), size=len(c.encode()))
+            for i, c in enumerate(contents)
+        ],
+    )
+    return [first, encode(based_on)]
+
+
+def test_the_inherited_contents_are_checked_against_their_names() -> None:
+    stored = links(manifest_chain("a = 1\n", "b = 2\n"))
+    names = inherited_names(stored)
+    assert names == {content_sha256("a = 1\n"), content_sha256("b = 2\n")}
+    contents = {content_sha256(c): c.encode() for c in ("a = 1\n", "b = 2\n")}
+    assert check_inherited(verify_chain(stored), stored, contents).ok
+
+    changed = {**contents, content_sha256("b = 2\n"): b"# a backdoor\n"}
+    report = check_inherited(verify_chain(stored), stored, changed)
+    assert not report.ok and report.broken is not None
+    assert (report.broken.seq, report.broken.type, report.broken.check) == (
+        2,
+        "version.based_on",
+        "blob",
+    )
+    assert "hashes otherwise" in describe(report.broken)
+
+    missing = {content_sha256("a = 1\n"): b"a = 1\n"}
+    report = check_inherited(verify_chain(stored), stored, missing)
+    assert report.broken is not None and "is not stored" in report.broken.message
+
+
+def test_a_broken_chain_is_reported_as_it_breaks_before_any_content_check() -> None:
+    stored = manifest_chain("a = 1\n")
+    tampered = [
+        *links(stored[:1]),
+        StoredLink(
+            stream_seq=101,
+            data=edited(stored[1], files=[]),
+            stored_hash=event_hash(stored[1]),
+        ),
+    ]
+    report = check_inherited(verify_chain(tampered), tampered, {})
+    assert report.broken is not None and report.broken.check == "hash"

@@ -5,6 +5,7 @@ generations back, as a projector that has not caught up yet would."""
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 
 import msgspec
 
@@ -96,6 +97,11 @@ class FoldedReadModel(ReadModel):
             StoredLink(stream_seq=e.stream_seq, data=data[e.stream_seq], stored_hash=e.hash)
             for e in entries
         ]
+
+    async def blobs(self, names: Iterable[str]) -> dict[str, bytes]:
+        wanted = set(names)
+        stored = {m.subject.rsplit(".", 1)[1]: m.data for m in self.broker.on("KILN_BLOBS")}
+        return {sha: data for sha, data in stored.items() if sha in wanted}
 
     async def projects(self, owner: str) -> list[ProjectView]:
         by_project: dict[str, list[GenerationView]] = defaultdict(list)

@@ -10,8 +10,11 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
 
+from contracts.streams import BLOBS_STREAM
+from contracts.subjects import blob_subject
 from services.cli.main import main
 from services.common.settings import Settings
 from tests.conftest import ALICE_KEY
@@ -120,3 +123,43 @@ async def test_a_changed_file_content_is_caught_too(
         code, out, _ = await audit(stack, capsys, gid)  # without --verify: the chain only
         assert code == 0
         assert len(out.strip().splitlines()) == log["count"] + 1
+
+
+async def test_a_changed_or_lost_inherited_content_is_caught(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with running_stack(settings) as stack:
+        first = await stack.create()
+        await stack.wait_status(first["generation_id"], "completed")
+        second = await stack.iterate(first["generation_id"], "add pagination")
+        gid = second["generation_id"]
+        await stack.wait_status(gid, "completed")
+        log = (await stack.alice.get(f"/generations/{gid}/events")).json()
+        [based_on] = [e for e in log["events"] if e["type"] == "version.based_on"]
+        assert (await verification(stack, gid))["ok"]
+        inherited = based_on["event"]["files"][0]["sha256"]
+
+        # In the read model: the chain names the content, and the content no longer fits.
+        with sqlite3.connect(database(settings)) as db:
+            db.execute(
+                "UPDATE blobs SET content = ? WHERE sha256 = ?", (b"# a backdoor\n", inherited)
+            )
+        broken = (await verification(stack, gid))["broken"]
+        assert (broken["seq"], broken["type"], broken["check"]) == (
+            based_on["seq"],
+            "version.based_on",
+            "blob",
+        )
+
+        # In the broker: a content the manifest names is gone.
+        nats_url = settings.nats_servers[0]
+        code, _, err = await audit(stack, capsys, gid, "--from-nats", nats_url)
+        assert code == 0, err
+        nc = await nats.connect(nats_url)
+        try:
+            await nc.jetstream().purge_stream(BLOBS_STREAM, subject=blob_subject(inherited))
+        finally:
+            await nc.close()
+        code, _, err = await audit(stack, capsys, gid, "--from-nats", nats_url)
+        assert code == 1
+        assert "blob check failed" in err and inherited[:16] in err

@@ -20,8 +20,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts import subjects
 from contracts.codec import encode
-from contracts.events import FileWritten, GenerationCompleted, LlmCalled, PhaseStarted
+from contracts.events import (
+    FileWritten,
+    GenerationCompleted,
+    InheritedFile,
+    LlmCalled,
+    PhaseStarted,
+    VersionBasedOn,
+)
 from contracts.streams import DLQ_STREAM, EVENTS_STREAM, STORAGE_CONSUMER, storage_consumer
+from services.common.blobs import BlobStore
 from services.common.consumer import Ack, Retry
 from services.common.eventwriter import GenerationWriter
 from services.common.settings import Settings
@@ -317,6 +325,15 @@ async def _bad_event(js: JetStreamContext, writer: GenerationWriter, kind: str) 
         await writer.emit(FileWritten, **_file_event("bad.py", "x = 1\n", sha256="0" * 64))
     elif kind == "size mismatch":
         await writer.emit(FileWritten, **_file_event("bad.py", "x = 1\n", size=99))
+    elif kind == "manifest with an unsafe path":
+        inherited = InheritedFile(path="../x.py", sha256=sha("x = 1\n"), size=6)
+        await writer.emit(VersionBasedOn, parent_generation_id="p0", files=[inherited])
+    elif kind == "manifest naming one path twice":
+        inherited = InheritedFile(path="x.py", sha256=sha("x = 1\n"), size=6)
+        await writer.emit(VersionBasedOn, parent_generation_id="p0", files=[inherited] * 2)
+    elif kind == "manifest naming content nowhere stored":
+        inherited = InheritedFile(path="x.py", sha256="0" * 64, size=6)
+        await writer.emit(VersionBasedOn, parent_generation_id="p0", files=[inherited])
     elif kind == "database refusal":
         await writer.emit(LlmCalled, provider="offline", model="m", phase="models", tokens_in=2**63)
     elif kind == "subject mismatch":
@@ -340,6 +357,9 @@ async def _bad_event(js: JetStreamContext, writer: GenerationWriter, kind: str) 
         ("subject mismatch", "was published on"),
         ("no generation.requested", "has no generation.requested event"),
         ("database refusal", "could not be stored"),
+        ("manifest with an unsafe path", "contains '..'"),
+        ("manifest naming one path twice", "names one path twice"),
+        ("manifest naming content nowhere stored", "the broker holds no file content 0000"),
     ],
 )
 async def test_an_invalid_event_is_dead_lettered_and_the_rest_applied(
@@ -402,6 +422,44 @@ async def test_content_shared_by_versions_is_stored_once(
         (1, None),
         (2, v1.generation_id),
     ]
+
+
+async def test_inherited_files_the_read_model_lacks_are_read_from_the_broker(
+    js: JetStreamContext, storage_settings: Settings, read_model: ReadModel, engine: AsyncEngine
+) -> None:
+    # The parent was projected into another database: this one has none of its contents.
+    parent = {"keep.py": "KEEP = 1\n" * 30, "README.md": "# Shop ✓\n", "same.py": "S = 1\n"}
+    await BlobStore(js).put_many(parent.values())
+    writer = await publish_generation(js, {}, version=2, parent=str(uuid.uuid4()), complete=False)
+    manifest = [
+        InheritedFile(path=path, sha256=sha(content), size=len(content.encode()))
+        for path, content in sorted(parent.items())
+    ]
+    await writer.emit(VersionBasedOn, parent_generation_id="p1", files=manifest)
+    await write_file(writer, "keep.py", "KEEP = 2\n", "models")
+    await write_file(writer, "other.py", "S = 1\n", "models")  # the same content as same.py
+    await writer.emit(GenerationCompleted, file_count=4, total_bytes=0, duration_ms=1)
+
+    async with running_storage(storage_settings):
+        await wait_applied(read_model, writer.last_stream_seq)
+
+    files = {f.path: f for f in await read_model.files(writer.generation_id)}
+    assert {p: (f.origin, f.phase) for p, f in files.items()} == {
+        "README.md": ("parent", "plan"),
+        "keep.py": ("generated", "models"),
+        "other.py": ("generated", "models"),
+        "same.py": ("parent", "plan"),
+    }
+    contents = await read_model.contents(writer.generation_id)
+    assert contents == {
+        "README.md": parent["README.md"].encode(),
+        "keep.py": b"KEEP = 2\n",
+        "other.py": b"S = 1\n",
+        "same.py": b"S = 1\n",
+    }
+    view = await read_model.generation(writer.generation_id)
+    assert view is not None and view.status == "completed"
+    assert (view.file_count, view.total_bytes) == (4, sum(len(c) for c in contents.values()))
 
 
 async def test_a_database_outage_loses_and_reorders_nothing(

@@ -1,0 +1,99 @@
+"""File contents by sha256 in the broker: stored once, read back only as named."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from nats.aio.client import Client
+
+from contracts import streams, subjects
+from contracts.codec import content_sha256
+from contracts.events import InheritedFile, VersionBasedOn
+from contracts.state import FileState, GenerationState, GenerationSummary, apply
+from services.common.blobs import BlobCorrupt, BlobMissing, BlobStore, resolve_contents
+
+
+async def test_a_content_is_stored_once_however_often_it_is_put(nc: Client) -> None:
+    js = nc.jetstream()
+    store = BlobStore(js)
+    assert await store.put("print('hi')\n") is True
+    assert await store.put("print('hi')\n") is False
+    assert await store.put_many(["a = 1\n", "print('hi')\n", "a = 1\n", "ü = 2\n"]) == 2
+    info = await js.stream_info(streams.BLOBS_STREAM)
+    assert info.state.messages == 3
+    assert await store.get(content_sha256("ü = 2\n")) == "ü = 2\n"
+
+
+async def test_a_content_put_again_after_the_duplicate_window_is_still_stored_once(
+    nc: Client,
+) -> None:
+    js = nc.jetstream()
+    content = "x = 1\n"
+    # Past the duplicate window the Msg-Id no longer matches: the subject refuses a second.
+    await js.publish(subjects.blob_subject(content_sha256(content)), content.encode())
+    assert await BlobStore(js).put(content) is False
+    assert (await js.stream_info(streams.BLOBS_STREAM)).state.messages == 1
+
+
+async def test_reading_a_content_the_broker_lacks_says_which(nc: Client) -> None:
+    with pytest.raises(BlobMissing, match="no file content " + "1" * 64):
+        await BlobStore(nc.jetstream()).get("1" * 64)
+
+
+async def test_a_stored_content_that_does_not_hash_to_its_name_is_refused(nc: Client) -> None:
+    js = nc.jetstream()
+    name = content_sha256("the real content\n")
+    await js.publish(subjects.blob_subject(name), b"something else\n")
+    with pytest.raises(BlobCorrupt, match="hashes otherwise"):
+        await BlobStore(js).get(name)
+    not_utf8 = "2" * 64
+    await js.publish(subjects.blob_subject(not_utf8), b"\xff\xfe")
+    with pytest.raises(BlobCorrupt, match="not UTF-8"):
+        await BlobStore(js).get(not_utf8)
+
+
+def test_a_blob_subject_takes_only_a_lowercase_sha256() -> None:
+    assert subjects.blob_subject("ab" * 32) == "kiln.blobs." + "ab" * 32
+    for bad in ("AB" * 32, "ab" * 31, "x" * 64, "ab" * 32 + ".>", "*"):
+        with pytest.raises(ValueError):
+            subjects.blob_subject(bad)
+
+
+def _inheriting(files: dict[str, str]) -> GenerationState:
+    state = GenerationState(summary=GenerationSummary(generation_id="g2", project_id="p"))
+    event = VersionBasedOn(
+        event_id="e1",
+        generation_id="g2",
+        project_id="p",
+        seq=1,
+        at=datetime(2026, 1, 1, tzinfo=UTC),
+        parent_generation_id="g1",
+        files=[
+            InheritedFile(path=path, sha256=content_sha256(c), size=len(c.encode()))
+            for path, c in files.items()
+        ],
+    )
+    return apply(state, event)
+
+
+async def test_resolving_fills_every_inherited_file_from_what_is_known_then_the_broker(
+    nc: Client,
+) -> None:
+    store = BlobStore(nc.jetstream())
+    files = {"a.py": "A = 1\n", "b.py": "B = 1\n", "c.py": "A = 1\n"}
+    state = _inheriting(files)
+    state.files["new.py"] = FileState(path="new.py", sha256="0" * 64, size=0, phase="api")
+    assert set(state.unresolved()) == {"a.py", "b.py", "c.py"}
+    await store.put("B = 1\n")
+    read = await resolve_contents(store, state, known={content_sha256("A = 1\n"): "A = 1\n"})
+    assert read == 1, "only what was not known is read from the broker"
+    assert state.file_contents() == files
+    assert state.unresolved() == {}
+    assert state.summary.file_count == 3, "new.py was put in by hand, not by the fold"
+
+
+async def test_resolving_a_manifest_whose_content_is_nowhere_fails_loudly(nc: Client) -> None:
+    state = _inheriting({"lost.py": "never stored\n"})
+    with pytest.raises(BlobMissing):
+        await resolve_contents(BlobStore(nc.jetstream()), state)
