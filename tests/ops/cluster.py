@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from contracts import subjects
 from contracts.events import TERMINAL_TAGS
 from contracts.streams import EVENTS_STREAM
+from services.common.blobs import BlobStore
 from services.common.embedded_nats import free_port
 from tests.support import client as kiln
 from tests.support.client import SSEEvent
@@ -157,6 +158,31 @@ async def stream_messages(nats_url: str) -> list[StreamMessage]:
             await sub.unsubscribe()
     finally:
         await nc.close()
+
+
+async def files_in_log(nats_url: str, messages: list[StreamMessage]) -> dict[str, tuple[str, str]]:
+    """path → (sha256, content) as one generation's log leaves them: its file.written and
+    file.deleted, and the files its version.based_on names (contents read from KILN_BLOBS)."""
+    named: dict[str, tuple[str, str | None]] = {}
+    for m in messages:
+        if m.event["type"] == "file.written":
+            named[m.event["path"]] = (m.event["sha256"], m.event["content"])
+        elif m.event["type"] == "file.deleted":
+            named.pop(m.event["path"], None)
+        elif m.event["type"] == "version.based_on":
+            named.update((f["path"], (f["sha256"], None)) for f in m.event["files"])
+    unread = {sha for sha, content in named.values() if content is None}
+    contents: dict[str, str] = {}
+    if unread:
+        nc = await nats.connect(nats_url)
+        try:
+            contents = await BlobStore(nc.jetstream()).get_many(unread)
+        finally:
+            await nc.close()
+    return {
+        path: (sha, content if content is not None else contents[sha])
+        for path, (sha, content) in named.items()
+    }
 
 
 def by_generation(messages: list[StreamMessage]) -> dict[str, list[StreamMessage]]:

@@ -39,6 +39,7 @@ from tests.ops.cluster import (
     check_sse_matches_log,
     client,
     create,
+    files_in_log,
     stream_messages,
     wait_status,
 )
@@ -151,22 +152,11 @@ async def settle(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def files_in_log(messages: list[StreamMessage]) -> dict[str, tuple[str, str]]:
-    """path → (sha256, content) as the log's file.written and file.deleted leave them."""
-    files: dict[str, tuple[str, str]] = {}
-    for m in messages:
-        if m.event["type"] == "file.written":
-            files[m.event["path"]] = (m.event["sha256"], m.event["content"])
-        elif m.event["type"] == "file.deleted":
-            files.pop(m.event["path"], None)
-    return files
-
-
 async def check_read_model(
-    http: httpx.AsyncClient, generation_id: str, messages: list[StreamMessage]
+    http: httpx.AsyncClient, nats_url: str, generation_id: str, messages: list[StreamMessage]
 ) -> None:
     """The version's files (listing and archive) are exactly what its log says."""
-    expected = files_in_log(messages)
+    expected = await files_in_log(nats_url, messages)
     assert await kiln.files_of(http, generation_id) == {p: s for p, (s, _) in expected.items()}
     archive = await http.get(f"/generations/{generation_id}/archive")
     assert archive.status_code == 200, archive.text
@@ -311,11 +301,14 @@ async def test_the_node_leading_the_events_stream_is_killed_mid_run_and_restarte
                 current_s = await rejoined
                 await wait_caught_up(nodes, victim)
 
-                logs = by_generation(await stream_messages(nodes.url.split(",")[0]))
+                nats_url = nodes.url.split(",")[0]
+                logs = by_generation(await stream_messages(nats_url))
                 check_logs(created, logs)
                 for index, generation_id in enumerate(ids):
                     check_sse_matches_log(received[index], logs[generation_id])
-                    await check_read_model(https[index % 2], generation_id, logs[generation_id])
+                    await check_read_model(
+                        https[index % 2], nats_url, generation_id, logs[generation_id]
+                    )
             finally:
                 await settle(stop, tasks)
                 for h in https:
@@ -414,7 +407,9 @@ async def test_a_node_cut_off_from_the_others_refuses_writes_and_resumes(tmp_pat
                 for accepted, events in zip(created, received, strict=True):
                     messages = logs[accepted["generation_id"]]
                     check_sse_matches_log(events, messages)
-                    await check_read_model(http_out, accepted["generation_id"], messages)
+                    await check_read_model(
+                        http_out, nodes.nodes[0].url, accepted["generation_id"], messages
+                    )
             finally:
                 await settle(stop, tasks)
                 await http_out.aclose()

@@ -19,6 +19,7 @@ from tests.ops.cluster import (
     check_sse_matches_log,
     client,
     create,
+    files_in_log,
     scrape,
     stream_messages,
     wait_status,
@@ -120,12 +121,8 @@ async def test_two_partitioned_storage_projectors_store_every_version(cluster: C
         for accepted, status in zip(versions, statuses, strict=True):
             generation_id = accepted["generation_id"]
             messages = logs[generation_id]
-            expected: dict[str, str] = {}
-            for m in messages:
-                if m.event["type"] == "file.written":
-                    expected[m.event["path"]] = m.event["content"]
-                elif m.event["type"] == "file.deleted":
-                    expected.pop(m.event["path"], None)
+            in_log = await files_in_log(cluster.nats_url, messages)
+            expected = {path: content for path, (_, content) in in_log.items()}
             archive = await http.get(f"/generations/{generation_id}/archive")
             assert archive.status_code == 200, archive.text
             with zipfile.ZipFile(io.BytesIO(archive.content)) as zipped:

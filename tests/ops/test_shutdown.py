@@ -17,6 +17,7 @@ from tests.ops.cluster import (
     check_sse_matches_log,
     client,
     create,
+    files_in_log,
     scrape,
     stream_messages,
     wait_exit,
@@ -145,12 +146,7 @@ async def test_sigterm_to_storage_exits_promptly_and_a_new_one_catches_up(
         files = await eventually(projected, 120, 0.2, what="the new projector's version")
     messages = by_generation(await stream_messages(cluster.nats_url))[accepted["generation_id"]]
     check_log_is_whole(accepted["generation_id"], messages)
-    written: set[str] = set()
-    for message in messages:
-        if message.event["type"] == "file.written":
-            written.add(message.event["path"])
-        elif message.event["type"] == "file.deleted":
-            written.discard(message.event["path"])
-    assert {f["path"] for f in files.json()["files"]} == written
+    written = await files_in_log(cluster.nats_url, messages)
+    assert {f["path"] for f in files.json()["files"]} == set(written)
     metrics = await scrape(replacement.url)
     assert metrics["kiln_storage_applied_stream_seq"] >= messages[-1].stream_seq
