@@ -10,12 +10,18 @@ import io
 import subprocess
 import sys
 import zipfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
+from nats.js import JetStreamContext
 
+from contracts import streams, subjects
+from contracts.events import FileWritten, VersionBasedOn, event_tag
 from contracts.phases import GeneratedFile, PhaseOutput
+from services.common.eventlog import read_generation
 from services.common.settings import Settings
 from services.orchestrator.providers.base import PhaseRequest, Reporter
 from tests.support.stack import Stack, running_stack, schema_with
@@ -211,3 +217,96 @@ async def test_the_guard_rejects_retries_once_then_fails_and_the_parent_is_untou
     assert models_calls[1][3] and path in models_calls[1][3], "with a corrective instruction"
     assert after == before, "the parent version is never modified"
     assert kept == before, "the new version kept the parent's files and saved nothing broken"
+
+
+class OneFileChange:
+    """Creates a project of many files; each iteration changes one file in the models phase."""
+
+    name = "offline"
+    FILES = 24
+    BODY = "".join(f"def handler_{i}(request):\n    return {{'n': {i}}}\n\n" for i in range(100))
+
+    async def run_phase(self, request: PhaseRequest, reporter: Reporter) -> PhaseOutput:
+        if request.kind == "create" and request.phase == "plan":
+            return PhaseOutput(
+                files=[
+                    GeneratedFile(f"app/module_{n:02d}.py", f"# module {n}\n{self.BODY}")
+                    for n in range(self.FILES)
+                ]
+            )
+        if request.kind == "iterate" and request.phase == "models":
+            path = "app/module_00.py"
+            change = f"{request.files[path]}\n# {request.prompt}\n"
+            return PhaseOutput(files=[GeneratedFile(path, change)], summary="one change")
+        return PhaseOutput(summary="nothing")
+
+
+async def test_an_iteration_names_its_parents_files_and_costs_the_broker_what_changed(
+    settings: Settings,
+) -> None:
+    async with running_stack(settings, providers={"offline": OneFileChange()}) as stack:
+        nc = await nats.connect(settings.nats_url)
+        js = nc.jetstream()
+        try:
+            v1 = await stack.create(schema_with(1))
+            await _complete(stack, v1)
+            # The first iteration of a created version puts its parent's contents in
+            # KILN_BLOBS (a created version's log holds them in its file.written events).
+            first_before = await _broker_bytes(js)
+            v2 = await stack.iterate(v1["generation_id"], "change one thing")
+            await _complete(stack, v2)
+            # Then each iteration adds the change and the manifest, not the project.
+            before = await _broker_bytes(js)
+            v3 = await stack.iterate(v2["generation_id"], "change another thing")
+            await _complete(stack, v3)
+            after = await _broker_bytes(js)
+
+            parent = await _listing(stack, v2["generation_id"])
+            mine = await _listing(stack, v3["generation_id"])
+            events = await read_generation(js, v3["generation_id"])
+            manifests = [e.event for e in events if isinstance(e.event, VersionBasedOn)]
+            assert len(manifests) == 1, "exactly one version.based_on"
+            assert manifests[0].parent_generation_id == v2["generation_id"]
+            named = {f.path: (f.sha256, f.size) for f in manifests[0].files}
+            unchanged = {path: entry for path, entry in mine.items() if parent.get(path) == entry}
+            assert len(unchanged) == OneFileChange.FILES - 1, "one file changed"
+            assert {path: named[path] for path in unchanged} == unchanged
+            assert named == parent, "the manifest names the parent's files as its API has them"
+            copies = [
+                e for e in events if isinstance(e.event, FileWritten) and e.event.origin == "parent"
+            ]
+            assert not copies, "no parent file is copied into the log"
+
+            blobs = await js.stream_info(streams.BLOBS_STREAM, subjects_filter=subjects.ALL_BLOBS)
+            held = blobs.state.subjects or {}
+            for sha256, _ in named.values():
+                assert held.get(subjects.blob_subject(sha256)) == 1, sha256
+            assert blobs.state.messages == len(held), "one message per content"
+
+            project_bytes = sum(size for _, size in parent.values())
+            added = {name: after[name] - before[name] for name in after}
+            first = {name: before[name] - first_before[name] for name in before}
+            sizes = Counter[str]()
+            for e in events:
+                sizes[event_tag(type(e.event))] += len(e.data)
+            print(f"payload bytes by event type: {dict(sizes)}")
+            print(
+                f"project {project_bytes} B in {len(parent)} files; broker bytes added by the "
+                f"first iteration {first}, by the next (one file changed) {added}"
+            )
+            assert sum(added.values()) < project_bytes / 2, (added, project_bytes)
+        finally:
+            await nc.close()
+
+
+async def _listing(stack: Stack, generation_id: str) -> dict[str, tuple[str, int]]:
+    listing = (await stack.alice.get(f"/generations/{generation_id}/files")).json()
+    return {f["path"]: (f["sha256"], f["size"]) for f in listing["files"]}
+
+
+async def _broker_bytes(js: JetStreamContext) -> dict[str, int]:
+    """The bytes KILN_EVENTS and KILN_BLOBS hold."""
+    return {
+        name: (await js.stream_info(name)).state.bytes
+        for name in (streams.EVENTS_STREAM, streams.BLOBS_STREAM)
+    }

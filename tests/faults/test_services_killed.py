@@ -3,18 +3,22 @@ lost or duplicated — each end state is compared with a run that had no fault."
 
 from __future__ import annotations
 
+import functools
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import nats
+import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from contracts import streams
-from contracts.events import event_tag
+from contracts.events import FileWritten, VersionBasedOn, event_tag
 from services.common.embedded_nats import EmbeddedNats
+from services.common.eventlog import StoredEvent
 from services.storage.models import Base
 from tests.faults.conftest import (
     assert_a_whole_log,
@@ -24,27 +28,39 @@ from tests.faults.conftest import (
     history,
     wait_status,
 )
+from tests.support import client as kiln
 from tests.support.processes import Processes
 from tests.support.waiting import eventually
 
 VOLATILE_COLUMNS = {"updated_at"}
+ITERATION_PROMPT = "add pagination"
 
 
+@pytest.mark.parametrize("kind", ["create", "iterate"])
 async def test_an_orchestrator_killed_mid_phase_is_resumed_and_ends_like_a_clean_run(
-    processes: Processes, nats_server: EmbeddedNats, client_for: Any
+    processes: Processes, nats_server: EmbeddedNats, client_for: Any, kind: str
 ) -> None:
     processes.start("storage")
     first = processes.start("orchestrator", "orchestrator-1")
     _, url = processes.gateway()
     client = client_for(url)
-    clean = await create(client)
+    if kind == "create":
+        start: Callable[[], Awaitable[dict[str, Any]]] = functools.partial(create, client)
+        # Mid-way through a phase that writes files.
+        killed_in = lambda e: e.type == "file.written" and e.data["phase"] == "schemas"  # noqa: E731
+    else:
+        # An iteration, killed once its version.based_on is in the log: the contents it
+        # inherits are nowhere but in KILN_BLOBS for the orchestrator that resumes it.
+        parent = await create(client)
+        await wait_status(client, parent["generation_id"], "completed")
+        start = functools.partial(kiln.iterate, client, parent["generation_id"], ITERATION_PROMPT)
+        killed_in = lambda e: e.type == "phase.started" and e.data["phase"] == "schemas"  # noqa: E731
+    clean = await start()
     await wait_status(client, clean["generation_id"], "completed")
 
-    victim = await create(client)
+    victim = await start()
     gid = victim["generation_id"]
-    seen = await follow(
-        url, gid, until=lambda e: e.type == "file.written" and e.data["phase"] == "schemas"
-    )
+    seen = await follow(url, gid, until=killed_in)
     first.signal(signal.SIGKILL)
     killed_at = time.monotonic()
     processes.start("orchestrator", "orchestrator-2")
@@ -58,7 +74,31 @@ async def test_an_orchestrator_killed_mid_phase_is_resumed_and_ends_like_a_clean
     assert tags.count("generation.resumed") == 1
     assert [e.id for e in seen + rest] == [e.stream_seq for e in events], "SSE saw all, once"
     assert await files_of(client, gid) == await files_of(client, clean["generation_id"])
-    print(f"orchestrator SIGKILL: recovered in {recovered_s:.1f} s (ack wait 2 s)")
+    if kind == "iterate":
+        assert "version.based_on" in [e.type for e in seen], "killed after the manifest"
+        await _assert_inherited_whole(client, events, parent["generation_id"], gid)
+    print(f"orchestrator SIGKILL ({kind}): recovered in {recovered_s:.1f} s (ack wait 2 s)")
+
+
+async def _assert_inherited_whole(
+    client: Any, events: list[StoredEvent], parent_id: str, generation_id: str
+) -> None:
+    """One manifest naming every parent file, no parent copies in the log, and every
+    parent file the version did not change served with the parent's content."""
+    manifests = [e.event for e in events if isinstance(e.event, VersionBasedOn)]
+    assert len(manifests) == 1, "exactly one version.based_on"
+    copies = [e for e in events if isinstance(e.event, FileWritten) and e.event.origin == "parent"]
+    assert not copies, "no parent file copied into the log"
+    parent = await files_of(client, parent_id)
+    assert {f.path: f.sha256 for f in manifests[0].files} == parent
+    kept = await files_of(client, generation_id)
+    unchanged = [path for path, sha in parent.items() if kept.get(path) == sha]
+    assert unchanged, "the iteration kept some parent files as they were"
+    for path in unchanged:
+        mine = await client.get(f"/generations/{generation_id}/files/{path}")
+        theirs = await client.get(f"/generations/{parent_id}/files/{path}")
+        assert mine.status_code == theirs.status_code == 200, (path, mine.text)
+        assert mine.content == theirs.content, path
 
 
 async def test_a_gateway_killed_mid_stream_is_replaced_and_the_client_resumes(
