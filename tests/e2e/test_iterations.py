@@ -21,6 +21,7 @@ from nats.js import JetStreamContext
 from contracts import streams, subjects
 from contracts.events import FileWritten, VersionBasedOn, event_tag
 from contracts.phases import GeneratedFile, PhaseOutput
+from services.common.blobs import BlobStore
 from services.common.eventlog import read_generation
 from services.common.settings import Settings
 from services.orchestrator.providers.base import PhaseRequest, Reporter
@@ -282,6 +283,8 @@ async def test_an_iteration_names_its_parents_files_and_costs_the_broker_what_ch
             for sha256, _ in named.values():
                 assert held.get(subjects.blob_subject(sha256)) == 1, sha256
             assert blobs.state.messages == len(held), "one message per content"
+            contents = await BlobStore(js).get_many(sha256 for sha256, _ in named.values())
+            assert {sha: len(c.encode()) for sha, c in contents.items()} == dict(named.values())
 
             project_bytes = sum(size for _, size in parent.values())
             added = {name: after[name] - before[name] for name in after}
@@ -295,6 +298,7 @@ async def test_an_iteration_names_its_parents_files_and_costs_the_broker_what_ch
                 f"first iteration {first}, by the next (one file changed) {added}"
             )
             assert sum(added.values()) < project_bytes / 2, (added, project_bytes)
+            assert first[streams.EVENTS_STREAM] < project_bytes / 2, "no copies in the log"
         finally:
             await nc.close()
 
