@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from contracts import streams
-from contracts.events import FileWritten, VersionBasedOn, event_tag
+from contracts.events import FileWritten, GenerationResumed, VersionBasedOn, event_tag
 from services.common.embedded_nats import EmbeddedNats
 from services.common.eventlog import StoredEvent
 from services.storage.models import Base
@@ -29,32 +29,42 @@ from tests.faults.conftest import (
     wait_status,
 )
 from tests.support import client as kiln
+from tests.support.client import SSEEvent
 from tests.support.processes import Processes
 from tests.support.waiting import eventually
 
 VOLATILE_COLUMNS = {"updated_at"}
 ITERATION_PROMPT = "add pagination"
+# Where the orchestrator is killed: the first event of the generation's stream that matches.
+KILL_POINTS: dict[str, Callable[[SSEEvent], bool]] = {
+    # Mid-way through a phase that writes files.
+    "mid-schemas": lambda e: e.type == "file.written" and e.data["phase"] == "schemas",
+    # An iteration's plan phase, its manifest just appended, the provider at work.
+    "after-manifest": lambda e: e.type == "version.based_on",
+    # A later phase of an iteration.
+    "schemas-started": lambda e: e.type == "phase.started" and e.data["phase"] == "schemas",
+}
 
 
-@pytest.mark.parametrize("kind", ["create", "iterate"])
+@pytest.mark.parametrize(
+    ("kind", "kill_point"),
+    [("create", "mid-schemas"), ("iterate", "after-manifest"), ("iterate", "schemas-started")],
+)
 async def test_an_orchestrator_killed_mid_phase_is_resumed_and_ends_like_a_clean_run(
-    processes: Processes, nats_server: EmbeddedNats, client_for: Any, kind: str
+    processes: Processes, nats_server: EmbeddedNats, client_for: Any, kind: str, kill_point: str
 ) -> None:
     processes.start("storage")
     first = processes.start("orchestrator", "orchestrator-1")
     _, url = processes.gateway()
     client = client_for(url)
-    if kind == "create":
-        start: Callable[[], Awaitable[dict[str, Any]]] = functools.partial(create, client)
-        # Mid-way through a phase that writes files.
-        killed_in = lambda e: e.type == "file.written" and e.data["phase"] == "schemas"  # noqa: E731
-    else:
+    start: Callable[[], Awaitable[dict[str, Any]]] = functools.partial(create, client)
+    if kind == "iterate":
         # An iteration, killed once its version.based_on is in the log: the contents it
         # inherits are nowhere but in KILN_BLOBS for the orchestrator that resumes it.
         parent = await create(client)
         await wait_status(client, parent["generation_id"], "completed")
         start = functools.partial(kiln.iterate, client, parent["generation_id"], ITERATION_PROMPT)
-        killed_in = lambda e: e.type == "phase.started" and e.data["phase"] == "schemas"  # noqa: E731
+    killed_in = KILL_POINTS[kill_point]
     clean = await start()
     await wait_status(client, clean["generation_id"], "completed")
 
@@ -77,7 +87,11 @@ async def test_an_orchestrator_killed_mid_phase_is_resumed_and_ends_like_a_clean
     if kind == "iterate":
         assert "version.based_on" in [e.type for e in seen], "killed after the manifest"
         await _assert_inherited_whole(client, events, parent["generation_id"], gid)
-    print(f"orchestrator SIGKILL ({kind}): recovered in {recovered_s:.1f} s (ack wait 2 s)")
+    resumed = next(e.event for e in events if isinstance(e.event, GenerationResumed))
+    print(
+        f"orchestrator SIGKILL ({kind}, {kill_point}): resumed at {resumed.from_phase}, "
+        f"recovered in {recovered_s:.1f} s (ack wait 2 s)"
+    )
 
 
 async def _assert_inherited_whole(
