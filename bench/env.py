@@ -98,8 +98,11 @@ class Stack:
         orchestrator: bool = False,
         profile: bool = False,
         cluster: int = 0,
+        settings: dict[str, str] | None = None,
     ) -> None:
         self.root = root
+        self.settings = settings or {}
+        """Kiln settings the services run with beyond the defaults (`KILN_VERIFY=false`)."""
         self.profile = profile
         self.replicas = max(cluster, 1)
         """Replicas of every stream: `cluster` nodes, each stream on all of them."""
@@ -138,6 +141,7 @@ class Stack:
         env = service_env(self.nats_url, self.database_url, self.root / "data", self.port)
         if self.replicas > 1:
             env["KILN_STREAM_REPLICAS"] = str(self.replicas)
+        env.update(self.settings)
         return env
 
     def stream_path(self, generation_id: str, owner: str = USER) -> str:

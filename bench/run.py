@@ -28,6 +28,7 @@ SCENARIOS = {
     "B6": "bench.scenarios.b6_end_to_end",
     "B7": "bench.scenarios.b7_verify",
     "B8": "bench.scenarios.b8_cluster",
+    "B9": "bench.scenarios.b9_iterations",
 }
 
 
