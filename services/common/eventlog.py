@@ -52,6 +52,27 @@ async def last_event(js: JetStreamContext, generation_id: str) -> StoredEvent | 
         return None
 
 
+async def first_event(js: JetStreamContext, generation_id: str) -> StoredEvent | None:
+    """A generation's first event as stored (its `generation.requested`), or None (no
+    events, or one that does not decode)."""
+    try:
+        first = await js.get_msg(
+            streams.EVENTS_STREAM,
+            seq=1,
+            subject=subjects.generation_events_any_project(generation_id),
+            direct=True,
+            next=True,
+        )
+    except NotFoundError:
+        return None
+    if not first.data:
+        return None
+    try:
+        return StoredEvent(int(first.seq or 0), first.data, decode_event(first.data))
+    except DecodeError:
+        return None
+
+
 async def _last_message(js: JetStreamContext, generation_id: str) -> RawStreamMsg | None:
     try:
         return await js.get_last_msg(

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import dataclass
+from typing import Any
 
 import nats.errors
 from nats.js import JetStreamContext
@@ -23,12 +25,17 @@ from contracts import streams, subjects
 from contracts.codec import encode
 from contracts.commands import CancelRequested, GenerateRequested
 from contracts.events import GenerationCancelled, GenerationRequested, utc_now
-from contracts.schema import ProjectSchema
 from contracts.state import GenerationState, GenerationSummary
-from services.common.eventlog import last_event
+from services.common.eventlog import first_event, last_event
 from services.common.eventwriter import GenerationWriter, LogUnavailable, WriterConflict, source_uri
 from services.common.logs import get_logger
-from services.gateway.errors import Conflict, Unavailable
+from services.gateway.errors import Conflict, Unavailable, Unprocessable
+from services.gateway.idempotency import (
+    HEADER,
+    check_same_request,
+    generation_id_for,
+    project_id_for,
+)
 from services.gateway.providers import ProviderCheck
 from services.gateway.quotas import GenerationRateLimit
 from services.gateway.requests import check_schema, checked_locked_paths, checked_project_name
@@ -37,6 +44,15 @@ from services.gateway.schemas import CreateGeneration, IterateGeneration
 log = get_logger(__name__)
 
 SOURCE = source_uri("gateway")
+
+
+@dataclass(frozen=True)
+class Requested:
+    """A generation's `generation.requested`, and whether an earlier request with the same
+    `Idempotency-Key` made it (`replayed`)."""
+
+    event: GenerationRequested
+    replayed: bool = False
 
 
 class Commands:
@@ -50,27 +66,48 @@ class Commands:
         self.providers = providers
         self._versions: KeyValue | None = None
 
-    async def create_generation(self, owner: str, data: CreateGeneration) -> GenerationRequested:
+    async def create_generation(
+        self, owner: str, data: CreateGeneration, key: str | None = None
+    ) -> Requested:
         """A new project's first version, once the request keeps every rule (BadRequest
-        otherwise) and the owner's rate limit allows it (TooManyRequests)."""
+        otherwise) and the owner's rate limit allows it (TooManyRequests); with a `key`,
+        the generation an earlier request with that key made, if there is one."""
         project_name = checked_project_name(data.project_name)
         check_schema(data.schema)
         provider = await self.providers.checked(data.provider)
+        fields: dict[str, Any] = {
+            "owner": owner,
+            "kind": "create",
+            "project_name": project_name,
+            "schema": data.schema,
+            "prompt": data.prompt,
+            "provider": provider,
+            "model": data.model,
+        }
+        if key is not None and (replay := await self._replay(owner, key, fields)):
+            return replay
         self.rate_limit.take(owner)
-        return await self.create(
-            owner=owner,
-            project_name=project_name,
-            schema=data.schema,
-            prompt=data.prompt,
-            provider=provider,
-            model=data.model,
-        )
+        project_id = project_id_for(owner, key) if key is not None else str(uuid.uuid4())
+        kv = await self._kv()
+        try:
+            await kv.create(project_id, b"1")
+        except KeyWrongLastSequenceError:
+            if key is None:
+                raise
+            # An earlier attempt with this key got this far: the project's version 1 is its.
+        return await self._request(project_id, key, fields | {"version": 1})
 
     async def iterate_generation(
-        self, owner: str, data: IterateGeneration, parent: GenerationState, latest_version: int
-    ) -> GenerationRequested:
+        self,
+        owner: str,
+        data: IterateGeneration,
+        parent: GenerationState,
+        latest_version: int,
+        key: str | None = None,
+    ) -> Requested:
         """A new version from a completed `parent` (Conflict otherwise); the provider and
-        model are the parent's unless the request names others."""
+        model are the parent's unless the request names others. With a `key`, the
+        generation an earlier request with that key made, if there is one."""
         summary = parent.summary
         if summary.status != "completed":
             raise Conflict(
@@ -80,16 +117,60 @@ class Commands:
             )
         locked = checked_locked_paths(data.locked_paths, parent.files)
         provider = await self.providers.checked(data.provider or summary.provider)
+        fields: dict[str, Any] = {
+            "owner": owner,
+            "kind": "iterate",
+            "project_name": summary.project_name,
+            "schema": None,
+            "prompt": data.modification_prompt,
+            "provider": provider,
+            "model": data.model or (summary.model if provider == summary.provider else None),
+            "parent_generation_id": summary.generation_id,
+            "locked_paths": locked,
+        }
+        if key is not None and (replay := await self._replay(owner, key, fields)):
+            return replay
         self.rate_limit.take(owner)
-        return await self.iterate(
+        version = await self.next_version(summary.project_id, max(summary.version, latest_version))
+        return await self._request(summary.project_id, key, fields | {"version": version})
+
+    async def _replay(self, owner: str, key: str, fields: dict[str, Any]) -> Requested | None:
+        """The generation an earlier request with this key made (Unprocessable if that request
+        asked for something else), its command published again if it is still pending."""
+        stored = await first_event(self.js, generation_id_for(owner, key))
+        if stored is None:
+            return None
+        if not isinstance(stored.event, GenerationRequested):
+            raise Unprocessable(f"This {HEADER} was already used; use a new key.")
+        check_same_request(stored.event, fields)
+        await self._publish_if_pending(stored.event)
+        log.info(
+            "Generation {generation_id} requested again with its Idempotency-Key; "
+            "answered with the first request's",
+            generation_id=stored.event.generation_id,
             owner=owner,
-            parent=summary,
-            prompt=data.modification_prompt,
-            locked_paths=locked,
-            provider=provider,
-            model=data.model or (summary.model if provider == summary.provider else None),
-            latest_known_version=max(summary.version, latest_version),
         )
+        return Requested(stored.event, replayed=True)
+
+    async def _publish_if_pending(self, requested: GenerationRequested) -> None:
+        """Publish the generate command of a generation no orchestrator has started (its
+        first request may have been stored without its command)."""
+        last = await last_event(self.js, requested.generation_id)
+        if last is None or not isinstance(last.event, GenerationRequested):
+            return
+        command = GenerateRequested(
+            generation_id=requested.generation_id, project_id=requested.project_id, at=utc_now()
+        )
+        try:
+            await self._publish_command(
+                subjects.GENERATE_COMMANDS,
+                encode(command),
+                f"generate:{requested.generation_id}",
+            )
+        except nats.errors.Error as exc:
+            raise Unavailable(
+                "the message broker did not accept the request; try again in a moment"
+            ) from exc
 
     async def _kv(self) -> KeyValue:
         if self._versions is None:
@@ -117,61 +198,11 @@ class Commands:
                 await asyncio.sleep(0.005)
         raise Unavailable("too many concurrent iterations of this project; try again")
 
-    async def create(
-        self,
-        *,
-        owner: str,
-        project_name: str,
-        schema: ProjectSchema,
-        prompt: str,
-        provider: str,
-        model: str | None,
-    ) -> GenerationRequested:
-        """Publish a new project's first generation (version 1)."""
-        project_id = str(uuid.uuid4())
-        kv = await self._kv()
-        await kv.create(project_id, b"1")
-        return await self._request(
-            project_id,
-            owner=owner,
-            project_name=project_name,
-            version=1,
-            kind="create",
-            schema=schema,
-            prompt=prompt,
-            provider=provider,
-            model=model,
-        )
-
-    async def iterate(
-        self,
-        *,
-        owner: str,
-        parent: GenerationSummary,
-        prompt: str,
-        locked_paths: list[str],
-        provider: str,
-        model: str | None,
-        latest_known_version: int,
-    ) -> GenerationRequested:
-        """Publish a new version of the parent's project."""
-        version = await self.next_version(parent.project_id, latest_known_version)
-        return await self._request(
-            parent.project_id,
-            owner=owner,
-            project_name=parent.project_name,
-            version=version,
-            kind="iterate",
-            schema=None,
-            prompt=prompt,
-            provider=provider,
-            model=model,
-            parent_generation_id=parent.generation_id,
-            locked_paths=locked_paths,
-        )
-
-    async def _request(self, project_id: str, **fields: object) -> GenerationRequested:
-        generation_id = str(uuid.uuid4())
+    async def _request(self, project_id: str, key: str | None, fields: dict[str, Any]) -> Requested:
+        """Publish `generation.requested` (the generation's id derived from `key` if there
+        is one) and its generate command."""
+        owner = str(fields["owner"])
+        generation_id = generation_id_for(owner, key) if key is not None else str(uuid.uuid4())
         writer = GenerationWriter(
             self.js, project_id, generation_id, source=SOURCE, retry_for_s=5.0
         )
@@ -183,6 +214,14 @@ class Commands:
             await self._publish_command(
                 subjects.GENERATE_COMMANDS, encode(command), f"generate:{generation_id}"
             )
+        except WriterConflict:
+            if key is None:
+                raise
+            # A request with the same key, at the same time, appended first: answer with it.
+            replay = await self._replay(owner, key, fields)
+            if replay is None:
+                raise
+            return replay
         except (LogUnavailable, nats.errors.Error) as exc:
             log.warning(
                 "Could not publish generation {generation_id} (answered 503): {error}",
@@ -200,7 +239,7 @@ class Commands:
             kind=fields.get("kind"),
             owner=fields.get("owner"),
         )
-        return event
+        return Requested(event)
 
     async def _publish_command(self, subject: str, data: bytes, msg_id: str) -> None:
         delay = 0.05

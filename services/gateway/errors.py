@@ -88,6 +88,13 @@ class Conflict(GatewayError):
     status, title = 409, "Conflict"
 
 
+class Unprocessable(GatewayError):
+    """The request is well formed but cannot be taken as it is (an Idempotency-Key reused
+    for another request)."""
+
+    status, title = 422, "Unprocessable Content"
+
+
 class PayloadTooLarge(GatewayError):
     """The request body is over the limit."""
 
@@ -276,6 +283,7 @@ _WHEN: dict[int, str] = {
     404: "No such resource for this caller (another user's resources are not revealed).",
     409: "The resource is in a state that does not allow the request.",
     413: "The request body is larger than the gateway accepts (KILN_MAX_BODY_BYTES).",
+    422: "The Idempotency-Key was already used for another request.",
     429: "A limit of the caller was reached; `Retry-After` says when to try again.",
     503: "A dependency (NATS, the database) is not answering right now; `Retry-After` says "
     "when to try again.",

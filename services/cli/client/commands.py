@@ -9,6 +9,7 @@ import io
 import json
 import os
 import sys
+import uuid
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -117,8 +118,14 @@ def _generate(gateway: Gateway, args: argparse.Namespace) -> int:
         "prompt": args.prompt,
     }
     body |= {key: getattr(args, key) for key in ("provider", "model") if getattr(args, key)}
-    accepted = gateway.decoded("POST", "/generations", Accepted, json=body)
+    accepted = gateway.decoded("POST", "/generations", Accepted, json=body, headers=once())
     return _accepted(gateway, accepted, args.follow)
+
+
+def once() -> dict[str, str]:
+    """Headers that make a create or iterate safe to send again: a fresh Idempotency-Key
+    (the gateway answers a repeat with the generation the first attempt made)."""
+    return {"Idempotency-Key": str(uuid.uuid4())}
 
 
 def _iterate(gateway: Gateway, args: argparse.Namespace) -> int:
@@ -128,7 +135,7 @@ def _iterate(gateway: Gateway, args: argparse.Namespace) -> int:
         "locked_paths": args.lock,
     }
     body |= {key: getattr(args, key) for key in ("provider", "model") if getattr(args, key)}
-    accepted = gateway.decoded("POST", "/generations/iterate", Accepted, json=body)
+    accepted = gateway.decoded("POST", "/generations/iterate", Accepted, json=body, headers=once())
     return _accepted(gateway, accepted, args.follow)
 
 

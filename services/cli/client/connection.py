@@ -22,10 +22,12 @@ DEV_KEY_FILE = Path(".kiln") / "dev-api-key"
 # most this many times and never waiting longer than MAX_RETRY_AFTER_S at once.
 RETRIES_ON_503 = 5
 MAX_RETRY_AFTER_S = 10.0
-# Requests that change nothing when repeated; a create or iterate is never repeated (a 503
-# after the broker took the request but before it answered would make a second version).
+# Requests that change nothing when repeated. A create or iterate is repeated only with an
+# Idempotency-Key (without one, a 503 after the broker took the request but before it
+# answered would make a second version); with one, a lost answer is retried too.
 _IDEMPOTENT = ("GET", "HEAD")
 _IDEMPOTENT_POSTS = ("/stream-token", "/cancel")
+IDEMPOTENCY_KEY = "Idempotency-Key"
 
 
 class ClientError(Exception):
@@ -86,11 +88,17 @@ class Gateway:
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """A request; ClientError with the gateway's own words on 4xx and 5xx. A 503 to a
         request that is safe to repeat is retried after its Retry-After (bounded)."""
-        repeatable = method in _IDEMPOTENT or path.endswith(_IDEMPOTENT_POSTS)
+        keyed = IDEMPOTENCY_KEY in (kwargs.get("headers") or {})
+        repeatable = method in _IDEMPOTENT or path.endswith(_IDEMPOTENT_POSTS) or keyed
         for attempt in range(RETRIES_ON_503 + 1):
             try:
                 response = self.http.request(method, path, **kwargs)
             except httpx.TransportError as exc:
+                lost_answer = isinstance(exc, httpx.ReadError | httpx.ReadTimeout)
+                if keyed and lost_answer and attempt < RETRIES_ON_503:
+                    # Sent, but its answer was lost: the key makes sending it again safe.
+                    self.sleep(1.0)
+                    continue
                 raise ClientError(f"cannot reach the gateway at {self.url}: {exc}") from None
             if response.status_code != 503 or not repeatable or attempt == RETRIES_ON_503:
                 break

@@ -8,12 +8,13 @@ from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import ResponseHeader
 from litestar.di import Provide
 from litestar.openapi import ResponseSpec
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 
-from contracts.events import GenerationRequested
 from services.gateway.auth import stream_caller
+from services.gateway.commands import Requested
 from services.gateway.diffs import as_patch
 from services.gateway.errors import error_responses
+from services.gateway.idempotency import HEADER, REPLAYED_HEADER, checked_key
 from services.gateway.quotas import admit_stream
 from services.gateway.requests import resume_after
 from services.gateway.routes.dependencies import (
@@ -45,10 +46,28 @@ LOCATION = ResponseHeader(
 )
 
 
-def _created(gw: GatewayDep, event: GenerationRequested) -> Response[Accepted]:
-    """The 201 of a new generation, its status URL as `Location`."""
-    body = accepted(event, gw.tokens)
-    return Response(body, status_code=201, headers={"Location": body.status_url})
+IdempotencyKey = Annotated[
+    str | None,
+    HeaderParameter(
+        name=HEADER,
+        required=False,
+        description=(
+            "Any unique string (a UUID): the same request sent again with the same key "
+            "answers with the generation the first one made (`Idempotent-Replayed: true`) "
+            "instead of making another; the key with another request is refused (422)."
+        ),
+    ),
+]
+
+
+def _created(gw: GatewayDep, requested: Requested) -> Response[Accepted]:
+    """The 201 of a new generation (or of the one an earlier request with the same
+    Idempotency-Key made), its status URL as `Location`."""
+    body = accepted(requested.event, gw.tokens)
+    headers = {"Location": body.status_url}
+    if requested.replayed:
+        headers[REPLAYED_HEADER] = "true"
+    return Response(body, status_code=201, headers=headers)
 
 
 class GenerationController(Controller):
@@ -67,27 +86,38 @@ class GenerationController(Controller):
         status_code=201,
         summary="Create a project and generate its first version",
         response_headers=[LOCATION],
-        responses=error_responses(400, 401, 413, 429, 503),
+        responses=error_responses(400, 401, 413, 422, 429, 503),
     )
     async def create(
-        self, data: JSONBody[CreateGeneration], gw: GatewayDep, user: UserDep
+        self,
+        data: JSONBody[CreateGeneration],
+        gw: GatewayDep,
+        user: UserDep,
+        idempotency_key: IdempotencyKey = None,
     ) -> Response[Accepted]:
         """Accepts the request, publishes it, and returns where to follow it."""
-        return _created(gw, await gw.commands.create_generation(user, data))
+        key = checked_key(idempotency_key)
+        return _created(gw, await gw.commands.create_generation(user, data, key))
 
     @post(
         "/iterate",
         status_code=201,
         summary="Make a new version from any completed version",
         response_headers=[LOCATION],
-        responses=error_responses(400, 401, 404, 409, 413, 429, 503),
+        responses=error_responses(400, 401, 404, 409, 413, 422, 429, 503),
     )
     async def iterate(
-        self, data: JSONBody[IterateGeneration], gw: GatewayDep, user: UserDep
+        self,
+        data: JSONBody[IterateGeneration],
+        gw: GatewayDep,
+        user: UserDep,
+        idempotency_key: IdempotencyKey = None,
     ) -> Response[Accepted]:
         """The new version starts from the parent's files; nothing of the parent changes."""
+        key = checked_key(idempotency_key)
         parent, latest = await gw.views.iteration_base(checked_id(data.parent_generation_id), user)
-        return _created(gw, await gw.commands.iterate_generation(user, data, parent, latest))
+        requested = await gw.commands.iterate_generation(user, data, parent, latest, key)
+        return _created(gw, requested)
 
     @get(
         "/{generation_id:str}",

@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from services.cli.client.commands import once
 from services.cli.client.connection import (
     DEFAULT_URL,
     MAX_RETRY_AFTER_S,
@@ -116,10 +117,41 @@ def test_a_503_is_retried_after_its_retry_after_within_a_bound() -> None:
 
 
 @pytest.mark.parametrize("path", ["/generations", "/generations/iterate"])
-def test_a_503_to_a_create_is_not_repeated(path: str) -> None:
+def test_a_503_to_a_create_without_a_key_is_not_repeated(path: str) -> None:
     waits: list[float] = []
     seen, transport = _answers((503, "1"), (200, ""))
     gateway = Gateway("http://kiln.test", "k", transport=transport, sleep=waits.append)
     with pytest.raises(ClientError, match=r"^503"):
         gateway.request("POST", path, json={})
     assert seen == [f"POST {path}"] and waits == []
+
+
+@pytest.mark.parametrize("path", ["/generations", "/generations/iterate"])
+def test_a_create_with_an_idempotency_key_is_repeated_on_a_503_or_a_lost_answer(
+    path: str,
+) -> None:
+    waits: list[float] = []
+    seen, transport = _answers((503, "2"), (200, ""))
+    gateway = Gateway("http://kiln.test", "k", transport=transport, sleep=waits.append)
+    key = {"Idempotency-Key": "k-1"}
+    assert gateway.request("POST", path, json={}, headers=key).status_code == 200
+    assert seen == [f"POST {path}"] * 2 and waits == [2.0]
+
+    sent: list[str | None] = []
+
+    def lost_then_answered(request: httpx.Request) -> httpx.Response:
+        sent.append(request.headers.get("idempotency-key"))
+        if len(sent) == 1:
+            raise httpx.ReadTimeout("the answer never came", request=request)
+        return httpx.Response(201, json={})
+
+    mock = httpx.MockTransport(lost_then_answered)
+    gateway = Gateway("http://kiln.test", "k", transport=mock, sleep=waits.append)
+    assert gateway.request("POST", path, json={}, headers=key).status_code == 201
+    assert sent == ["k-1", "k-1"], "the same key both times"
+
+
+def test_the_cli_sends_a_new_key_per_command_and_the_same_on_its_retries() -> None:
+    first, second = once(), once()
+    assert first["Idempotency-Key"] != second["Idempotency-Key"]
+    assert len(first["Idempotency-Key"]) == 36
