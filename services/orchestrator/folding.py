@@ -6,11 +6,13 @@ Its own module so the runner and the repair loop share it without importing each
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from contracts.codec import content_sha256
-from contracts.events import FileWritten
+from contracts.events import Event, FileWritten
 from contracts.state import GenerationState, apply
+from services.common.blobs import BlobStore
 from services.common.eventlog import StoredEvent
 from services.common.eventwriter import EventBatch, GenerationWriter
 
@@ -20,11 +22,38 @@ class FoldingWriter(GenerationWriter):
 
     So the runner's state is always the fold of the log as written, events of the
     providers' reports included: nothing about the version is updated by hand.
+
+    With `blobs`, the content of every file it writes is stored by sha256 first, so a
+    later version inherits it by name (`version.based_on`) without storing it again.
     """
 
-    def __init__(self, *args: Any, state: GenerationState, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, state: GenerationState, blobs: BlobStore | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.state = state
+        self.blobs = blobs
+        self._contents_stored: set[str] = set()
+
+    async def append(self, event: Event) -> StoredEvent:
+        """Store the content a `file.written` carries, then append it."""
+        await self._store_contents([event])
+        return await super().append(event)
+
+    async def append_batch(self, events: Sequence[Event]) -> list[StoredEvent]:
+        """Store the contents the batch's `file.written` events carry, then append it."""
+        await self._store_contents(events)
+        return await super().append_batch(events)
+
+    async def _store_contents(self, events: Sequence[Event]) -> None:
+        written = [
+            e
+            for e in events
+            if isinstance(e, FileWritten) and e.sha256 not in self._contents_stored
+        ]
+        if self.blobs is not None and written:
+            await self.blobs.put_many(e.content for e in written)
+            self._contents_stored.update(e.sha256 for e in written)
 
     def appended(self, stored: StoredEvent) -> None:
         """Apply each event the stream took (alone or in a batch) to `state`."""

@@ -117,7 +117,11 @@ class GenerationRunner:
         except BlobError as exc:
             return Retry(f"the log names file contents the broker cannot give: {exc}")
         writer = FoldingWriter.after(
-            self.js, history, source=source_uri("orchestrator", self.config.worker), state=state
+            self.js,
+            history,
+            source=source_uri("orchestrator", self.config.worker),
+            state=state,
+            blobs=self.blobs,
         )
         cancelled = await self.cancels.check(generation_id)
         run = _Run(self, state, writer, cancelled, attempt)
