@@ -122,6 +122,8 @@ async def test_an_iteration_that_breaks_the_parents_tests_is_repaired_and_the_di
     assert "## Phase: repair" in call.prompt
     assert "## This iteration broke passing tests" in call.prompt
     assert "test_created" in call.prompt and PROMPT in call.prompt
+    # ...with the files they point at quoted, the parent's test (inherited by content) too.
+    assert "def test_ok() -> None:" in call.prompt and "return 204" in call.prompt
     # llm.called counts the repair call; progress never goes back and stays below 100
     # until the end.
     calls = of(events, "llm.called")
