@@ -138,10 +138,13 @@ async def history(stack: Stack, generation_id: str) -> list[SSEEvent]:
 
 
 def files_of(events: list[SSEEvent]) -> list[str]:
-    """The files a generation's events leave, sorted: written and not deleted since."""
+    """The files a generation's events leave, sorted: inherited from the parent (#20) or
+    written, and not deleted since."""
     files: set[str] = set()
     for event in events:
-        if event.type == "file.written":
+        if event.type == "version.based_on":
+            files.update(f["path"] for f in event.data["files"])
+        elif event.type == "file.written":
             files.add(event.data["path"])
         elif event.type == "file.deleted":
             files.discard(event.data["path"])
