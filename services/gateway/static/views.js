@@ -173,6 +173,21 @@ function diffLineClass(line) {
   return "ctx";
 }
 
+// A file a repair round changed (and kept): the rounds, so the diff says the model's fix
+// of the version's failing tests is in it, not only the change that was asked for.
+function repairBadge(rounds) {
+  if (!rounds?.length) return null;
+  const which = rounds.length === 1 ? `round ${rounds[0]}` : `rounds ${rounds.join(", ")}`;
+  return [
+    " ",
+    el("span", {
+      class: "badge repaired",
+      text: `repaired in ${which}`,
+      title: "Kiln's repair of the failing tests changed this file",
+    }),
+  ];
+}
+
 export function renderDiff(container, summaryNode, diff) {
   const { added, modified, deleted, unchanged } = diff.summary;
   summaryNode.replaceChildren(
@@ -181,13 +196,28 @@ export function renderDiff(container, summaryNode, diff) {
     el("span", { class: "deleted", text: `${deleted} deleted` }), " · ",
     el("span", { text: `${unchanged} unchanged` }),
   );
+  const repaired = diff.files.filter((file) => file.repair_rounds?.length).length;
+  if (repaired) summaryNode.append(" · ", el("span", { class: "repaired", text: `${repaired} changed by repair` }));
   const openAll = diff.files.length <= 6;
   container.replaceChildren(
     ...diff.files.map((file) =>
       el(
         "details",
-        { class: "diff-file", open: openAll, "data-path": file.path, "data-status": file.status },
-        el("summary", {}, el("span", { class: `badge ${file.status}`, text: file.status }), " ", el("code", { text: file.path })),
+        {
+          class: "diff-file",
+          open: openAll,
+          "data-path": file.path,
+          "data-status": file.status,
+          "data-repair-rounds": file.repair_rounds?.length ? file.repair_rounds.join(" ") : undefined,
+        },
+        el(
+          "summary",
+          {},
+          el("span", { class: `badge ${file.status}`, text: file.status }),
+          " ",
+          el("code", { text: file.path }),
+          repairBadge(file.repair_rounds),
+        ),
         file.reason ? el("p", { class: "hint", text: `Reason: ${file.reason}` }) : null,
         el(
           "pre",
