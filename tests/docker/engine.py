@@ -26,6 +26,9 @@ START_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 30
 # Network settings that dockerd changes when let: forwarding and the bridge netfilter hooks.
 SYSCTLS = ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding")
+# What dockerd makes outside the folders it is given: its plugin folder under /run/docker
+# and its identity key. Removed afterwards where they were not there before.
+OUTSIDE = (Path("/run/docker"), Path("/etc/docker/key.json"))
 
 
 class EngineUnavailable(Exception):
@@ -147,6 +150,7 @@ def docker_engine(cache: Path) -> Iterator[Engine]:
 
 def _own_engine(cache: Path, env: dict[str, str]) -> Iterator[Engine]:
     before = HostNetwork.now()
+    made = [path for path in OUTSIDE if not path.exists()]
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     socket = RUN_DIR / "docker.sock"
     env = {**env, "DOCKER_HOST": f"unix://{socket}"}
@@ -185,8 +189,12 @@ def _own_engine(cache: Path, env: dict[str, str]) -> Iterator[Engine]:
         yield engine
     finally:
         _stop(daemon)
-        _unmount_under(RUN_DIR)
-        shutil.rmtree(RUN_DIR, ignore_errors=True)
+        for folder in (RUN_DIR, *made):
+            _unmount_under(folder)
+            if folder.is_dir():
+                shutil.rmtree(folder, ignore_errors=True)
+            else:
+                folder.unlink(missing_ok=True)
     changes = HostNetwork.now().changes_since(before)
     assert not changes, "dockerd left the host's network changed:\n" + "\n".join(changes)
 
