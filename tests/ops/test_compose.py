@@ -154,16 +154,42 @@ def _stages(dockerfile: str) -> list[list[str]]:
     return stages
 
 
+def _base_defaults(dockerfile: str) -> dict[str, str]:
+    """The defaults of the ARGs before the first FROM (`ARG NAME=value`)."""
+    defaults = {}
+    for line in dockerfile.splitlines():
+        if line.upper().startswith("FROM "):
+            break
+        if match := re.fullmatch(r"ARG (\w+)=(\S+)", line.strip()):
+            defaults[match.group(1)] = match.group(2)
+    return defaults
+
+
 def test_the_image_is_multi_stage_slim_and_not_root() -> None:
-    stages = _stages((ROOT / "Dockerfile").read_text())
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    stages = _stages(dockerfile)
     assert len(stages) >= 2, "multi-stage"
     final = stages[-1]
-    assert "slim" in final[0] or "alpine" in final[0]
+    base = re.sub(r"\$\{(\w+)\}", lambda m: _base_defaults(dockerfile)[m.group(1)], final[0])
+    assert "slim" in base or "alpine" in base, base
     users = [line.split()[1] for line in final if line.upper().startswith("USER ")]
     assert users, "the final stage sets a USER"
     assert users[-1].split(":")[0] not in {"root", "0"}
     assert any(line.startswith("COPY --from=") for line in final), "copies from the build stage"
     assert not any(line.upper().startswith("RUN pip") for line in final)
+
+
+def test_the_image_installs_every_extra() -> None:
+    """The README says the image has the Gemini provider and PostgreSQL's driver."""
+    [build] = [
+        stage for stage in _stages((ROOT / "Dockerfile").read_text()) if " AS build" in stage[0]
+    ]
+    [install] = [line for line in build if "/opt/kiln/bin/pip install" in line]
+    extras = re.search(r"\.\[([\w,]+)\]", install)
+    assert extras, install
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    wanted = set(pyproject["project"]["optional-dependencies"]) - {"dev"}
+    assert set(extras.group(1).split(",")) == wanted
 
 
 def test_the_entrypoint_is_the_kiln_script() -> None:
