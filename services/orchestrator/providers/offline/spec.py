@@ -21,11 +21,12 @@ from services.orchestrator.providers.offline.text import clean_line, clean_text
 SPEC_PATH = "kiln.json"
 SPEC_FORMAT = 1
 
-Feature = Literal["auth", "docker", "pagination"]
+Feature = Literal["auth", "docker", "edge_cases", "pagination"]
 FEATURES: tuple[str, ...] = Feature.__args__  # type: ignore[attr-defined]
 FEATURE_TITLES: dict[str, str] = {
     "auth": "authentication",
     "docker": "a Dockerfile",
+    "edge_cases": "edge-case tests",
     "pagination": "pagination",
 }
 

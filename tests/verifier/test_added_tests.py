@@ -1,0 +1,75 @@
+"""Issue #15, item 5: the offline provider's "add tests" iteration, verified for real (the
+real sandbox, the real verify runtime): the tests it adds pass, lint stays clean, and the
+version reports more passed tests than its parent."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from contracts.verification import VerifyResult
+from services.orchestrator.providers.offline import OfflineProvider
+from services.verifier.checks import verify
+from services.verifier.sandbox import Limits
+from tests.orchestrator.providers.offline.helpers import SHOP, every_type, generate
+from tests.verifier.helpers import make_sandbox
+
+pytestmark = pytest.mark.timeout(300)
+
+# Every field type, required and optional (Item0, Item1), and every relation kind: a
+# required and an optional many_to_one, many_to_many, one_to_many and a self-reference.
+MIXED: dict[str, Any] = {"entities": [*SHOP["entities"], *every_type(2)["entities"]]}
+
+
+async def _verify(files: dict[str, str], round: int = 0) -> VerifyResult:
+    sandbox = make_sandbox(Limits(wall_s=120.0))
+    return await verify(
+        files, sandbox, generation_id="g-tests", project_id="p-1", round=round, verifier="test"
+    )
+
+
+def _clean(result: VerifyResult) -> None:
+    assert result.outcome == "completed", result.reason
+    assert not result.reason, result.output_tail
+    assert result.failed == 0 and result.errors == 0, [
+        (f.test_id, f.message) for f in result.failures
+    ]
+    assert result.tests_passed and not result.timed_out
+    assert result.lint_findings == 0, result.lint_details
+    assert result.format_findings == 0
+    assert result.compile_errors == []
+
+
+async def test_the_added_tests_pass_in_the_sandbox_and_the_count_goes_up() -> None:
+    provider = OfflineProvider()
+    parent = await generate(provider, document=MIXED)
+    child = await generate(provider, kind="iterate", prompt="add tests", parent=parent.files)
+    added = {path for path in child.files if path not in parent.files}
+    assert {"tests/edge_cases/test_product.py", "tests/edge_cases/test_item1.py"} <= added
+
+    before = await _verify(parent.files)
+    after = await _verify(child.files, round=1)
+
+    _clean(before)
+    _clean(after)
+    new_tests = sum(child.files[p].count("\ndef test_") for p in added)
+    print(f"passed: parent {before.passed}, after 'add tests' {after.passed} (+{new_tests})")
+    assert after.passed == before.passed + new_tests
+    assert new_tests >= 60
+
+
+@pytest.mark.slow
+async def test_a_20_entity_project_with_its_added_tests_verifies_well_within_the_limit() -> None:
+    provider = OfflineProvider()
+    parent = await generate(provider, document=every_type(20))
+    child = await generate(provider, kind="iterate", prompt="add tests", parent=parent.files)
+
+    started = time.monotonic()
+    result = await _verify(child.files)
+    took = time.monotonic() - started
+
+    _clean(result)
+    print(f"20 entities with edge cases: {result.passed} passed in {took:.1f} s")
+    assert took < 90
