@@ -425,6 +425,7 @@ async def test_a_chain_of_iterations_keeps_passing_the_guard(
     files = shop.files
     for prompt in [
         "add authentication",
+        "add tests",
         "add pagination; add a Dockerfile",
         "add entity Review with fields body:text, mood:enum(happy|sad) and relation product to Product",
         "add fields sku:string?, weight:float? to Product",
@@ -433,7 +434,9 @@ async def test_a_chain_of_iterations_keeps_passing_the_guard(
         files = (await generate(provider, kind="iterate", prompt=prompt, parent=files)).files
     spec = load_spec(files["kiln.json"])
     assert [e.name for e in spec.entities] == ["Product", "Tag", "Review"]
-    assert spec.features == ["auth", "docker", "pagination"]
+    assert spec.features == ["auth", "docker", "edge_cases", "pagination"]
+    assert "tests/edge_cases/test_review.py" in files
+    assert "tests/edge_cases/test_category.py" not in files
     assert files == {path: c for path, (_, c) in build_project(spec).items()}
 
 
