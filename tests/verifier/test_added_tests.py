@@ -14,7 +14,12 @@ from contracts.verification import VerifyResult
 from services.orchestrator.providers.offline import OfflineProvider
 from services.verifier.checks import verify
 from services.verifier.sandbox import Limits
-from tests.orchestrator.providers.offline.helpers import SHOP, every_type, generate
+from tests.orchestrator.providers.offline.helpers import (
+    SHOP,
+    every_type,
+    generate,
+    revision_1_files,
+)
 from tests.verifier.helpers import make_sandbox
 
 pytestmark = pytest.mark.timeout(300)
@@ -59,6 +64,16 @@ async def test_the_added_tests_pass_in_the_sandbox_and_the_count_goes_up() -> No
     print(f"passed: parent {before.passed}, after 'add tests' {after.passed} (+{new_tests})")
     assert after.passed == before.passed + new_tests
     assert new_tests >= 60
+
+
+async def test_the_added_tests_pass_on_a_project_built_before_the_64_bit_bounds() -> None:
+    parent = revision_1_files(MIXED)
+    child = await generate(OfflineProvider(), kind="iterate", prompt="add tests", parent=parent)
+
+    result = await _verify(child.files)
+
+    _clean(result)
+    assert result.passed > 100
 
 
 @pytest.mark.slow

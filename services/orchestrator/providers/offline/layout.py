@@ -159,6 +159,11 @@ class ProjectLayout:
         return self.spec.has("docker")
 
     @property
+    def bounded(self) -> bool:
+        """Integers and ids are bounded to 64 bits (templates revision 2 on)."""
+        return self.spec.revision >= 2
+
+    @property
     def edge_cases(self) -> bool:
         """The project has the edge-case tests ("add tests")."""
         return self.spec.has("edge_cases")

@@ -41,7 +41,7 @@ def build_project(spec: ProjectSpec) -> Build:
     files["app/models/__init__.py"] = ("models", models.models_package(project))
     files["app/schemas/__init__.py"] = ("schemas", schemas.schemas_package(project))
     files["app/routes/__init__.py"] = ("api", api.routes_package(project))
-    files["app/crud.py"] = ("api", api.crud_module())
+    files["app/crud.py"] = ("api", api.crud_module(project))
     files["app/main.py"] = ("api", api.main_module(project))
     if project.pagination:
         files["app/pagination.py"] = ("api", api.pagination_module())

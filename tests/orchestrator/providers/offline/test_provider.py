@@ -22,8 +22,10 @@ from tests.orchestrator.providers.offline.helpers import (
     SHOP,
     FakeReporter,
     Generation,
+    every_type,
     generate,
     request,
+    revision_1_files,
     schema,
 )
 
@@ -194,6 +196,24 @@ async def test_a_test_file_someone_wrote_at_the_same_path_is_kept(
     assert result.files["tests/edge_cases/test_tag.py"] == mine
     assert "tests/edge_cases/test_product.py" in result.files
     assert "Kept tests/edge_cases/test_tag.py as written" in result.outputs["tests"].summary
+
+
+async def test_add_tests_to_a_project_built_before_the_64_bit_bounds(
+    provider: OfflineProvider,
+) -> None:
+    parent = revision_1_files({"entities": [*SHOP["entities"], *every_type(1)["entities"]]})
+    assert "MAX_ID" not in parent["app/crud.py"]
+
+    result = await generate(provider, kind="iterate", prompt="add tests", parent=parent)
+
+    assert load_spec(result.files["kiln.json"]).revision == 1, "the project keeps its revision"
+    changed = {p for p, c in parent.items() if result.files[p] != c}
+    assert changed == {"kiln.json", "README.md"}
+    edge_cases = "".join(c for p, c in result.files.items() if p.startswith("tests/edge_cases/"))
+    assert "def test_an_id_that_names_no_row_is_404(" in edge_cases
+    assert "9223372036854775807" in edge_cases, "the largest integer is still accepted"
+    beyond = re.findall(r"(?<![-\d])9223372036854775808|-9223372036854775809", edge_cases)
+    assert beyond == [], "no bound the app does not have"
 
 
 async def test_entities_added_after_the_tests_get_theirs(

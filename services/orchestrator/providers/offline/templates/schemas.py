@@ -41,9 +41,10 @@ def schema_module(project: ProjectLayout, entity: EntityLayout) -> str:
     struct = imports.name("msgspec", "Struct")
     integer = imports.builtin("int")
     listing = imports.builtin("list")
-    uses_int64 = any(c.type == "integer" for c in entity.columns) or bool(
-        entity.refs or entity.many
+    uses_int64 = project.bounded and (
+        any(c.type == "integer" for c in entity.columns) or bool(entity.refs or entity.many)
     )
+    bounded_int = INT64 if uses_int64 else integer
     if uses_int64:
         imports.name("typing", "Annotated")
         imports.name("msgspec", "Meta")
@@ -52,7 +53,7 @@ def schema_module(project: ProjectLayout, entity: EntityLayout) -> str:
         if column.type == "enum":
             return aliases[column.name]
         if column.type == "integer":
-            return INT64
+            return bounded_int
         kind = python_type(column, imports)
         if column.type == "string":
             annotated = imports.name("typing", "Annotated")
@@ -82,11 +83,11 @@ def schema_module(project: ProjectLayout, entity: EntityLayout) -> str:
         plain = aliases.get(column.name) or python_type(column, imports)
         field(column.name, kind, plain, column.required)
     for ref in entity.refs:
-        field(ref.column, INT64, integer, ref.required)
+        field(ref.column, bounded_int, integer, ref.required)
     for many in entity.many:
         unset_type, unset = unset_names()
-        create_lines.append(f"    {many.name}: {listing}[{INT64}] = []")
-        update_lines.append(f"    {many.name}: {listing}[{INT64}] | {unset_type} = {unset}")
+        create_lines.append(f"    {many.name}: {listing}[{bounded_int}] = []")
+        update_lines.append(f"    {many.name}: {listing}[{bounded_int}] | {unset_type} = {unset}")
         read_lines.append(f"    {many.name}: {listing}[{integer}]")
 
     any_type = imports.name("typing", "Any")
