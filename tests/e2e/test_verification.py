@@ -16,6 +16,7 @@ import pytest
 from services.common.settings import Settings
 from services.verifier.reports import parse_junit
 from services.verifier.runtime import load_runtime
+from tests.orchestrator.providers.offline.helpers import SHOP, every_type
 from tests.support.stack import running_stack, schema_with
 
 # A sandboxed run of a project's tests proves the same on either database (storage's own
@@ -100,3 +101,32 @@ async def test_without_a_verifier_a_version_is_unverified_and_says_why(
     assert "no verifier is running" in verify[1][1]["reason"]
     assert status["verification"]["status"] == "unverified"
     assert "kiln verifier" in status["verification"]["reason"]
+
+
+async def test_add_tests_adds_passing_tests_and_the_count_goes_up(settings: Settings) -> None:
+    """Issue #15, item 5: the offline provider's "add tests" iteration, verified for real."""
+    document = {"entities": [*SHOP["entities"], *every_type(2)["entities"]]}
+    settings = msgspec.structs.replace(settings, verify_pickup_s=30.0)
+    async with running_stack(settings, verifier=True) as stack:
+        parent = await stack.create(document, project_name="tested")
+        parent_events = await stack.events(parent["stream_url"], timeout=240)
+        await stack.wait_status(parent["generation_id"], "completed")
+        child = await stack.iterate(parent["generation_id"], "add tests")
+        child_events = await stack.events(child["stream_url"], timeout=240)
+        status = await stack.wait_status(child["generation_id"], "completed")
+        diff = (await stack.alice.get(f"/generations/{child['generation_id']}/diff")).json()
+
+    before = _verify_events(parent_events)[-1][1]
+    after = _verify_events(child_events)[-1][1]
+    for completed in (before, after):
+        assert completed["verdict"] == "passed", msgspec.json.encode(completed).decode()
+        assert completed["failed"] == completed["errors"] == 0
+        assert completed["lint_findings"] == completed["format_findings"] == 0
+    assert after["passed"] > before["passed"] + 60, (before["passed"], after["passed"])
+    assert status["verification"]["passed"] == after["passed"]
+    print(f"passed: parent {before['passed']}, after 'add tests' {after['passed']}")
+    assert not [e for e in child_events if e.type == "file.deleted"]
+    changed = {f["path"]: f["status"] for f in diff["files"]}
+    tests_changed = {p: s for p, s in changed.items() if p.startswith("tests/")}
+    assert tests_changed and set(tests_changed.values()) == {"added"}, tests_changed
+    assert all(p.startswith("tests/edge_cases/") for p in tests_changed)

@@ -9,6 +9,8 @@ compared with the version so far:
   provider) survive;
 - a file the parent's build made and the new build does not is deleted explicitly, with
   a reason; a file the builder never made (added by a person or an LLM) is never touched;
+- a test file the parent's build did not make (someone wrote it at a path the new build
+  also uses) is kept as it is: an iteration adds tests, it never rewrites someone's;
 - a locked file is never changed. When the modification would have to change a locked
   Markdown file, that file is left as it is and the summary says so (the project still
   works); when it would have to change or delete any other locked file, the iteration
@@ -21,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from contracts.phases import Deletion, GeneratedFile, PhaseOutput
+from services.orchestrator.cheats import is_test_file
 from services.orchestrator.guard import SHRINK_RATIO
 from services.orchestrator.providers.offline.project import Build
 
@@ -49,6 +52,7 @@ class IterationPlan:
     writes: dict[str, list[Write]] = field(default_factory=dict)
     deletions: dict[str, list[Deletion]] = field(default_factory=dict)
     kept_locked: dict[str, list[str]] = field(default_factory=dict)
+    kept_tests: dict[str, list[str]] = field(default_factory=dict)
 
     def output(self, phase: str, summary: str) -> PhaseOutput:
         """The phase output of `phase`."""
@@ -79,6 +83,9 @@ def plan_iteration(
             continue
         untouched = path in old and old[path][1] == content
         if untouched and before is not None:
+            continue
+        if before is not None and path not in old and is_test_file(path):
+            plan.kept_tests.setdefault(phase, []).append(path)
             continue
         if path in locked:
             if path.endswith(".md"):

@@ -158,6 +158,16 @@ class ProjectLayout:
         """The project has a Dockerfile."""
         return self.spec.has("docker")
 
+    @property
+    def bounded(self) -> bool:
+        """Integers and ids are bounded to 64 bits (templates revision 2 on)."""
+        return self.spec.revision >= 2
+
+    @property
+    def edge_cases(self) -> bool:
+        """The project has the edge-case tests ("add tests")."""
+        return self.spec.has("edge_cases")
+
     def entity(self, name: str) -> EntityLayout:
         """The layout of the entity called `name`."""
         for entity in self.entities:

@@ -26,6 +26,8 @@ UNDERSTOOD_PROMPTS: tuple[str, ...] = (
     "remove entity Tag",
     "add pagination",
     "add a Dockerfile  (also: add docker)",
+    "add tests  (also: add more tests, test the edge cases): edge cases, 404s, validation "
+    "and relation checks the project does not test yet",
 )
 
 FIELD_HELP = (
@@ -55,7 +57,7 @@ class ModificationError(ValueError):
 
 @dataclass(frozen=True)
 class AddFeature:
-    """Turn on a feature: auth, pagination or docker."""
+    """Turn on a feature: auth, pagination, docker or the edge-case tests."""
 
     feature: str
 
@@ -124,6 +126,19 @@ _FEATURES: tuple[tuple[re.Pattern[str], str], ...] = (
             re.IGNORECASE,
         ),
         "docker",
+    ),
+    (
+        re.compile(
+            r"^(?:(?:write|generate|create|cover)\s+)?"
+            r"(?:(?:some|more|extra|additional|missing|new|the|a\s+few|few)\s+)*"
+            r"(?:(?:edge[- ]?cases?|unit|api|validation|error)\s+)?tests?"
+            r"(?:\s+(?:for|of|on|covering)\s+[\w\s,/'-]+)?$"
+            r"|^(?:test|cover)\s+(?:(?:the|all|every|more)\s+)*(?:edge[- ]?cases?|errors?|validation)"
+            r"(?:\s+(?:for|of|on)\s+[\w\s,/'-]+)?$"
+            r"|^(?:(?:more|some|the)\s+)?edge[- ]?cases?(?:\s+tests?)?$",
+            re.IGNORECASE,
+        ),
+        "edge_cases",
     ),
 )
 _ADD_ENTITY = re.compile(
@@ -337,6 +352,9 @@ def apply(spec: ProjectSpec, modifications: list[Modification]) -> ProjectSpec:
 
 def _apply_one(spec: ProjectSpec, modification: Modification) -> ProjectSpec:
     if isinstance(modification, AddFeature):
+        if modification.feature == "edge_cases" and spec.has("edge_cases"):
+            # Asking again adds what is missing (files since deleted), and nothing twice.
+            return spec
         if spec.has(modification.feature):
             raise ModificationError(
                 f"the project already has {FEATURE_TITLES[modification.feature]}; nothing to change"

@@ -15,6 +15,7 @@ from services.orchestrator.providers.offline.templates import (
     api,
     auth,
     docs,
+    edge_tests,
     models,
     schemas,
     tests,
@@ -40,7 +41,7 @@ def build_project(spec: ProjectSpec) -> Build:
     files["app/models/__init__.py"] = ("models", models.models_package(project))
     files["app/schemas/__init__.py"] = ("schemas", schemas.schemas_package(project))
     files["app/routes/__init__.py"] = ("api", api.routes_package(project))
-    files["app/crud.py"] = ("api", api.crud_module())
+    files["app/crud.py"] = ("api", api.crud_module(project))
     files["app/main.py"] = ("api", api.main_module(project))
     if project.pagination:
         files["app/pagination.py"] = ("api", api.pagination_module())
@@ -58,6 +59,16 @@ def build_project(spec: ProjectSpec) -> Build:
         files.update(auth.auth_files(project))
         files["tests/auth/__init__.py"] = ("tests", '"""The tests of authentication."""\n')
         files["tests/auth/test_auth.py"] = ("tests", tests.auth_tests(project))
+    if project.edge_cases:
+        package = edge_tests.PACKAGE
+        files[f"{package}/__init__.py"] = ("tests", edge_tests.package_module())
+        files[f"{package}/conftest.py"] = ("tests", edge_tests.conftest(project))
+        files[f"{package}/helpers.py"] = ("tests", edge_tests.helpers_module())
+        for entity in project.entities:
+            files[f"{package}/test_{entity.module}.py"] = (
+                "tests",
+                edge_tests.entity_module(project, entity),
+            )
     files["README.md"] = ("docs", docs.readme(project))
     files["docs/api.md"] = ("docs", docs.api_doc(project))
     return dict(sorted(files.items()))

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 
 from contracts import limits
 from contracts.phases import GeneratedFile, PhaseOutput
 from services.orchestrator.providers.base import PhaseRequest, ProviderError, Reporter
 from services.orchestrator.providers.offline.iteration import LockedConflict, plan_iteration
 from services.orchestrator.providers.offline.modifications import (
+    AddFeature,
     ModificationError,
     apply,
     describe,
@@ -37,6 +39,7 @@ from services.orchestrator.providers.offline.spec import (
     spec_from_schema,
     spec_problems,
 )
+from services.orchestrator.providers.offline.templates.edge_tests import PACKAGE as EDGE_CASES
 
 # The delay of a phase is slept in steps of at most this long, checking for a cancel.
 STEP_S = 0.05
@@ -124,13 +127,17 @@ class OfflineProvider:
                 summary=f"Nothing to write: the earlier phases made every change to {what}."
             )
         output = plan.output(request.phase, "")
-        return PhaseOutput(
-            files=output.files,
-            deletions=output.deletions,
-            summary=_iterate_summary(
-                request.phase, what, output, plan.kept_locked.get(request.phase, [])
-            ),
+        summary = _iterate_summary(
+            request.phase, what, output, plan.kept_locked.get(request.phase, [])
         )
+        if request.phase == "tests":
+            summary += _tests_note(
+                output,
+                plan.kept_tests.get("tests", []),
+                again=old_spec.has("edge_cases")
+                and any(m == AddFeature("edge_cases") for m in modifications),
+            )
+        return PhaseOutput(files=output.files, deletions=output.deletions, summary=summary)
 
     async def _pace(self, reporter: Reporter, size: int) -> None:
         """Wait the phase delay in small steps, reporting progress; stop when cancelled."""
@@ -213,6 +220,26 @@ def _verify_summary(build: Build, files: dict[str, str]) -> str:
             f"(first: {missing[0]}); nothing else to write."
         )
     return f"All {len(build)} generated files match {SPEC_PATH}; nothing left to write."
+
+
+def _tests_note(output: PhaseOutput, kept: list[str], *, again: bool) -> str:
+    """What the tests phase of an iteration adds to its summary: the new tests, counted;
+    that the edge-case tests were there already; test files kept as someone wrote them."""
+    note = ""
+    added = sum(
+        len(re.findall(r"^def test_", f.content, re.MULTILINE))
+        for f in output.files
+        if f.path.startswith(f"{EDGE_CASES}/test_")
+    )
+    if added:
+        note += f" They hold {_plural(added, 'new test')}; no existing test changed."
+    if again:
+        note += f" The project already had its edge-case tests ({EDGE_CASES}/): " + (
+            "only the missing files were written." if output.files else "nothing to add."
+        )
+    if kept:
+        note += f" Kept {', '.join(kept[:5])} as written (not made by Kiln's offline build)."
+    return note
 
 
 def _iterate_summary(phase: str, what: str, output: PhaseOutput, kept: list[str]) -> str:

@@ -20,12 +20,18 @@ from services.orchestrator.providers.offline.text import clean_line, clean_text
 
 SPEC_PATH = "kiln.json"
 SPEC_FORMAT = 1
+TEMPLATES_REVISION = 2
+"""The revision of the templates a new project is built with. 1: before integers and ids
+were bounded to 64 bits (a larger one answered 500). A project keeps its revision through
+its iterations, so that the files an iteration does not touch stay consistent with the
+ones it writes (the edge-case tests of a revision-1 project test no such bound)."""
 
-Feature = Literal["auth", "docker", "pagination"]
+Feature = Literal["auth", "docker", "edge_cases", "pagination"]
 FEATURES: tuple[str, ...] = Feature.__args__  # type: ignore[attr-defined]
 FEATURE_TITLES: dict[str, str] = {
     "auth": "authentication",
     "docker": "a Dockerfile",
+    "edge_cases": "edge-case tests",
     "pagination": "pagination",
 }
 
@@ -45,6 +51,8 @@ class ProjectSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     description: str = ""
     entities: list[Entity]
     features: list[Feature] = []
+    revision: int = 1
+    """The templates' revision (`TEMPLATES_REVISION`); 1 in a kiln.json written before it."""
 
     def has(self, feature: str) -> bool:
         """True when the project has `feature`."""
@@ -62,7 +70,12 @@ def spec_from_schema(name: str, schema: ProjectSchema, description: str = "") ->
     The free text (name, description, the schema's descriptions) is cleaned of control
     and bidi characters (`text.clean_text`), so no generated file holds them.
     """
-    spec = ProjectSpec(name=name, description=description, entities=list(schema.entities))
+    spec = ProjectSpec(
+        name=name,
+        description=description,
+        entities=list(schema.entities),
+        revision=TEMPLATES_REVISION,
+    )
     return clean_spec(spec)
 
 
@@ -110,6 +123,11 @@ def load_spec(text: str) -> ProjectSpec:
     if spec.format != SPEC_FORMAT:
         raise SpecError(
             f"{SPEC_PATH} has format {spec.format}; this Kiln reads format {SPEC_FORMAT}"
+        )
+    if not 1 <= spec.revision <= TEMPLATES_REVISION:
+        raise SpecError(
+            f"{SPEC_PATH} has templates revision {spec.revision}; this Kiln builds revisions "
+            f"1 to {TEMPLATES_REVISION}"
         )
     return spec
 

@@ -12,6 +12,8 @@ from contracts.schema import ProjectSchema
 from services.orchestrator.guard import check_output, missing_parent_files
 from services.orchestrator.providers.base import PhaseRequest
 from services.orchestrator.providers.offline import OfflineProvider
+from services.orchestrator.providers.offline.project import build_project
+from services.orchestrator.providers.offline.spec import SPEC_PATH, load_spec, spec_from_schema
 from services.orchestrator.verify import compile_errors
 
 SHOP: dict[str, Any] = {
@@ -101,6 +103,16 @@ def every_type(count: int) -> dict[str, Any]:
             relations.append({"name": "previous", "target": f"Item{i - 1}"})
         entities.append({"name": f"Item{i}", "fields": fields, "relations": relations})
     return {"entities": entities}
+
+
+def revision_1_files(document: dict[str, Any]) -> dict[str, str]:
+    """The files the offline provider wrote for `document` before its templates revision 2
+    (integers and ids not bounded to 64 bits; kiln.json without a revision)."""
+    spec = msgspec.structs.replace(spec_from_schema("shop", schema(document)), revision=1)
+    files = {path: content for path, (_, content) in build_project(spec).items()}
+    files[SPEC_PATH] = files[SPEC_PATH].replace('  "revision": 1,\n', "")
+    assert load_spec(files[SPEC_PATH]) == spec
+    return files
 
 
 class FakeReporter:

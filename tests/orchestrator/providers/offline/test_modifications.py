@@ -41,6 +41,13 @@ def spec() -> ProjectSpec:
         ("add a Dockerfile", "docker"),
         ("add docker", "docker"),
         ("ADD DOCKER SUPPORT", "docker"),
+        ("add tests", "edge_cases"),
+        ("Add more tests.", "edge_cases"),
+        ("more tests", "edge_cases"),
+        ("write some extra tests", "edge_cases"),
+        ("test the edge cases", "edge_cases"),
+        ("add edge-case tests", "edge_cases"),
+        ("add tests for edge cases, 404s and validation errors", "edge_cases"),
     ],
 )
 def test_features(prompt: str, feature: str) -> None:
@@ -167,6 +174,22 @@ def test_apply_turns_features_on_once(spec: ProjectSpec) -> None:
     assert changed.features == ["auth", "docker"]
     with pytest.raises(ModificationError, match="already has authentication"):
         apply(changed, parse_prompt("add login"))
+
+
+def test_add_tests_combines_with_other_modifications() -> None:
+    assert parse_prompt("add pagination and more tests") == [
+        AddFeature("pagination"),
+        AddFeature("edge_cases"),
+    ]
+    [entity] = parse_prompt("add entity Test with fields name:string")
+    assert isinstance(entity, AddEntity) and entity.entity.name == "Test"
+
+
+def test_asking_for_tests_twice_is_not_an_error(spec: ProjectSpec) -> None:
+    changed = apply(spec, parse_prompt("add tests"))
+
+    assert changed.features == ["edge_cases"]
+    assert apply(changed, parse_prompt("add more tests")) == changed
 
 
 def test_an_unknown_entity_is_named_with_the_known_ones(spec: ProjectSpec) -> None:

@@ -94,7 +94,7 @@ AWKWARD: dict[str, Any] = {
     ]
 }
 
-ALL_FEATURES = ["auth", "docker", "pagination"]
+ALL_FEATURES = ["auth", "docker", "edge_cases", "pagination"]
 
 
 def make_spec(document: dict[str, Any], features: list[str] | None = None) -> ProjectSpec:
@@ -235,6 +235,7 @@ def iterations(first: str) -> list[str]:
     """Every modification the README's *Iterations* section documents, in one sequence."""
     return [
         "add authentication",
+        "add tests",
         "add entity Review with fields rating:integer, body:text",
         f"add fields sku:string, stock:integer to {first}",
         "remove entity Review",

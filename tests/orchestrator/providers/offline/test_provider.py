@@ -11,6 +11,7 @@ import time
 import pytest
 
 from contracts.phases import PHASE_NAMES
+from services.orchestrator.cheats import check_repair
 from services.orchestrator.guard import check_output
 from services.orchestrator.providers.base import Provider, ProviderError
 from services.orchestrator.providers.offline import OfflineProvider
@@ -21,8 +22,10 @@ from tests.orchestrator.providers.offline.helpers import (
     SHOP,
     FakeReporter,
     Generation,
+    every_type,
     generate,
     request,
+    revision_1_files,
     schema,
 )
 
@@ -113,6 +116,120 @@ async def test_iterate_add_authentication(provider: OfflineProvider, shop: Gener
     assert "hashlib.pbkdf2_hmac" in result.files["app/auth/security.py"]
     assert result.files["app/routes/product.py"].count("guards=ROUTE_GUARDS") == 5, "every route"
     assert result.outputs["api"].summary == "Wrote 6 files to add authentication."
+
+
+async def test_iterate_add_tests_writes_new_test_modules_and_changes_no_test(
+    provider: OfflineProvider, shop: Generation
+) -> None:
+    result = await generate(provider, kind="iterate", prompt="add tests", parent=shop.files)
+
+    written = {f.path for o in result.outputs.values() for f in o.files}
+    new_tests = {p for p in written if p.startswith("tests/")}
+    assert new_tests == {
+        "tests/edge_cases/__init__.py",
+        "tests/edge_cases/conftest.py",
+        "tests/edge_cases/helpers.py",
+        "tests/edge_cases/test_category.py",
+        "tests/edge_cases/test_product.py",
+        "tests/edge_cases/test_tag.py",
+    }
+    assert written - new_tests == {"kiln.json", "README.md"}
+    assert not new_tests & set(shop.files), "only new files"
+    assert all(not o.deletions for o in result.outputs.values())
+    changed = {p for p, c in shop.files.items() if result.files[p] != c}
+    assert changed == {"kiln.json", "README.md"}, "no existing test (or other file) changed"
+    # What the guard asks of a repair holds here too: no test deleted, emptied or weakened.
+    for phase, output in result.outputs.items():
+        assert check_repair(output, current=shop.files) == [], phase
+    product = result.files["tests/edge_cases/test_product.py"]
+    for name in (
+        "test_title_refuses_wrong_values",
+        "test_price_takes_the_values_at_its_edges",
+        "test_status_refuses_wrong_values",
+        "test_released_takes_the_values_at_its_edges",
+        "test_an_id_that_names_no_row_is_404",
+        "test_a_body_that_is_not_an_object_is_refused",
+        "test_category_id_is_checked_on_update",
+        "test_deleting_the_category_of_category_id",
+        "test_tags_edge_cases",
+    ):
+        assert f"def {name}(" in product, name
+    added = sum(
+        c.count("\ndef test_") for p, c in result.files.items() if p.startswith("tests/edge_")
+    )
+    summary = result.outputs["tests"].summary
+    assert summary == (
+        f"Wrote 6 files to add edge-case tests. They hold {added} new tests; "
+        "no existing test changed."
+    )
+    assert load_spec(result.files["kiln.json"]).features == ["edge_cases"]
+
+
+async def test_add_tests_again_adds_nothing_twice(
+    provider: OfflineProvider, shop: Generation
+) -> None:
+    tested = await generate(provider, kind="iterate", prompt="add tests", parent=shop.files)
+
+    again = await generate(provider, kind="iterate", prompt="add more tests", parent=tested.files)
+    assert again.files == tested.files
+    assert all(not o.files and not o.deletions for o in again.outputs.values())
+    assert again.outputs["tests"].summary.endswith(
+        "The project already had its edge-case tests (tests/edge_cases/): nothing to add."
+    )
+
+    lost = dict(tested.files)
+    del lost["tests/edge_cases/test_tag.py"]
+    refilled = await generate(provider, kind="iterate", prompt="add tests", parent=lost)
+    assert [f.path for f in refilled.outputs["tests"].files] == ["tests/edge_cases/test_tag.py"]
+    assert refilled.files == tested.files
+    assert "only the missing files were written" in refilled.outputs["tests"].summary
+
+
+async def test_a_test_file_someone_wrote_at_the_same_path_is_kept(
+    provider: OfflineProvider, shop: Generation
+) -> None:
+    mine = "def test_mine() -> None:\n    assert 1 + 1 == 2\n"
+    parent = {**shop.files, "tests/edge_cases/test_tag.py": mine}
+
+    result = await generate(provider, kind="iterate", prompt="add tests", parent=parent)
+
+    assert result.files["tests/edge_cases/test_tag.py"] == mine
+    assert "tests/edge_cases/test_product.py" in result.files
+    assert "Kept tests/edge_cases/test_tag.py as written" in result.outputs["tests"].summary
+
+
+async def test_add_tests_to_a_project_built_before_the_64_bit_bounds(
+    provider: OfflineProvider,
+) -> None:
+    parent = revision_1_files({"entities": [*SHOP["entities"], *every_type(1)["entities"]]})
+    assert "MAX_ID" not in parent["app/crud.py"]
+
+    result = await generate(provider, kind="iterate", prompt="add tests", parent=parent)
+
+    assert load_spec(result.files["kiln.json"]).revision == 1, "the project keeps its revision"
+    changed = {p for p, c in parent.items() if result.files[p] != c}
+    assert changed == {"kiln.json", "README.md"}
+    edge_cases = "".join(c for p, c in result.files.items() if p.startswith("tests/edge_cases/"))
+    assert "def test_an_id_that_names_no_row_is_404(" in edge_cases
+    assert "9223372036854775807" in edge_cases, "the largest integer is still accepted"
+    beyond = re.findall(r"(?<![-\d])9223372036854775808|-9223372036854775809", edge_cases)
+    assert beyond == [], "no bound the app does not have"
+
+
+async def test_entities_added_after_the_tests_get_theirs(
+    provider: OfflineProvider, shop: Generation
+) -> None:
+    tested = await generate(provider, kind="iterate", prompt="add tests", parent=shop.files)
+
+    result = await generate(
+        provider,
+        kind="iterate",
+        prompt="add entity Review with fields stars:integer and relation product to Product",
+        parent=tested.files,
+    )
+
+    assert "tests/edge_cases/test_review.py" in set(result.files) - set(tested.files)
+    assert "def test_stars_refuses_wrong_values(" in result.files["tests/edge_cases/test_review.py"]
 
 
 async def test_iterate_add_an_entity(provider: OfflineProvider, shop: Generation) -> None:
@@ -328,6 +445,7 @@ async def test_a_chain_of_iterations_keeps_passing_the_guard(
     files = shop.files
     for prompt in [
         "add authentication",
+        "add tests",
         "add pagination; add a Dockerfile",
         "add entity Review with fields body:text, mood:enum(happy|sad) and relation product to Product",
         "add fields sku:string?, weight:float? to Product",
@@ -336,7 +454,9 @@ async def test_a_chain_of_iterations_keeps_passing_the_guard(
         files = (await generate(provider, kind="iterate", prompt=prompt, parent=files)).files
     spec = load_spec(files["kiln.json"])
     assert [e.name for e in spec.entities] == ["Product", "Tag", "Review"]
-    assert spec.features == ["auth", "docker", "pagination"]
+    assert spec.features == ["auth", "docker", "edge_cases", "pagination"]
+    assert "tests/edge_cases/test_review.py" in files
+    assert "tests/edge_cases/test_category.py" not in files
     assert files == {path: c for path, (_, c) in build_project(spec).items()}
 
 

@@ -20,10 +20,13 @@ from app.db import Base
 
 ModelT = TypeVar("ModelT", bound=Base)
 
+# A database integer has 64 bits: an id outside them names no row.
+MIN_ID, MAX_ID = -(2**63), 2**63 - 1
+
 
 async def get_or_404(session: AsyncSession, model: type[ModelT], item_id: int) -> ModelT:
     """The row of `model` with `item_id`, or 404 Not Found."""
-    item = await session.get(model, item_id)
+    item = await session.get(model, item_id) if MIN_ID <= item_id <= MAX_ID else None
     if item is None:
         raise NotFoundException(f"no {model.__name__} with id {item_id}")
     return item
@@ -72,9 +75,22 @@ Offset = Annotated[int, QueryParameter(ge=0, description="How many items to skip
 '''
 
 
-def crud_module() -> str:
+# Templates revision 1: any id went to the database (one beyond 64 bits answered 500).
+CRUD_MODULE_1 = CRUD_MODULE.replace(
+    """
+# A database integer has 64 bits: an id outside them names no row.
+MIN_ID, MAX_ID = -(2**63), 2**63 - 1
+""",
+    "",
+).replace(
+    "await session.get(model, item_id) if MIN_ID <= item_id <= MAX_ID else None",
+    "await session.get(model, item_id)",
+)
+
+
+def crud_module(project: ProjectLayout) -> str:
     """`app/crud.py`."""
-    return CRUD_MODULE
+    return CRUD_MODULE if project.bounded else CRUD_MODULE_1
 
 
 def pagination_module() -> str:

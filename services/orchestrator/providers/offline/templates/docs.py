@@ -47,6 +47,12 @@ def readme(project: ProjectLayout) -> str:
         features.append(
             "- Pagination: list routes take `limit` (1 to 500, default 50) and `offset`."
         )
+    if project.edge_cases:
+        features.append(
+            "- Edge-case tests in `tests/edge_cases/`: every field at its limits and with "
+            "wrong values (400), ids that name no row (404), bodies that are not objects, "
+            "and what references allow on update and delete."
+        )
     if project.docker:
         features.append(
             "- Docker: `docker build -t app .` then `docker run -p 8000:8000 app` "

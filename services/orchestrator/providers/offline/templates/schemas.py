@@ -10,6 +10,10 @@ from services.orchestrator.providers.offline.layout import (
 )
 from services.orchestrator.providers.offline.templates.common import Imports, py, python_type
 
+# The name of the bounded integer type of every schema module: no entity, field or
+# import can be called so (those never start with an underscore).
+INT64 = "_Int64"
+
 
 def schemas_package(project: ProjectLayout) -> str:
     """`app/schemas/__init__.py`."""
@@ -37,10 +41,19 @@ def schema_module(project: ProjectLayout, entity: EntityLayout) -> str:
     struct = imports.name("msgspec", "Struct")
     integer = imports.builtin("int")
     listing = imports.builtin("list")
+    uses_int64 = project.bounded and (
+        any(c.type == "integer" for c in entity.columns) or bool(entity.refs or entity.many)
+    )
+    bounded_int = INT64 if uses_int64 else integer
+    if uses_int64:
+        imports.name("typing", "Annotated")
+        imports.name("msgspec", "Meta")
 
     def value_type(column: Column) -> str:
         if column.type == "enum":
             return aliases[column.name]
+        if column.type == "integer":
+            return bounded_int
         kind = python_type(column, imports)
         if column.type == "string":
             annotated = imports.name("typing", "Annotated")
@@ -70,11 +83,11 @@ def schema_module(project: ProjectLayout, entity: EntityLayout) -> str:
         plain = aliases.get(column.name) or python_type(column, imports)
         field(column.name, kind, plain, column.required)
     for ref in entity.refs:
-        field(ref.column, integer, integer, ref.required)
+        field(ref.column, bounded_int, integer, ref.required)
     for many in entity.many:
         unset_type, unset = unset_names()
-        create_lines.append(f"    {many.name}: {listing}[{integer}] = []")
-        update_lines.append(f"    {many.name}: {listing}[{integer}] | {unset_type} = {unset}")
+        create_lines.append(f"    {many.name}: {listing}[{bounded_int}] = []")
+        update_lines.append(f"    {many.name}: {listing}[{bounded_int}] | {unset_type} = {unset}")
         read_lines.append(f"    {many.name}: {listing}[{integer}]")
 
     any_type = imports.name("typing", "Any")
@@ -98,6 +111,15 @@ def schema_module(project: ProjectLayout, entity: EntityLayout) -> str:
         f"        {m.name}=sorted(target.id for target in item.{m.name})," for m in entity.many
     )
     parts = [*header, ""]
+    if uses_int64:
+        annotated, meta = imports.name("typing", "Annotated"), imports.name("msgspec", "Meta")
+        parts.extend(
+            [
+                "# A database integer has 64 bits: a larger number is refused with 400.",
+                f"{INT64} = {annotated}[{integer}, {meta}(ge=-(2**63), le=2**63 - 1)]",
+                "",
+            ]
+        )
     if alias_lines:
         parts.extend([*alias_lines, ""])
     parts.extend(
