@@ -40,21 +40,40 @@ export function takeKeyFromUrl() {
 
 const UNAVAILABLE_RETRIES = 3;
 
+// A fresh Idempotency-Key (a UUID; crypto.randomUUID needs a secure context, this does not).
+export function newIdempotencyKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  bytes[6] = (bytes[6] & 0x0f) | 0x40;
+  bytes[8] = (bytes[8] & 0x3f) | 0x80;
+  const hex = [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
 // A read answered 503 ("still being stored", a dependency starting) is retried after its
-// Retry-After; a POST never is (it may have been acted on).
+// Retry-After. A POST is retried only with an Idempotency-Key (the server answers a repeat
+// with what the first attempt made), on a 503 and on a lost answer; never without one.
 async function send(path, options = {}) {
-  const retries = (options.method || "GET") === "GET" ? UNAVAILABLE_RETRIES : 0;
+  const safe = (options.method || "GET") === "GET" || Boolean(options.idempotencyKey);
+  const retries = safe ? UNAVAILABLE_RETRIES : 0;
   for (let attempt = 0; ; attempt += 1) {
-    const response = await sendOnce(path, options);
+    let response;
+    try {
+      response = await sendOnce(path, options);
+    } catch (error) {
+      if (!options.idempotencyKey || !(error instanceof ApiError) || attempt >= retries) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      continue;
+    }
     if (response.status !== 503 || attempt >= retries) return response;
     const seconds = Number(response.headers.get("Retry-After")) || 1;
     await new Promise((resolve) => setTimeout(resolve, Math.min(seconds, 5) * 1000));
   }
 }
 
-async function sendOnce(path, { method = "GET", body, signal } = {}) {
+async function sendOnce(path, { method = "GET", body, signal, idempotencyKey } = {}) {
   const headers = { Authorization: `Bearer ${getKey()}`, Accept: "application/json" };
   if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (idempotencyKey) headers["Idempotency-Key"] = idempotencyKey;
   try {
     return await fetch(path, {
       method,

@@ -1,7 +1,7 @@
 // The generation page: live progress, the result, iteration, versions and the diff.
 // Everything on it is folded from the generation's own events; nothing is guessed.
 
-import { api, apiText, downloadBlob, paths } from "./api.js";
+import { api, apiText, downloadBlob, newIdempotencyKey, paths } from "./api.js";
 import { applyEvent, createModel, formatBytes, formatDuration, isTerminal } from "./model.js";
 import { renderRepairs } from "./repairs.js";
 import { Watcher } from "./stream.js";
@@ -340,6 +340,7 @@ export class GenerationPage {
     try {
       const accepted = await api("/generations/iterate", {
         method: "POST",
+        idempotencyKey: newIdempotencyKey(),
         body: { parent_generation_id: this.id, modification_prompt: prompt, locked_paths: [...this.locked].sort() },
       });
       this.navigate(`#/g/${accepted.generation_id}`, accepted);

@@ -1,6 +1,6 @@
 // The smaller pages: sign in, create a project, the projects list.
 
-import { api, clearKey, setKey } from "./api.js";
+import { api, clearKey, newIdempotencyKey, setKey } from "./api.js";
 import { findJsonError } from "./jsoncheck.js";
 import { el, mountTemplate, renderVersions, show, showError } from "./views.js";
 
@@ -136,6 +136,7 @@ export function showCreatePage(container, { navigate, onAuthError }) {
     try {
       const accepted = await api("/generations", {
         method: "POST",
+        idempotencyKey: newIdempotencyKey(),
         body: {
           project_name: name,
           schema,
