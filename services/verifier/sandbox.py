@@ -316,8 +316,13 @@ class Sandbox:
             elif path.is_dir():
                 cmd += ["--ro-bind", str(path), str(path)]
                 bound.append(path)
+        # The scratch filesystems first: a runtime under /tmp (a checkout there) is bound
+        # on top of the fresh /tmp, not hidden by it.
+        cmd += ["--perms", "1777", "--size", disk, "--tmpfs", "/tmp"]
+        cmd += ["--dev", "/dev"]
+        cmd += ["--perms", "1777", "--size", disk, "--tmpfs", "/dev/shm"]
         # bubblewrap makes missing parents of a mount point 0700: each is made 0755 first.
-        made: set[Path] = set()
+        made: set[Path] = {Path("/tmp"), Path("/dev"), Path("/dev/shm")}
 
         def parents_of(path: Path) -> list[str]:
             args = []
@@ -336,9 +341,7 @@ class Sandbox:
             cmd += [*parents_of(tree), "--ro-bind", str(tree), str(tree)]
             bound.append(tree)
         cmd += [*parents_of(Path(SOURCE)), "--ro-bind", str(source), SOURCE]
-        cmd += ["--proc", "/proc", "--dev", "/dev"]
-        cmd += ["--perms", "1777", "--size", disk, "--tmpfs", "/tmp"]
-        cmd += ["--perms", "1777", "--size", disk, "--tmpfs", "/dev/shm"]
+        cmd += ["--proc", "/proc"]
         if writable:
             cmd += ["--perms", "0777", "--size", disk, "--tmpfs", WORKDIR]
         cmd += ["--remount-ro", "/", "--chdir", WORKDIR if writable else SOURCE]

@@ -3,6 +3,7 @@ still served. Every limit is small so that each run ends in a few seconds."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import os
@@ -14,6 +15,7 @@ import pytest
 
 from contracts.verification import MAX_OUTPUT_TAIL_CHARS, VerifyResult
 from services.verifier.checks import verify
+from services.verifier.runtime import Runtime, load_runtime
 from services.verifier.sandbox import Capture, Sandbox
 from tests.verifier.helpers import (
     LIMITS,
@@ -233,3 +235,20 @@ def test_capture_keeps_head_and_tail() -> None:
     assert "bytes not kept" in text
     assert capture.total == 5000
     assert len(text) < 200
+
+
+async def test_a_runtime_kept_under_tmp_is_still_seen_inside(tmp_path: Path) -> None:
+    """A checkout (and so its .venv-verify) under /tmp: the sandbox's own /tmp must not hide
+    it, even below a directory only root may enter."""
+    private = tmp_path / "checkout"
+    private.mkdir(mode=0o700)
+    runtime = private / ".venv-verify"
+    real = load_runtime()
+    proc = await asyncio.create_subprocess_exec(
+        str(real.base_prefix / "bin" / "python3"), "-m", "venv", "--without-pip", str(runtime)
+    )
+    assert await proc.wait() == 0
+    kept = Runtime(path=runtime, base_prefix=real.base_prefix, distributions=real.distributions)
+    sandbox = Sandbox(kept, LIMITS, slots=1)
+    ran = await sandbox.run([str(sandbox.runtime.python), "-c", "print('here')"], Path("/"))
+    assert (ran.exit_code, ran.stdout) == (0, "here\n"), ran.stderr
