@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -196,53 +196,85 @@ class PullWorker:
         handle: Callable[[list[Msg], T], Awaitable[list[Outcome]]],
         stop: asyncio.Event,
         *,
-        prepare: Callable[[list[Msg]], T],
+        prepare: Callable[[list[Msg]], Awaitable[T]],
         batch: int = 256,
         fetch_timeout_s: float = 0.5,
     ) -> None:
         """Fetch batches and hand each whole batch to `handle` until `stop` is set.
 
-        The next batch is fetched and passed through `prepare` (pure work, such as
-        decoding) while `handle` is busy with this one, typically waiting for a database;
-        it is handled only after this one is. On stop, a batch fetched ahead is handed
-        back (nak), so another consumer gets it at once.
+        A pipeline of three stages, which every batch passes in order:
+
+        1. a fetcher task fetches batches and passes each through `prepare` (pure work, such
+           as decoding), keeping one prepared batch waiting, so that fetching and preparing
+           go on while `handle` waits for its database (two waiting did not help the
+           projector: its event loop was then busier during its transactions);
+        2. `handle` takes the batches one at a time, in the order fetched;
+        3. a batch's outcomes are settled (ack, nak, dead-letter) in a task of its own while
+           `handle` goes on with the next batch. A message is settled only once `handle`
+           returned for its batch (the projector: once its transaction committed), and a
+           batch's settling starts only after the one before it ended.
+
+        On stop, batches fetched ahead are handed back (nak), so another consumer gets them
+        at once, and the last batch's settling is awaited.
         """
+        queue: asyncio.Queue[tuple[list[Msg], T] | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(1)
 
-        async def fetch_ahead() -> tuple[list[Msg], T] | None:
-            msgs = await self.fetch(batch, fetch_timeout_s)
-            return (msgs, prepare(msgs)) if msgs else None
+        async def fetcher() -> None:
+            try:
+                while not stop.is_set():
+                    await slots.acquire()
+                    msgs = [] if stop.is_set() else await self.fetch(batch, fetch_timeout_s)
+                    if not msgs:
+                        slots.release()
+                        continue
+                    try:
+                        prepared = await prepare(msgs)
+                    except Exception as exc:
+                        log.exception("Preparing a batch of {service} failed", service=self.service)
+                        await self._settle_batch(
+                            msgs, [Retry(f"prepare failed: {exc!r}")] * len(msgs)
+                        )
+                        slots.release()
+                        continue
+                    queue.put_nowait((msgs, prepared))
+            finally:
+                queue.put_nowait(None)
 
-        ahead: asyncio.Task[tuple[list[Msg], T] | None] | None = None
+        fetching = asyncio.create_task(fetcher())
+        settling: asyncio.Task[None] | None = None
         try:
-            while not stop.is_set():
-                if ahead is None:
-                    ahead = asyncio.create_task(fetch_ahead())
-                fetched = await ahead
-                ahead = None if stop.is_set() else asyncio.create_task(fetch_ahead())
-                if fetched is None:
+            while (item := await queue.get()) is not None:
+                slots.release()
+                msgs, prepared = item
+                if stop.is_set():
+                    await self._hand_back(msgs)
                     continue
-                msgs, prepared = fetched
                 try:
                     outcomes = await handle(msgs, prepared)
                 except Exception as exc:
                     log.exception("Handler of {service} failed on a batch", service=self.service)
                     outcomes = [Retry(f"handler failed: {exc!r}")] * len(msgs)
-                for msg, outcome in zip(msgs, outcomes, strict=True):
-                    await self.settle(msg, outcome)
+                if settling is not None:
+                    await settling
+                settling = asyncio.create_task(self._settle_batch(msgs, outcomes))
+            await fetching  # it ended on stop, or failed: then so does this loop
         finally:
-            if ahead is not None:
-                await self._hand_back(ahead)
+            fetching.cancel()
+            await asyncio.gather(fetching, return_exceptions=True)
+            while not queue.empty():
+                item = queue.get_nowait()
+                if item is not None:
+                    await self._hand_back(item[0])
+            if settling is not None:
+                await settling
 
-    async def _hand_back(self, ahead: asyncio.Task[tuple[list[Msg], Any] | None]) -> None:
-        """Nak what a fetch ahead got (waiting for it to end, unless we are cancelled)."""
-        try:
-            fetched = await asyncio.shield(ahead)
-        except asyncio.CancelledError:
-            ahead.cancel()
-            raise
-        except Exception:
-            return
-        msgs = fetched[0] if fetched else []
+    async def _settle_batch(self, msgs: list[Msg], outcomes: list[Outcome]) -> None:
+        for msg, outcome in zip(msgs, outcomes, strict=True):
+            await self.settle(msg, outcome)
+
+    async def _hand_back(self, msgs: list[Msg]) -> None:
+        """Nak messages fetched ahead, so that another consumer gets them at once."""
         for msg in msgs:
             with contextlib.suppress(Exception):
                 await msg.nak()

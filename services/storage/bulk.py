@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from functools import lru_cache
 from typing import Any
 
@@ -10,6 +11,25 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+BoundRow = tuple[Any, ...] | dict[str, Any]
+"""A row ready for `insert_bound`: on SQLite its values in column order, each already through
+its column's bind processor; on other databases the row's dict itself."""
+
+
+def bind_row(dialect: Dialect, table: Table, row: dict[str, Any]) -> BoundRow:
+    """`row` (every column of `table`) as `insert_bound` sends it to `dialect`'s database.
+
+    Pure work, so the projector does it while decoding a batch, ahead of its transaction.
+    """
+    if dialect.name != "sqlite":
+        return row
+    columns, processors = _sqlite_columns(dialect, table)
+    values = [row[column] for column in columns]
+    for index, process in enumerate(processors):
+        if process is not None:
+            values[index] = process(values[index])
+    return tuple(values)
 
 
 async def insert_many(
@@ -22,8 +42,18 @@ async def insert_many(
     each through the bind processor SQLAlchemy itself uses for its column: SQLAlchemy's
     per-row parameter handling was a quarter of the projector's own time, and an
     executemany hands the GIL back and forth between the driver's thread and the event
-    loop once per row. Other databases take the Core statement (one executemany).
+    loop once per row; as many rows go in one statement as SQLite takes parameters. Other
+    databases take the Core statement (one executemany).
     """
+    await insert_bound(
+        conn, table, [bind_row(conn.dialect, table, row) for row in rows], on_conflict=on_conflict
+    )
+
+
+async def insert_bound(
+    conn: AsyncConnection, table: Table, rows: list[BoundRow], *, on_conflict: str = ""
+) -> None:
+    """`insert_many` of rows already made by `bind_row` for this connection's dialect."""
     if conn.dialect.name != "sqlite":
         statement: Insert
         if on_conflict == "nothing":
@@ -32,24 +62,25 @@ async def insert_many(
             statement = upsert(conn, table)
         else:
             statement = insert(table)
-        await conn.execute(statement, rows)
+        dicts = [row for row in rows if isinstance(row, dict)]
+        assert len(dicts) == len(rows), "rows bound for another dialect"
+        await conn.execute(statement, dicts)
         return
-    columns, processors = _sqlite_columns(conn.dialect, table)
+    columns, _ = _sqlite_columns(conn.dialect, table)
     per_statement = max(1, SQLITE_MAX_PARAMETERS // len(columns))
     for start in range(0, len(rows), per_statement):
         chunk = rows[start : start + per_statement]
-        values = [
-            row[column] if process is None else process(row[column])
-            for row in chunk
-            for column, process in zip(columns, processors, strict=True)
-        ]
+        values = tuple(value for row in chunk for value in row)
         await conn.exec_driver_sql(
-            _sqlite_insert_sql(table, columns, on_conflict, len(chunk)), tuple(values)
+            _sqlite_insert_sql(table, columns, on_conflict, len(chunk)), values
         )
 
 
-SQLITE_MAX_PARAMETERS = 999
-"""Host parameters per statement: SQLite's limit before 3.32 (32,766 since)."""
+SQLITE_MAX_PARAMETERS = 32_766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
+"""Host parameters per statement: SQLite's limit (999 before 3.32, 32,766 since). A batch's
+rows of one table then go as one statement: each statement is a round trip to the driver's
+thread, which costs more than the statement itself on a busy machine (the thread waits
+for the GIL and for a core, and so does the event loop to learn the statement ended)."""
 _sqlite_column_cache: dict[tuple[Dialect, str], tuple[tuple[str, ...], list[Any]]] = {}
 
 

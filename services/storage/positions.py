@@ -32,6 +32,25 @@ async def write_position(conn: AsyncConnection, consumer: str, stream_seq: int) 
         await conn.execute(insert(positions_table).values(consumer=consumer, stream_seq=stream_seq))
 
 
+class PositionMoved(RuntimeError):
+    """The consumer's position is not where this projector left it (another process wrote
+    it): the batch is rolled back and retried from the position read afresh."""
+
+
+async def advance_position(
+    conn: AsyncConnection, consumer: str, stream_seq: int, *, was: int
+) -> None:
+    """Move the consumer's position from `was` (where this projector's last commit left it)
+    to `stream_seq`, in one statement; PositionMoved if it was not at `was`."""
+    updated = await conn.execute(
+        update(positions_table)
+        .where(positions_table.c.consumer == consumer, positions_table.c.stream_seq == was)
+        .values(stream_seq=stream_seq)
+    )
+    if updated.rowcount != 1:
+        raise PositionMoved(f"the position of {consumer} is no longer stream seq {was}")
+
+
 _PARTITION_CONSUMER = re.compile(rf"^{STORAGE_CONSUMER}-(\d+)-of-(\d+)$")
 
 

@@ -19,6 +19,18 @@ A generation's row is the summary `contracts.state.apply` folds (the fold the or
 and the gateway use too), mapped by `services.storage.rows`; its file rows are the fold's
 file set. This module only stores what the fold returns.
 
+Batches pass a pipeline (`PullWorker.run_batches`), each stage on a different batch:
+while batch N's transaction waits on the database, batch N+1 is fetched and prepared
+(`prepare`: decoded, checked, its audit rows bound for the database, yielding to the event
+loop every few dozen messages so that N's statements are followed up at once), and batch
+N-1's messages are acked. What keeps this safe: only pure work is done ahead (N+1 is
+folded and written only in its own transaction, after N committed, from the position N
+left), and a batch is settled only after its transaction ended, batches in order. If N
+fails, N+1 finds N's sequences missing and waits for them (`Retry`), as any later batch
+would. The position is kept in memory between batches (no read per transaction) and moved
+with a compare-and-set (`advance_position`): should anything else have moved it, the batch
+is rolled back and retried from the position read afresh.
+
 This module orders batches and keeps the position; its parts: `validation` (a message
 decoded and checked, no database), `writer` (a batch applied in one transaction),
 `rows` (summary ↔ row), `bulk` (many rows per statement), `positions` (where each consumer
@@ -27,9 +39,11 @@ stands) and `dberrors` (an event's fault or the database's).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
+from functools import partial
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -45,18 +59,28 @@ from services.common import metrics
 from services.common.blobs import BlobStore
 from services.common.consumer import Ack, DeadLetter, Outcome, Retry
 from services.common.logs import get_logger
+from services.storage.bulk import bind_row
 from services.storage.dberrors import describe_error, is_refused
 from services.storage.models import (
+    events_table,
     generations_table,
     positions_table,
 )
-from services.storage.positions import covered_position, read_position, write_position
+from services.storage.positions import (
+    PositionMoved,
+    advance_position,
+    covered_position,
+    read_position,
+    write_position,
+)
 from services.storage.validation import Decoded, decode_message, stream_seq
 from services.storage.writer import BatchWriter, LoadedGeneration
 
 log = get_logger(__name__)
 
 HOLD_RETRY_S = 1.0
+PREPARE_CHUNK = 50
+"""Messages decoded between two yields to the event loop (~1-2 ms of work)."""
 CACHED_GENERATIONS = 64
 """Generations whose folded state and file rows stay in memory between batches, so a
 long generation arriving in many small batches is not reloaded from SQL for each."""
@@ -103,6 +127,10 @@ class Projector:
         self.cache_hits = 0
         self._cache: OrderedDict[str, LoadedGeneration] = OrderedDict()
         """Generations as the last committed batch left them (state and file rows)."""
+        self._bind_audit = partial(bind_row, engine.dialect, events_table)
+        self._committed: int | None = None
+        """The position this projector's last batch committed (its row exists), or None
+        when it must be read (at start, and after a batch failed)."""
 
     async def position(self) -> int:
         """The stream sequence this consumer has applied up to.
@@ -131,13 +159,24 @@ class Projector:
             )
         return start
 
-    def prepare(self, msgs: list[Msg]) -> list[Decoded | None]:
+    async def prepare(self, msgs: list[Msg]) -> list[Decoded | None]:
         """Decode and check a batch before its transaction (no database involved), so that
         the next batch can be prepared while the database commits this one.
 
         One entry per message, in the order given; None for another partition's message.
+        It yields to the event loop every PREPARE_CHUNK messages, so that the transaction
+        of the batch before, waiting on the database, goes on as soon as each of its
+        statements ends instead of after the whole decoding.
         """
-        return [decode_message(msg) if self._owns(msg.subject) else None for msg in msgs]
+        prepared: list[Decoded | None] = []
+        for start in range(0, len(msgs), PREPARE_CHUNK):
+            if start:
+                await asyncio.sleep(0)
+            prepared += [
+                decode_message(msg, self._bind_audit) if self._owns(msg.subject) else None
+                for msg in msgs[start : start + PREPARE_CHUNK]
+            ]
+        return prepared
 
     async def handle(
         self, msgs: list[Msg], prepared: list[Decoded | None] | None = None
@@ -148,7 +187,7 @@ class Projector:
         """
         started = time.perf_counter()
         if prepared is None:
-            prepared = self.prepare(msgs)
+            prepared = await self.prepare(msgs)
         try:
             try:
                 result = await self._run(msgs, prepared, careful=False)
@@ -163,7 +202,10 @@ class Projector:
                 )
                 result = await self._run(msgs, prepared, careful=True)
         except Exception as exc:
-            if isinstance(exc, OSError | TimeoutError | OperationalError | InterfaceError):
+            self._committed = None
+            if isinstance(
+                exc, OSError | TimeoutError | OperationalError | InterfaceError | PositionMoved
+            ):
                 log.warning(
                     "The database failed a batch of {count} events ({error}); it will be retried",
                     count=len(msgs),
@@ -202,9 +244,12 @@ class Projector:
     async def _run(
         self, msgs: list[Msg], prepared: list[Decoded | None], *, careful: bool
     ) -> _BatchResult:
+
         result = _BatchResult()
         async with self.engine.begin() as conn:
-            position = await read_position(conn, self.consumer)
+            known = self._committed
+            position = known if known is not None else await read_position(conn, self.consumer)
+            row_exists = position is not None
             if position is None:
                 position = self.start_position
             result.position = position
@@ -231,9 +276,14 @@ class Projector:
             result.already_applied = writer.already_applied
             if todo:
                 result.position = todo[-1][2]
-                await write_position(conn, self.consumer, result.position)
+                if known is not None:
+                    await advance_position(conn, self.consumer, result.position, was=known)
+                else:
+                    await write_position(conn, self.consumer, result.position)
+                row_exists = True
         # Committed: what the batch folded is what the database holds.
         self._remember(writer.generations)
+        self._committed = result.position if row_exists else None
         return result
 
     async def _reuse(self, writer: BatchWriter, batch: list[Decoded | None]) -> None:

@@ -4,6 +4,7 @@ projected (if so), and its audit index row. Pure: no database."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from contracts.events import (
     event_tag,
 )
 from contracts.paths import PathRejected, safe_path
+from services.storage.bulk import BoundRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,12 +30,15 @@ class Decoded:
     event: AnyEvent | None
     problem: str | None = None
     """Why the message is dead-lettered (undecodable, or not projectable), or None."""
-    audit: dict[str, Any] | None = None
-    """Its audit index row, when it is valid."""
+    audit: BoundRow | None = None
+    """Its audit index row, when it is valid (as `bind` made it)."""
 
 
-def decode_message(msg: Msg) -> Decoded:
-    """A message's event, checked against its subject, with its audit row; pure."""
+def decode_message(msg: Msg, bind: Callable[[dict[str, Any]], BoundRow] | None = None) -> Decoded:
+    """A message's event, checked against its subject, with its audit row; pure.
+
+    `bind` turns the audit row into what the database takes (`bulk.bind_row`), so that
+    this work too is done ahead of the batch's transaction."""
     try:
         event = decode_event(msg.data)
     except DecodeError as exc:
@@ -41,7 +46,8 @@ def decode_message(msg: Msg) -> Decoded:
     problem = _problem(msg.subject, event)
     if problem is not None:
         return Decoded(event, problem)
-    return Decoded(event, None, _audit_row(msg.data, stream_seq(msg), event))
+    row = _audit_row(msg.data, stream_seq(msg), event)
+    return Decoded(event, None, row if bind is None else bind(row))
 
 
 def _problem(subject: str, event: AnyEvent) -> str | None:
@@ -103,4 +109,14 @@ def _audit_row(data: bytes, seq: int, event: AnyEvent) -> dict[str, Any]:
 
 
 def stream_seq(msg: Msg) -> int:
+    """The message's stream sequence. Read from its reply subject
+    (`$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.…`) when it has the usual nine
+    tokens, without building the whole `msg.metadata` (timestamp included), which was a
+    fifth of decoding a batch; from the metadata otherwise."""
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == ACK_TOKENS and tokens[0] == "$JS" and tokens[1] == "ACK":
+        return int(tokens[5])
     return int(msg.metadata.sequence.stream)
+
+
+ACK_TOKENS = 9

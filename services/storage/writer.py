@@ -25,7 +25,7 @@ from contracts.events import (
 from contracts.state import FileState, GenerationState, GenerationSummary, apply, new_state
 from services.common.blobs import BlobError, BlobStore
 from services.common.consumer import Ack, DeadLetter, Outcome
-from services.storage.bulk import insert_many
+from services.storage.bulk import BoundRow, insert_bound, insert_many
 from services.storage.models import (
     blobs_table,
     events_table,
@@ -60,7 +60,7 @@ class BatchWriter:
         self.blob_source = blob_source
         self.generations: dict[str, LoadedGeneration] = {}
         self.blobs: set[str] = set()
-        self.audit: list[dict[str, Any]] = []
+        self.audit: list[BoundRow] = []
         self.generation_id: str | None = None
         self.already_applied = 0
         # Writes wait for `flush`, which sends each kind as one executemany.
@@ -144,7 +144,7 @@ class BatchWriter:
             )
             generation.dirty = False
         if self.audit:
-            await insert_many(self.conn, events_table, self.audit)
+            await insert_bound(self.conn, events_table, self.audit)
             self.audit = []
 
     async def _fold(self, generation: LoadedGeneration, event: AnyEvent, seq: int) -> None:

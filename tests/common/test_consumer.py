@@ -1,5 +1,6 @@
 """The batch loop: every message handled once, in order, the next batch prepared while this
-one is handled, and a batch fetched ahead handed back on stop."""
+one is handled, a batch settled only once handled (in order, while the next is handled),
+and a batch fetched ahead handed back on stop."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
 from services.common.consumer import Ack, Outcome, PullWorker
 from services.common.embedded_nats import EmbeddedNats
+from tests.support.waiting import eventually
 
 STREAM = "TESTBATCH"
 SUBJECT = "test.batch"
@@ -48,6 +50,10 @@ def _numbers(msgs: list[Msg]) -> list[int]:
     return [int(msg.data) for msg in msgs]
 
 
+async def _prepare_numbers(msgs: list[Msg]) -> list[int]:
+    return _numbers(msgs)
+
+
 async def test_every_message_is_handled_once_in_order_with_its_batchs_preparation(
     nc: Client,
 ) -> None:
@@ -62,7 +68,9 @@ async def test_every_message_is_handled_once_in_order_with_its_batchs_preparatio
             stop.set()
         return [Ack()] * len(msgs)
 
-    await asyncio.wait_for(_worker(nc).run_batches(handle, stop, prepare=_numbers, batch=7), 20)
+    await asyncio.wait_for(
+        _worker(nc).run_batches(handle, stop, prepare=_prepare_numbers, batch=7), 20
+    )
     assert handled == list(range(50))
 
 
@@ -72,7 +80,7 @@ async def test_the_next_batch_is_prepared_while_this_one_is_handled(nc: Client) 
     prepared_batches: list[list[int]] = []
     stop = asyncio.Event()
 
-    def prepare(msgs: list[Msg]) -> list[int]:
+    async def prepare(msgs: list[Msg]) -> list[int]:
         prepared_batches.append(_numbers(msgs))
         if len(prepared_batches) == 2:
             next_prepared.set()
@@ -101,7 +109,9 @@ async def test_on_stop_a_batch_fetched_ahead_is_handed_back_at_once(nc: Client) 
         stop.set()
         return [Ack()] * len(msgs)
 
-    await asyncio.wait_for(_worker(nc).run_batches(handle, stop, prepare=_numbers, batch=10), 20)
+    await asyncio.wait_for(
+        _worker(nc).run_batches(handle, stop, prepare=_prepare_numbers, batch=10), 20
+    )
     assert handled == list(range(10))
 
     # The next process gets the rest now, not after the ack wait of the first.
@@ -115,6 +125,41 @@ async def test_on_stop_a_batch_fetched_ahead_is_handed_back_at_once(nc: Client) 
         return [Ack()] * len(msgs)
 
     await asyncio.wait_for(
-        _worker(nc).run_batches(handle_rest, again, prepare=_numbers, batch=10), 5
+        _worker(nc).run_batches(handle_rest, again, prepare=_prepare_numbers, batch=10), 5
     )
     assert rest == list(range(10, 20))
+
+
+async def test_a_batch_is_settled_after_its_handler_returned_in_order(nc: Client) -> None:
+    await _publish(nc, 30)
+    timeline: list[tuple[str, int]] = []
+    stop = asyncio.Event()
+    worker = _worker(nc)
+    settle = worker.settle
+
+    async def recording_settle(msg: Msg, outcome: Outcome) -> None:
+        timeline.append(("settled", int(msg.data)))
+        await settle(msg, outcome)
+
+    worker.settle = recording_settle  # type: ignore[method-assign]
+
+    async def handle(msgs: list[Msg], prepared: list[int]) -> list[Outcome]:
+        timeline.append(("handling", prepared[0]))
+        await asyncio.sleep(0.05)  # a transaction
+        timeline.append(("handled", prepared[-1]))
+        if prepared[-1] == 29:
+            stop.set()
+        return [Ack()] * len(msgs)
+
+    await asyncio.wait_for(worker.run_batches(handle, stop, prepare=_prepare_numbers, batch=10), 20)
+    settled = [n for kind, n in timeline if kind == "settled"]
+    assert settled == list(range(30))
+    for n in settled:
+        # Settled only after the handler returned for its batch (last number n // 10 * 10 + 9).
+        assert timeline.index(("handled", n // 10 * 10 + 9)) < timeline.index(("settled", n))
+
+    async def all_acked() -> bool:
+        info = await nc.jetstream().consumer_info(STREAM, "batches")
+        return info.num_ack_pending == 0 and info.num_pending == 0
+
+    await eventually(all_acked, 10, what="every message acked")

@@ -1,5 +1,6 @@
 """The projector against a real nats-server and a real database (SQLite, and PostgreSQL
-where configured): rows, exactly-once redelivery, dead letters, order after failures."""
+where configured): rows, exactly-once redelivery, dead letters, order after failures,
+and the pipeline's guarantees (a batch failing while the next is prepared)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from typing import Any
 
 import msgspec
 import pytest
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
+from sqlalchemy import event, select, text
 from sqlalchemy import insert as core_insert
-from sqlalchemy import select, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts import subjects
@@ -30,7 +33,7 @@ from contracts.events import (
 )
 from contracts.streams import DLQ_STREAM, EVENTS_STREAM, STORAGE_CONSUMER, storage_consumer
 from services.common.blobs import BlobStore
-from services.common.consumer import Ack, Retry
+from services.common.consumer import Ack, Outcome, PullWorker, Retry
 from services.common.eventwriter import GenerationWriter
 from services.common.settings import Settings
 from services.storage.bulk import insert_many, upsert
@@ -38,6 +41,7 @@ from services.storage.db import create_engine, migrate
 from services.storage.models import Base, events_table
 from services.storage.projector import Projector
 from services.storage.queries import ReadModel
+from services.storage.validation import Decoded, stream_seq
 from tests.storage.conftest import (
     publish_generation,
     running_storage,
@@ -568,3 +572,109 @@ async def test_the_sqlite_bulk_insert_stores_what_sqlalchemy_core_stores(
     assert len(stored[1]) == 250
     last_hash = stored[1][-1][-1]
     assert last_hash == ("h1-250" if on_conflict == "update" else "h0-250")
+
+
+async def test_a_batch_whose_commit_fails_after_the_next_was_prepared_holds_the_next(
+    js: JetStreamContext, read_model: ReadModel, engine: AsyncEngine
+) -> None:
+    # The pipeline fetches and decodes batch 2 while batch 1's transaction runs, and settles
+    # a batch while the next one is handled. When batch 1's commit fails, nothing of batch 2
+    # may be applied or acked before batch 1 is.
+    first = await publish_generation(js, FILES)
+    second = await publish_generation(js, {"two.py": "TWO = 2\n"})
+    projector = Projector(engine, js=js)
+    worker = PullWorker(
+        js, service="storage", stream=EVENTS_STREAM, config=storage_consumer(ack_wait_s=30)
+    )
+    second_prepared = asyncio.Event()
+    prepared_batches: list[list[int]] = []
+    settled: list[tuple[int, str]] = []
+    commits: list[str] = []
+    acked_uncommitted: list[int] = []
+
+    async def prepare(msgs: list[Msg]) -> list[Decoded | None]:
+        decoded = await projector.prepare(msgs)
+        prepared_batches.append([stream_seq(msg) for msg in msgs])
+        if len(prepared_batches) == 2:
+            second_prepared.set()
+        return decoded
+
+    async def handle(msgs: list[Msg], prepared: list[Decoded | None]) -> list[Outcome]:
+        if len(commits) == 0:
+            await asyncio.wait_for(second_prepared.wait(), 10)
+        return await projector.handle(msgs, prepared)
+
+    def fail_the_first_commit(_conn: Any) -> None:
+        commits.append("failed" if not commits else "ok")
+        if commits == ["failed"]:
+            raise OperationalError("COMMIT", None, RuntimeError("injected: the disk is full"))
+
+    settle = worker.settle
+
+    async def recording_settle(msg: Msg, outcome: Outcome) -> None:
+        seq = stream_seq(msg)
+        settled.append((seq, type(outcome).__name__))
+        if isinstance(outcome, Ack) and await read_model.applied_stream_seq() < seq:
+            acked_uncommitted.append(seq)
+        await settle(msg, outcome)
+
+    worker.settle = recording_settle  # type: ignore[method-assign]
+    event.listen(engine.sync_engine, "commit", fail_the_first_commit)
+    stop = asyncio.Event()
+    running = asyncio.create_task(
+        worker.run_batches(handle, stop, prepare=prepare, batch=first.last_seq)
+    )
+    try:
+        await wait_applied(read_model, second.last_stream_seq, timeout=20)
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 10)
+        event.remove(engine.sync_engine, "commit", fail_the_first_commit)
+
+    ones = range(1, first.last_stream_seq + 1)
+    twos = range(first.last_stream_seq + 1, second.last_stream_seq + 1)
+    assert prepared_batches[:2] == [list(ones), list(twos)]
+    assert commits[0] == "failed" and projector.failed_batches == 1
+    # Batch 1 was retried; batch 2, prepared during its failed commit, was held, not applied.
+    assert settled[: len(ones) + len(twos)] == [(seq, "Retry") for seq in [*ones, *twos]]
+    # Each acked once, and only once it and every event before it were committed.
+    acked = [seq for seq, outcome in settled if outcome == "Ack"]
+    assert sorted(acked) == [*ones, *twos]
+    assert acked_uncommitted == []
+    # Each event applied once, in stream order.
+    assert projector.events_applied == second.last_stream_seq
+    async with engine.connect() as conn:
+        stored = (await conn.execute(select(events_table.c.stream_seq))).scalars().all()
+    assert sorted(stored) == [*ones, *twos]
+    for writer in (first, second):
+        view = await read_model.generation(writer.generation_id)
+        assert view is not None and view.status == "completed"
+        assert view.last_seq == writer.last_seq
+
+
+async def test_a_position_another_projector_moved_is_read_again(
+    js: JetStreamContext, engine: AsyncEngine
+) -> None:
+    # A projector keeps its position in memory between batches and moves it with a
+    # compare-and-set: if something else moved it meanwhile (here a second projector
+    # under the same name, by mistake), the batch is retried from the position read afresh.
+    first = await publish_generation(js, FILES)
+    await publish_generation(js, {"two.py": "TWO = 2\n"})
+    sub = await js.pull_subscribe(subjects.ALL_EVENTS, durable="twin", stream=EVENTS_STREAM)
+    msgs = await sub.fetch(100, timeout=5)
+    one, two = msgs[: first.last_seq], msgs[first.last_seq :]
+    a = Projector(engine, consumer="twin", js=js)
+    b = Projector(engine, consumer="twin", js=js)
+
+    assert await a.handle(one) == [Ack()] * len(one)
+    assert await b.handle(one) == [Ack()] * len(one)  # all skipped
+    assert await b.handle(two) == [Ack()] * len(two)
+    before = await snapshot(engine)
+
+    outcomes = await a.handle(two)
+    assert all(isinstance(o, Retry) for o in outcomes) and a.failed_batches == 1
+    assert await snapshot(engine) == before
+    assert await a.handle(two) == [Ack()] * len(two)  # read again: already applied
+    assert await snapshot(engine) == before
+    assert (a.events_applied, b.events_applied) == (len(one), len(two))
+    assert await count(engine, "events") == len(msgs)
