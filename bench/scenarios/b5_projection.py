@@ -6,7 +6,10 @@ at MAX_SECONDS (its rate is what it committed by then).
 
 With `KILN_BENCH_POSTGRES_URL` (e.g. `postgresql+asyncpg://postgres@127.0.0.1:5432/test`)
 the same runs are made into PostgreSQL too (row B5-PG), each into a database of its own
-created on that server and dropped after the run."""
+created on that server and dropped after the run. With `KILN_BENCH_B5_PARTITIONS=n` (n > 1)
+the SQLite runs are made again with n storage processes, one per partition
+(`KILN_STORAGE_PARTITIONS`), timed from the first one ready to the last one done (row
+"B5 projection, n partitions"; measured apart, not part of the goals)."""
 
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench import events
 from bench.env import Stack
-from bench.loadgen.workers import Worker
+from bench.loadgen.workers import Worker, start_all, stop_all
 from bench.report import Measurements, Row, client_note
 from bench.scenarios import Context
 from contracts import streams, subjects
@@ -31,6 +34,7 @@ from services.storage.db import migrate
 
 TITLE = "B5 projection"
 POSTGRES_ENV = "KILN_BENCH_POSTGRES_URL"
+PARTITIONS_ENV = "KILN_BENCH_B5_PARTITIONS"
 # A Kiln run stops here and reports the rate it reached, so that the whole bench stays
 # under ten minutes however slow the projection is (the note says how far it got).
 MAX_SECONDS = 30.0
@@ -43,6 +47,27 @@ async def _go(worker: Worker) -> dict:
         return await worker.result(600)
     finally:
         await worker.stop()
+
+
+async def _go_together(workers: list[Worker]) -> dict:
+    """Start the storage processes, let them go at once, and merge their results."""
+    if len(workers) == 1:
+        return await _go(workers[0])
+    try:
+        await start_all(workers)
+        for worker in workers:
+            await worker.send("go")
+        results = await asyncio.gather(*(worker.result(600) for worker in workers))
+    finally:
+        await stop_all(workers)
+    return {
+        "started": min(r["started"] for r in results),
+        "finished": max(r["finished"] for r in results),
+        "cpu_s": sum(r["cpu_s"] for r in results),
+        "events": sum(r["events"] for r in results),
+        "complete": all(r["complete"] for r in results),
+        "batches": sum(r["batches"] for r in results),
+    }
 
 
 async def run(ctx: Context) -> list[Row]:
@@ -62,6 +87,18 @@ async def run(ctx: Context) -> list[Row]:
             rows.append(
                 await _measure(
                     ctx, stack, int(info.state.last_seq), total, per_generation, postgres
+                )
+            )
+        partitions = int(os.environ.get(PARTITIONS_ENV, "1"))
+        if partitions > 1:
+            rows.append(
+                await _measure(
+                    ctx,
+                    stack,
+                    int(info.state.last_seq),
+                    total,
+                    per_generation,
+                    partitions=partitions,
                 )
             )
     return rows
@@ -96,26 +133,45 @@ async def _admin(url: str, statement: str) -> None:
 
 
 async def _measure(
-    ctx: Context, stack: Stack, target: int, total: int, per_generation: int, postgres: str = ""
+    ctx: Context,
+    stack: Stack,
+    target: int,
+    total: int,
+    per_generation: int,
+    postgres: str = "",
+    *,
+    partitions: int = 1,
 ) -> Row:
     title = f"{TITLE} into PostgreSQL (B5-PG)" if postgres else TITLE
+    if partitions > 1:
+        title = f"{TITLE}, {partitions} partitions (one process each)"
     database = "PostgreSQL" if postgres else "SQLite"
     max_seconds = ctx.seconds(MAX_SECONDS, 60.0)
     rates = Measurements()
     applied: list[int] = []
     storage_cpu = 0.0
     for run in range(1, ctx.runs + 1):
-        with contextlib.suppress(NotFoundError):
-            await stack.js.delete_consumer(streams.EVENTS_STREAM, streams.STORAGE_CONSUMER)
-        kiln = Worker(
-            "bench.loadgen.storage",
-            {"target": target, "max_seconds": max_seconds},
-            ctx.dir("b5"),
-            profile=ctx.profile and run == 1,
-        )
-        async with _database(ctx, run, postgres) as url:
-            kiln.env = {**stack.env(), "KILN_DATABASE_URL": url}
-            k = await _go(kiln)
+        kilns: list[Worker] = []
+        for partition in range(partitions):
+            with contextlib.suppress(NotFoundError):
+                await stack.js.delete_consumer(
+                    streams.EVENTS_STREAM, streams.storage_consumer_name(partition, partitions)
+                )
+            kilns.append(
+                Worker(
+                    "bench.loadgen.storage",
+                    {"target": target, "max_seconds": max_seconds},
+                    ctx.dir("b5"),
+                    profile=ctx.profile and run == 1,
+                )
+            )
+        async with _database(ctx, run if partitions == 1 else 100 + run, postgres) as url:
+            for partition, kiln in enumerate(kilns):
+                kiln.env = {**stack.env(), "KILN_DATABASE_URL": url}
+                if partitions > 1:
+                    kiln.env["KILN_STORAGE_PARTITIONS"] = str(partitions)
+                    kiln.env["KILN_STORAGE_PARTITION"] = str(partition)
+            k = await _go_together(kilns)
         raw = Worker(
             "bench.loadgen.raw_nats",
             {
@@ -123,7 +179,7 @@ async def _measure(
                 "mode": "pull",
                 "stream": streams.EVENTS_STREAM,
                 "subject": subjects.ALL_EVENTS,
-                "durable": f"bench-raw-{database.lower()}-{run}",
+                "durable": f"bench-raw-{database.lower()}-{partitions}-{run}",
                 "target": target,
                 "batch": 256,
             },
@@ -152,8 +208,13 @@ async def _measure(
         ratio >= goal,
         [
             f"{total:,} events ({per_generation} per generation, ~1 KiB file contents) into "
-            f"{database}; runs (Kiln / raw): {rates.spread()} events/s; storage process at "
-            f"{storage_cpu:.0%} of a core"
+            f"{database}; runs (Kiln / raw): {rates.spread()} events/s; "
+            + (
+                "storage process at "
+                if partitions == 1
+                else f"the {partitions} storage processes at "
+            )
+            + f"{storage_cpu:.0%} of a core"
         ],
     )
     if min(applied) < total:
