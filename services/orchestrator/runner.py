@@ -28,16 +28,14 @@ from contracts.events import (
     GenerationRequested,
     GenerationResumed,
     GenerationStarted,
-    InheritedFile,
     PhaseCompleted,
     PhaseStarted,
-    VersionBasedOn,
     utc_now,
 )
 from contracts.phases import PHASES, PhaseOutput, PhasePlan, progress_before
 from contracts.state import GenerationState, fold
 from services.common import metrics
-from services.common.blobs import BlobError, BlobStore, contents_by_sha256, resolve_contents
+from services.common.blobs import BlobError, BlobStore, resolve_contents
 from services.common.consumer import Ack, DeadLetter, Outcome, Retry
 from services.common.eventlog import read_generation
 from services.common.eventwriter import (
@@ -51,6 +49,7 @@ from services.common.logs import get_logger, redactor
 from services.orchestrator.cancels import Cancelled, CancelWatcher
 from services.orchestrator.folding import FoldingWriter, add_file_written, file_content
 from services.orchestrator.guard import missing_parent_files
+from services.orchestrator.inheritance import name_parent_files, read_parent
 from services.orchestrator.producer import PhaseProducer
 from services.orchestrator.providers.base import Provider, ProviderError
 from services.orchestrator.providers.registry import Providers
@@ -59,10 +58,6 @@ from services.orchestrator.verification import VerifierClient
 from services.orchestrator.watchdog import Heartbeats
 
 log = get_logger(__name__)
-
-# Inherited files per `version.based_on` event: 1,000 entries stay far below the largest
-# event the stream takes (contracts/streams.py MAX_EVENT_BYTES), whatever their paths.
-MANIFEST_CHUNK = 1_000
 
 
 @dataclass
@@ -266,13 +261,7 @@ class _Run:
     async def _parent_files(self) -> dict[str, str]:
         parent_id = self.request.parent_generation_id
         assert parent_id is not None
-        parent = fold(e.event for e in await read_generation(self.runner.js, parent_id))
-        if parent is None or parent.summary.status != "completed":
-            raise ProviderError(
-                f"the parent generation {parent_id} is not a completed version",
-                kind="provider",
-            )
-        await resolve_contents(self.runner.blobs, parent)
+        parent = await read_parent(self.runner.js, self.runner.blobs, parent_id)
         self.parent = parent
         self.parent_passed = (
             parent.summary.verification is not None
@@ -290,7 +279,8 @@ class _Run:
             )
         started = time.monotonic()
         if plan.name == "plan" and self.request.kind == "iterate":
-            await self._carry_parent_files()
+            assert self.parent is not None
+            await name_parent_files(self.writer, self.runner.blobs, self.state, self.parent)
         producer = PhaseProducer(self.writer, self.state, self.cancelled, self.parent_files)
         output = await producer.produce(plan, provider)
         if self.cancelled.is_set():
@@ -345,38 +335,6 @@ class _Run:
             generation_id=self.generation_id,
             files=len(written),
             progress=plan.progress,
-        )
-
-    async def _carry_parent_files(self) -> None:
-        """Start the new version from the parent's files, named by content: their blobs
-        go to the broker first, then one `version.based_on` manifest (a batch of them for
-        a huge project), before the provider sees the files. Done once per version."""
-        if self.state.based_on is not None or self.parent is None:
-            return
-        stored = await self.runner.blobs.put_many(self.parent_files.values())
-        inherited = [
-            InheritedFile(path=f.path, sha256=f.sha256, size=f.size)
-            for f in sorted(self.parent.files.values(), key=lambda f: f.path)
-        ]
-        batch = self.writer.batch()
-        for start in range(0, max(len(inherited), 1), MANIFEST_CHUNK):
-            batch.add(
-                VersionBasedOn,
-                parent_generation_id=self.parent.generation_id,
-                files=inherited[start : start + MANIFEST_CHUNK],
-                phase="plan",
-                progress=progress_before("plan"),
-            )
-        await batch.append()
-        await resolve_contents(
-            self.runner.blobs, self.state, contents_by_sha256(self.parent_files.values())
-        )
-        log.info(
-            "Generation {generation_id} based on {parent_id}: {files} files inherited",
-            generation_id=self.generation_id,
-            parent_id=self.parent.generation_id,
-            files=len(inherited),
-            blobs_stored=stored,
         )
 
     def _apply(self, plan: PhasePlan, output: PhaseOutput, batch: EventBatch) -> None:
