@@ -639,7 +639,7 @@ async def measure_sizes(ctx: Context) -> list[Result]:
         storage=True,
         orchestrator=True,
         settings=NO_VERIFIER,
-        profile=ctx.profile,
+        # Not profiled: restart_gateway would stop py-spy and leave its gateway running.
     ) as stack:
         for index, entities in enumerate(sizes_wanted(ctx)):
             owner = owners[index % len(owners)]
