@@ -92,8 +92,8 @@ async def run(ctx: Context) -> list[Row]:
         f"{rates.kiln_median:,.0f} events/s",
         f"{rates.baseline_median:,.0f} events/s",
         f"{ratio:.2f}x",
-        "≥ 0.75x raw",
-        ratio >= 0.75,
+        "≥ 0.85x raw",
+        ratio >= 0.85,
         [f"{count:,} events of ~1 KiB, {runs} runs; runs (Kiln / raw): {rates.spread()} events/s"],
     )
     note = client_note(client_cpu, "the SSE client")

@@ -136,7 +136,7 @@ async def run(ctx: Context) -> list[Row]:
             f"{k['kib']:.1f} KiB/connection",
             f"{b['kib']:.1f} KiB",
             times(kib_ratio),
-            "≤ 28 KiB per connection",
-            k["kib"] <= 28,
+            "≤ 1.5x the minimal server's per connection",
+            kib_ratio <= 1.5,
         ),
     ]
