@@ -35,7 +35,7 @@ from nats.js import JetStreamContext
 
 from contracts import streams, subjects
 from contracts.events import TERMINAL_TAGS
-from services.common.eventlog import follow_new, last_stream_seq, subscribe_ordered
+from services.common.eventlog import follow_new, last_stream_seq, stream_seq, subscribe_ordered
 from services.common.heap import LongLivedHeap
 from services.common.logs import get_logger
 
@@ -191,7 +191,7 @@ class Hub:
         generation_log = self.logs.get(parsed[1])
         if generation_log is None:
             return
-        seq = msg.metadata.sequence.stream
+        seq = stream_seq(msg)
         block = sse_chunk(seq, msg.data)
         if block is not None:
             generation_log.offer_live(seq, block[0], block[1])
@@ -246,7 +246,7 @@ class Hub:
         async def on_message(msg: Msg) -> None:
             nonlocal last_message_at, unnotified
             last_message_at = loop.time()
-            seq = msg.metadata.sequence.stream
+            seq = stream_seq(msg)
             block = sse_chunk(seq, msg.data)
             if block is not None:
                 generation_log.offer_replayed(seq, block[0], block[1])

@@ -58,6 +58,7 @@ from contracts.streams import EVENTS_STREAM, STORAGE_CONSUMER
 from services.common import metrics
 from services.common.blobs import BlobStore
 from services.common.consumer import Ack, DeadLetter, Outcome, Retry
+from services.common.eventlog import stream_seq
 from services.common.logs import get_logger
 from services.storage.bulk import bind_row
 from services.storage.dberrors import describe_error, is_refused
@@ -73,7 +74,7 @@ from services.storage.positions import (
     read_position,
     write_position,
 )
-from services.storage.validation import Decoded, decode_message, stream_seq
+from services.storage.validation import Decoded, decode_message
 from services.storage.writer import BatchWriter, LoadedGeneration
 
 log = get_logger(__name__)

@@ -20,6 +20,7 @@ from contracts.events import (
     event_tag,
 )
 from contracts.paths import PathRejected, safe_path
+from services.common.eventlog import stream_seq
 from services.storage.bulk import BoundRow
 
 
@@ -106,17 +107,3 @@ def _audit_row(data: bytes, seq: int, event: AnyEvent) -> dict[str, Any]:
         "body": body,
         "hash": digest,
     }
-
-
-def stream_seq(msg: Msg) -> int:
-    """The message's stream sequence. Read from its reply subject
-    (`$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.…`) when it has the usual nine
-    tokens, without building the whole `msg.metadata` (timestamp included), which was a
-    fifth of decoding a batch; from the metadata otherwise."""
-    tokens = (msg.reply or "").split(".")
-    if len(tokens) == ACK_TOKENS and tokens[0] == "$JS" and tokens[1] == "ACK":
-        return int(tokens[5])
-    return int(msg.metadata.sequence.stream)
-
-
-ACK_TOKENS = 9

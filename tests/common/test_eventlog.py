@@ -35,6 +35,7 @@ from services.common.eventlog import (
     last_event,
     last_stream_seq,
     read_generation,
+    stream_seq,
     subscribe_ordered,
 )
 from services.common.eventwriter import EventBatch, GenerationWriter, WriterConflict, atomic_batches
@@ -403,3 +404,15 @@ async def test_on_a_3_node_cluster_batches_are_atomic_guarded_and_split(
         await client.close()
     finally:
         cluster.stop()
+
+
+def test_the_stream_sequence_is_read_from_either_form_of_the_ack_subject() -> None:
+    short = Msg(_client=None, subject="s", reply="$JS.ACK.S.C.1.42.7.1700000000000000000.0")  # type: ignore[arg-type]
+    assert stream_seq(short) == 42
+    # The form with a domain and an account hash: read through nats-py's metadata.
+    long = Msg(
+        _client=None,  # type: ignore[arg-type]
+        subject="s",
+        reply="$JS.ACK.dom.acc.S.C.1.43.7.1700000000000000000.0.tok",
+    )
+    assert stream_seq(long) == 43

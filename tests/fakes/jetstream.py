@@ -97,6 +97,8 @@ class _OrderedRead:
             data=stored.data,
             subject=stored.subject,
             headers=stored.headers,
+            # The ack subject a real ordered consumer's message has: the stream seq 6th.
+            reply=f"$JS.ACK.{stored.stream}.fake.1.{stored.seq}.1.0.0",
             metadata=SimpleNamespace(sequence=SimpleNamespace(stream=stored.seq)),
         )
 

@@ -34,6 +34,7 @@ from contracts.events import (
 from contracts.streams import DLQ_STREAM, EVENTS_STREAM, STORAGE_CONSUMER, storage_consumer
 from services.common.blobs import BlobStore
 from services.common.consumer import Ack, Outcome, PullWorker, Retry
+from services.common.eventlog import stream_seq
 from services.common.eventwriter import GenerationWriter
 from services.common.settings import Settings
 from services.storage.bulk import insert_many, upsert
@@ -41,7 +42,7 @@ from services.storage.db import create_engine, migrate
 from services.storage.models import Base, events_table
 from services.storage.projector import Projector
 from services.storage.queries import ReadModel
-from services.storage.validation import Decoded, stream_seq
+from services.storage.validation import Decoded
 from tests.storage.conftest import (
     publish_generation,
     running_storage,
