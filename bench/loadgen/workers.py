@@ -190,6 +190,16 @@ async def start_all(workers: list[Worker]) -> list[Worker]:
     return list(await asyncio.gather(*(w.start() for w in workers)))
 
 
+async def run_once(module: str, config: dict[str, Any], root: Path) -> dict[str, Any]:
+    """Start one load generator, tell it to go, and return its result (stopped either way)."""
+    worker = await Worker(module, config, root).start()
+    try:
+        await worker.send("go")
+        return await worker.result()
+    finally:
+        await worker.stop()
+
+
 async def stop_all(workers: list[Worker]) -> None:
     await asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from bench import events
 from bench.env import Stack
-from bench.loadgen.workers import Worker
+from bench.loadgen.workers import run_once
 from bench.report import Measurements, Row, client_note
 from bench.scenarios import Context
 from contracts import streams, subjects
@@ -17,7 +17,7 @@ RUNS = 7
 
 
 async def _kiln(ctx: Context, stack: Stack, generation_id: str, count: int) -> tuple[float, float]:
-    worker = await Worker(
+    result = await run_once(
         "bench.loadgen.sse",
         {
             "host": "127.0.0.1",
@@ -27,12 +27,7 @@ async def _kiln(ctx: Context, stack: Stack, generation_id: str, count: int) -> t
             "wait_go": True,
         },
         ctx.dir("b1"),
-    ).start()
-    try:
-        await worker.send("go")
-        result = await worker.result()
-    finally:
-        await worker.stop()
+    )
     if result["completed"] != 1 or result["events"] != count or result["disorder"]:
         raise RuntimeError(f"the SSE client did not read the whole generation: {result}")
     seconds = result["finished"] - result["started"]
@@ -40,7 +35,7 @@ async def _kiln(ctx: Context, stack: Stack, generation_id: str, count: int) -> t
 
 
 async def _raw(ctx: Context, stack: Stack, generation_id: str, target: int, count: int) -> float:
-    worker = await Worker(
+    result = await run_once(
         "bench.loadgen.raw_nats",
         {
             "url": stack.nats_url,
@@ -52,12 +47,7 @@ async def _raw(ctx: Context, stack: Stack, generation_id: str, target: int, coun
             "decode": True,
         },
         ctx.dir("b1"),
-    ).start()
-    try:
-        await worker.send("go")
-        result = await worker.result()
-    finally:
-        await worker.stop()
+    )
     if result["events"] != count:
         raise RuntimeError(f"the raw consumer did not read the whole generation: {result}")
     return float(count / (result["finished"] - result["started"]))

@@ -38,7 +38,7 @@ import msgspec
 
 from bench.env import Stack, api_keys
 from bench.figures import ITERATIONS, schema
-from bench.loadgen.workers import Worker
+from bench.loadgen.workers import run_once
 from bench.procs import stop_process
 from bench.report import Measurements, Row, table
 from bench.scenarios import Context
@@ -331,7 +331,7 @@ async def restart_gateway(stack: Stack) -> None:
 
 async def replay(ctx: Context, stack: Stack, owner: str, generation_id: str) -> float:
     """Seconds for a new SSE client to read the whole generation to its terminal event."""
-    worker = await Worker(
+    result = await run_once(
         "bench.loadgen.sse",
         {
             "host": "127.0.0.1",
@@ -341,12 +341,7 @@ async def replay(ctx: Context, stack: Stack, owner: str, generation_id: str) -> 
             "wait_go": True,
         },
         ctx.dir("b9"),
-    ).start()
-    try:
-        await worker.send("go")
-        result = await worker.result()
-    finally:
-        await worker.stop()
+    )
     if result["completed"] != 1 or result["disorder"]:
         raise RuntimeError(f"the SSE client did not read the whole generation: {result}")
     return float(result["finished"] - result["started"])
@@ -356,7 +351,7 @@ async def raw_replay(ctx: Context, stack: Stack, generation_id: str, count: int)
     """Seconds for a raw nats-py ordered consumer to read (and decode) the same subject."""
     subject = subjects.generation_events_any_project(generation_id)
     last = await stack.js.get_last_msg(streams.EVENTS_STREAM, subject)
-    worker = await Worker(
+    result = await run_once(
         "bench.loadgen.raw_nats",
         {
             "url": stack.nats_url,
@@ -368,12 +363,7 @@ async def raw_replay(ctx: Context, stack: Stack, generation_id: str, count: int)
             "decode": True,
         },
         ctx.dir("b9"),
-    ).start()
-    try:
-        await worker.send("go")
-        result = await worker.result()
-    finally:
-        await worker.stop()
+    )
     if result["events"] != count:
         raise RuntimeError(f"the raw consumer did not read the whole generation: {result}")
     return float(result["finished"] - result["started"])
