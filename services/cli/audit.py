@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 from nats.js import JetStreamContext
 
-from contracts import streams, subjects
+from contracts import subjects
 from contracts.audit import (
     BrokenLink,
     ChainReport,
@@ -184,15 +184,17 @@ async def _from_stream(nats_url: str, generation_id: str) -> tuple[list[_Row], C
 async def _inherited_contents(js: JetStreamContext, links: list[StoredLink]) -> dict[str, bytes]:
     """sha256 → content in the broker, of each one a `version.based_on` names (those the
     broker lacks are left out: `check_inherited` names them)."""
-    from nats.js.errors import NotFoundError
+    from services.common.blobs import BlobStore
 
+    store = BlobStore(js)
     found: dict[str, bytes] = {}
     for sha in sorted(inherited_names(links)):
         try:
-            message = await js.get_last_msg(streams.BLOBS_STREAM, subjects.blob_subject(sha))
-        except (NotFoundError, ValueError):
+            data = await store.read(sha)
+        except ValueError:  # not a sha256: no subject can hold it
             continue
-        found[sha] = message.data or b""
+        if data is not None:
+            found[sha] = data
     return found
 
 

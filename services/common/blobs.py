@@ -70,8 +70,8 @@ class BlobStore:
         stored = await asyncio.gather(*(self.put(c) for c in distinct.values()))
         return sum(stored)
 
-    async def get(self, sha256: str) -> str:
-        """The content named `sha256`; BlobMissing or BlobCorrupt if the broker cannot say."""
+    async def read(self, sha256: str) -> bytes | None:
+        """The bytes stored under `sha256` as they are (unchecked), or None if there are none."""
         subject = subjects.blob_subject(sha256)
         async with self._limit:
             try:
@@ -82,8 +82,14 @@ class BlobStore:
                 try:
                     message = await self.js.get_last_msg(streams.BLOBS_STREAM, subject)
                 except NotFoundError:
-                    raise BlobMissing(f"the broker holds no file content {sha256}") from None
-        data = message.data or b""
+                    return None
+        return message.data or b""
+
+    async def get(self, sha256: str) -> str:
+        """The content named `sha256`; BlobMissing or BlobCorrupt if the broker cannot say."""
+        data = await self.read(sha256)
+        if data is None:
+            raise BlobMissing(f"the broker holds no file content {sha256}")
         try:
             content = data.decode()
         except UnicodeDecodeError:
