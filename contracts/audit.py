@@ -11,8 +11,9 @@ and names the first link that does not hold:
   changed after this one was written, or this one was);
 - `hash`: the hash recomputed from the stored bytes differs from the hash stored beside them
   (the event was changed where it is stored);
-- `blob`: a file a `version.based_on` names by sha256 has no stored content, or content
-  that hashes otherwise (`check_inherited`; the chain covers the names, not the contents).
+- `blob`: a file named by sha256 (in a `version.based_on`, or a `file.written` without
+  inline content) has no stored content, or content that hashes otherwise
+  (`check_contents`; the chain covers the names, not the contents).
 
 Pure: no I/O, so the gateway, the CLI and the tests share it.
 """
@@ -117,19 +118,19 @@ def _check(
     return digest, None
 
 
-def inherited_names(links: Iterable[StoredLink]) -> set[str]:
-    """Every sha256 the `version.based_on` events among `links` name."""
-    return {sha for _, body in _manifests(links) for sha in _named(body)}
+def content_names(links: Iterable[StoredLink]) -> set[str]:
+    """Every sha256 the events among `links` name a file's content by."""
+    return {sha for _, body in _naming(links) for sha in _named(body)}
 
 
-def check_inherited(
+def check_contents(
     report: ChainReport, links: Iterable[StoredLink], contents: Mapping[str, bytes]
 ) -> ChainReport:
-    """`report`, broken at the first `version.based_on` naming a sha256 whose content in
-    `contents` is missing or hashes otherwise (an intact chain only: its first break stands)."""
+    """`report`, broken at the first event naming a sha256 whose content in `contents` is
+    missing or hashes otherwise (an intact chain only: its first break stands)."""
     if not report.ok:
         return report
-    for link, body in _manifests(links):
+    for link, body in _naming(links):
         for sha in _named(body):
             content = contents.get(sha)
             if content is None:
@@ -144,19 +145,23 @@ def check_inherited(
     return report
 
 
-def _manifests(links: Iterable[StoredLink]) -> list[tuple[StoredLink, dict[str, Any]]]:
+def _naming(links: Iterable[StoredLink]) -> list[tuple[StoredLink, dict[str, Any]]]:
+    """The events that name file contents by sha256, as JSON objects."""
     found = []
     for link in links:
         try:
             body = _decoder.decode(link.data)
         except (msgspec.DecodeError, msgspec.ValidationError):
             continue
-        if body.get("type") == "version.based_on":
+        kind = body.get("type")
+        if kind == "version.based_on" or (kind == "file.written" and body.get("content") is None):
             found.append((link, body))
     return found
 
 
 def _named(body: dict[str, Any]) -> list[str]:
+    if body.get("type") == "file.written":
+        return [str(body.get("sha256"))]
     files = body.get("files")
     return [
         str(f.get("sha256"))

@@ -108,18 +108,23 @@ class PhaseCompleted(Event, frozen=True, kw_only=True, tag="phase.completed"):
     duration_ms: int = 0
 
 
+Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$(?!\n)")]
+
+
 class FileWritten(Event, frozen=True, kw_only=True, tag="file.written"):
-    """One complete file of the version. `origin` says whether it came from the parent."""
+    """One complete file of the version. `origin` says whether it came from the parent.
+
+    The file is named by content: its bytes are the blob `sha256` of the blob stream
+    (contracts/streams.py), which the writer stores before this event. `content` carries
+    them inline instead in logs written before the blob stream (Kiln 0.1.0), and where a
+    writer has no blob store; a reader takes it when it is there."""
 
     path: str
-    content: str
-    sha256: str
-    size: int
+    sha256: Sha256
+    size: Annotated[int, msgspec.Meta(ge=0)]
     phase: str
     origin: FileOrigin = "generated"
-
-
-Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$(?!\n)")]
+    content: str | None = None
 
 
 class InheritedFile(msgspec.Struct, frozen=True, kw_only=True):

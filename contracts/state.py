@@ -53,8 +53,9 @@ TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled
 class FileState(msgspec.Struct):
     """One file of the version as the log has it so far.
 
-    `content` is None where the fold was told not to keep it, and for a file inherited
-    through `version.based_on` until a reader fills it from the blob store
+    `content` is None where the fold was told not to keep it, and for a file the log names
+    by content only (inherited through `version.based_on`, or a `file.written` without
+    inline content) until a reader fills it from the blob store
     (services/common/blobs.py `resolve_contents`)."""
 
     path: str
@@ -213,13 +214,14 @@ class GenerationState(msgspec.Struct, kw_only=True):
         return self.summary.is_terminal
 
     def file_contents(self) -> dict[str, str]:
-        """path → content of every file whose content the fold kept (an inherited file's
-        only once resolved: see `unresolved`)."""
+        """path → content of every file whose content the fold kept (a file the log names
+        by content only once resolved: see `unresolved`)."""
         return {p: f.content for p, f in self.files.items() if f.content is not None}
 
     def unresolved(self) -> dict[str, FileState]:
-        """path → file of every inherited file whose content is not filled in yet."""
-        return {p: f for p, f in self.files.items() if f.content is None and f.origin == "parent"}
+        """path → file of every file whose content is not filled in yet (all of them in a
+        fold told not to keep contents)."""
+        return {p: f for p, f in self.files.items() if f.content is None}
 
 
 def new_state(event: Event) -> GenerationState:

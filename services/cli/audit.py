@@ -24,9 +24,9 @@ from contracts.audit import (
     BrokenLink,
     ChainReport,
     StoredLink,
-    check_inherited,
+    check_contents,
+    content_names,
     describe,
-    inherited_names,
     verify_chain,
 )
 from services.cli.client.connection import ClientError, Gateway, add_connection_arguments
@@ -156,7 +156,7 @@ async def _from_stream(nats_url: str, generation_id: str) -> tuple[list[_Row], C
         except TimeoutError as exc:
             raise _Unavailable(str(exc)) from None
         links = [StoredLink(stream_seq=seq, data=data) for seq, data in raw]
-        contents = await _inherited_contents(js, links)
+        contents = await _named_contents(js, links)
     finally:
         await nc.drain()
     rows = []
@@ -178,21 +178,24 @@ async def _from_stream(nats_url: str, generation_id: str) -> tuple[list[_Row], C
                 prev_hash=str(body.get("prev_hash", "")),
             )
         )
-    return rows, check_inherited(verify_chain(links), links, contents)
+    return rows, check_contents(verify_chain(links), links, contents)
 
 
-async def _inherited_contents(js: JetStreamContext, links: list[StoredLink]) -> dict[str, bytes]:
-    """sha256 → content in the broker, of each one a `version.based_on` names (those the
-    broker lacks are left out: `check_inherited` names them)."""
-    from services.common.blobs import BlobStore
+async def _named_contents(js: JetStreamContext, links: list[StoredLink]) -> dict[str, bytes]:
+    """sha256 → content in the broker, of each one the log names a file by (those the
+    broker lacks are left out, and one it cannot inflate is empty: `check_contents`
+    names both)."""
+    from services.common.blobs import BlobCorrupt, BlobStore
 
     store = BlobStore(js)
     found: dict[str, bytes] = {}
-    for sha in sorted(inherited_names(links)):
+    for sha in sorted(content_names(links)):
         try:
             data = await store.read(sha)
         except ValueError:  # not a sha256: no subject can hold it
             continue
+        except BlobCorrupt:
+            data = b""  # whatever it was, not the content of that name
         if data is not None:
             found[sha] = data
     return found

@@ -1,14 +1,21 @@
-"""File contents in the broker, once per sha256: the blobs a `version.based_on` names.
+"""File contents in the broker, once per sha256: the blobs a version's log names.
 
-A version's log names the files it inherits by sha256 instead of copying them; their
-contents live in the blob stream (`KILN_BLOBS`, one subject per sha256, first message
-kept). A writer stores every blob before the event that refers to it, so a reader never
-meets a name it cannot resolve; every read checks the content against its name.
+A version's log names its files by sha256 (each `file.written`, and the manifest of the
+files an iteration keeps from its parent, `version.based_on`) instead of carrying them;
+their contents live in the blob stream (`KILN_BLOBS`, one subject per sha256, first
+message kept). A writer stores every blob before the event that refers to it, so a reader
+never meets a name it cannot resolve; every read checks the content against its name.
+
+A blob is stored deflated (zlib, `Content-Encoding: deflate`) where that makes it smaller:
+the stream's own S2 compression applies only to full 8 MiB blocks, so without this a
+small deployment's blobs would stay uncompressed on disk for a long time. A blob without
+the header is stored as it is (small ones, and those written by Kiln 0.2.0).
 """
 
 from __future__ import annotations
 
 import asyncio
+import zlib
 from collections.abc import Iterable, Mapping
 
 from nats.js import JetStreamContext
@@ -16,6 +23,7 @@ from nats.js.errors import APIError, NotFoundError
 
 from contracts import streams, subjects
 from contracts.codec import content_sha256
+from contracts.limits import MAX_FILE_BYTES
 from contracts.state import GenerationState
 from services.common.logs import get_logger
 
@@ -26,6 +34,11 @@ CONCURRENCY = 64
 # nats-server's answer to a second message on a subject that keeps its first only
 # (`discard_new_per_subject`): the blob is already there.
 _SUBJECT_FULL = 10077
+ENCODING_HEADER = "Content-Encoding"
+DEFLATE = "deflate"
+# Below this many bytes a content is stored as it is: deflating it saves next to nothing.
+DEFLATE_FROM_BYTES = 200
+DEFLATE_LEVEL = 6
 
 
 class BlobError(RuntimeError):
@@ -40,6 +53,33 @@ class BlobCorrupt(BlobError):
     """The broker's blob does not hash to its name."""
 
 
+def packed(data: bytes) -> tuple[bytes, dict[str, str]]:
+    """A content's bytes as the blob stream stores them, and the headers saying how."""
+    if len(data) >= DEFLATE_FROM_BYTES:
+        deflated = zlib.compress(data, DEFLATE_LEVEL)
+        if len(deflated) < len(data):
+            return deflated, {ENCODING_HEADER: DEFLATE}
+    return data, {}
+
+
+def unpacked(data: bytes, headers: Mapping[str, str] | None) -> bytes:
+    """A stored blob's content bytes (BlobCorrupt if its encoding cannot be undone, or
+    it would inflate past the largest file Kiln stores)."""
+    encoding = (headers or {}).get(ENCODING_HEADER)
+    if encoding is None:
+        return data
+    if encoding != DEFLATE:
+        raise BlobCorrupt(f"a file content is stored with an unknown encoding {encoding!r}")
+    inflater = zlib.decompressobj()
+    try:
+        content = inflater.decompress(data, MAX_FILE_BYTES + 1)
+    except zlib.error as exc:
+        raise BlobCorrupt(f"a deflated file content cannot be inflated: {exc}") from None
+    if len(content) > MAX_FILE_BYTES or not inflater.eof:
+        raise BlobCorrupt("a deflated file content is larger than any file Kiln stores")
+    return content
+
+
 class BlobStore:
     """Reads and writes file contents by sha256 in the blob stream."""
 
@@ -50,13 +90,14 @@ class BlobStore:
     async def put(self, content: str) -> bool:
         """Store `content` under its sha256; True if it was not there yet."""
         sha256 = content_sha256(content)
+        data, headers = packed(content.encode())
         async with self._limit:
             try:
                 ack = await self.js.publish(
                     subjects.blob_subject(sha256),
-                    content.encode(),
+                    data,
                     stream=streams.BLOBS_STREAM,
-                    headers={"Nats-Msg-Id": sha256},
+                    headers={"Nats-Msg-Id": sha256, **headers},
                 )
             except APIError as exc:
                 if exc.err_code == _SUBJECT_FULL:
@@ -71,7 +112,8 @@ class BlobStore:
         return sum(stored)
 
     async def read(self, sha256: str) -> bytes | None:
-        """The bytes stored under `sha256` as they are (unchecked), or None if there are none."""
+        """The content bytes stored under `sha256` (inflated, not checked against the name),
+        or None if there are none; BlobCorrupt if they cannot be inflated."""
         subject = subjects.blob_subject(sha256)
         async with self._limit:
             try:
@@ -83,7 +125,7 @@ class BlobStore:
                     message = await self.js.get_last_msg(streams.BLOBS_STREAM, subject)
                 except NotFoundError:
                     return None
-        return message.data or b""
+        return unpacked(message.data or b"", message.headers)
 
     async def get(self, sha256: str) -> str:
         """The content named `sha256`; BlobMissing or BlobCorrupt if the broker cannot say."""

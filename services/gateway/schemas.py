@@ -175,8 +175,9 @@ class AuditEvent(msgspec.Struct, frozen=True):
 class BrokenLink(msgspec.Struct, frozen=True):
     """The first event whose link in the hash chain does not hold, and which check failed:
     `hash` (its stored bytes no longer hash to the stored hash), `prev_hash` (it does not
-    name the hash of the event before it), `seq_gap`, `undecodable`, or `blob` (a file a
-    `version.based_on` names has no stored content, or content that hashes otherwise)."""
+    name the hash of the event before it), `seq_gap`, `undecodable`, or `blob` (a file
+    named by sha256, in a `version.based_on` or a `file.written` without inline content,
+    has no stored content, or content that hashes otherwise)."""
 
     stream_seq: int
     seq: int | None

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import msgspec
 from nats.js import JetStreamContext
 
-from contracts.audit import check_inherited, inherited_names, verify_chain
+from contracts.audit import check_contents, content_names, verify_chain
 from contracts.events import GenerationRequested, is_terminal
 from contracts.state import GenerationState, GenerationSummary, fold
 from services.common.eventlog import last_event, last_stream_seq, read_generation
@@ -212,8 +212,8 @@ class Views:
         report = None
         if verify:
             links = await self.read_model.stored_links(entries)
-            contents = await self.read_model.blobs(inherited_names(links))
-            report = check_inherited(verify_chain(links), links, contents)
+            contents = await self.read_model.blobs(content_names(links))
+            report = check_contents(verify_chain(links), links, contents)
         return AuditLog(
             verification=msgspec.convert(msgspec.to_builtins(report), ChainVerification)
             if report

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
+
 from contracts.codec import content_sha256
 from contracts.events import Event, FileWritten
 from contracts.state import GenerationState, apply
@@ -23,8 +25,11 @@ class FoldingWriter(GenerationWriter):
     So the runner's state is always the fold of the log as written, events of the
     providers' reports included: nothing about the version is updated by hand.
 
-    With `blobs`, the content of every file it writes is stored by sha256 first, so a
-    later version inherits it by name (`version.based_on`) without storing it again.
+    With `blobs`, files are named by content: `add_file_written` hands the writer each
+    file's content and builds a `file.written` without it; the writer stores the content
+    in the blob stream before appending the event that names it, and folds the event
+    with its content, so `state` holds every file's text while the log holds each text
+    once. Without `blobs`, `file.written` carries its content inline.
     """
 
     def __init__(
@@ -33,31 +38,49 @@ class FoldingWriter(GenerationWriter):
         super().__init__(*args, **kwargs)
         self.state = state
         self.blobs = blobs
+        self._contents: dict[str, str] = {}
         self._contents_stored: set[str] = set()
 
+    def names_content(self, sha256: str, content: str) -> bool:
+        """Take `content` to store under `sha256` before the event naming it is appended;
+        False when this writer has no blob store (the event must carry it inline)."""
+        if self.blobs is None:
+            return False
+        self._contents[sha256] = content
+        return True
+
     async def append(self, event: Event) -> StoredEvent:
-        """Store the content a `file.written` carries, then append it."""
+        """Store the content a `file.written` names, then append it."""
         await self._store_contents([event])
         return await super().append(event)
 
     async def append_batch(self, events: Sequence[Event]) -> list[StoredEvent]:
-        """Store the contents the batch's `file.written` events carry, then append it."""
+        """Store the contents the batch's `file.written` events name, then append it."""
         await self._store_contents(events)
         return await super().append_batch(events)
 
     async def _store_contents(self, events: Sequence[Event]) -> None:
-        written = [
-            e
+        named = {
+            e.sha256
             for e in events
-            if isinstance(e, FileWritten) and e.sha256 not in self._contents_stored
-        ]
-        if self.blobs is not None and written:
-            await self.blobs.put_many(e.content for e in written)
-            self._contents_stored.update(e.sha256 for e in written)
+            if isinstance(e, FileWritten)
+            and e.content is None
+            and e.sha256 in self._contents
+            and e.sha256 not in self._contents_stored
+        }
+        if self.blobs is not None and named:
+            await self.blobs.put_many(self._contents[sha256] for sha256 in named)
+            self._contents_stored.update(named)
 
     def appended(self, stored: StoredEvent) -> None:
-        """Apply each event the stream took (alone or in a batch) to `state`."""
-        apply(self.state, stored.event)
+        """Apply each event the stream took (alone or in a batch) to `state`, a file
+        named by content with that content."""
+        event = stored.event
+        if isinstance(event, FileWritten) and event.content is None:
+            content = self._contents.get(event.sha256)
+            if content is not None:
+                event = msgspec.structs.replace(event, content=content)
+        apply(self.state, event)
 
 
 def file_content(state: GenerationState, path: str) -> str | None:
@@ -69,12 +92,16 @@ def file_content(state: GenerationState, path: str) -> str | None:
 def add_file_written(
     batch: EventBatch, path: str, content: str, phase: str, origin: str, progress: int
 ) -> None:
-    """Add a `file.written` of `content` at `path` to `batch`, with its hash and size."""
+    """Add a `file.written` of `content` at `path` to `batch`, with its hash and size: named
+    by content where the batch's writer stores blobs (see `FoldingWriter`), else inline."""
+    sha256 = content_sha256(content)
+    writer = batch.writer
+    named = isinstance(writer, FoldingWriter) and writer.names_content(sha256, content)
     batch.add(
         FileWritten,
         path=path,
-        content=content,
-        sha256=content_sha256(content),
+        content=None if named else content,
+        sha256=sha256,
         size=len(content.encode()),
         phase=phase,
         origin=origin,

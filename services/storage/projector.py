@@ -56,7 +56,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from contracts import subjects
 from contracts.streams import EVENTS_STREAM, STORAGE_CONSUMER
 from services.common import metrics
-from services.common.blobs import BlobStore
+from services.common.blobs import BlobError, BlobStore
 from services.common.consumer import Ack, DeadLetter, Outcome, Retry
 from services.common.eventlog import stream_seq
 from services.common.logs import get_logger
@@ -74,7 +74,7 @@ from services.storage.positions import (
     read_position,
     write_position,
 )
-from services.storage.validation import Decoded, decode_message
+from services.storage.validation import Decoded, decode_message, names_content, with_content
 from services.storage.writer import BatchWriter, LoadedGeneration
 
 log = get_logger(__name__)
@@ -177,7 +177,38 @@ class Projector:
                 decode_message(msg, self._bind_audit) if self._owns(msg.subject) else None
                 for msg in msgs[start : start + PREPARE_CHUNK]
             ]
-        return prepared
+        return await self._read_named_contents(prepared)
+
+    async def _read_named_contents(self, prepared: list[Decoded | None]) -> list[Decoded | None]:
+        """Each `file.written` that names its content by sha256, with that content read
+        from the blob stream (all of the batch's at once); dead-lettered where it cannot be."""
+        named = {sha for d in prepared if (sha := names_content(d)) is not None}
+        if not named:
+            return prepared
+        contents: dict[str, str] = {}
+        missing: dict[str, str] = {}
+        if self.blobs is None:
+            missing = dict.fromkeys(named, "this projector has no blob store")
+        else:
+            ordered = sorted(named)
+            read = await asyncio.gather(
+                *(self.blobs.get(sha) for sha in ordered), return_exceptions=True
+            )
+            for sha, result in zip(ordered, read, strict=True):
+                if isinstance(result, BlobError):
+                    missing[sha] = str(result)
+                elif isinstance(result, BaseException):
+                    raise result
+                else:
+                    contents[sha] = result
+        filled: list[Decoded | None] = []
+        for decoded in prepared:
+            sha = names_content(decoded)
+            if sha is None or decoded is None:
+                filled.append(decoded)
+            else:
+                filled.append(with_content(decoded, contents.get(sha), missing.get(sha, "")))
+        return filled
 
     async def handle(
         self, msgs: list[Msg], prepared: list[Decoded | None] | None = None

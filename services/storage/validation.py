@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from nats.aio.msg import Msg
 
 from contracts import subjects
@@ -70,14 +71,43 @@ def _problem(subject: str, event: AnyEvent) -> str | None:
                 return problem
         if len({f.path for f in event.files}) != len(event.files):
             return "a version.based_on names one path twice"
-    if isinstance(event, FileWritten):
-        data = event.content.encode()
-        if len(data) != event.size:
-            return f"{event.path!r} is {len(data)} bytes, not the {event.size} its event says"
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != event.sha256:
-            return f"the content of {event.path!r} has sha256 {digest}, not {event.sha256}"
+    if isinstance(event, FileWritten) and event.content is not None:
+        return _content_problem(event, event.content)
     return None
+
+
+def _content_problem(event: FileWritten, content: str) -> str | None:
+    """Why `content` is not the file `event` names (size or sha256), or None."""
+    data = content.encode()
+    if len(data) != event.size:
+        return f"{event.path!r} is {len(data)} bytes, not the {event.size} its event says"
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != event.sha256:
+        return f"the content of {event.path!r} has sha256 {digest}, not {event.sha256}"
+    return None
+
+
+def names_content(decoded: Decoded | None) -> str | None:
+    """The sha256 of the blob a valid `file.written` names without inline content, or None."""
+    if decoded is None or decoded.problem is not None:
+        return None
+    event = decoded.event
+    if isinstance(event, FileWritten) and event.content is None:
+        return event.sha256
+    return None
+
+
+def with_content(decoded: Decoded, content: str | None, missing: str = "") -> Decoded:
+    """A `file.written` named by content, with the content read from the blob stream (or,
+    where it is None, dead-lettered for `missing`: why it could not be read)."""
+    event = decoded.event
+    assert isinstance(event, FileWritten)
+    if content is None:
+        return Decoded(event, f"the content of {event.path!r} cannot be read: {missing}")
+    problem = _content_problem(event, content)
+    if problem is not None:
+        return Decoded(event, problem)
+    return Decoded(msgspec.structs.replace(event, content=content), None, decoded.audit)
 
 
 def _path_problem(path: str) -> str | None:
@@ -92,10 +122,11 @@ def _path_problem(path: str) -> str | None:
 
 
 def _audit_row(data: bytes, seq: int, event: AnyEvent) -> dict[str, Any]:
-    """The audit index row of an event: its JSON object with any file content left out."""
+    """The audit index row of an event: its JSON object with any inline file content left
+    out (the blob it is stored as puts it back: `ReadModel.stored_links`)."""
     body, digest = audit_view(data, event)
-    if isinstance(event, FileWritten):
-        body.pop("content", None)
+    if isinstance(event, FileWritten) and body.get("content") is not None:
+        del body["content"]
     return {
         "stream_seq": seq,
         "generation_id": event.generation_id,

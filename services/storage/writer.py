@@ -109,6 +109,9 @@ class BatchWriter:
                 problem = await self._store_inherited_blobs(event)
                 if problem is not None:
                     return DeadLetter(problem)
+            if isinstance(event, FileWritten) and event.content is None:
+                # The projector reads a named content before the batch (`prepare`).
+                return DeadLetter(f"the content of {event.path!r} was not read")
             await self._fold(generation, event, seq)
 
         self.audit.append(decoded.audit)
@@ -233,7 +236,7 @@ class BatchWriter:
         ).scalar()
 
     async def _store_blob(self, event: FileWritten) -> None:
-        if event.sha256 in self.blobs:
+        if event.sha256 in self.blobs or event.content is None:
             return
         self.new_blobs.append(
             {"sha256": event.sha256, "size": event.size, "content": event.content.encode()}

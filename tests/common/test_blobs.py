@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from datetime import UTC, datetime
 
 import pytest
@@ -10,6 +11,7 @@ from nats.aio.client import Client
 from contracts import streams, subjects
 from contracts.codec import content_sha256
 from contracts.events import InheritedFile, VersionBasedOn
+from contracts.limits import MAX_FILE_BYTES
 from contracts.state import FileState, GenerationState, GenerationSummary, apply
 from services.common.blobs import BlobCorrupt, BlobMissing, BlobStore, resolve_contents
 
@@ -53,6 +55,40 @@ async def test_a_stored_content_that_does_not_hash_to_its_name_is_refused(nc: Cl
         await BlobStore(js).get(not_utf8)
 
 
+async def test_a_content_is_stored_deflated_where_that_makes_it_smaller(nc: Client) -> None:
+    js = nc.jetstream()
+    store = BlobStore(js)
+    source = "def handler(request):\n    return {'items': [], 'total': 0}\n\n" * 40
+    tiny = "x = 1\n"
+    await store.put_many([source, tiny])
+
+    stored = await js.get_last_msg(
+        streams.BLOBS_STREAM, subjects.blob_subject(content_sha256(source))
+    )
+    assert stored.headers is not None and stored.headers["Content-Encoding"] == "deflate"
+    assert len(stored.data or b"") < len(source) / 10
+    kept = await js.get_last_msg(streams.BLOBS_STREAM, subjects.blob_subject(content_sha256(tiny)))
+    assert "Content-Encoding" not in (kept.headers or {}), "a small content is stored as it is"
+    assert kept.data == tiny.encode()
+    for content in (source, tiny):
+        assert await store.get(content_sha256(content)) == content
+        assert await store.read(content_sha256(content)) == content.encode()
+
+
+async def test_a_stored_content_that_cannot_be_inflated_is_refused(nc: Client) -> None:
+    js = nc.jetstream()
+    bomb = zlib.compress(b"\0" * (MAX_FILE_BYTES + 1))
+    cases = {
+        "3" * 64: (b"not deflate at all", "deflate", "cannot be inflated"),
+        "4" * 64: (bomb, "deflate", "larger than any file"),
+        "5" * 64: (zlib.compress(b"x = 1\n"), "br", "unknown encoding 'br'"),
+    }
+    for name, (data, encoding, problem) in cases.items():
+        await js.publish(subjects.blob_subject(name), data, headers={"Content-Encoding": encoding})
+        with pytest.raises(BlobCorrupt, match=problem):
+            await BlobStore(js).get(name)
+
+
 def test_a_blob_subject_takes_only_a_lowercase_sha256() -> None:
     assert subjects.blob_subject("ab" * 32) == "kiln.blobs." + "ab" * 32
     for bad in ("AB" * 32, "ab" * 31, "x" * 64, "ab" * 32 + ".>", "*"):
@@ -77,18 +113,21 @@ def _inheriting(files: dict[str, str]) -> GenerationState:
     return apply(state, event)
 
 
-async def test_resolving_fills_every_inherited_file_from_what_is_known_then_the_broker(
+async def test_resolving_fills_every_file_named_by_content_from_what_is_known_then_the_broker(
     nc: Client,
 ) -> None:
     store = BlobStore(nc.jetstream())
     files = {"a.py": "A = 1\n", "b.py": "B = 1\n", "c.py": "A = 1\n"}
     state = _inheriting(files)
-    state.files["new.py"] = FileState(path="new.py", sha256="0" * 64, size=0, phase="api")
-    assert set(state.unresolved()) == {"a.py", "b.py", "c.py"}
-    await store.put("B = 1\n")
+    new = "N = 1\n"
+    state.files["new.py"] = FileState(
+        path="new.py", sha256=content_sha256(new), size=6, phase="api"
+    )
+    assert set(state.unresolved()) == {"a.py", "b.py", "c.py", "new.py"}
+    await store.put_many(["B = 1\n", new])
     read = await resolve_contents(store, state, known={content_sha256("A = 1\n"): "A = 1\n"})
-    assert read == 1, "only what was not known is read from the broker"
-    assert state.file_contents() == files
+    assert read == 2, "only what was not known is read from the broker"
+    assert state.file_contents() == {**files, "new.py": new}
     assert state.unresolved() == {}
     assert state.summary.file_count == 3, "new.py was put in by hand, not by the fold"
 

@@ -9,13 +9,14 @@ import pytest
 
 from contracts.audit import (
     StoredLink,
-    check_inherited,
+    check_contents,
+    content_names,
     describe,
-    inherited_names,
     verify_chain,
 )
 from contracts.codec import content_sha256, encode, event_hash
 from contracts.events import (
+    FileWritten,
     GenerationCompleted,
     GenerationRequested,
     InheritedFile,
@@ -171,13 +172,13 @@ def manifest_chain(*contents: str) -> list[bytes]:
 
 def test_the_inherited_contents_are_checked_against_their_names() -> None:
     stored = links(manifest_chain("a = 1\n", "b = 2\n"))
-    names = inherited_names(stored)
+    names = content_names(stored)
     assert names == {content_sha256("a = 1\n"), content_sha256("b = 2\n")}
     contents = {content_sha256(c): c.encode() for c in ("a = 1\n", "b = 2\n")}
-    assert check_inherited(verify_chain(stored), stored, contents).ok
+    assert check_contents(verify_chain(stored), stored, contents).ok
 
     changed = {**contents, content_sha256("b = 2\n"): b"# a backdoor\n"}
-    report = check_inherited(verify_chain(stored), stored, changed)
+    report = check_contents(verify_chain(stored), stored, changed)
     assert not report.ok and report.broken is not None
     assert (report.broken.seq, report.broken.type, report.broken.check) == (
         2,
@@ -187,8 +188,38 @@ def test_the_inherited_contents_are_checked_against_their_names() -> None:
     assert "hashes otherwise" in describe(report.broken)
 
     missing = {content_sha256("a = 1\n"): b"a = 1\n"}
-    report = check_inherited(verify_chain(stored), stored, missing)
+    report = check_contents(verify_chain(stored), stored, missing)
     assert report.broken is not None and "is not stored" in report.broken.message
+
+
+def test_a_file_written_named_by_content_is_checked_against_its_name() -> None:
+    stored = manifest_chain("a = 1\n")
+    written = [
+        FileWritten(
+            event_id=f"e{seq}", generation_id="g2", project_id="p1", seq=seq, at=utc_now(),
+            prev_hash="", path=f"new{seq}.py", sha256=content_sha256(text), size=len(text),
+            phase="api", content=inline,
+        )
+        for seq, text, inline in ((3, "n = 3\n", None), (4, "n = 4\n", "n = 4\n"))
+    ]  # fmt: skip
+    for event in written:
+        stored.append(encode(msgspec.structs.replace(event, prev_hash=event_hash(stored[-1]))))
+    chained = links(stored)
+    assert verify_chain(chained).ok
+    assert content_names(chained) == {content_sha256("a = 1\n"), content_sha256("n = 3\n")}, (
+        "an inline content is checked by the chain itself, not looked up"
+    )
+
+    only_manifest = {content_sha256("a = 1\n"): b"a = 1\n"}
+    report = check_contents(verify_chain(chained), chained, only_manifest)
+    assert report.broken is not None
+    assert (report.broken.seq, report.broken.type, report.broken.check) == (
+        3,
+        "file.written",
+        "blob",
+    )
+    complete = {**only_manifest, content_sha256("n = 3\n"): b"n = 3\n"}
+    assert check_contents(verify_chain(chained), chained, complete).ok
 
 
 def test_a_broken_chain_is_reported_as_it_breaks_before_any_content_check() -> None:
@@ -201,5 +232,5 @@ def test_a_broken_chain_is_reported_as_it_breaks_before_any_content_check() -> N
             stored_hash=event_hash(stored[1]),
         ),
     ]
-    report = check_inherited(verify_chain(tampered), tampered, {})
+    report = check_contents(verify_chain(tampered), tampered, {})
     assert report.broken is not None and report.broken.check == "hash"

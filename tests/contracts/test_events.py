@@ -192,6 +192,8 @@ def test_the_request_carries_the_schema() -> None:
 
 def test_file_written_keeps_content_exactly() -> None:
     content = 'line\nwith "quotes" and \u00e9 and \x00 nothing else\n'
-    event = FileWritten(**BASE, path="a.txt", content=content, sha256="x", size=1, phase="plan")
+    event = FileWritten(
+        **BASE, path="a.txt", content=content, sha256="0" * 64, size=1, phase="plan"
+    )
     decoded = decode_event(encode(event))
     assert isinstance(decoded, FileWritten) and decoded.content == content

@@ -251,8 +251,7 @@ async def test_an_iteration_names_its_parents_files_and_costs_the_broker_what_ch
         try:
             v1 = await stack.create(schema_with(1))
             await _complete(stack, v1)
-            # The first iteration of a created version puts its parent's contents in
-            # KILN_BLOBS (a created version's log holds them in its file.written events).
+            # Every file.written names its content, stored once in KILN_BLOBS.
             first_before = await _broker_bytes(js)
             v2 = await stack.iterate(v1["generation_id"], "change one thing")
             await _complete(stack, v2)
@@ -283,6 +282,16 @@ async def test_an_iteration_names_its_parents_files_and_costs_the_broker_what_ch
             for sha256, _ in named.values():
                 assert held.get(subjects.blob_subject(sha256)) == 1, sha256
             assert blobs.state.messages == len(held), "one message per content"
+            for generation in (v1, v3):
+                written = [
+                    e.event
+                    for e in await read_generation(js, generation["generation_id"])
+                    if isinstance(e.event, FileWritten)
+                ]
+                assert written, "the version wrote files"
+                assert all(w.content is None for w in written), "no content in the log"
+                for w in written:
+                    assert held.get(subjects.blob_subject(w.sha256)) == 1, w.path
             contents = await BlobStore(js).get_many(sha256 for sha256, _ in named.values())
             assert {sha: len(c.encode()) for sha, c in contents.items()} == dict(named.values())
 

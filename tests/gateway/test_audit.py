@@ -118,7 +118,8 @@ async def test_a_changed_file_content_is_caught_too(
             )
 
         broken = (await verification(stack, gid))["broken"]
-        assert (broken["seq"], broken["check"]) == (written["seq"], "hash")
+        assert (broken["seq"], broken["check"]) == (written["seq"], "blob")
+        assert "hashes otherwise" in broken["message"]
 
         code, out, _ = await audit(stack, capsys, gid)  # without --verify: the chain only
         assert code == 0

@@ -166,7 +166,7 @@ async def files_in_log(nats_url: str, messages: list[StreamMessage]) -> dict[str
     named: dict[str, tuple[str, str | None]] = {}
     for m in messages:
         if m.event["type"] == "file.written":
-            named[m.event["path"]] = (m.event["sha256"], m.event["content"])
+            named[m.event["path"]] = (m.event["sha256"], m.event.get("content"))
         elif m.event["type"] == "file.deleted":
             named.pop(m.event["path"], None)
         elif m.event["type"] == "version.based_on":

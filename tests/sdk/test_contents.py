@@ -1,4 +1,4 @@
-"""A subscriber reads the files an iteration inherits by name, checked against the name."""
+"""A subscriber reads the files a version names by content, checked against the name."""
 
 from __future__ import annotations
 
@@ -8,10 +8,16 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from contracts.codec import content_sha256
-from contracts.events import GenerationRequested, InheritedFile, VersionBasedOn, utc_now
+from contracts.events import (
+    FileWritten,
+    GenerationRequested,
+    InheritedFile,
+    VersionBasedOn,
+    utc_now,
+)
 from services.common.blobs import BlobStore
 from services.common.eventwriter import GenerationWriter
-from services.sdk import BlobError, inherited_contents, subscribe
+from services.sdk import BlobError, inherited_contents, subscribe, written_content
 from tests.sdk.test_subscriptions import nc, take  # noqa: F401  (the fixture)
 
 PARENT = {"app/main.py": "app = 1\n", "README.md": "# Shop ✓\n", "copy.py": "app = 1\n"}
@@ -49,3 +55,23 @@ async def test_a_name_the_broker_cannot_resolve_is_an_error_not_an_empty_file(
     )
     with pytest.raises(BlobError, match="no file content"):
         await inherited_contents(nc, event)
+
+
+async def test_a_file_written_gives_its_content_named_or_inline(nc: NATS) -> None:  # noqa: F811
+    js = nc.jetstream()
+    text = "def main():\n    return '✓'\n"
+    await BlobStore(js).put(text)
+    writer = GenerationWriter(js, str(uuid.uuid4()), str(uuid.uuid4()), source="kiln/test")
+    await writer.emit(GenerationRequested, owner="alice", project_name="shop", version=1)
+    named = {"sha256": content_sha256(text), "size": len(text.encode()), "phase": "api"}
+    await writer.emit(FileWritten, path="main.py", **named)
+    await writer.emit(FileWritten, path="inline.py", content=text, **named)
+    await writer.emit(FileWritten, path="lost.py", sha256="4" * 64, size=1, phase="api")
+
+    _, by_name, inline, lost = await take(subscribe(nc, generation_id=writer.generation_id), 4)
+    assert isinstance(by_name.event, FileWritten) and by_name.event.content is None
+    assert isinstance(inline.event, FileWritten) and isinstance(lost.event, FileWritten)
+    assert await written_content(nc, by_name.event) == text
+    assert await written_content(nc, inline.event) == text
+    with pytest.raises(BlobError, match="no file content"):
+        await written_content(nc, lost.event)

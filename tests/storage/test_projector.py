@@ -320,6 +320,11 @@ def _file_event(path: str, content: str, **overrides: Any) -> dict[str, Any]:
     return {**fields, **overrides}
 
 
+def _named_file_event(path: str, content: str, **overrides: Any) -> dict[str, Any]:
+    """A file.written naming its content by sha256 (the content is not in the event)."""
+    return {**_file_event(path, content, **overrides), "content": None}
+
+
 async def _bad_event(js: JetStreamContext, writer: GenerationWriter, kind: str) -> None:
     """Append one event that storage must refuse, in the middle of `writer`'s generation."""
     if kind == "unsafe path":
@@ -339,6 +344,11 @@ async def _bad_event(js: JetStreamContext, writer: GenerationWriter, kind: str) 
     elif kind == "manifest naming content nowhere stored":
         inherited = InheritedFile(path="x.py", sha256="0" * 64, size=6)
         await writer.emit(VersionBasedOn, parent_generation_id="p0", files=[inherited])
+    elif kind == "file named by content nowhere stored":
+        await writer.emit(FileWritten, **_named_file_event("x.py", "x = 1\n"))
+    elif kind == "file named by content of another size":
+        await BlobStore(js).put("y = 1\n")
+        await writer.emit(FileWritten, **_named_file_event("y.py", "y = 1\n", size=99))
     elif kind == "database refusal":
         await writer.emit(LlmCalled, provider="offline", model="m", phase="models", tokens_in=2**63)
     elif kind == "subject mismatch":
@@ -365,6 +375,8 @@ async def _bad_event(js: JetStreamContext, writer: GenerationWriter, kind: str) 
         ("manifest with an unsafe path", "contains '..'"),
         ("manifest naming one path twice", "names one path twice"),
         ("manifest naming content nowhere stored", "the broker holds no file content 0000"),
+        ("file named by content nowhere stored", "'x.py' cannot be read: the broker holds no"),
+        ("file named by content of another size", "not the 99 its event says"),
     ],
 )
 async def test_an_invalid_event_is_dead_lettered_and_the_rest_applied(
@@ -465,6 +477,41 @@ async def test_inherited_files_the_read_model_lacks_are_read_from_the_broker(
     view = await read_model.generation(writer.generation_id)
     assert view is not None and view.status == "completed"
     assert (view.file_count, view.total_bytes) == (4, sum(len(c) for c in contents.values()))
+
+
+async def test_files_named_by_content_are_stored_with_their_content_from_the_broker(
+    js: JetStreamContext, storage_settings: Settings, read_model: ReadModel, engine: AsyncEngine
+) -> None:
+    # As the orchestrator writes them: each content stored as a blob, then a file.written
+    # naming it; a 0.1.0 log's inline content beside them still projects as it did.
+    named = {"app/models.py": "class Shop:\n    pass\n" * 40, "twin.py": "T = 1\n"}
+    await BlobStore(js).put_many(named.values())
+    writer = await publish_generation(js, {}, complete=False)
+    for path, content in named.items():
+        await writer.emit(FileWritten, **_named_file_event(path, content))
+    await writer.emit(FileWritten, **_named_file_event("copy.py", "T = 1\n"))
+    await write_file(writer, "inline.py", "I = 1\n", "models")
+    await writer.emit(GenerationCompleted, file_count=4, total_bytes=0, duration_ms=1)
+
+    async with running_storage(storage_settings):
+        await wait_applied(read_model, writer.last_stream_seq)
+
+    contents = await read_model.contents(writer.generation_id)
+    assert contents == {
+        **{p: c.encode() for p, c in named.items()},
+        "copy.py": b"T = 1\n",
+        "inline.py": b"I = 1\n",
+    }
+    assert await count(engine, "blobs") == 3, "twin.py and copy.py share one blob"
+    view = await read_model.generation(writer.generation_id)
+    assert view is not None and view.status == "completed"
+    assert (view.file_count, view.total_bytes) == (4, sum(len(c) for c in contents.values()))
+    events = await read_model.events(writer.generation_id)
+    written = [e.body for e in events if e.type == "file.written"]
+    assert [b.get("content") for b in written] == [None] * 4, "no content kept twice"
+    assert [b["path"] for b in written if "content" not in b] == ["inline.py"], (
+        "an inline content is left out of the audit row, a named one says it is named"
+    )
 
 
 async def test_a_database_outage_loses_and_reorders_nothing(
