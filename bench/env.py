@@ -96,6 +96,7 @@ class Stack:
         gateway: bool = False,
         storage: bool = False,
         orchestrator: bool = False,
+        verifier: bool = False,
         profile: bool = False,
         cluster: int = 0,
         settings: dict[str, str] | None = None,
@@ -111,6 +112,7 @@ class Stack:
             for name, on in (
                 ("storage", storage),
                 ("orchestrator", orchestrator),
+                ("verifier", verifier),
                 ("gateway", gateway),
             )
             if on
@@ -195,6 +197,13 @@ class Stack:
         )
         log.close()
         return self.processes[name].pid
+
+    async def restart(self, name: str, **settings: str) -> None:
+        """Stop a service and start it again with these settings added (for all services
+        started from now on)."""
+        await asyncio.to_thread(stop_process, self.processes.pop(name))
+        self.settings.update(settings)
+        self.start_service(name)
 
     def pid(self, name: str) -> int:
         """The PID of a service (under py-spy, of the profiled child)."""
