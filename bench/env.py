@@ -198,12 +198,9 @@ class Stack:
         log.close()
         return self.processes[name].pid
 
-    async def restart(self, name: str, **settings: str) -> None:
-        """Stop a service and start it again with these settings added (for all services
-        started from now on)."""
+    async def stop_service(self, name: str) -> None:
+        """Stop one service (SIGTERM, then SIGKILL if it does not exit in time)."""
         await asyncio.to_thread(stop_process, self.processes.pop(name))
-        self.settings.update(settings)
-        self.start_service(name)
 
     def pid(self, name: str) -> int:
         """The PID of a service (under py-spy, of the profiled child)."""
