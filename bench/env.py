@@ -96,6 +96,7 @@ class Stack:
         gateway: bool = False,
         storage: bool = False,
         orchestrator: bool = False,
+        verifier: bool = False,
         profile: bool = False,
         cluster: int = 0,
         settings: dict[str, str] | None = None,
@@ -111,6 +112,7 @@ class Stack:
             for name, on in (
                 ("storage", storage),
                 ("orchestrator", orchestrator),
+                ("verifier", verifier),
                 ("gateway", gateway),
             )
             if on
@@ -195,6 +197,10 @@ class Stack:
         )
         log.close()
         return self.processes[name].pid
+
+    async def stop_service(self, name: str) -> None:
+        """Stop one service (SIGTERM, then SIGKILL if it does not exit in time)."""
+        await asyncio.to_thread(stop_process, self.processes.pop(name))
 
     def pid(self, name: str) -> int:
         """The PID of a service (under py-spy, of the profiled child)."""

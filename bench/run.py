@@ -29,6 +29,7 @@ SCENARIOS = {
     "B7": "bench.scenarios.b7_verify",
     "B8": "bench.scenarios.b8_cluster",
     "B9": "bench.scenarios.b9_iterations",
+    "B10": "bench.scenarios.b10_repair",
 }
 
 

@@ -34,8 +34,21 @@ ENTITY_NAME = re.compile(r"[A-Z][A-Za-z0-9]*")
 FIELD_NAME = re.compile(r"[a-z][a-z0-9_]*")
 ENUM_VALUE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
-# Names the generated code already uses for itself (SQLAlchemy models, Litestar modules).
-RESERVED_FIELD_NAMES = frozenset({"id", "metadata", "registry", "created_at", "updated_at"})
+# Field and relation names the generated code already uses for itself, and why. Any other
+# snake_case name that is not a Python keyword works, the names of Litestar's handler
+# parameters (`request`, `state`, `data`, `headers`, `query`, `cookies`, `socket`, `scope`,
+# `body`) and `session` included: the offline templates take the database session as
+# `_session`, a name no member can have (a body member named like a handler's dependency
+# answers 500 instead of 400 for an invalid value), and their test suite builds and runs a
+# project with these names (tests/orchestrator/providers/offline/test_project.py).
+RESERVED_FIELDS: dict[str, str] = {
+    "id": "every model's primary key",
+    "metadata": "SQLAlchemy's declarative models define it",
+    "registry": "SQLAlchemy's declarative models define it",
+    "created_at": "kept for the time a row was created",
+    "updated_at": "kept for the time a row last changed",
+}
+RESERVED_FIELD_NAMES = frozenset(RESERVED_FIELDS)
 RESERVED_ENTITY_NAMES = frozenset({"Base", "Model", "Session", "Request", "Response", "App"})
 PYTHON_BUILTIN_TYPES = frozenset({"Decimal", "Enum", "Date", "Datetime", "Uuid", "Any"})
 
@@ -168,10 +181,8 @@ def _check_member_name(name: str, location: str, problem: Report) -> None:
         )
     elif keyword.iskeyword(name) or keyword.issoftkeyword(name):
         problem(location, f"name {name!r} is a Python keyword; choose another")
-    elif name in RESERVED_FIELD_NAMES:
-        problem(
-            location, f"name {name!r} is reserved (the generated code defines it); choose another"
-        )
+    elif name in RESERVED_FIELDS:
+        problem(location, f"name {name!r} is reserved ({RESERVED_FIELDS[name]}); choose another")
 
 
 def _check_enum(field: Field, at: str, problem: Report) -> None:

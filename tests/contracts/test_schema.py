@@ -92,6 +92,39 @@ def test_each_broken_rule_is_named(doc: dict, expected: str) -> None:
     assert any(expected in p for p in found), found
 
 
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("id", "primary key"),
+        ("metadata", "SQLAlchemy"),
+        ("registry", "SQLAlchemy"),
+        ("created_at", "created"),
+    ],
+)
+def test_a_reserved_name_says_why(name: str, why: str) -> None:
+    [found] = problems({"entities": [entity("A", (name, "string"))]})
+    assert found.startswith("entities[0].fields[0].name: ")
+    assert f"name {name!r} is reserved (" in found and why in found and "choose another" in found
+
+
+# Names that Litestar's handlers, SQLAlchemy's models or the offline templates use for
+# something of their own, which fields and relations may nevertheless have (the generated
+# project of such names passes its tests: test_project.HANDLER_NAMES).
+HANDLER_NAMES = (
+    "session", "request", "state", "data", "headers", "query", "cookies", "socket", "scope",
+    "body", "type_annotation_map", "item_id", "limit", "offset", "values", "self", "connection",
+)  # fmt: skip
+
+
+def test_names_the_generated_handlers_use_are_allowed() -> None:
+    fields = [(name, "string") for name in HANDLER_NAMES]
+    relations = [{"name": name, "target": "A"} for name in ("session", "request", "data")]
+    relations.append({"name": "state", "target": "A", "kind": "many_to_many"})
+    doc = {"entities": [entity("A", *fields), entity("B", ("x", "string"), relations=relations)]}
+
+    assert problems(doc) == []
+
+
 def test_the_location_points_into_the_document() -> None:
     found = problems({"entities": [entity("A", ("ok", "string"), ("Bad", "string"))]})
     assert found[0].startswith("entities[0].fields[1].name")

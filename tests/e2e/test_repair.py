@@ -26,23 +26,19 @@ from tests.conftest import make_settings
 from tests.fakes import FakeLLMServer, Reply
 from tests.fakes.gemini_server import FakeGemini
 from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.planted import (
+    BUGGY,
+    FIXED,
+    STILL_BUGGY,
+    STILL_BUGGY_2,
+    TESTS,
+    WORSE,
+    planted,
+)
 from tests.support.stack import SSEEvent, Stack, running_stack, schema_with
 
 # Repair rounds prove the same on either database (storage's suite covers the column).
 pytestmark = [pytest.mark.timeout(300), pytest.mark.one_database]
-
-BUGGY = '"""HTTP statuses."""\n\n\ndef created() -> int:\n    return HTTPStatus.CREATED\n\n\ndef ok() -> int:\n    return 200\n'
-STILL_BUGGY = BUGGY.replace('"""HTTP statuses."""', '"""HTTP statuses (tried)."""')
-STILL_BUGGY_2 = BUGGY.replace('"""HTTP statuses."""', '"""HTTP statuses (tried again)."""')
-FIXED = '"""HTTP statuses."""\n\nfrom http import HTTPStatus\n\n\ndef created() -> int:\n    return HTTPStatus.CREATED\n\n\ndef ok() -> int:\n    return 200\n'
-WORSE = '"""HTTP statuses."""\n\n\ndef created() -> int:\n    return missing()\n\n\ndef ok() -> int:\n    return missing()\n\n\ndef also() -> int:\n    return missing()\n'
-TESTS = (
-    '"""The statuses."""\n\nfrom app.status import created, ok\n\n\n'
-    "def test_created() -> None:\n    assert created() == 201\n\n\n"
-    "def test_ok() -> None:\n    assert ok() == 200\n"
-)
-STATUS = {"path": "app/status.py", "content": BUGGY}
-TEST_FILE = {"path": "tests/test_status.py", "content": TESTS}
 
 
 @pytest.fixture(params=["gemini", "openai"])
@@ -50,14 +46,6 @@ def fake(request: pytest.FixtureRequest) -> Iterator[FakeLLMServer]:
     server = FakeGemini() if request.param == "gemini" else FakeOpenAI()
     with server:
         yield server
-
-
-def planted(fake: FakeLLMServer, *repairs: Reply) -> FakeLLMServer:
-    """The fake writes the buggy module and its tests; each repair answer in turn."""
-    fake.on("api", Reply(extra=[STATUS]))
-    fake.on("tests", Reply(extra=[TEST_FILE]))
-    fake.on("repair", *repairs)
-    return fake
 
 
 @contextlib.asynccontextmanager

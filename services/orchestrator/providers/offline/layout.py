@@ -164,6 +164,21 @@ class ProjectLayout:
         return self.spec.revision >= 2
 
     @property
+    def session(self) -> str:
+        """The name of the database session dependency of the route handlers.
+
+        `_session` from templates revision 3 on: no field or relation can have it (names
+        start with a letter), while Litestar answers 500 instead of 400 for an invalid value
+        of a body member named like a dependency (a field `session` did, before)."""
+        return "_session" if self.spec.revision >= 3 else "session"
+
+    @property
+    def zoned(self) -> bool:
+        """Datetimes keep the UTC offset they were sent with (templates revision 3 on);
+        before, the database gave them back without it."""
+        return self.spec.revision >= 3
+
+    @property
     def edge_cases(self) -> bool:
         """The project has the edge-case tests ("add tests")."""
         return self.spec.has("edge_cases")

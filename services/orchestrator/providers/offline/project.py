@@ -37,7 +37,7 @@ def build_project(spec: ProjectSpec) -> Build:
     for path, content in skeleton_files(project).items():
         files[path] = ("plan", content)
 
-    files["app/db.py"] = ("models", models.db_module())
+    files["app/db.py"] = ("models", models.db_module(project))
     files["app/models/__init__.py"] = ("models", models.models_package(project))
     files["app/schemas/__init__.py"] = ("schemas", schemas.schemas_package(project))
     files["app/routes/__init__.py"] = ("api", api.routes_package(project))

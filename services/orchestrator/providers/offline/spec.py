@@ -20,9 +20,11 @@ from services.orchestrator.providers.offline.text import clean_line, clean_text
 
 SPEC_PATH = "kiln.json"
 SPEC_FORMAT = 1
-TEMPLATES_REVISION = 2
+TEMPLATES_REVISION = 3
 """The revision of the templates a new project is built with. 1: before integers and ids
-were bounded to 64 bits (a larger one answered 500). A project keeps its revision through
+were bounded to 64 bits (a larger one answered 500). 2: before the session dependency was
+named so that no field can clash with it (an invalid value of a field `session` answered
+500), and before datetimes kept their UTC offset (`+02:00` came back without it). A project keeps its revision through
 its iterations, so that the files an iteration does not touch stay consistent with the
 ones it writes (the edge-case tests of a revision-1 project test no such bound)."""
 

@@ -96,6 +96,53 @@ AWKWARD: dict[str, Any] = {
 
 ALL_FEATURES = ["auth", "docker", "edge_cases", "pagination"]
 
+# Names that Litestar's handlers (their parameters, the session dependency), SQLAlchemy's
+# models and the templates' own code use for something of theirs. `session` comes first, so
+# the basic suite's wrong-type test sends it an invalid value (before templates revision 3
+# that answered 500: Litestar took it for the dependency's error).
+OPTIONAL_HANDLER_NAMES = (
+    ("request", "string"), ("state", "integer"), ("data", "text"), ("headers", "string"),
+    ("query", "string"), ("cookies", "boolean"), ("socket", "float"), ("scope", "date"),
+    ("body", "uuid"), ("type_annotation_map", "string"), ("awaitable_attrs", "string"),
+    ("item", "string"), ("item_id", "integer"), ("limit", "integer"), ("offset", "integer"),
+    ("key", "string"), ("value", "string"), ("rows", "string"), ("row", "string"),
+    ("client", "string"), ("payload", "string"), ("response", "string"),
+    ("created", "string"), ("changes", "string"), ("url", "string"), ("wrong", "string"),
+    ("sent", "string"), ("given_back", "string"), ("target", "string"),
+    ("connection", "string"), ("provide_session", "string"), ("schemas", "string"),
+    ("models", "string"),
+)  # fmt: skip
+HANDLER_NAMES: dict[str, Any] = {
+    "entities": [
+        {
+            "name": "Visit",
+            "fields": [
+                {"name": "session", "type": "string"},
+                {"name": "moment", "type": "datetime"},
+                *(
+                    {"name": name, "type": kind, "required": False}
+                    for name, kind in OPTIONAL_HANDLER_NAMES
+                ),
+            ],
+            "relations": [
+                {"name": "path", "target": "Visit", "kind": "many_to_many"},
+                {"name": "parent", "target": "Place"},
+            ],
+        },
+        {
+            "name": "Place",
+            "fields": [
+                {"name": "session", "type": "integer"},
+                {"name": "when", "type": "datetime"},
+            ],
+            "relations": [
+                {"name": "visits", "target": "Visit", "kind": "one_to_many"},
+                {"name": "dependencies", "target": "Visit", "kind": "many_to_many"},
+            ],
+        },
+    ]
+}
+
 
 def make_spec(document: dict[str, Any], features: list[str] | None = None) -> ProjectSpec:
     spec = spec_from_schema("My shop", schema(document), "a small shop")
@@ -228,6 +275,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "readme-shop": json.loads((ROOT / "examples" / "shop.json").read_text()),
     "every-type-20": every_type(20),
     "escaped-names": ESCAPED,
+    "handler-names": HANDLER_NAMES,
 }
 
 
@@ -316,6 +364,8 @@ def test_names_of_the_maximum_length_are_formatted(tmp_path: Path) -> None:
         pytest.param("every-type-20", True, marks=[pytest.mark.slow, pytest.mark.timeout(900)]),
         ("escaped-names", False),
         ("escaped-names", True),
+        ("handler-names", False),
+        ("handler-names", True),
     ],
 )
 def test_the_generated_tests_pass(name: str, iterated: bool, tmp_path: Path) -> None:
@@ -362,3 +412,78 @@ def test_awkward_names_work_at_runtime(tmp_path: Path) -> None:
 
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "smoke ok" in result.stdout
+
+
+PROBE = """
+from litestar.testing import TestClient
+
+from app.main import create_app
+
+with TestClient(create_app("sqlite+aiosqlite:///probe.db")) as client:
+    wrong = client.post("/visits", json={"session": 12345})
+    assert wrong.status_code == 400, wrong.text
+    assert wrong.json()["extra"][0]["key"] == "session", wrong.text
+    for sent, back in [
+        ("2024-01-02T03:04:05+02:00", None),
+        ("2024-01-02T03:04:05.250000-09:30", None),
+        ("2024-01-02T03:04:05+00:00", "2024-01-02T03:04:05Z"),
+        ("2024-01-02T03:04:05", None),
+    ]:
+        row = client.post("/visits", json={"session": "s", "moment": sent}).json()
+        read = client.get(f"/visits/{row['id']}").json()
+        assert read["moment"] == row["moment"] == (back or sent), (sent, read)
+    changed = client.patch(f"/visits/{row['id']}", json={"moment": "2030-05-06T07:08:09+05:45"})
+    assert client.get(f"/visits/{row['id']}").json() == changed.json(), changed.text
+    assert changed.json()["moment"] == "2030-05-06T07:08:09+05:45"
+print("probe ok")
+"""
+VISITS: dict[str, Any] = {
+    "entities": [
+        {
+            "name": "Visit",
+            "fields": [
+                {"name": "session", "type": "string"},
+                {"name": "moment", "type": "datetime", "required": False},
+            ],
+        }
+    ]
+}
+
+
+def test_a_field_named_session_gets_400_and_a_datetime_keeps_its_offset(tmp_path: Path) -> None:
+    """Two bugs of templates revision 2: a wrong value of a field named like the handlers'
+    session dependency answered 500, and a datetime read back from the database had lost
+    the UTC offset it was sent with (`+02:00` came back naive)."""
+    project = write(build_project(make_spec(VISITS)), tmp_path)
+    (project / "probe.py").write_text(PROBE)
+
+    result = subprocess.run(
+        [sys.executable, "probe.py"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PYTHONPATH": str(project), "PATH": "/usr/bin:/bin"},
+    )
+
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "probe ok" in result.stdout
+
+
+def test_a_revision_2_project_keeps_its_session_name_and_datetime_column() -> None:
+    """An iteration of a project built before revision 3 writes what its other files
+    expect: the dependency `session` and naive datetimes (as `bounded` does for revision 1)."""
+    current = build_project(make_spec(VISITS, ["auth"]))
+    older = build_project(msgspec.structs.replace(make_spec(VISITS, ["auth"]), revision=2))
+
+    assert "_session: NamedDependency[AsyncSession]" in current["app/routes/visit.py"][1]
+    assert '{"_session": Provide(provide_session)}' in current["app/main.py"][1]
+    assert "_session: NamedDependency[AsyncSession]" in current["app/auth/routes.py"][1]
+    assert "DateTimeString()" in current["app/models/visit.py"][1]
+    assert "class DateTimeString" in current["app/db.py"][1]
+    for path in ("app/routes/visit.py", "app/auth/routes.py"):
+        assert " session: NamedDependency[AsyncSession]" in older[path][1], path
+        assert "_session: " not in older[path][1], path
+    assert '{"session": Provide(provide_session)}' in older["app/main.py"][1]
+    assert "mapped_column(DateTime())" in older["app/models/visit.py"][1]
+    assert "DateTimeString" not in older["app/db.py"][1]

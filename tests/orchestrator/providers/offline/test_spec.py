@@ -54,7 +54,7 @@ def test_kiln_json_is_canonical() -> None:
         ('{"name": "x", "entities": [], "surprise": 1}', "surprise"),
         ('{"name": "x", "entities": [], "features": ["teleport"]}', "features"),
         ('{"format": 9, "name": "x", "entities": []}', "format 9"),
-        ('{"revision": 3, "name": "x", "entities": []}', "templates revision 3"),
+        ('{"revision": 4, "name": "x", "entities": []}', "templates revision 4"),
     ],
 )
 def test_an_unreadable_kiln_json_says_why(text: str, named: str) -> None:
@@ -64,8 +64,8 @@ def test_an_unreadable_kiln_json_says_why(text: str, named: str) -> None:
 
 def test_a_kiln_json_from_before_the_templates_revision_is_revision_1() -> None:
     assert load_spec('{"format": 1, "name": "x", "entities": []}').revision == 1
-    assert shop_spec().revision == TEMPLATES_REVISION == 2
-    assert json.loads(dump_spec(shop_spec()))["revision"] == 2
+    assert shop_spec().revision == TEMPLATES_REVISION == 3
+    assert json.loads(dump_spec(shop_spec()))["revision"] == 3
 
 
 def test_problems_name_the_entity_not_its_index() -> None:

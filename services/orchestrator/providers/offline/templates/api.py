@@ -156,22 +156,23 @@ def route_module(project: ProjectLayout, entity: EntityLayout) -> str:
         paging_query = ".limit(limit).offset(offset)"
     model = f"models.{entity.name}"
     read = f"schemas.{entity.name}Read"
-    session_arg = f"session: {session_type}"
+    session = project.session
+    session_arg = f"{session}: {session_type}"
     refs = [f"{py(ref.column)}: models.{ref.target}" for ref in entity.refs]
     check: list[str] = []
     if refs:
         check_refs = imports.name("app.crud", "check_refs")
-        check = [f"        await {check_refs}(session, values, REFS)"]
+        check = [f"        await {check_refs}({session}, values, REFS)"]
     load = imports.name("app.crud", "load_targets") if entity.many else ""
 
     load_many: list[str] = []
     for m in entity.many:
-        args = ["session", f"models.{m.target}", f"values[{py(m.name)}]", py(m.name)]
+        args = [session, f"models.{m.target}", f"values[{py(m.name)}]", py(m.name)]
         load_many.extend(bracket("        ", f"values[{py(m.name)}] = await {load}", args))
 
     update_many: list[str] = []
     for m in entity.many:
-        args = ["session", f"models.{m.target}", f"values[{py(m.name)}]", py(m.name)]
+        args = [session, f"models.{m.target}", f"values[{py(m.name)}]", py(m.name)]
         update_many.append(f"        if {py(m.name)} in values:")
         update_many.extend(bracket("            ", f"values[{py(m.name)}] = await {load}", args))
 
@@ -214,7 +215,7 @@ def route_module(project: ProjectLayout, entity: EntityLayout) -> str:
             f'        """Every {entity.name}, in the order they were created."""',
             *_chain(
                 "        ",
-                "rows = await session.scalars",
+                f"rows = await {session}.scalars",
                 f"{select}({model}).order_by({model}.id){paging_query}",
             ),
             "        return [schemas.to_read(row) for row in rows]",
@@ -233,8 +234,8 @@ def route_module(project: ProjectLayout, entity: EntityLayout) -> str:
             f"        item = {model}()",
             "        for key, value in values.items():",
             "            setattr(item, key, value)",
-            "        session.add(item)",
-            "        await session.commit()",
+            f"        {session}.add(item)",
+            f"        await {session}.commit()",
             "        return schemas.to_read(item)",
             "",
             decorator(get, item_id),
@@ -248,7 +249,7 @@ def route_module(project: ProjectLayout, entity: EntityLayout) -> str:
             *bracket(
                 "        ",
                 "return schemas.to_read",
-                [f"await {get_or_404}(session, {model}, item_id)"],
+                [f"await {get_or_404}({session}, {model}, item_id)"],
             ),
             "",
             decorator(patch, item_id),
@@ -264,7 +265,7 @@ def route_module(project: ProjectLayout, entity: EntityLayout) -> str:
                 f" -> {read}:",
             ),
             '        """Change the members the body sends; the others keep their values."""',
-            *bracket("        ", "item = await " + get_or_404, ["session", model, "item_id"]),
+            *bracket("        ", "item = await " + get_or_404, [session, model, "item_id"]),
             "        values = {",
             "            key: value",
             f"            for key, value in {msgspec}.structs.asdict(data).items()",
@@ -274,7 +275,7 @@ def route_module(project: ProjectLayout, entity: EntityLayout) -> str:
             *update_many,
             "        for key, value in values.items():",
             "            setattr(item, key, value)",
-            "        await session.commit()",
+            f"        await {session}.commit()",
             "        return schemas.to_read(item)",
             "",
             decorator(delete, item_id),
@@ -285,9 +286,9 @@ def route_module(project: ProjectLayout, entity: EntityLayout) -> str:
                 " -> None:",
             ),
             f'        """Delete a {entity.name}; 409 while a required reference points at it."""',
-            *bracket("        ", "item = await " + get_or_404, ["session", model, "item_id"]),
-            "        await session.delete(item)",
-            "        await session.commit()",
+            *bracket("        ", "item = await " + get_or_404, [session, model, "item_id"]),
+            f"        await {session}.delete(item)",
+            f"        await {session}.commit()",
         ]
     )
     for child in entity.children:
@@ -310,8 +311,8 @@ def route_module(project: ProjectLayout, entity: EntityLayout) -> str:
                     f" -> list[{child_schemas}.{child.target}Read]:",
                 ),
                 f'        """The {child.target} rows of this {entity.name} ({child.name})."""',
-                f"        await {get_or_404}(session, {model}, item_id)",
-                *_chain("        ", "rows = await session.scalars", query),
+                f"        await {get_or_404}({session}, {model}, item_id)",
+                *_chain("        ", f"rows = await {session}.scalars", query),
                 f"        return [{child_schemas}.to_read(row) for row in rows]",
             ]
         )
@@ -331,8 +332,12 @@ def _chain(indent: str, head: str, query: str) -> list[str]:
 
 
 def main_module(project: ProjectLayout) -> str:
-    """`app/main.py`: the Litestar application."""
-    return MAIN_MODULE
+    """`app/main.py`: the Litestar application (its session dependency named as the route
+    handlers' parameter, `ProjectLayout.session`)."""
+    return MAIN_MODULE.replace(
+        '{"session": Provide(provide_session)}',
+        f"{{{py(project.session)}: Provide(provide_session)}}",
+    )
 
 
 MAIN_MODULE = '''"""The application. Run it with `uvicorn app.main:app`."""

@@ -7,6 +7,8 @@ reserved while the feature is on.
 
 from __future__ import annotations
 
+import re
+
 from services.orchestrator.providers.offline.layout import ProjectLayout
 
 PACKAGE = '"""Authentication: users, password hashes, bearer tokens and the route guard."""\n'
@@ -235,6 +237,11 @@ class AuthController(Controller):
 '''
 
 
+def routes_module(project: ProjectLayout) -> str:
+    """`app/auth/routes.py`, its session parameter named as the app provides it."""
+    return re.sub(r"\bsession\b", project.session, ROUTES)
+
+
 def auth_files(project: ProjectLayout) -> dict[str, tuple[str, str]]:
     """The files of the authentication feature: path → (phase, content)."""
     return {
@@ -242,5 +249,5 @@ def auth_files(project: ProjectLayout) -> dict[str, tuple[str, str]]:
         "app/auth/models.py": ("models", MODELS),
         "app/auth/schemas.py": ("schemas", SCHEMAS),
         "app/auth/security.py": ("api", SECURITY),
-        "app/auth/routes.py": ("api", ROUTES),
+        "app/auth/routes.py": ("api", routes_module(project)),
     }

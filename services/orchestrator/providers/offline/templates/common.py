@@ -154,11 +154,14 @@ def python_type(column: Column, imports: Imports) -> str:
     return f"{imports.module('uuid', '_uuid')}.UUID"
 
 
-def sql_type(column: Column, imports: Imports) -> str:
-    """The SQLAlchemy column type expression of a column."""
+def sql_type(column: Column, imports: Imports, *, zoned: bool = True) -> str:
+    """The SQLAlchemy column type expression of a column. A `zoned` project stores a
+    datetime as ISO 8601 text, with the UTC offset it was sent with (`app.db`)."""
     expression = SQL_TYPES[column.type]
+    if zoned and column.type == "datetime":
+        expression = "DateTimeString()"
     name = expression.split("(")[0]
-    module = "app.db" if name == "DecimalString" else "sqlalchemy"
+    module = "app.db" if name in ("DecimalString", "DateTimeString") else "sqlalchemy"
     return imports.name(module, name) + expression[len(name) :]
 
 

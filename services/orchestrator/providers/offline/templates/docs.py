@@ -161,6 +161,8 @@ def _entity_section(project: ProjectLayout, entity: EntityLayout) -> list[str]:
         kind = TYPE_TITLES[column.type]
         if column.type == "enum":
             kind = f"one of {', '.join(f'`{v}`' for v in column.values)}"
+        elif column.type == "datetime" and project.zoned:
+            kind = "date and time (ISO 8601; a UTC offset such as `+02:00` is kept)"
         required = "yes" if column.required else "no"
         lines.append(f"| `{column.name}` | {kind} | {required} | {markdown(column.description)} |")
     for ref in entity.refs:

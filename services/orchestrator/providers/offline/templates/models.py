@@ -89,9 +89,41 @@ def _enable_foreign_keys(connection: Any, _record: Any) -> None:
 '''
 
 
-def db_module() -> str:
-    """`app/db.py`."""
-    return DB_MODULE
+DATETIME_STRING = '''
+
+class DateTimeString(TypeDecorator[datetime.datetime]):
+    """A date and time stored as ISO 8601 text, so that it comes back with the UTC offset it
+    was sent with (`+02:00` stays `+02:00`; one sent without an offset stays without).
+
+    SQLite has no time zone type, and PostgreSQL's converts every value to UTC.
+    """
+
+    impl = String(64)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        """datetime to text."""
+        return None if value is None else value.isoformat()
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime.datetime | None:
+        """Text to datetime."""
+        return None if value is None else datetime.datetime.fromisoformat(value)
+'''
+
+
+def db_module(project: ProjectLayout) -> str:
+    """`app/db.py` (with `DateTimeString` in a project whose datetimes keep their offset)."""
+    if not project.zoned:
+        return DB_MODULE
+    return (
+        DB_MODULE.replace(
+            '"""The database: engine, sessions, the declarative base and an exact decimal type."""',
+            '"""The database: engine, sessions, the declarative base, an exact decimal type and a\n'
+            'date and time type that keeps its UTC offset."""',
+        )
+        .replace("import decimal\n", "import datetime\nimport decimal\n")
+        .replace("\n\ndef database_url()", DATETIME_STRING + "\n\ndef database_url()")
+    )
 
 
 def models_package(project: ProjectLayout) -> str:
@@ -133,7 +165,7 @@ def model_module(project: ProjectLayout, entity: EntityLayout) -> str:
             bracket(
                 "    ",
                 f"{col.name}: {mapped}[{kind}{optional}] = {column}",
-                [sql_type(col, imports)],
+                [sql_type(col, imports, zoned=project.zoned)],
             )
         )
     for ref in entity.refs:

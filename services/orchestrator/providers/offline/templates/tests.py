@@ -18,10 +18,15 @@ SAMPLES: dict[str, tuple[Any, Any]] = {
     "datetime": ("2024-01-02T03:04:05", "2024-03-04T05:06:07"),
     "uuid": ("12345678-1234-5678-1234-567812345678", "87654321-4321-8765-4321-876543218765"),
 }
+# A project whose datetimes keep their UTC offset (`ProjectLayout.zoned`) is tested with
+# offsets: read back from the database, they must be given back as sent.
+ZONED_DATETIMES = ("2024-01-02T03:04:05+02:00", "2024-03-04T05:06:07-05:30")
 
 
-def sample(column: Column, second: bool = False) -> Any:
+def sample(column: Column, second: bool = False, *, zoned: bool = False) -> Any:
     """A valid value of `column` (a second, different one when `second`)."""
+    if zoned and column.type == "datetime":
+        return ZONED_DATETIMES[1 if second else 0]
     if column.type == "string":
         return f"{column.name} {'two' if second else 'one'}"
     if column.type == "enum":
@@ -140,7 +145,10 @@ def factory_module(project: ProjectLayout, entity: EntityLayout) -> str:
     needed = sorted(
         {project.entity(r.target).module for r in entity.refs if r.required} - {entity.module}
     )
-    body = [f"        {literal(c.name)}: {literal(sample(c))}," for c in entity.columns]
+    body = [
+        f"        {literal(c.name)}: {literal(sample(c, zoned=project.zoned))},"
+        for c in entity.columns
+    ]
     body.extend(
         f'        {literal(r.column)}: make_{project.entity(r.target).module}(client)["id"],'
         for r in entity.refs
@@ -180,7 +188,7 @@ def entity_tests(project: ProjectLayout, entity: EntityLayout) -> str:
     path = entity.path
     module = entity.module
     helpers = {(module, f"make_{module}"), (module, f"{module}_payload")}
-    changes = {c.name: sample(c, second=True) for c in entity.columns}
+    changes = {c.name: sample(c, second=True, zoned=project.zoned) for c in entity.columns}
     tests: list[list[str]] = [
         [
             "def test_create_returns_what_was_sent(client: TestClient[Any]) -> None:",
