@@ -21,11 +21,12 @@ from contracts.events import (
 )
 from contracts.phases import PhaseOutput
 from contracts.state import GenerationState
+from services.common.blobs import resolve_contents
 from services.common.eventlog import read_generation
-from services.common.eventwriter import EventBatch, GenerationWriter
+from services.common.eventwriter import EventBatch
 from services.common.logs import get_logger
 from services.orchestrator.cancels import Cancelled
-from services.orchestrator.folding import add_file_written, file_content
+from services.orchestrator.folding import FoldingWriter, add_file_written, file_content
 from services.orchestrator.producer import PhaseProducer
 from services.orchestrator.providers.base import Provider, RepairBrief
 from services.orchestrator.repairs import (
@@ -58,7 +59,7 @@ class RepairLoop:
         self,
         js: JetStreamContext,
         verifier: VerifierClient,
-        writer: GenerationWriter,
+        writer: FoldingWriter,
         state: GenerationState,
         cancelled: asyncio.Event,
         producer: PhaseProducer,
@@ -189,6 +190,9 @@ class RepairLoop:
         before = before_round(history, round_)
         v = before.summary.verification if before is not None else None
         assert before is not None and v is not None, "a reverted round has a repair.started"
+        if self.writer.blobs is not None:
+            # The log names the files by content: the texts to put back are blobs.
+            await resolve_contents(self.writer.blobs, before)
         changed = (
             next(
                 (

@@ -40,7 +40,6 @@ from services.common.consumer import Ack, DeadLetter, Outcome, Retry
 from services.common.eventlog import read_generation
 from services.common.eventwriter import (
     EventBatch,
-    GenerationWriter,
     LogUnavailable,
     WriterConflict,
     source_uri,
@@ -187,7 +186,7 @@ class _Run:
         self,
         runner: GenerationRunner,
         state: GenerationState,
-        writer: GenerationWriter,
+        writer: FoldingWriter,
         cancelled: asyncio.Event,
         attempt: int,
     ) -> None:
