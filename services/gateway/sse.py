@@ -1,9 +1,9 @@
 """One SSE connection: replay from the shared log, then follow it live.
 
-The response is written straight to the ASGI `send` in batches: each time the watcher
-wakes it sends every block the log gained as one chunk (one write per batch, not per
-event). Disconnects are noticed through `receive`; keepalive comments come from the
-hub's single shared tick, not a timer per connection.
+The response is written in batches, straight to the connection's transport once the
+response has started: each time the watcher wakes it sends every block the log gained as
+one chunk (one write per batch, not per event). The connection tells of a disconnect;
+keepalive comments come from the hub's single shared tick, not a timer per connection.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ from services.gateway.headers import with_security_headers
 from services.gateway.hub import GenerationLog, Hub
 from services.gateway.middleware import measured
 from services.gateway.outflow import OutflowBudget
-from services.gateway.protocol import TRANSPORT
+from services.gateway.protocol import CONNECTION, LimitedHttpProtocol
 
 log = get_logger(__name__)
 
 RETRY_MS = 2000
+KEEPALIVE = b": keepalive\n\n"
 
 
 class StreamStats:
@@ -39,26 +40,54 @@ class StreamStats:
         self.open = 0
         self.opened_total = 0
         self.events_sent = 0
+        self.direct = 0
+        """Streams whose body went straight to the connection (`LimitedHttpProtocol`)."""
 
 
 SERVER_SEND = "kiln.server_send"
 """The scope key under which `GatewayApp` keeps the server's own ASGI `send`."""
 
+DETACHED = "kiln.detached_stream"
+"""The scope key under which an SSE response leaves its stream for `GatewayApp` to run once
+Litestar has returned."""
+
+_KEPT = ("type", "http_version", "method", "path")
+"""What a detached stream's scope keeps: uvicorn reads `method` when the stream ends."""
+
 
 class GatewayApp(Litestar):
-    """Litestar, keeping the server's `send` in the scope so that an SSE stream's body
-    goes straight to the server: every event otherwise passes through each middleware's
-    send wrapper (about a fifth of the gateway's time under heavy fan-out). The response
-    start still goes through them, so status metrics and error handling see it. Every
-    request is counted and timed here, outside the router, so unmatched ones are too, and
-    every response gets its security headers here (services/gateway/headers.py)."""
+    """Litestar, with SSE streams run outside it.
+
+    An SSE response passes Litestar (routing, the key or token, the caps, the response
+    start through every middleware, so status metrics and error handling see it) and then
+    leaves its stream in the scope instead of sending its body. Once Litestar has returned,
+    and with it every frame that held the request, the scope is emptied of all but what
+    uvicorn still reads and the stream runs here, writing its chunks straight to the
+    connection (`LimitedHttpProtocol.take_body`). An open stream then holds its
+    connection, its session and its place in a log, not the request (B3), and a delivery
+    costs one `transport.write` (B2). Every request is counted and timed here, outside the
+    router, so unmatched ones are too, and every response gets its security headers here
+    (services/gateway/headers.py)."""
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
         scope[SERVER_SEND] = send
-        await measured(super().__call__, scope, receive, with_security_headers(send))
+        try:
+            await measured(super().__call__, scope, receive, with_security_headers(send))
+        except BaseException:
+            stream = scope.pop(DETACHED, None)
+            if stream is not None and stream.on_close:
+                stream.on_close()
+            raise
+        stream = scope.pop(DETACHED, None)
+        if stream is not None:
+            connection = scope.get(CONNECTION)
+            kept = {key: scope[key] for key in _KEPT if key in scope}
+            scope.clear()  # frees its table: Litestar's state, the request's caches
+            scope.update(kept)
+            await stream.run(send, receive, connection)
 
 
 class _SSEASGIResponse(ASGIResponse):
@@ -68,20 +97,26 @@ class _SSEASGIResponse(ASGIResponse):
     def __init__(self, session: WatchSession, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.session = session
-        self.server_send: Send | None = None
-
-    async def send_body(self, send: Send, receive: Receive) -> None:
-        await self.session.run(self.server_send or send, receive)
+        self.detached = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.server_send = cast("Send | None", scope.get(SERVER_SEND))
-        self.session.transport = cast("asyncio.WriteTransport | None", scope.get(TRANSPORT))
+        session = self.session
+        connection = cast("LimitedHttpProtocol | None", scope.get(CONNECTION))
+        session.transport = connection.transport if connection is not None else None
         try:
-            await super().__call__(scope, receive, send)
+            await self.start_response(send=send)
+            if self.is_head_response:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            elif SERVER_SEND in scope:
+                scope[DETACHED] = session  # type: ignore[literal-required]
+                self.detached = True  # GatewayApp runs it once Litestar has returned
+            else:
+                await session.run(send, receive, connection)
+            await self.after_response()
         finally:
             # The session's own close already ran unless the response never got to its body.
-            if self.session.on_close:
-                self.session.on_close()
+            if not self.detached and session.on_close:
+                session.on_close()
 
 
 class SSEResponse(Response[bytes]):
@@ -117,8 +152,30 @@ class WatchSession:
     """Sends one generation's events to one client, from `after_seq` on, until the end.
 
     Each write is at most `budget.max_write_bytes` and is watched by the budget: a client
-    that does not take it within the write deadline has its connection cut.
+    that does not take it within the write deadline has its connection cut. On Kiln's own
+    connection (`LimitedHttpProtocol`) the chunks go straight to its transport, framed
+    once; a write waits only while the transport has paused writing (uvicorn's flow
+    control), and only such a wait is watched. Elsewhere (a test client) each write is an
+    ASGI message.
     """
+
+    __slots__ = (
+        "_connection",
+        "_waiter",
+        "after_seq",
+        "budget",
+        "cut_reason",
+        "disconnected",
+        "generation_id",
+        "hub",
+        "on_close",
+        "pending",
+        "sent",
+        "stats",
+        "stopping",
+        "transport",
+        "write_started",
+    )
 
     def __init__(
         self,
@@ -142,6 +199,8 @@ class WatchSession:
         self.write_started = 0.0
         self.pending = 0
         self.cut_reason: str | None = None
+        self.disconnected = False
+        self._connection: LimitedHttpProtocol | None = None
         self._waiter: asyncio.Future[None] | None = None
 
     def buffered(self) -> int:
@@ -163,26 +222,66 @@ class WatchSession:
             self.transport.abort()
         self._wake()
 
-    async def _write(self, send: Send, body: bytes, more_body: bool = True) -> None:
-        budget = self.budget
-        self.pending = len(body)
-        self.write_started = budget.clock()
-        budget.writing[self] = None
-        try:
-            await send({"type": "http.response.body", "body": body, "more_body": more_body})
-        finally:
-            budget.writing.pop(self, None)
+    def _lost(self, _: object = None) -> None:
+        self.disconnected = True
+        self._wake()
 
     def _wake(self, _: object = None) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    async def run(self, send: Send, receive: Receive) -> None:
-        """Write the stream until the terminal event, a disconnect or the gateway stopping."""
+    def _put(self, chunks: list[bytes], start: int, stop: int, size: int) -> bool:
+        """Write `chunks[start:stop]` (`size` bytes) straight to the connection as one HTTP
+        chunk; False, writing nothing, when it has to wait (or the body is not taken)."""
+        connection = self._connection
+        if connection is None or connection.flow.write_paused:
+            return False
+        transport = connection.transport
+        if transport.is_closing():
+            return True  # the client is gone: `_lost` ends the stream
+        if stop - start == 1:
+            transport.write(b"%x\r\n%s\r\n" % (size, chunks[start]))
+        else:
+            # No copy of the blocks: the transport sends them as they are.
+            transport.writelines([b"%x\r\n" % size, *chunks[start:stop], b"\r\n"])
+        return True
+
+    async def _write(self, send: Send, body: bytes, more_body: bool = True) -> None:
+        """One write that may wait, watched by the budget meanwhile."""
+        budget = self.budget
+        self.pending = len(body)
+        self.write_started = budget.clock()
+        budget.writing[self] = None
+        try:
+            connection = self._connection
+            if connection is None or not more_body:
+                # The last message goes through uvicorn, which ends the chunked body and
+                # finishes the request.
+                await send({"type": "http.response.body", "body": body, "more_body": more_body})
+            else:
+                await connection.flow.drain()
+                while not self._put([body], 0, 1, len(body)):
+                    await connection.flow.drain()
+        finally:
+            budget.writing.pop(self, None)
+
+    async def run(
+        self, send: Send, receive: Receive, connection: LimitedHttpProtocol | None = None
+    ) -> None:
+        """Write the stream until the terminal event, a disconnect or the gateway stopping;
+        its response has started. On `connection` (Kiln's protocol), with `send` the
+        server's own, the chunks go straight to the transport and the protocol tells of a
+        disconnect; otherwise each is sent with `send` and a disconnect is heard through
+        `receive`."""
         self._bound_kernel_buffer()
         generation_log = self.hub.attach(self.generation_id)
-        disconnected = asyncio.ensure_future(_wait_for_disconnect(receive))
-        disconnected.add_done_callback(self._wake)
+        listening: asyncio.Future[None] | None = None
+        if connection is not None and connection.take_body(send, self._lost):
+            self._connection = connection
+            self.stats.direct += 1
+        else:
+            listening = asyncio.ensure_future(_wait_for_disconnect(receive))
+            listening.add_done_callback(self._lost)
         self.stats.open += 1
         self.stats.opened_total += 1
         metrics.sse_open.inc()
@@ -193,10 +292,15 @@ class WatchSession:
             after=self.after_seq,
         )
         try:
-            await self._write(send, b"retry: %d\n\n" % RETRY_MS)
-            reason = self.cut_reason or await self._pump(generation_log, send, disconnected)
+            preamble = b"retry: %d\n\n" % RETRY_MS
+            if not self._put([preamble], 0, 1, len(preamble)):
+                await self._write(send, preamble)
+            reason = self.cut_reason or await self._pump(generation_log, send)
         finally:
-            disconnected.cancel()
+            if listening is not None:
+                listening.cancel()
+            if self._connection is not None:
+                self._connection.release_body()
             self.hub.detach(generation_log)
             self.stats.open -= 1
             metrics.sse_open.dec()
@@ -206,6 +310,7 @@ class WatchSession:
                 with contextlib.suppress(Exception):
                     await self._write(send, b"", more_body=False)
             reason = self.cut_reason or reason
+            self._connection = None
             log.info(
                 "SSE stream closed for generation {generation_id}: {reason}",
                 generation_id=self.generation_id,
@@ -213,25 +318,25 @@ class WatchSession:
                 events_sent=self.sent,
             )
 
-    async def _pump(
-        self, generation_log: GenerationLog, send: Send, disconnected: asyncio.Future[None]
-    ) -> str:
+    async def _pump(self, generation_log: GenerationLog, send: Send) -> str:
         last_sent = self.after_seq
         ticks = generation_log.ticks
         max_write = self.budget.max_write_bytes
+        chunks = generation_log.chunks
         while True:
             if generation_log.failed is not None:
                 return "the replay failed; the client will reconnect"
             # Positions are found by stream sequence, never kept as indexes: the log may
             # still be filling in from the replay below what was sent.
             position = generation_log.position_after(last_sent)
-            end = len(generation_log.chunks)
+            end = len(chunks)
             if position < end:
                 while position < end:
-                    chunk, stop = _take(generation_log.chunks, position, end, max_write)
-                    await self._write(send, chunk)
-                    if self.cut_reason is not None:
-                        return self.cut_reason
+                    stop, size = _take(chunks, position, end, max_write)
+                    if not self._put(chunks, position, stop, size):
+                        await self._write(send, b"".join(chunks[position:stop]))
+                        if self.cut_reason is not None:
+                            return self.cut_reason
                     self.sent += stop - position
                     self.stats.events_sent += stop - position
                     metrics.sse_events.inc(stop - position)
@@ -240,7 +345,7 @@ class WatchSession:
                 continue
             if generation_log.replayed and generation_log.complete:
                 return "the generation ended"
-            if disconnected.done() or self.cut_reason is not None:
+            if self.disconnected or self.cut_reason is not None:
                 return self.cut_reason or "client disconnected"
             if self.stopping is not None and self.stopping.done():
                 return "the gateway is stopping"
@@ -248,19 +353,21 @@ class WatchSession:
             # `run`) when the client disconnects: no task or `asyncio.wait` per wake-up.
             self._waiter = generation_log.next_change()
             await self._waiter
-            if generation_log.ticks != ticks and not disconnected.done():
+            self._waiter = None
+            if generation_log.ticks != ticks and not self.disconnected:
                 ticks = generation_log.ticks
-                await self._write(send, b": keepalive\n\n")
+                if not self._put([KEEPALIVE], 0, 1, len(KEEPALIVE)):
+                    await self._write(send, KEEPALIVE)
 
 
-def _take(chunks: list[bytes], start: int, end: int, max_bytes: int) -> tuple[bytes, int]:
-    """Join blocks from `start` into one write of at most `max_bytes` (or one block)."""
+def _take(chunks: list[bytes], start: int, end: int, max_bytes: int) -> tuple[int, int]:
+    """The end and the size of one write from `start`: blocks up to `max_bytes` (or one)."""
     size = 0
     stop = start
     while stop < end and (size == 0 or size + len(chunks[stop]) <= max_bytes):
         size += len(chunks[stop])
         stop += 1
-    return b"".join(chunks[start:stop]), stop
+    return stop, size
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:

@@ -44,6 +44,7 @@ async def test_disconnected_clients_leave_no_watcher_task_or_consumer(
             assert gateway.stats.open == 5
             assert gateway.hub.logs[gid].watchers == 5
             assert gateway.hub.replays_started == 1, "one replay shared by every client"
+            assert gateway.stats.direct == 5, "each body straight to its connection"
             for response in responses:
                 await response.aclose()
 
@@ -55,3 +56,59 @@ async def test_disconnected_clients_leave_no_watcher_task_or_consumer(
 
         await eventually(replay_consumer_gone, 20, 0.1, what="the replay consumer to go")
         assert not [t for t in asyncio.all_tasks() if "WatchSession" in repr(t.get_coro())]
+
+
+async def _read_until(reader: asyncio.StreamReader, marker: bytes, received: bytes) -> bytes:
+    while marker not in received:
+        chunk = await asyncio.wait_for(reader.read(65536), 10)
+        assert chunk, f"the connection closed before {marker!r}"
+        received += chunk
+    return received
+
+
+async def test_a_request_pipelined_behind_a_stream_is_served_once_the_stream_ends(
+    settings: Settings, nats_server: EmbeddedNats
+) -> None:
+    # The stream's body goes straight to the connection; its end still goes through
+    # uvicorn, which then serves the next request on the same connection.
+    async with running_stack(settings, orchestrator=False) as stack:
+        accepted = await stack.create(schema_with(1))
+        gateway = stack.server.config.app.state["gateway"]  # type: ignore[union-attr]
+        host, port = stack.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(
+                f"GET {accepted['stream_url']} HTTP/1.1\r\nHost: kiln\r\n\r\n"
+                "GET /healthz HTTP/1.1\r\nHost: kiln\r\n\r\n".encode()
+            )
+            received = await _read_until(reader, b"event: generation.requested", b"")
+            assert gateway.stats.direct == 1
+            cancelled = await stack.alice.post(f"/generations/{accepted['generation_id']}/cancel")
+            assert cancelled.status_code == 202
+            received = await _read_until(reader, b'"status":"ok"', received)
+            head, _, rest = received.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in head
+            body, _, after = rest.partition(b"\r\n0\r\n\r\n")
+            assert b"event: generation.cancelled" in body
+            assert after.startswith(b"HTTP/1.1 200")
+        finally:
+            writer.close()
+        await eventually(lambda: gateway.stats.open == 0, 10)
+
+
+async def test_a_client_gone_with_a_request_pipelined_behind_its_stream_ends_the_stream(
+    settings: Settings, nats_server: EmbeddedNats
+) -> None:
+    async with running_stack(settings, orchestrator=False) as stack:
+        accepted = await stack.create(schema_with(1))  # pending: its stream never ends
+        gateway = stack.server.config.app.state["gateway"]  # type: ignore[union-attr]
+        host, port = stack.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            f"GET {accepted['stream_url']} HTTP/1.1\r\nHost: kiln\r\n\r\n"
+            "GET /healthz HTTP/1.1\r\nHost: kiln\r\n\r\n".encode()
+        )
+        await _read_until(reader, b"event: generation.requested", b"")
+        assert gateway.stats.open == 1
+        writer.close()
+        await eventually(lambda: gateway.stats.open == 0, 10)
