@@ -330,6 +330,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "Unset: `.venv-verify` beside Kiln's code, as `./kiln` makes it.",
         ),
     ] = None
+    verify_bwrap: Annotated[
+        str | None,
+        _setting(
+            "KILN_VERIFY_BWRAP",
+            "Path of bubblewrap, the verifier's sandbox. Unset: `bwrap` on PATH, else "
+            "/usr/bin/bwrap. Where it cannot run, every version is unverified, saying why.",
+        ),
+    ] = None
     verify_concurrency: Annotated[
         int, _setting("KILN_VERIFY_CONCURRENCY", "Versions one verifier verifies at once.")
     ] = 2

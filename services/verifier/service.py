@@ -90,6 +90,7 @@ class VerifierService:
             slots=self.settings.verify_concurrency,
             uid_base=self.settings.verify_uid_base,
             unsandboxed=unsandboxed,
+            bwrap=self.settings.verify_bwrap,
         )
         if unsandboxed:
             log.warning(
