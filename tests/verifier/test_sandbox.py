@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -256,3 +258,94 @@ async def test_a_runtime_kept_under_tmp_is_still_seen_inside(tmp_path: Path) -> 
     sandbox = Sandbox(kept, LIMITS, slots=1)
     ran = await sandbox.run([str(sandbox.runtime.python), "-c", "print('here')"], Path("/"))
     assert (ran.exit_code, ran.stdout) == (0, "here\n"), ran.stderr
+
+
+async def test_a_process_over_its_cpu_seconds_gets_sigxcpu() -> None:
+    # Each process of the run has the limit of its own; pytest stays well below 3 s.
+    result = await run(
+        make_sandbox(dataclasses.replace(LIMITS, cpu_s=3)),
+        project("""
+            import signal, subprocess, sys
+
+            def test_spin():
+                spin = subprocess.run([sys.executable, "-c", "while True: pass"])
+                assert spin.returncode != -signal.SIGXCPU, "killed by SIGXCPU"
+        """),
+    )
+
+    assert result.failed == 1 and not result.timed_out
+    assert "killed by SIGXCPU" in only_failure(result)
+
+
+async def test_writing_past_the_file_size_limit_is_too_large(sandbox: Sandbox) -> None:
+    limit = LIMITS.disk_bytes
+    result = await run(
+        sandbox,
+        project(f"""
+            def test_grow():
+                for path in ("/tmp/big", "big"):
+                    with open(path, "wb") as fh:
+                        fh.seek({limit} - 1)
+                        fh.write(b"x")  # the last byte allowed
+                        fh.flush()
+                        fh.write(b"x")
+                        fh.flush()
+        """),
+    )
+
+    assert "File too large" in only_failure(result)
+
+
+async def test_opening_more_files_than_allowed_is_refused(sandbox: Sandbox) -> None:
+    result = await run(
+        sandbox,
+        project("""
+            def test_open():
+                files = []
+                try:
+                    while True:
+                        files.append(open("/dev/null"))
+                except OSError as exc:
+                    for fh in files:  # pytest itself needs some to write its report
+                        fh.close()
+                    raise AssertionError(f"refused after {len(files)}: {exc}")
+        """),
+    )
+
+    message = only_failure(result)
+    assert "Too many open files" in message
+    counted = re.search(r"refused after (\d+): \[Errno 24\]", message)
+    assert counted and 400 < int(counted[1]) < LIMITS.open_files, message
+
+
+async def test_the_verify_runtime_is_read_only_inside(sandbox: Sandbox) -> None:
+    runtime = sandbox.runtime.path
+    [pytest_init] = runtime.glob("lib/python3*/site-packages/pytest/__init__.py")
+    watched = [pytest_init, runtime / "planted"]
+    before = host_snapshot(watched)
+    result = await run(
+        sandbox,
+        project(f"""
+            import os, sys, pytest
+
+            RUNTIME = {str(runtime)!r}
+
+            def test_tamper():
+                assert sys.prefix == RUNTIME
+                # Its own read-only mount, not only files the run's uid may not write.
+                mounts = [line.split() for line in open("/proc/self/mountinfo")]
+                [options] = [m[5] for m in mounts if m[4] == RUNTIME]
+                assert "ro" in options.split(","), options
+                with pytest.raises(OSError, match="Read-only file system"):
+                    open(os.path.join(RUNTIME, "planted"), "w")
+                for write in (
+                    lambda: open({str(pytest_init)!r}, "a"),
+                    lambda: os.remove({str(pytest_init)!r}),
+                ):
+                    with pytest.raises(OSError):
+                        write()
+        """),
+    )
+
+    assert (result.passed, result.failed, result.errors) == (1, 0, 0), result.failures
+    assert host_snapshot(watched) == before
