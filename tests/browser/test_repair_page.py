@@ -19,7 +19,9 @@ from tests.browser.test_page import create_from_form, open_page, wait_finished
 from tests.conftest import make_settings
 from tests.support.stack import running_stack
 
-# Repair rounds prove the same on either database (storage's suite covers the column).
+# Repair rounds prove the same on either database: the `verification` column, its repair
+# rounds included, is stored and read back on SQLite and PostgreSQL by
+# tests/storage/test_verification.py and by test_rows.py's fold table (its repair cases).
 pytestmark = [pytest.mark.timeout(240), pytest.mark.one_database]
 
 BUGGY_API = FILES_BY_PHASE["api"]["app/api.py"].replace("return []", "return [1]")

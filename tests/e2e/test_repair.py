@@ -37,7 +37,9 @@ from tests.fakes.planted import (
 )
 from tests.support.stack import SSEEvent, Stack, running_stack, schema_with
 
-# Repair rounds prove the same on either database (storage's suite covers the column).
+# Repair rounds prove the same on either database: the `verification` column, its repair
+# rounds included, is stored and read back on SQLite and PostgreSQL by
+# tests/storage/test_verification.py and by test_rows.py's fold table (its repair cases).
 pytestmark = [pytest.mark.timeout(300), pytest.mark.one_database]
 
 

@@ -27,7 +27,9 @@ from tests.fakes import Reply
 from tests.fakes.gemini_server import FakeGemini
 from tests.support.stack import SSEEvent, Stack, schema_with
 
-# Repair rounds prove the same on either database (storage's suite covers the column).
+# Repair rounds prove the same on either database: the `verification` column, its repair
+# rounds included, is stored and read back on SQLite and PostgreSQL by
+# tests/storage/test_verification.py and by test_rows.py's fold table (its repair cases).
 pytestmark = [pytest.mark.timeout(300), pytest.mark.one_database]
 
 V1_STATUS = (

@@ -19,8 +19,9 @@ from services.verifier.runtime import load_runtime
 from tests.orchestrator.providers.offline.helpers import SHOP, every_type
 from tests.support.stack import running_stack, schema_with
 
-# A sandboxed run of a project's tests proves the same on either database (storage's own
-# suite covers the verification column on both).
+# A sandboxed run of a project's tests proves the same on either database: the
+# `verification` column is stored and read back on SQLite and PostgreSQL by
+# tests/storage/test_verification.py (and by test_rows.py's fold table).
 pytestmark = [pytest.mark.timeout(600), pytest.mark.one_database]
 
 

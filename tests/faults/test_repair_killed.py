@@ -20,7 +20,9 @@ from tests.fakes.gemini_server import FakeGemini
 from tests.faults.conftest import assert_a_whole_log, follow, history, wait_status
 from tests.support import client as kiln
 
-# Repair rounds prove the same on either database (storage's suite covers the column).
+# Repair rounds prove the same on either database: the `verification` column, its repair
+# rounds included, is stored and read back on SQLite and PostgreSQL by
+# tests/storage/test_verification.py and by test_rows.py's fold table (its repair cases).
 pytestmark = [pytest.mark.timeout(300), pytest.mark.one_database]
 
 FIXED = {
