@@ -15,6 +15,7 @@ nats-py's for every input (tests/common/test_natsclient.py compares the two).
 from __future__ import annotations
 
 import re
+from itertools import repeat
 
 from nats.aio.client import Client
 
@@ -29,7 +30,10 @@ def parse_header_lines(raw: bytes) -> dict[str, str]:
     """A NATS header block (`Name: Value\\r\\n` lines) as nats-py's
     `Client._parse_header_lines` returns it."""
     if _PLAIN.fullmatch(raw):
-        return dict(line.split(": ", 1) for line in raw.decode("ascii").split("\r\n") if line)
+        text = raw.decode("ascii").rstrip("\r\n")  # a value never ends with either
+        if not text:
+            return {}
+        return dict(map(str.split, text.split("\r\n"), repeat(": "), repeat(1)))
     out: dict[str, str] = {}
     token = _TOKEN.fullmatch
     for line in raw.split(b"\r\n"):
