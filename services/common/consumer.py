@@ -105,12 +105,22 @@ class PullWorker:
         return self._sub
 
     async def fetch(self, batch: int, timeout_s: float) -> list[Msg]:
-        """Up to `batch` messages, waiting at most about `timeout_s` (one pull request,
-        `pull.pull_batch`); [] when none or when offline."""
+        """Up to `batch` messages, waiting at most about `timeout_s`; [] when none or when
+        offline.
+
+        A batch is one pull request (`pull.pull_batch`: one wait per burst of messages, not
+        one per message); a single message (`run_each`'s commands, where nothing per
+        message is worth saving) is nats-py's own `fetch`, as before.
+        """
         try:
             sub = await self._subscription()
-            msgs = await pull_batch(sub, batch, timeout_s)
+            if batch > 1:
+                msgs = await pull_batch(sub, batch, timeout_s)
+            else:
+                msgs = await sub.fetch(1, timeout=timeout_s)
         except (TimeoutError, nats.errors.TimeoutError):
+            # nats-py raises the plain asyncio one when the deadline passes between its
+            # two requests of a batch fetch.
             return []
         except NotFoundError:
             log.warning(
