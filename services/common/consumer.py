@@ -29,6 +29,7 @@ from nats.js.errors import NotFoundError
 from contracts import subjects
 from services.common.broker import NOT_NOW
 from services.common.logs import get_logger
+from services.common.pull import pull_batch
 
 log = get_logger(__name__)
 
@@ -104,10 +105,19 @@ class PullWorker:
         return self._sub
 
     async def fetch(self, batch: int, timeout_s: float) -> list[Msg]:
-        """Up to `batch` messages, waiting at most `timeout_s`; [] when none or when offline."""
+        """Up to `batch` messages, waiting at most about `timeout_s`; [] when none or when
+        offline.
+
+        A batch is one pull request (`pull.pull_batch`: one wait per burst of messages, not
+        one per message); a single message (`run_each`'s commands, where nothing per
+        message is worth saving) is nats-py's own `fetch`, as before.
+        """
         try:
             sub = await self._subscription()
-            msgs = await sub.fetch(batch, timeout=timeout_s)
+            if batch > 1:
+                msgs = await pull_batch(sub, batch, timeout_s)
+            else:
+                msgs = await sub.fetch(1, timeout=timeout_s)
         except (TimeoutError, nats.errors.TimeoutError):
             # nats-py raises the plain asyncio one when the deadline passes between its
             # two requests of a batch fetch.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -11,6 +12,8 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.storage.models import UtcDateTime
 
 BoundRow = tuple[Any, ...] | dict[str, Any]
 """A row ready for `insert_bound`: on SQLite its values in column order, each already through
@@ -90,9 +93,37 @@ def _sqlite_columns(dialect: Dialect, table: Table) -> tuple[tuple[str, ...], li
     if key not in _sqlite_column_cache:
         _sqlite_column_cache[key] = (
             tuple(column.name for column in table.columns),
-            [column.type.dialect_impl(dialect).bind_processor(dialect) for column in table.columns],
+            [
+                sqlite_utc_text
+                if isinstance(column.type, UtcDateTime)
+                else column.type.dialect_impl(dialect).bind_processor(dialect)
+                for column in table.columns
+            ],
         )
     return _sqlite_column_cache[key]
+
+
+def sqlite_utc_text(value: datetime | None) -> str | None:
+    """A `UtcDateTime` as SQLAlchemy binds it for SQLite (UTC, naive, `YYYY-MM-DD
+    HH:MM:SS.ffffff`), in one step instead of its two processors and a format dict (a
+    fifth of binding an audit row)."""
+    if value is None:
+        return None
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return _SQLITE_DATETIME % (
+        value.year,
+        value.month,
+        value.day,
+        value.hour,
+        value.minute,
+        value.second,
+        value.microsecond,
+    )
+
+
+_SQLITE_DATETIME = "%04d-%02d-%02d %02d:%02d:%02d.%06d"
+"""SQLAlchemy's default storage format of a SQLite DATETIME."""
 
 
 @lru_cache(maxsize=64)

@@ -1,0 +1,94 @@
+"""`parse_header_lines` returns what nats-py's own parser returns, for every header block:
+events' headers, odd names and values, and random bytes; and services connect with it."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from services.common.broker import connect
+from services.common.embedded_nats import EmbeddedNats
+from services.common.natsclient import KilnClient, parse_header_lines
+from services.common.settings import load_settings
+
+EVENT_HEADERS = (
+    b"ce-specversion: 1.0\r\nce-id: 0b9f6a1e-4b8e-4d7b-9a41-6a3c2d1e0f11\r\n"
+    b"ce-source: /kiln/orchestrator\r\nce-type: kiln.file.written\r\n"
+    b"ce-time: 2026-12-02T11:23:45.123456Z\r\nce-subject: 7c9e6679-7425-40de-944b\r\n"
+    b"ce-datacontenttype: application/json\r\nNats-Msg-Id: 7c9e6679:123\r\n\r\n"
+)
+
+ODD = [
+    b"",
+    b"\r\n",
+    b"\r\n\r\n",
+    EVENT_HEADERS,
+    b"a:b",
+    b"a:b\r\n",
+    b"Name:Value\r\nName:\tTabbed\r\n",
+    b"Key: first\r\nKey: second\r\n\r\n",
+    b" Leading: space\r\nTrailing : space\r\n",
+    b"In side: x\r\nTab\there: y\r\n\x1cSep: z\r\nOk\x1f: w\r\n",
+    b": no name\r\n::\r\n:\r\n",
+    b"no colon at all\r\nthen: one\r\n",
+    b"Value: with: colons: inside\r\n",
+    b"Lone: line\nfeed\r\nLone2: carriage\rreturn\r\n",
+    b"Utf8: caf\xc3\xa9\r\nBad-Utf8: \xff\xfe\r\nN\xc3\xa9: name\r\n",
+    b"Spaces:    padded value   \r\nEmpty:\r\nOnly-Spaces:    \r\n",
+    b"Vt\x0bKey: v\r\nFf\x0cKey: v\r\nDel\x7f: v\r\nNul\x00: v\r\n",
+    b"Nats-Expected-Last-Subject-Sequence: 42\r\nNats-Batch-Commit: 1\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("raw", ODD)
+def test_odd_header_blocks_parse_as_nats_py_parses_them(raw: bytes) -> None:
+    assert parse_header_lines(raw) == Client._parse_header_lines(raw)
+
+
+def test_random_header_blocks_parse_as_nats_py_parses_them() -> None:
+    rng = random.Random(18)
+    alphabet = b"ab-: \t\r\n\x0b\x0c\x1c\x7f\x00\xc3\xa9\xffZ9"
+    for _ in range(5000):
+        lines = [
+            bytes(rng.choice(alphabet) for _ in range(rng.randrange(0, 12)))
+            for _ in range(rng.randrange(0, 5))
+        ]
+        raw = b"\r\n".join(lines) + rng.choice([b"", b"\r\n", b"\r\n\r\n"])
+        assert parse_header_lines(raw) == Client._parse_header_lines(raw), raw
+
+
+def test_random_well_formed_blocks_parse_as_nats_py_parses_them() -> None:
+    # Mostly `Token: Value` lines (the fast path), now and then with what takes it off:
+    # spaces around a value, an empty one, a tab, a byte outside printable ASCII.
+    rng = random.Random(20)
+    name_chars = b"abcXYZ-_.09!~;"
+    value_chars = b'abc 09:-/.{}~"\\'
+    odd = [b" ", b"", b"\t", b"\x7f", b"\xc3\xa9", b":", b" x "]
+    for _ in range(5000):
+        lines = []
+        for _ in range(rng.randrange(0, 6)):
+            name = bytes(rng.choice(name_chars) for _ in range(rng.randrange(1, 8)))
+            value = bytes(rng.choice(value_chars) for _ in range(rng.randrange(1, 12)))
+            if rng.random() < 0.1:
+                value = rng.choice(odd) + value if rng.random() < 0.5 else value + rng.choice(odd)
+            lines.append(name + b": " + value + b"\r\n")
+        raw = b"".join(lines) + rng.choice([b"", b"\r\n"])
+        assert parse_header_lines(raw) == Client._parse_header_lines(raw), raw
+
+
+async def test_services_connect_with_the_faster_parser_and_read_headers(
+    nats_server: EmbeddedNats, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NATS_URL", nats_server.url)
+    nc = await connect(load_settings(), "test")
+    try:
+        assert isinstance(nc, KilnClient)
+        sub = await nc.subscribe("test.headers")
+        await nc.publish("test.headers", b"x", headers={"ce-id": "1", "Nats-Msg-Id": "g:1"})
+        msg: Msg = await sub.next_msg(timeout=5)
+        assert msg.headers == {"ce-id": "1", "Nats-Msg-Id": "g:1"}
+    finally:
+        await nc.close()
