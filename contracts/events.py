@@ -25,6 +25,9 @@ Id = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$(?!\n)")]
 Seq = Annotated[int, msgspec.Meta(ge=1)]
 Percent = Annotated[int, msgspec.Meta(ge=0, le=100)]
 
+# The end of a test run's captured output a verification keeps (verify result and event).
+MAX_OUTPUT_TAIL_CHARS = 4000
+
 
 def new_event_id() -> str:
     """A fresh event id."""
@@ -215,6 +218,9 @@ class VerifyCompleted(Event, frozen=True, kw_only=True, tag="verify.completed"):
     compile_errors: list[str] = []
     failures: list[FailedTest] = []
     verifier: str = ""
+    output_tail: str = ""
+    """The end of the test run's captured stdout and stderr (at most MAX_OUTPUT_TAIL_CHARS
+    characters): what a repair round shows the model besides the failures."""
 
 
 class VerifyUnavailable(Event, frozen=True, kw_only=True, tag="verify.unavailable"):

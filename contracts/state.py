@@ -202,6 +202,9 @@ class GenerationState(msgspec.Struct, kw_only=True):
     """The retry announced in the current phase, until the phase moves on."""
     based_on: str | None = None
     """The parent generation whose files the version inherited by manifest (`version.based_on`)."""
+    verify_output: str = ""
+    """The end of the captured output of the latest verification's test run, when it failed
+    (kept here, not in the summary every reader gets: only a repair round reads it)."""
 
     @property
     def generation_id(self) -> str:
@@ -317,8 +320,10 @@ def apply(state: GenerationState, event: Event, *, keep_content: bool = True) ->
         case LlmRetrying():
             state.retrying = event
         case VerifyStarted():
+            state.verify_output = ""
             _verified(s, Verification(status="running", round=event.round))
         case VerifyCompleted():
+            state.verify_output = event.output_tail
             _verified(
                 s,
                 Verification(
@@ -336,6 +341,7 @@ def apply(state: GenerationState, event: Event, *, keep_content: bool = True) ->
                 ),
             )
         case VerifyUnavailable():
+            state.verify_output = ""
             _verified(s, Verification(status="unverified", round=event.round, reason=event.reason))
         case RepairStarted():
             v = s.verification or Verification(status="failed")
@@ -362,6 +368,7 @@ def apply(state: GenerationState, event: Event, *, keep_content: bool = True) ->
                 if r.round == event.round:
                     r.status = "reverted"
                     r.reason = event.reason or None
+            state.verify_output = ""  # the restored verification's output is not kept
             _verified(s, _restored(event.restored))
         case GenerationCompleted():
             s.status = "completed"

@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from contracts.codec import decode_as
+from contracts.events import MAX_OUTPUT_TAIL_CHARS as MAX_OUTPUT_TAIL_CHARS  # the result's cap too
 from contracts.events import FailedTest, Id
 
 VerifyOutcome = Literal["completed", "unavailable"]
@@ -25,7 +26,6 @@ Count = Annotated[int, msgspec.Meta(ge=0)]
 
 MAX_FAILURE_MESSAGE_CHARS = 2000
 MAX_FAILURES = 20
-MAX_OUTPUT_TAIL_CHARS = 4000
 MAX_LINT_DETAILS = 20
 
 

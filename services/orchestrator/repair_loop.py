@@ -28,7 +28,7 @@ from services.common.logs import get_logger
 from services.orchestrator.cancels import Cancelled
 from services.orchestrator.folding import FoldingWriter, add_file_written, file_content
 from services.orchestrator.producer import PhaseProducer
-from services.orchestrator.providers.base import Provider, RepairBrief
+from services.orchestrator.providers.base import REPAIR_OUTPUT_CHARS, Provider, RepairBrief
 from services.orchestrator.repairs import (
     REPAIR_PROGRESS,
     Done,
@@ -143,6 +143,7 @@ class RepairLoop:
             errors=v.errors,
             failures=list(v.failures),
             compile_errors=list(v.compile_errors),
+            output=self.state.verify_output[-REPAIR_OUTPUT_CHARS:],
             files=files_named(v, self.state.file_contents()),
             parent_passed=self.parent_passed,
         )

@@ -22,7 +22,13 @@ from nats.js.errors import NotFoundError
 
 from contracts import streams, subjects
 from contracts.codec import encode
-from contracts.events import VerifyCompleted, VerifyStarted, VerifyUnavailable, utc_now
+from contracts.events import (
+    MAX_OUTPUT_TAIL_CHARS,
+    VerifyCompleted,
+    VerifyStarted,
+    VerifyUnavailable,
+    utc_now,
+)
 from contracts.verification import (
     VerifyDecodeError,
     VerifyRequested,
@@ -249,5 +255,7 @@ async def verify_step(
         compile_errors=list(answer.compile_errors),
         failures=list(answer.failures),
         verifier=answer.verifier,
+        # Only a failed run's output is worth its room in the log: a repair round reads it.
+        output_tail=answer.output_tail[-MAX_OUTPUT_TAIL_CHARS:] if verdict == "failed" else "",
         progress=VERIFY_ANSWERED_PROGRESS,
     )

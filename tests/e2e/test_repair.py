@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from contracts.events import MAX_OUTPUT_TAIL_CHARS
 from services.common.embedded_nats import EmbeddedNats
 from services.verifier.runtime import load_runtime
 from tests.conftest import make_settings
@@ -118,6 +119,14 @@ async def test_a_planted_bug_is_repaired_in_one_round_and_the_zip_passes_outside
     [call] = fake.calls_for("repair")
     assert "## Phase: repair" in call.prompt and "HTTPStatus" in call.prompt
     assert "test_created" in call.prompt
+    # … and the end of the sandboxed run's captured output, which the failed verification
+    # carries (capped) and the passing one does not.
+    failed, passed = of(events, "verify.completed")
+    tail = failed["output_tail"]
+    assert "NameError: name 'HTTPStatus' is not defined" in tail and "1 failed, " in tail, tail
+    assert len(tail) <= MAX_OUTPUT_TAIL_CHARS and not passed["output_tail"]
+    output = call.prompt.split("## The end of the test run's output\n", 1)[1].split("\n## ", 1)[0]
+    assert "FAILED tests/test_status.py::test_created - NameError" in output, output
     # llm.called counts the repair call; progress never goes back and stays below 100.
     assert [c["phase"] for c in of(events, "llm.called")][-1] == "repair"
     assert status["llm_calls"] == 8

@@ -6,11 +6,18 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import msgspec
 from nats.aio.client import Client
 
 from contracts import streams, subjects
 from contracts.codec import encode
-from contracts.events import GenerationRequested, VerifyCompleted, VerifyUnavailable, utc_now
+from contracts.events import (
+    MAX_OUTPUT_TAIL_CHARS,
+    GenerationRequested,
+    VerifyCompleted,
+    VerifyUnavailable,
+    utc_now,
+)
 from contracts.state import fold
 from contracts.verification import (
     VerifyResult,
@@ -27,12 +34,13 @@ from services.orchestrator.verification import (
 )
 
 
-def _result(generation_id: str, round_: int, **counts: int) -> VerifyResult:
+def _result(generation_id: str, round_: int, output_tail: str = "", **counts: int) -> VerifyResult:
     return VerifyResult(
         generation_id=generation_id,
         project_id="p",
         round=round_,
         outcome="completed",
+        output_tail=output_tail,
         verifier="test-verifier",
         at=utc_now(),
         **counts,
@@ -115,3 +123,30 @@ async def test_the_step_appends_one_answer_per_round_also_when_resumed(nc: Clien
         "VerifyStarted",
         "VerifyUnavailable",
     ]
+
+
+async def test_a_failed_run_keeps_the_end_of_its_output_for_the_repair_round(nc: Client) -> None:
+    js = nc.jetstream()
+    writer = GenerationWriter(js, "p-1", str(uuid.uuid4()), source="urn:kiln:test")
+    await writer.emit(GenerationRequested, owner="alice", project_name="shop", version=1)
+    # A verifier that does not cap its output: the event still carries only the end of it.
+    output = "x" * MAX_OUTPUT_TAIL_CHARS + "\nFAILED tests/test_a.py::test_a\n1 failed\n"
+    await _store(nc, _result(writer.generation_id, 0, output, passed=1, failed=1))
+    await _store(nc, _result(writer.generation_id, 1, "2 passed in 0.01s\n", passed=2))
+    client = VerifierClient(js, pickup_s=0, wait_s=30)
+
+    failed = await verify_step(writer, client, 0, done=False, started=False)
+    history = [e.event for e in await read_generation(js, writer.generation_id)]
+    state = fold(history)
+    passed = await verify_step(writer, client, 1, done=False, started=False)
+
+    assert isinstance(failed, VerifyCompleted) and failed.verdict == "failed"
+    assert len(failed.output_tail) == MAX_OUTPUT_TAIL_CHARS
+    assert failed.output_tail.endswith("FAILED tests/test_a.py::test_a\n1 failed\n")
+    assert state is not None and state.verify_output == failed.output_tail
+    assert state.summary.verification is not None
+    assert b"FAILED" not in msgspec.json.encode(state.summary), "not in every reader's copy"
+    assert isinstance(passed, VerifyCompleted) and passed.verdict == "passed"
+    assert passed.output_tail == "", "a passing run's output is not worth its room in the log"
+    after = fold(e.event for e in await read_generation(js, writer.generation_id))
+    assert after is not None and after.verify_output == ""

@@ -22,8 +22,13 @@ ErrorKind = Literal[
 ]
 
 
+# A repair round shows the model at most this much of the end of the failed test run's output.
+REPAIR_OUTPUT_CHARS = 3000
+
+
 class RepairBrief(msgspec.Struct, frozen=True, kw_only=True):
-    """What a repair round tells the model: the failing tests and the files they point at."""
+    """What a repair round tells the model: the failing tests, the end of the test run's
+    output and the files they point at (the plan comes with the request)."""
 
     round: int
     rounds: int
@@ -33,6 +38,8 @@ class RepairBrief(msgspec.Struct, frozen=True, kw_only=True):
     failures: list[FailedTest] = []
     """The failing tests as the verifier listed them (ids and capped messages)."""
     compile_errors: list[str] = []
+    output: str = ""
+    """The end of the failed test run's captured output (at most REPAIR_OUTPUT_CHARS)."""
     files: list[str] = []
     """Paths the failures name (their test files, the modules in their tracebacks)."""
     parent_passed: bool = False

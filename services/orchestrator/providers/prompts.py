@@ -3,7 +3,9 @@
 A system instruction with the rules every answer follows, and a prompt per phase built from
 the request — the schema, the user's prompt, the plan, what this phase must produce, the
 files so far within a context budget (large files summarised, and the prompt says which),
-the locked paths, and a correction when the previous output was rejected. The shape of the
+the locked paths, and a correction when the previous output was rejected. A repair round
+gets the failing tests (ids and messages, capped), the end of the test run's captured output
+(REPAIR_OUTPUT_CHARS), the plan and the files the failures point at, quoted first. The shape of the
 answer is `answers.py`; the policy around each call is `conversation.py`.
 """
 
@@ -20,7 +22,7 @@ import msgspec
 from contracts import limits
 from contracts.codec import content_sha256
 from contracts.phases import PHASES, phase_plan
-from services.orchestrator.providers.base import PhaseRequest
+from services.orchestrator.providers.base import REPAIR_OUTPUT_CHARS, PhaseRequest
 
 # A file longer than this is summarised (first and last lines, size, sha256) even when the
 # context budget would hold it: one huge file should not crowd out the rest of the project.
@@ -210,6 +212,11 @@ def _repair_sections(request: PhaseRequest) -> list[str]:
     if repair.compile_errors:
         lines.append("### Files that do not compile\n" + "\n".join(repair.compile_errors))
     sections.append("\n".join(lines))
+    output = repair.output.strip("\n")
+    if output.strip():
+        if len(output) > REPAIR_OUTPUT_CHARS:
+            output = "[... cut ...]\n" + output[-REPAIR_OUTPUT_CHARS:]
+        sections.append(f"## The end of the test run's output\n```\n{output}\n```")
     if repair.files:
         sections.append(
             "## Files the failures point at (quoted first below)\n"

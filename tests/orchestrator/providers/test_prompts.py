@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from contracts.codec import content_sha256
+from contracts.events import FailedTest
+from services.orchestrator.providers.base import REPAIR_OUTPUT_CHARS, RepairBrief
 from services.orchestrator.providers.prompts import (
     LARGE_FILE_CHARS,
+    REPAIR_MESSAGE_CHARS,
     context_files,
     phase_prompt,
     system_instruction,
@@ -135,3 +138,71 @@ def test_an_iteration_gets_the_modification_and_what_changed_since_the_parent() 
     assert "Changed or added in this iteration so far: app/models/product.py, app/new.py" in prompt
     assert "Deleted in this iteration so far: app/old.py" in prompt
     assert "### The user's prompt" not in prompt
+
+
+def test_a_repair_prompt_has_the_failures_the_capped_output_the_plan_and_the_files() -> None:
+    # The captured output ends with pytest's summary; its start is past the cap.
+    output = "".join(f"noise line {i:04d}\n" for i in range(1_000))
+    output += "FAILED tests/test_status.py::test_created - NameError: name 'HTTPStatus'\n"
+    output += "1 failed, 1 passed in 0.05s\n"
+    assert len(output) > 2 * REPAIR_OUTPUT_CHARS
+    long_message = "E   " + "y" * (REPAIR_MESSAGE_CHARS + 500)
+    brief = RepairBrief(
+        round=1,
+        rounds=2,
+        failed=2,
+        errors=1,
+        failures=[
+            FailedTest(
+                test_id="tests/test_status.py::test_created",
+                message="NameError: name 'HTTPStatus' is not defined",
+            ),
+            FailedTest(test_id="tests/test_status.py::test_ok", message=long_message),
+        ],
+        output=output,
+        files=["tests/test_status.py", "app/status.py"],
+    )
+    files = {
+        "PLAN.md": "# Plan\n- app/status.py: the statuses\n",
+        "app/status.py": "def created() -> int:\n    return HTTPStatus.CREATED\n",
+        "tests/test_status.py": "from app.status import created\n",
+    }
+    request = phase_request("repair", files=files, repair=brief)
+
+    prompt = phase_prompt(request, context_chars=BUDGET)
+
+    assert prompt.startswith("## Phase: repair\nRepair round 1 of at most 2.")
+    assert "3 failed or errored" in prompt
+    # The plan: the phases, all done, and PLAN.md quoted among the files.
+    assert "## The plan\n1. plan — Planning the project (done)" in prompt
+    assert "=== FILE PLAN.md (" in prompt and "- app/status.py: the statuses" in prompt
+    # The failing tests: ids and messages, each message capped.
+    assert "### tests/test_status.py::test_created (failure)" in prompt
+    assert "NameError: name 'HTTPStatus' is not defined" in prompt
+    assert "### tests/test_status.py::test_ok (failure)" in prompt
+    assert long_message[:REPAIR_MESSAGE_CHARS] + "\n[... cut ...]" in prompt
+    assert long_message not in prompt
+    assert "(and 1 more not listed)" in prompt
+    # The captured output: its end, within the cap, and said to be cut.
+    section = prompt.split("## The end of the test run's output\n```\n", 1)[1]
+    shown = section.split("\n```", 1)[0]
+    assert shown.startswith("[... cut ...]\n")
+    assert len(shown) <= REPAIR_OUTPUT_CHARS + len("[... cut ...]\n")
+    assert shown.endswith("1 failed, 1 passed in 0.05s")
+    assert "FAILED tests/test_status.py::test_created - NameError" in shown
+    assert "noise line 0000" not in prompt and "noise line 0999" in shown
+    # The files the failures point at, quoted whole.
+    assert "## Files the failures point at (quoted first below)\n- tests/test_status.py\n" in prompt
+    assert "=== FILE app/status.py (" in prompt
+    assert "never add skip or xfail markers" in prompt
+
+
+def test_a_repair_prompt_without_captured_output_has_no_output_section() -> None:
+    brief = RepairBrief(
+        round=2, rounds=2, failed=1, failures=[FailedTest(test_id="t.py::x", message="boom")]
+    )
+    prompt = phase_prompt(phase_request("repair", repair=brief), context_chars=BUDGET)
+
+    assert "### t.py::x (failure)\n```\nboom\n```" in prompt
+    assert "test run's output" not in prompt
+    assert "[... cut ...]" not in prompt
