@@ -4,6 +4,7 @@ iteration marks the files the repair changed."""
 
 from __future__ import annotations
 
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,11 @@ async def test_a_version_no_round_fixes_says_so_names_the_test_and_keeps_its_fil
         await expect(failures.locator("pre")).to_contain_text("assert [1] == []")
         version = page.locator(f"[data-ref=versions] li[data-generation='{generation_id}']")
         await expect(version.locator(".badge[data-verdict]")).to_have_text("tests failed")
+        # Complete (every file kept), but not shown as a plain success.
+        completed = page.locator("[data-ref=completed]")
+        await expect(completed).to_contain_text("Its own tests fail")
+        await expect(completed).to_have_class(re.compile(r"\btests-failed\b"))
+        assert "done" not in (await completed.get_attribute("class") or "").split()
         await screenshots.take(page, "never-repaired")
 
         # The same after a reload.

@@ -243,7 +243,13 @@ export class GenerationPage {
     show(refs.completed, Boolean(model.completed));
     if (model.completed) {
       const c = model.completed;
-      refs.completed.textContent = `Version ${model.version} is complete: ${c.fileCount} files, ${formatBytes(c.totalBytes)}, in ${formatDuration(c.durationMs)}.`;
+      const v = model.verification;
+      // Complete means every file is kept; whether the version works is its tests' verdict.
+      const failing = v?.status === "failed";
+      refs.completed.classList.toggle("done", !failing);
+      refs.completed.classList.toggle("tests-failed", failing);
+      refs.completed.textContent = `Version ${model.version} is complete: ${c.fileCount} files, ${formatBytes(c.totalBytes)}, in ${formatDuration(c.durationMs)}.`
+        + (failing ? ` Its own tests fail (${v.headline || "see the verification"}); the files are kept and can be downloaded.` : "");
     }
   }
 
