@@ -23,7 +23,8 @@ class FoldCase(msgspec.Struct, frozen=True):
     events: list[dict[str, Any]]
     expect: dict[str, Any]
     blobs: list[str] = []
-    """Contents its `version.based_on` names: stored in the broker before its events."""
+    """Contents its events name by sha256 (a `version.based_on`, a `file.written` without
+    content): stored in the broker before its events."""
 
     def decoded(self) -> list[AnyEvent]:
         """The case's events, decoded as every service decodes them."""
