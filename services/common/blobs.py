@@ -15,9 +15,11 @@ the header is stored as it is (small ones, and those written by Kiln 0.2.0).
 from __future__ import annotations
 
 import asyncio
+import json
 import zlib
 from collections.abc import Iterable, Mapping
 
+import nats.errors
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 
@@ -31,6 +33,10 @@ log = get_logger(__name__)
 
 # How many blob reads or writes one caller keeps in flight.
 CONCURRENCY = 64
+# Names per batched read: nats-server answers at most 1,024 subjects per `multi_last`.
+MULTI_GET = 1000
+# How long a batched read waits for its next message before reading the rest alone.
+BATCH_WAIT_S = 5.0
 # nats-server's answer to a second message on a subject that keeps its first only
 # (`discard_new_per_subject`): the blob is already there.
 _SUBJECT_FULL = 10077
@@ -114,6 +120,42 @@ class BlobStore:
     async def read(self, sha256: str) -> bytes | None:
         """The content bytes stored under `sha256` (inflated, not checked against the name),
         or None if there are none; BlobCorrupt if they cannot be inflated."""
+        stored = await self._fetch(sha256)
+        return None if stored is None else unpacked(*stored)
+
+    async def get(self, sha256: str) -> str:
+        """The content named `sha256`; BlobMissing or BlobCorrupt if the broker cannot say."""
+        return _checked(sha256, await self._fetch(sha256))
+
+    async def get_each(self, names: Iterable[str]) -> dict[str, str | BlobError]:
+        """sha256 → the content of each name, or why the broker cannot give it; read in
+        batches of up to MULTI_GET names per request (one round trip each), a name a batch
+        did not answer (a replica behind, an older server) then read alone."""
+        distinct = sorted(set(names))
+        stored: dict[str, _Stored | None] = {}
+        for start in range(0, len(distinct), MULTI_GET):
+            stored.update(await self._fetch_batch(distinct[start : start + MULTI_GET]))
+        rest = [sha for sha in distinct if sha not in stored]
+        alone = await asyncio.gather(*(self._fetch(sha) for sha in rest))
+        stored.update(zip(rest, alone, strict=True))
+        each: dict[str, str | BlobError] = {}
+        for sha in distinct:
+            try:
+                each[sha] = _checked(sha, stored[sha])
+            except BlobError as exc:
+                each[sha] = exc
+        return each
+
+    async def get_many(self, names: Iterable[str]) -> dict[str, str]:
+        """sha256 → content of each name; the first BlobError if one cannot be given."""
+        each = await self.get_each(names)
+        for result in each.values():
+            if isinstance(result, BlobError):
+                raise result
+        return {sha: content for sha, content in each.items() if isinstance(content, str)}
+
+    async def _fetch(self, sha256: str) -> _Stored | None:
+        """The stored bytes and headers under `sha256`, or None."""
         subject = subjects.blob_subject(sha256)
         async with self._limit:
             try:
@@ -125,26 +167,61 @@ class BlobStore:
                     message = await self.js.get_last_msg(streams.BLOBS_STREAM, subject)
                 except NotFoundError:
                     return None
-        return unpacked(message.data or b"", message.headers)
+        return message.data or b"", message.headers
 
-    async def get(self, sha256: str) -> str:
-        """The content named `sha256`; BlobMissing or BlobCorrupt if the broker cannot say."""
-        data = await self.read(sha256)
-        if data is None:
-            raise BlobMissing(f"the broker holds no file content {sha256}")
-        try:
-            content = data.decode()
-        except UnicodeDecodeError:
-            raise BlobCorrupt(f"the file content {sha256} is not UTF-8") from None
-        if content_sha256(content) != sha256:
-            raise BlobCorrupt(f"the file content stored as {sha256} hashes otherwise")
-        return content
+    async def _fetch_batch(self, names: list[str]) -> dict[str, _Stored]:
+        """The stored blobs of `names` that one batched direct get returns (nats-server >=
+        2.11, `multi_last`): each message, then a status (204 EOB, or 404 when none is
+        there). What it does not return (cut by the server's byte limit, a timeout, an
+        older server's refusal) is left out, for the caller to read alone."""
+        nc = self.js._nc  # nats-py keeps a JetStream context's connection here
+        inbox = nc.new_inbox()
+        request = json.dumps({"multi_last": [subjects.blob_subject(sha) for sha in names]})
+        found: dict[str, _Stored] = {}
+        async with self._limit:
+            sub = await nc.subscribe(inbox)
+            try:
+                await nc.publish(
+                    f"{self.js._prefix}.DIRECT.GET.{streams.BLOBS_STREAM}",
+                    request.encode(),
+                    reply=inbox,
+                )
+                while len(found) < len(names):
+                    message = await sub.next_msg(timeout=BATCH_WAIT_S)
+                    headers = message.headers or {}
+                    if "Status" in headers:
+                        break
+                    subject = headers.get("Nats-Subject", "")
+                    found[subject.rsplit(".", 1)[-1]] = (message.data or b"", headers)
+            except nats.errors.TimeoutError:
+                log.warning(
+                    "A batched read of {count} file contents timed out after {received}; "
+                    "reading the rest one by one",
+                    count=len(names),
+                    received=len(found),
+                )
+            finally:
+                await sub.unsubscribe()
+        wanted = set(names)
+        return {sha: stored for sha, stored in found.items() if sha in wanted}
 
-    async def get_many(self, names: Iterable[str]) -> dict[str, str]:
-        """sha256 → content of each name."""
-        distinct = sorted(set(names))
-        contents = await asyncio.gather(*(self.get(sha256) for sha256 in distinct))
-        return dict(zip(distinct, contents, strict=True))
+
+_Stored = tuple[bytes, Mapping[str, str] | None]
+"""A blob message's data and headers, as the broker keeps them."""
+
+
+def _checked(sha256: str, stored: _Stored | None) -> str:
+    """The content of a stored blob, checked against its name."""
+    if stored is None:
+        raise BlobMissing(f"the broker holds no file content {sha256}")
+    data = unpacked(*stored)
+    try:
+        content = data.decode()
+    except UnicodeDecodeError:
+        raise BlobCorrupt(f"the file content {sha256} is not UTF-8") from None
+    if content_sha256(content) != sha256:
+        raise BlobCorrupt(f"the file content stored as {sha256} hashes otherwise")
+    return content
 
 
 async def resolve_contents(

@@ -190,15 +190,9 @@ class Projector:
         if self.blobs is None:
             missing = dict.fromkeys(named, "this projector has no blob store")
         else:
-            ordered = sorted(named)
-            read = await asyncio.gather(
-                *(self.blobs.get(sha) for sha in ordered), return_exceptions=True
-            )
-            for sha, result in zip(ordered, read, strict=True):
+            for sha, result in (await self.blobs.get_each(named)).items():
                 if isinstance(result, BlobError):
                     missing[sha] = str(result)
-                elif isinstance(result, BaseException):
-                    raise result
                 else:
                     contents[sha] = result
         filled: list[Decoded | None] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zlib
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from nats.aio.client import Client
@@ -13,6 +14,7 @@ from contracts.codec import content_sha256
 from contracts.events import InheritedFile, VersionBasedOn
 from contracts.limits import MAX_FILE_BYTES
 from contracts.state import FileState, GenerationState, GenerationSummary, apply
+from services.common import blobs
 from services.common.blobs import BlobCorrupt, BlobMissing, BlobStore, resolve_contents
 
 
@@ -87,6 +89,37 @@ async def test_a_stored_content_that_cannot_be_inflated_is_refused(nc: Client) -
         await js.publish(subjects.blob_subject(name), data, headers={"Content-Encoding": encoding})
         with pytest.raises(BlobCorrupt, match=problem):
             await BlobStore(js).get(name)
+
+
+class _CountingStore(BlobStore):
+    """A blob store that counts the names it reads one by one (after a batch)."""
+
+    alone: list[str]
+
+    async def _fetch(self, sha256: str) -> Any:
+        self.alone = [*getattr(self, "alone", []), sha256]
+        return await super()._fetch(sha256)
+
+
+async def test_many_contents_are_read_in_batches_each_with_its_own_verdict(
+    nc: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    js = nc.jetstream()
+    contents = [f"line = {i}\n" * (i + 1) * 40 for i in range(7)]
+    await BlobStore(js).put_many(contents)
+    corrupt, missing = "6" * 64, "7" * 64
+    await js.publish(subjects.blob_subject(corrupt), b"not what the name says\n")
+    monkeypatch.setattr(blobs, "MULTI_GET", 3)  # 9 names: three batched requests
+
+    store = _CountingStore(js)
+    each = await store.get_each([*(content_sha256(c) for c in contents), corrupt, missing])
+
+    assert {content_sha256(c): c for c in contents}.items() <= each.items()
+    assert isinstance(each[corrupt], BlobCorrupt)
+    assert isinstance(each[missing], BlobMissing)
+    assert store.alone == [missing], "only what no batch answered is read alone"
+    with pytest.raises(BlobCorrupt):
+        await store.get_many([content_sha256(contents[0]), corrupt])
 
 
 def test_a_blob_subject_takes_only_a_lowercase_sha256() -> None:
