@@ -78,9 +78,9 @@ async def test_the_added_tests_pass_on_a_project_built_before_the_64_bit_bounds(
 
 @pytest.mark.slow
 async def test_the_added_tests_of_a_20_entity_project_take_seconds() -> None:
-    """The edge cases share one application per module, so they cost little next to the
-    project's own suite (a fresh database per test, ~47 s for these 20 entities on an idle
-    2-core machine): measured alone, without the project's own test modules."""
+    """The edge cases share one application of their own for the run (no empty database per
+    test: they never count rows), so they take seconds: measured alone, without the
+    project's own test modules."""
     provider = OfflineProvider()
     parent = await generate(provider, document=every_type(20))
     child = await generate(provider, kind="iterate", prompt="add tests", parent=parent.files)

@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
+from examples.schemas import schema_with
+from services.common.settings import load_settings
 from services.orchestrator.providers.offline import OfflineProvider
 from services.verifier.checks import STAGING_PREFIX, stage, sweep_stale_staging, verify
 from services.verifier.reports import parse_junit
 from services.verifier.sandbox import Limits
+from services.verifier.service import limits_of
 from tests.orchestrator.providers.offline.helpers import SHOP, generate
 from tests.verifier.helpers import make_sandbox, project
 
@@ -53,6 +57,35 @@ async def test_an_offline_project_passes_with_the_counts_of_pytest_outside(
     assert result.tests_passed and not result.timed_out and result.exit_code == 0
     assert result.compile_errors == []
     assert result.verifier == "test" and result.generation_id == "g-shop"
+
+
+# B7's largest project (100 entities, 1,098 tests): its own suite passes in the sandbox
+# within the default limits. It took ~17 minutes when every generated test built the whole
+# application and its tables.
+LARGE = 100
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_a_100_entity_offline_project_verifies_within_the_default_limits() -> None:
+    files = (await generate(OfflineProvider(), document=schema_with(LARGE))).files
+    tests = sum(c.count("\ndef test_") for p, c in files.items() if p.startswith("tests/test_"))
+    limits = limits_of(load_settings({}))
+
+    started = time.monotonic()
+    result = await verify(
+        files, make_sandbox(limits), generation_id="g-large", project_id="p-1", round=0,
+        verifier="test",
+    )  # fmt: skip
+    took = time.monotonic() - started
+
+    print(f"{LARGE} entities: {result.passed} tests verified in {took:.1f} s")
+    assert result.outcome == "completed", result.reason
+    assert not result.reason and not result.timed_out, result.output_tail
+    assert (result.passed, result.failed, result.errors) == (tests, 0, 0)
+    assert result.tests_passed and result.exit_code == 0
+    assert result.lint_findings == result.format_findings == 0
+    assert took < limits.wall_s
 
 
 async def test_a_dependency_outside_the_runtime_is_unverified_and_nothing_runs(

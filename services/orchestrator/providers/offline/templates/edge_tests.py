@@ -6,9 +6,10 @@ of a wrong type or out of range that it must refuse with 400, on create and on u
 404 for every id that names no row; bodies that are not objects; and, for every
 reference, the checks on update and what deleting the referenced row does.
 
-Every module shares one application (a module-scoped client, `conftest.py` here): the
-tests create their own rows and never count them, so they need no fresh database each,
-and a 20-entity project's edge cases run in seconds.
+The edge cases share one application of their own for the run (a session-scoped client,
+`conftest.py` here): the tests create their own rows and never count them, so they need no
+empty database each; and the fixture needs nothing from the project's own conftest, whose
+`client` in a project an earlier Kiln generated builds an application for every test.
 """
 
 from __future__ import annotations
@@ -112,10 +113,10 @@ def package_module() -> str:
 
 
 def conftest(project: ProjectLayout) -> str:
-    """`tests/edge_cases/conftest.py`: one application per module, signed in with auth."""
+    """`tests/edge_cases/conftest.py`: one application for every edge case, signed in with auth."""
     lines = [
-        '"""One application per test module: edge-case tests create their own rows and never',
-        'count them, so they share a database (and stay fast on a large project)."""',
+        '"""One application for every edge case: they create their own rows and never count',
+        'them, so they share a database (and stay fast on a large project)."""',
         "",
         "from __future__ import annotations",
         "",
@@ -128,9 +129,9 @@ def conftest(project: ProjectLayout) -> str:
         "from app.main import create_app",
         "",
         "",
-        '@pytest.fixture(scope="module")',
+        '@pytest.fixture(scope="session")',
         "def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient[Any]]:",
-        '    """A client of an application on a new SQLite file, shared by one module."""',
+        '    """A client of an application on a new SQLite file, shared by every edge case."""',
         '    database = tmp_path_factory.mktemp("edge_cases") / "test.db"',
         '    with TestClient(create_app(f"sqlite+aiosqlite:///{database}")) as shared:',
     ]

@@ -6,7 +6,11 @@ from typing import Any
 
 from services.orchestrator.providers.offline.layout import Column, EntityLayout, ProjectLayout
 from services.orchestrator.providers.offline.templates.common import py
-from services.orchestrator.providers.offline.templates.pyformat import import_from, natural
+from services.orchestrator.providers.offline.templates.pyformat import (
+    bracket,
+    import_from,
+    natural,
+)
 
 SAMPLES: dict[str, tuple[Any, Any]] = {
     "text": ("Some text.", "Other text."),
@@ -55,9 +59,20 @@ def _dict_lines(prefix: str, value: dict[str, Any]) -> list[str]:
 
 
 def conftest(project: ProjectLayout) -> str:
-    """`tests/conftest.py`: a fresh application on its own SQLite file for every test."""
+    """`tests/conftest.py`: one application for the whole run, an empty database per test.
+
+    Building the application and creating its tables for every test cost ~0.2 s a test on
+    20 entities and ~1 s on 100 (a 100-entity suite took ~17 minutes); emptying the tables
+    costs a millisecond or two and gives each test the same start: no rows, ids from 1 again
+    (no table uses AUTOINCREMENT), and no headers or cookies of an earlier test.
+    """
+    noqa = "  # noqa: E402" if project.auth else ""
     lines = [
-        '"""Fixtures: every test gets a fresh application on its own SQLite file."""',
+        '"""Fixtures: one application for the whole run, and an empty database for every test.',
+        "",
+        "Every test starts as on a new database: no rows, ids counted from 1 again, and no",
+        "headers or cookies left by an earlier test. Building the application (and its tables)",
+        'once rather than for every test keeps a large project\'s suite fast."""',
         "",
         "from __future__ import annotations",
         "",
@@ -66,7 +81,9 @@ def conftest(project: ProjectLayout) -> str:
         lines.append("import os")
     lines.extend(
         [
+            "import sqlite3",
             "from collections.abc import Iterator",
+            "from contextlib import closing",
             "from pathlib import Path",
             "from typing import Any",
             "",
@@ -83,18 +100,46 @@ def conftest(project: ProjectLayout) -> str:
                 "",
             ]
         )
+    client = "anonymous" if project.auth else "client"
     lines.extend(
         [
-            "from app.main import create_app  # noqa: E402",
+            f"from app.db import Base{noqa}",
+            f"from app.main import create_app{noqa}",
+            "",
+            "",
+            '@pytest.fixture(scope="session")',
+            "def database(tmp_path_factory: pytest.TempPathFactory) -> Path:",
+            '    """The SQLite file of the run."""',
+            '    return tmp_path_factory.mktemp("database") / "test.db"',
+            "",
+            "",
+            '@pytest.fixture(scope="session")',
+            "def application(database: Path) -> Iterator[TestClient[Any]]:",
+            '    """A client of the one application of the run (it creates the tables at startup)."""',
+            '    with TestClient(create_app(f"sqlite+aiosqlite:///{database}")) as client:',
+            "        yield client",
+            "",
+            "",
+            '@pytest.fixture(scope="session")',
+            "def tables(application: TestClient[Any], database: Path) -> Iterator[sqlite3.Connection]:",
+            '    """A plain connection to the database, once the application has created its tables."""',
+            "    with closing(sqlite3.connect(database, isolation_level=None)) as connection:",
+            "        yield connection",
             "",
             "",
             "@pytest.fixture",
-            f"def {'anonymous' if project.auth else 'client'}(tmp_path: Path) -> "
-            "Iterator[TestClient[Any]]:",
-            '    """A client of a fresh application (its database is a new SQLite file)."""',
-            "    app = create_app(f\"sqlite+aiosqlite:///{tmp_path / 'test.db'}\")",
-            "    with TestClient(app) as client:",
-            "        yield client",
+            *bracket(
+                "",
+                f"def {client}",
+                ["application: TestClient[Any]", "tables: sqlite3.Connection"],
+                " -> Iterator[TestClient[Any]]:",
+            ),
+            '    """The application\'s client, on an empty database and with its own headers."""',
+            "    empty(tables)",
+            "    headers = application.headers.copy()",
+            "    yield application",
+            "    application.headers = headers",
+            "    application.cookies.clear()",
         ]
     )
     if project.auth:
@@ -114,6 +159,17 @@ def conftest(project: ProjectLayout) -> str:
                 "    return anonymous",
             ]
         )
+    lines.extend(
+        [
+            "",
+            "",
+            "def empty(connection: sqlite3.Connection) -> None:",
+            '    """Delete every row of every table, in one transaction (a plain sqlite3 connection',
+            '    does not enforce foreign keys, so the order of the tables does not matter)."""',
+            '    deletes = "".join(f\'DELETE FROM "{table}";\' for table in Base.metadata.tables)',
+            '    connection.executescript(f"BEGIN;{deletes}COMMIT;")',
+        ]
+    )
     return "\n".join(lines) + "\n"
 
 
