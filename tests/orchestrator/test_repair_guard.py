@@ -1,7 +1,7 @@
 """A repair round's answer passes the one path validator and the data-loss guard, like a
-phase's: an unsafe path, an emptied or drastically shrunk file or a changed locked file is
-rejected with the rule named, gets one corrective retry, then the round is `rejected` with
-the rule in its repair.completed, and nothing of the answer reaches the log's files.
+phase's: an unsafe path, an emptied, drastically shrunk or elided file or a changed
+locked file is rejected with the rule named, gets one corrective retry, then the round is
+`rejected` with the rule in its repair.completed, and nothing of it reaches the log's files.
 
 Against a real nats-server: the log of a version whose round-0 verification failed is
 written, then the real repair loop runs with a scripted provider (no verifier is asked: a
@@ -148,6 +148,11 @@ CASES = {
     "shrunk": (
         change("app/status.py", '"""HTTP statuses."""\n\nfrom http import HTTPStatus\n'),
         "shrunk",
+        "app/status.py",
+    ),
+    "placeholder": (
+        change("app/status.py", FIXED + "\n# ... existing code ...\n"),
+        "placeholder",
         "app/status.py",
     ),
     "locked": (change(LOCKED, SETTINGS + "OPTION_X = 1\n"), "locked", LOCKED),
