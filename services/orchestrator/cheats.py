@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
+from contracts.paths import PathRejected, safe_path
 from contracts.phases import PhaseOutput
 from services.orchestrator.guard import Violation
 
@@ -79,41 +80,50 @@ def _always_true(test: ast.expr) -> bool:
     return False
 
 
+def _normalised(path: str) -> str | None:
+    """The path as the path validator normalises it, None when it rejects it (the
+    path guard names that): a test file named in another Unicode form is still judged."""
+    try:
+        return safe_path(path)
+    except PathRejected:
+        return None
+
+
 def check_repair(output: PhaseOutput, *, current: dict[str, str]) -> list[Violation]:
-    """Every cheat in a repair's (already path-checked) output, judged against `current`."""
+    """Every cheat in a repair's output, judged against `current` by normalised path."""
     violations: list[Violation] = []
     for deletion in output.deletions:
-        if is_test_file(deletion.path) and deletion.path in current:
+        path = _normalised(deletion.path)
+        if path is not None and is_test_file(path) and path in current:
             violations.append(
-                Violation(deletion.path, "test_deleted", "a repair may not delete a test file")
+                Violation(path, "test_deleted", "a repair may not delete a test file")
             )
     for file in output.files:
-        before = current.get(file.path)
-        if before is None or not is_test_file(file.path):
+        path = _normalised(file.path)
+        before = current.get(path) if path is not None else None
+        if path is None or before is None or not is_test_file(path):
             continue
         if before.strip() and not file.content.strip():
-            violations.append(
-                Violation(file.path, "test_emptied", "a repair may not empty a test file")
-            )
+            violations.append(Violation(path, "test_emptied", "a repair may not empty a test file"))
             continue
         old, new = _shape(before), _shape(file.content)
         removed = sorted(old.tests - new.tests)
         if removed:
             violations.append(
                 Violation(
-                    file.path,
+                    path,
                     "test_removed",
                     f"a repair may not remove tests ({', '.join(removed[:5])})",
                 )
             )
         if new.skips > old.skips:
             violations.append(
-                Violation(file.path, "test_skipped", "a repair may not add skip or xfail markers")
+                Violation(path, "test_skipped", "a repair may not add skip or xfail markers")
             )
         if new.constant_asserts > old.constant_asserts:
             violations.append(
                 Violation(
-                    file.path,
+                    path,
                     "assertion_weakened",
                     "a repair may not replace an assertion with one that cannot fail "
                     "(`assert True`)",

@@ -198,8 +198,13 @@ async def test_a_model_that_never_fixes_it_stops_after_the_rounds_with_the_tests
         (Reply(files=[{"path": "tests/test_status.py",
                        "content": TESTS.replace("assert created() == 201", "assert True")}]),
          "assertion_weakened"),
+        # The one path validator: a path outside the project, sent beside the true fix,
+        # refuses the whole answer (the fix included).
+        (Reply(files=[{"path": "../x.py", "content": "X = 1\n"},
+                      {"path": "app/status.py", "content": FIXED}]),
+         "unsafe_path"),
     ],
-    ids=["delete", "skip", "assert-true"],
+    ids=["delete", "skip", "assert-true", "unsafe-path"],
 )  # fmt: skip
 async def test_a_repair_that_cheats_is_rejected_with_the_rule_named(
     tmp_path: Path, nats_server: EmbeddedNats, fake: FakeLLMServer, cheat: Reply, rule: str
@@ -207,18 +212,29 @@ async def test_a_repair_that_cheats_is_rejected_with_the_rule_named(
     planted(fake, cheat)
     async with repair_stack(tmp_path, nats_server, fake) as stack:
         status, events = await generate(stack, fake)
+        listing = (await stack.alice.get(f"/generations/{status['generation_id']}/files")).json()
+        module = await stack.alice.get(
+            f"/generations/{status['generation_id']}/files/app/status.py"
+        )
 
+    named = "../x.py" if rule == "unsafe_path" else "tests/test_status.py"
     assert status["status"] == "completed"
     assert story(events) == ["verify:failed", "repair:rejected"]
     [retry] = [e for e in of(events, "llm.retrying") if e["phase"] == "repair"]
-    assert retry["reason"] == "guard_rejected" and "tests/test_status.py" in retry["message"]
+    assert retry["reason"] == "guard_rejected" and named in retry["message"]
     assert len(fake.calls_for("repair")) == 2, "one corrective retry"
     [completed] = of(events, "repair.completed")
     assert completed["rules"] == [rule] and rule in completed["reason"]
-    assert completed["files_changed"] == []
+    assert completed["files_changed"] == [] and completed["deleted"] == []
     assert status["verification"]["headline"] == (
         f"failed: 1 test still failing after 1 round (round 1 rejected: {rule})"
     )
+    # Nothing of the rejected answer reached the version's files.
+    assert not [e for e in events if e.type in ("file.written", "file.deleted")
+                and e.data.get("phase") == "repair"]  # fmt: skip
+    assert {f["path"] for f in listing["files"]} >= {"app/status.py", "tests/test_status.py"}
+    assert not any(".." in f["path"] for f in listing["files"])
+    assert module.text == BUGGY
 
 
 async def test_a_round_that_makes_things_worse_is_reverted_and_the_loop_stops(

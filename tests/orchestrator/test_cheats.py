@@ -67,3 +67,25 @@ def test_only_test_files_are_judged() -> None:
     assert is_test_file("tests/conftest.py")
     assert not is_test_file("app/testing.py") and not is_test_file("tests/test_data.json")
     assert rules({"app/status.py": "assert True\n"}) == []
+
+
+def test_a_test_file_named_in_another_unicode_form_is_still_judged() -> None:
+    # The path validator normalises to NFC, so `tests/test_cafe\u0301.py` writes the
+    # existing `tests/test_café.py`: its cheats must be judged against that file.
+    current = {"tests/test_caf\u00e9.py": TESTS}
+    weakened = TESTS.replace("assert created() == 201", "assert True")
+    output = PhaseOutput(files=[GeneratedFile(path="tests/test_cafe\u0301.py", content=weakened)])
+    [violation] = check_repair(output, current=current)
+    assert violation.rule == "assertion_weakened" and violation.path == "tests/test_caf\u00e9.py"
+    emptied = PhaseOutput(files=[GeneratedFile(path="tests/test_cafe\u0301.py", content="")])
+    assert [v.rule for v in check_repair(emptied, current=current)] == ["test_emptied"]
+    deleted = PhaseOutput(deletions=[Deletion(path="tests/test_cafe\u0301.py", reason="x")])
+    assert [v.rule for v in check_repair(deleted, current=current)] == ["test_deleted"]
+
+
+def test_a_path_the_validator_rejects_is_left_to_the_path_guard() -> None:
+    output = PhaseOutput(
+        files=[GeneratedFile(path="../tests/test_status.py", content="")],
+        deletions=[Deletion(path="/tests/test_status.py", reason="x")],
+    )
+    assert check_repair(output, current=CURRENT) == []
