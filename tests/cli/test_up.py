@@ -3,6 +3,9 @@
 Before: SIGKILL of the `kiln up` process group left its nats-server (in its own session)
 running as an orphan, and a second `kiln up` on the same `--data-dir` started another
 nats-server on the same JetStream store.
+
+And `kiln up` runs a verifier (#14 item 1): a generation under it is verified by one of its
+child processes.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import pytest
 
 from services.common.embedded_nats import EmbeddedNats, servers_running
 from services.common.embedded_nats import free_port as free_tcp_port
+from tests.support import client as kiln
 from tests.support.environment import process_env
 from tests.support.waiting import eventually
 
@@ -36,10 +40,10 @@ def brokers_on(data_dir: Path) -> list[int]:
 class KilnUp:
     """`kiln up` as an operator starts it, in its own process group."""
 
-    def __init__(self, data_dir: Path, log: Path) -> None:
+    def __init__(self, data_dir: Path, log: Path, **settings: str) -> None:
         self.port = free_tcp_port()
         self.log = log
-        env = process_env({"KILN_SECRET": "test-secret-not-for-production"})
+        env = process_env({"KILN_SECRET": "test-secret-not-for-production", **settings})
         with open(log, "ab") as out:
             self.process = subprocess.Popen(
                 [*UP, "--data-dir", str(data_dir), "--port", str(self.port)],
@@ -120,6 +124,57 @@ async def test_a_killed_kiln_up_leaves_no_broker_and_a_second_one_is_refused(
         assert brokers_on(data_dir) == []
     finally:
         first.kill_group()
+
+
+async def test_kiln_up_runs_a_verifier_that_verifies_each_version(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    # Issue #14 item 1: `kiln up` starts a verifier as its fourth service. The wait for a
+    # verifier is long, so a slow start shows as a slow test, not as `verify.unavailable`.
+    up = KilnUp(
+        data_dir, tmp_path / "up.log", KILN_VERIFY_PICKUP="120", KILN_VERIFY_CONCURRENCY="1"
+    )
+    try:
+        await up.ready()
+        await eventually(
+            lambda: "taking verify commands" in up.log.read_text(),
+            120,
+            0.2,
+            what="the verifier of `kiln up` to take commands",
+        )
+        key = (data_dir / "dev-api-key").read_text().strip()
+        async with kiln.connect(f"http://127.0.0.1:{up.port}", key) as http:
+            accepted = await kiln.create(http, project_name="up")  # SCHEMA_ONE: one entity
+            events = await kiln.read_events(http, accepted["stream_url"], timeout=180)
+            status = await kiln.wait_status(http, accepted["generation_id"], timeout=30)
+        children = _children_of(up.process.pid)
+    finally:
+        up.stop()
+    log = (tmp_path / "up.log").read_text()
+    assert up.process.returncode == 0, log[-3000:]
+
+    verify = [(e.type, e.data) for e in events if e.type.startswith("verify.")]
+    assert [t for t, _ in verify] == ["verify.started", "verify.completed"], (verify, log[-3000:])
+    completed = verify[1][1]
+    assert completed["verdict"] == "passed", completed
+    assert completed["passed"] > 0 and completed["failed"] == completed["errors"] == 0
+    # The verifier that answered is a child process of `kiln up`.
+    assert int(completed["verifier"].rpartition(":")[2]) in children, (completed, children)
+    assert status["status"] == "completed"
+    assert status["verification"]["status"] == "passed"
+
+
+def _children_of(pid: int) -> set[int]:
+    """The PIDs of the live child processes of `pid`."""
+    children: set[int] = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.add(int(stat.parent.name))
+    return children
 
 
 def test_a_broker_left_running_on_the_store_is_stopped_before_another_starts(
