@@ -60,12 +60,16 @@ async def test_a_stopped_broker_is_a_503_with_retry_after_on_every_route(
                     break
                 await asyncio.sleep(0.2)
         assert (await stack.alice.get(f"/generations/{gid}/files")).status_code == 200
+    # Every service (the gateway, and the orchestrator and storage waiting on their
+    # consumers) logs the broker's absence as waiting, not as an error.
     errors = [
-        r.getMessage()
+        f"{r.name}: {r.getMessage()}"
         for r in caplog.records
-        if r.levelno >= logging.ERROR and r.name.startswith("services.gateway")
+        if r.levelno >= logging.ERROR and r.name.startswith("services.")
     ]
     assert errors == []
+    waiting = [r for r in caplog.records if r.name == "services.common.broker"]
+    assert waiting and {r.levelno for r in waiting} == {logging.WARNING}, "said, as a warning"
 
 
 async def test_the_cli_waits_out_a_broker_restart(
