@@ -119,9 +119,10 @@ async def _run_generations(
         == 2
     )
 
-    # A 404 without a route is counted and timed too.
+    # A 404 without a route, and a 405 (a route without that method), are counted and timed too.
     async with httpx.AsyncClient(timeout=30) as http:
         assert (await http.get(f"{gateway.url}/no/such/route")).status_code == 404
+        assert (await http.delete(f"{gateway.url}/healthz")).status_code == 405
         types = {(await http.get(f"{s.url}/metrics")).headers["content-type"] for s in after}
     assert types == {"text/plain; version=0.0.4; charset=utf-8"}, "one content type"
     unmatched = await scrape(gateway.url)
@@ -129,6 +130,10 @@ async def _run_generations(
         unmatched['kiln_gateway_requests_total{method="GET",route="unmatched",status="404"}'] == 1
     )
     assert unmatched['kiln_gateway_request_seconds_count{method="GET",route="unmatched"}'] == 1
+    assert (
+        unmatched['kiln_gateway_requests_total{method="DELETE",route="unmatched",status="405"}']
+        == 1
+    )
     assert (
         after[gateway]['kiln_gateway_request_seconds_count{method="POST",route="/generations"}']
         == 2
