@@ -156,8 +156,15 @@ async def settle(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
 async def check_read_model(
     http: httpx.AsyncClient, nats_url: str, generation_id: str, messages: list[StreamMessage]
 ) -> None:
-    """The version's files (listing and archive) are exactly what its log says."""
+    """The version's files (listing and archive) are exactly what its log says, once the
+    read model has caught up after the failover (meanwhile the gateway answers 503)."""
     expected = await files_in_log(nats_url, messages)
+    deadline = time.monotonic() + 60
+    while (listing := await http.get(f"/generations/{generation_id}/files")).status_code == 503:
+        assert listing.headers.get("retry-after"), listing.text
+        assert time.monotonic() < deadline, f"the read model never caught up: {listing.text}"
+        await asyncio.sleep(0.5)
+    assert listing.status_code == 200, listing.text
     assert await kiln.files_of(http, generation_id) == {p: s for p, (s, _) in expected.items()}
     archive = await http.get(f"/generations/{generation_id}/archive")
     assert archive.status_code == 200, archive.text
