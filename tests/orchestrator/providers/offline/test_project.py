@@ -398,20 +398,25 @@ print("smoke ok")
 """
 
 
-def test_awkward_names_work_at_runtime(tmp_path: Path) -> None:
-    project = write(build_project(make_spec(AWKWARD)), tmp_path)
-    (project / "smoke.py").write_text(SMOKE)
-
+def run_script(project: Path, name: str, text: str) -> subprocess.CompletedProcess[str]:
+    """Run `text` as the script `name` inside a generated project, with only the project
+    on the path; its result (the caller asserts on it)."""
+    (project / name).write_text(text)
     result = subprocess.run(
-        [sys.executable, "smoke.py"],
+        [sys.executable, name],
         cwd=project,
         capture_output=True,
         text=True,
         timeout=300,
         env={"PYTHONPATH": str(project), "PATH": "/usr/bin:/bin"},
     )
-
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def test_awkward_names_work_at_runtime(tmp_path: Path) -> None:
+    project = write(build_project(make_spec(AWKWARD)), tmp_path)
+    result = run_script(project, "smoke.py", SMOKE)
     assert "smoke ok" in result.stdout
 
 
@@ -456,18 +461,7 @@ def test_a_field_named_session_gets_400_and_a_datetime_keeps_its_offset(tmp_path
     session dependency answered 500, and a datetime read back from the database had lost
     the UTC offset it was sent with (`+02:00` came back naive)."""
     project = write(build_project(make_spec(VISITS)), tmp_path)
-    (project / "probe.py").write_text(PROBE)
-
-    result = subprocess.run(
-        [sys.executable, "probe.py"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={"PYTHONPATH": str(project), "PATH": "/usr/bin:/bin"},
-    )
-
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = run_script(project, "probe.py", PROBE)
     assert "probe ok" in result.stdout
 
 
