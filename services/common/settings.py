@@ -364,8 +364,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         int,
         _setting(
             "KILN_VERIFY_DISK_MB",
-            "Size of a run's work directory and of its /tmp (each a tmpfs), and the largest "
-            "file it may write, in MiB.",
+            "Size of a run's one writable place (a tmpfs: its copy of the project, its "
+            "temporary directory and home), and the largest file it may write, in MiB.",
         ),
     ] = 256
     verify_uid_base: Annotated[

@@ -1,11 +1,13 @@
 """The sandbox: one command run under bubblewrap, with limits, a deadline and capped output.
 
 Each run sees a read-only system (`/usr` and the loader's links, a few files of `/etc`),
-the verify runtime and the Python it is based on (read-only), the project read-only at
-`SOURCE`, a size-limited tmpfs at `WORKDIR` (the project copied in, for runs that write)
-and at `/tmp`, and nothing else writable. It has its own network namespace (nothing can
-connect, not even to 127.0.0.1), PID, IPC, UTS and cgroup namespaces, an empty
-environment apart from what it needs, no capabilities, and dies with the verifier.
+the verify runtime and the Python it is based on (read-only) and the project read-only at
+`SOURCE`. A run that writes (the tests) gets one size-limited tmpfs, `SCRATCH`, holding the
+project's copy (`WORKDIR`) and its temporary directory and home (`TEMP`, named by `TMPDIR`
+and `HOME`); nothing else is writable, `/tmp` and `/dev/shm` included. It has its own
+network namespace (nothing can connect, not even to 127.0.0.1), PID, IPC, UTS and cgroup
+namespaces, an empty environment apart from what it needs, no capabilities, and dies with
+the verifier.
 
 Resource limits are set on the process before it executes bubblewrap (CPU seconds,
 address space, processes, file size, open files). Linux does not count processes for
@@ -37,7 +39,9 @@ from pathlib import Path
 
 from services.verifier.runtime import Runtime
 
+SCRATCH = "/sandbox"
 WORKDIR = "/sandbox/project"
+TEMP = "/sandbox/tmp"
 SOURCE = "/sandbox/source"
 # Written in an argument, it becomes the path of a pipe the verifier reads (a report
 # such as JUnit XML), apart from the run's own output.
@@ -282,8 +286,8 @@ class Sandbox:
     def _run_env(self) -> dict[str, str]:
         return {
             "PATH": f"{self.runtime.bin_dir}:/usr/local/bin:/usr/bin:/bin",
-            "HOME": "/tmp",
-            "TMPDIR": "/tmp",
+            "HOME": TEMP,
+            "TMPDIR": TEMP,
             "USER": "sandbox",
             "LOGNAME": "sandbox",
             "LANG": "C.UTF-8",
@@ -316,13 +320,17 @@ class Sandbox:
             elif path.is_dir():
                 cmd += ["--ro-bind", str(path), str(path)]
                 bound.append(path)
-        # The scratch filesystems first: a runtime under /tmp (a checkout there) is bound
-        # on top of the fresh /tmp, not hidden by it.
-        cmd += ["--perms", "1777", "--size", disk, "--tmpfs", "/tmp"]
+        # /tmp stays a read-only directory (a runtime under it, a checkout there, is bound
+        # below it); the scratch tmpfs comes before the project's bind, which lies in it.
+        cmd += ["--perms", "0755", "--dir", "/tmp"]
         cmd += ["--dev", "/dev"]
-        cmd += ["--perms", "1777", "--size", disk, "--tmpfs", "/dev/shm"]
+        if writable:
+            cmd += ["--perms", "0777", "--size", disk, "--tmpfs", SCRATCH]
+            cmd += ["--perms", "0777", "--dir", WORKDIR, "--perms", "1777", "--dir", TEMP]
         # bubblewrap makes missing parents of a mount point 0700: each is made 0755 first.
-        made: set[Path] = {Path("/tmp"), Path("/dev"), Path("/dev/shm")}
+        made: set[Path] = {Path("/tmp"), Path("/dev")}
+        if writable:
+            made.add(Path(SCRATCH))
 
         def parents_of(path: Path) -> list[str]:
             args = []
@@ -342,8 +350,6 @@ class Sandbox:
             bound.append(tree)
         cmd += [*parents_of(Path(SOURCE)), "--ro-bind", str(source), SOURCE]
         cmd += ["--proc", "/proc"]
-        if writable:
-            cmd += ["--perms", "0777", "--size", disk, "--tmpfs", WORKDIR]
         cmd += ["--remount-ro", "/", "--chdir", WORKDIR if writable else SOURCE]
         if self.as_root:
             uid = str(self._uid_base + slot)

