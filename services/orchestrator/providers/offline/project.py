@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from services.orchestrator.providers.offline.formatting import format_overlong
 from services.orchestrator.providers.offline.layout import layout
 from services.orchestrator.providers.offline.spec import (
     SPEC_PATH,
@@ -30,7 +31,8 @@ def build_project(spec: ProjectSpec) -> Build:
     """Every file of the project `spec` describes, with the phase that writes it.
 
     Deterministic: the same spec always gives the same files, byte for byte. The spec
-    must be valid (`spec_problems` empty).
+    must be valid (`spec_problems` empty). Files with names too long for the templates'
+    layout are formatted by ruff (formatting.py).
     """
     project = layout(spec)
     files: Build = {SPEC_PATH: ("plan", dump_spec(spec))}
@@ -71,7 +73,10 @@ def build_project(spec: ProjectSpec) -> Build:
             )
     files["README.md"] = ("docs", docs.readme(project))
     files["docs/api.md"] = ("docs", docs.api_doc(project))
-    return dict(sorted(files.items()))
+    contents = format_overlong(
+        {path: content for path, (_, content) in files.items()}, files["pyproject.toml"][1]
+    )
+    return {path: (files[path][0], contents[path]) for path in sorted(files)}
 
 
 def phase_files(build: Build, phase: str) -> dict[str, str]:

@@ -338,11 +338,6 @@ LONG_NAMES: dict[str, Any] = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: with 64-character names ruff format splits nested brackets and "
-    "annotations in ways the templates do not lay out yet (ruff check is clean)",
-)
 def test_names_of_the_maximum_length_are_formatted(tmp_path: Path) -> None:
     project = write(build_project(make_spec(LONG_NAMES, ALL_FEATURES)), tmp_path / "long")
 
