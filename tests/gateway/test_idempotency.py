@@ -218,3 +218,36 @@ async def test_a_key_whose_generation_cannot_be_read_back_is_a_503_not_a_500(
         assert "Idempotency-Key" in answer.json()["detail"]
         assert answer.json()["instance"] == "/generations"
         assert await stored_messages(stack) == before
+
+
+async def test_an_iteration_sent_again_while_a_replica_is_behind_keeps_its_version(
+    settings: Settings,
+) -> None:
+    async with running_stack(settings) as stack:
+        parent = await stack.create()
+        await stack.wait_status(parent["generation_id"], "completed")
+        body = {
+            "parent_generation_id": parent["generation_id"],
+            "modification_prompt": "add pagination",
+        }
+        key = str(uuid.uuid4())
+        first = await post(stack, "/generations/iterate", body, key)
+        assert first.status_code == 201, first.text
+        nc = await nats.connect(settings.nats_servers[0])
+        try:
+            await direct_gets_answered_by_a_replica_behind(nc.jetstream())
+            assert not await direct_get_finds(nc.jetstream(), first.json()["generation_id"])
+        finally:
+            await nc.close()
+
+        again = await post(stack, "/generations/iterate", body, key)
+
+        assert again.status_code == 201, again.text
+        assert again.headers["idempotent-replayed"] == "true"
+        assert (again.json()["generation_id"], again.json()["version"]) == (
+            first.json()["generation_id"],
+            2,
+        )
+        await stack.wait_status(first.json()["generation_id"], "completed")
+        # The repeat took no version number.
+        assert (await stack.iterate(parent["generation_id"], "add a Dockerfile"))["version"] == 3
