@@ -36,8 +36,15 @@ def _parser() -> argparse.ArgumentParser:
     gateway = commands.add_parser("gateway", help="run one gateway (configured by the environment)")
     gateway.add_argument("--host", help="address to bind")
     gateway.add_argument("--port", type=int, help="port to listen on")
-    commands.add_parser(
+    migrate = commands.add_parser(
         "migrate", help="create or upgrade the read model's database and the broker's streams"
+    )
+    migrate.add_argument(
+        "--wait",
+        type=float,
+        metavar="SECONDS",
+        help="how long to wait for the broker to accept connections and for JetStream to be "
+        "ready, as a cluster just started elects its leader (default 30)",
     )
     settings = commands.add_parser("settings", help="list every setting")
     settings.add_argument("--markdown", action="store_true", help="as the README's table")
@@ -79,10 +86,10 @@ def main(argv: list[str] | None = None) -> None:
 
             run_gateway(settings)
         elif args.command == "migrate":
-            from services.cli.migrate import MigrationFailed, migrate
+            from services.cli.migrate import BROKER_WAIT_S, MigrationFailed, migrate
 
             try:
-                migrate(settings)
+                migrate(settings, wait_s=BROKER_WAIT_S if args.wait is None else args.wait)
             except MigrationFailed as exc:
                 sys.exit(f"kiln migrate: {exc}")
         elif args.command == "settings":

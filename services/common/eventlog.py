@@ -69,17 +69,32 @@ async def last_event(js: JetStreamContext, generation_id: str) -> StoredEvent | 
 
 async def first_event(js: JetStreamContext, generation_id: str) -> StoredEvent | None:
     """A generation's first event as stored (its `generation.requested`), or None (no
-    events, or one that does not decode)."""
+    events, or one that does not decode).
+
+    Asked of any replica first (a direct get: the fast path, and the usual answer), then,
+    when that one has nothing, of the stream's leader: a replica that has not caught up (one
+    just back from a partition) answers "not found" for a generation that exists, and the
+    gateway would take that for "not yet requested". When the leader cannot be asked (the
+    replica is cut off, leaders are being elected), its "not now" error is raised: whether
+    the generation exists is then not known, and None would say it does not.
+    """
+    subject = subjects.generation_events_any_project(generation_id)
     try:
         first = await js.get_msg(
-            streams.EVENTS_STREAM,
-            seq=1,
-            subject=subjects.generation_events_any_project(generation_id),
-            direct=True,
-            next=True,
+            streams.EVENTS_STREAM, seq=1, subject=subject, direct=True, next=True
         )
     except NotFoundError:
-        return None
+        try:
+            first = await js.get_msg(
+                streams.EVENTS_STREAM, seq=1, subject=subject, direct=False, next=True
+            )
+        except NotFoundError:
+            return None
+        log.info(
+            "A replica had not caught up with generation {generation_id}; "
+            "read its first event from the stream's leader",
+            generation_id=generation_id,
+        )
     if not first.data:
         return None
     try:

@@ -44,6 +44,9 @@ from services.gateway.schemas import CreateGeneration, IterateGeneration
 log = get_logger(__name__)
 
 SOURCE = source_uri("gateway")
+# After a request lost a race to another writer of its generation whose event could not be
+# read back yet: seconds before asking again.
+CONFLICT_RETRY_AFTER_S = 1
 
 
 @dataclass(frozen=True)
@@ -215,13 +218,24 @@ class Commands:
                 subjects.GENERATE_COMMANDS, encode(command), f"generate:{generation_id}"
             )
         except WriterConflict:
-            if key is None:
-                raise
-            # A request with the same key, at the same time, appended first: answer with it.
-            replay = await self._replay(owner, key, fields)
-            if replay is None:
-                raise
-            return replay
+            # A request with the same key appended first (at the same time, or earlier while
+            # the replica asked above had not caught up): answer with its generation.
+            replay = await self._replay(owner, key, fields) if key is not None else None
+            if replay is not None:
+                return replay
+            # The subject holds an event, but not one that can be read back as this
+            # generation's first: not known yet, so never a 500 and never a second one.
+            log.warning(
+                "Generation {generation_id} was appended to by another writer and its first "
+                "event could not be read back (answered 503)",
+                generation_id=generation_id,
+                owner=owner,
+            )
+            raise Unavailable(
+                "Another request for this generation is being stored at the same time; "
+                f"retry in a moment with the same {HEADER}.",
+                retry_after_s=CONFLICT_RETRY_AFTER_S,
+            ) from None
         except (LogUnavailable, nats.errors.Error) as exc:
             log.warning(
                 "Could not publish generation {generation_id} (answered 503): {error}",

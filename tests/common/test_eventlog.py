@@ -32,6 +32,7 @@ from services.common.broker import ensure_streams
 from services.common.embedded_nats import EmbeddedNats
 from services.common.eventlog import (
     StoredEvent,
+    first_event,
     last_event,
     last_stream_seq,
     read_generation,
@@ -41,6 +42,7 @@ from services.common.eventlog import (
 from services.common.eventwriter import EventBatch, GenerationWriter, WriterConflict, atomic_batches
 from tests.support.nats_cluster import NatsCluster, connect_cluster
 from tests.support.processes import ROOT
+from tests.support.replica_behind import direct_get_finds, direct_gets_answered_by_a_replica_behind
 from tests.support.waiting import eventually
 
 
@@ -93,6 +95,35 @@ async def test_last_event_is_the_decoded_last_one_or_none(nc: Client) -> None:
     assert last is not None
     assert (last.stream_seq, type(last.event)) == (writer.last_stream_seq, GenerationStarted)
     assert await last_event(nc.jetstream(), str(uuid.uuid4())) is None
+
+
+async def test_first_event_is_the_generations_first_or_none(nc: Client) -> None:
+    writer = await _requested(nc)
+    await writer.emit(GenerationStarted, plan=list(PHASES), worker="w", provider="offline")
+    first = await first_event(nc.jetstream(), writer.generation_id)
+    assert first is not None and type(first.event) is GenerationRequested
+    assert first.stream_seq == writer.last_stream_seq - 1
+    assert await first_event(nc.jetstream(), str(uuid.uuid4())) is None
+
+
+async def test_first_event_asks_the_streams_leader_when_a_replica_behind_finds_nothing(
+    nc: Client,
+) -> None:
+    """A replica that has not caught up answers a direct get with "not found": the
+    generation must not look absent (the gateway would write its first event again)."""
+    js = nc.jetstream()
+    await direct_gets_answered_by_a_replica_behind(js)
+    writer = await _requested(nc)
+    assert not await direct_get_finds(js, writer.generation_id), "the replica is not behind"
+
+    first = await first_event(js, writer.generation_id)
+
+    assert first is not None, "a replica behind made an existing generation look absent"
+    assert (first.stream_seq, first.event.generation_id) == (
+        writer.last_stream_seq,
+        writer.generation_id,
+    )
+    assert await first_event(js, str(uuid.uuid4())) is None
 
 
 async def test_an_ordered_reader_restarted_before_its_first_message_repeats_nothing(

@@ -11,7 +11,7 @@ import httpx
 import msgspec
 import nats
 
-from contracts import streams
+from contracts import streams, subjects
 from contracts.events import GenerationRequested
 from contracts.schema import ProjectSchema
 from services.common.eventlog import read_generation
@@ -19,6 +19,7 @@ from services.common.eventwriter import GenerationWriter
 from services.common.settings import Settings
 from services.gateway.idempotency import generation_id_for, project_id_for
 from tests.support.client import SCHEMA_ONE
+from tests.support.replica_behind import direct_get_finds, direct_gets_answered_by_a_replica_behind
 from tests.support.stack import Stack, running_stack
 
 BODY = {"project_name": "shop", "schema": SCHEMA_ONE, "prompt": "a small shop"}
@@ -160,3 +161,93 @@ async def test_a_request_stored_without_its_command_is_finished_by_the_retry(
         assert retried.json()["generation_id"] == generation_id
         await stack.wait_status(generation_id, "completed")
         assert await requested_count(stack, generation_id) == 1
+
+
+async def test_a_create_sent_again_while_a_replica_is_behind_answers_with_the_first(
+    settings: Settings,
+) -> None:
+    """The partition test's 500 (issue 17): the retry's direct get landed on a replica that
+    had not caught up, found nothing, and the gateway wrote the generation again (refused:
+    its own earlier event). The stream's leader is asked before anything is written."""
+    async with running_stack(settings, orchestrator=False) as stack:
+        key = str(uuid.uuid4())
+        first = await post(stack, "/generations", BODY, key)
+        assert first.status_code == 201, first.text
+        generation_id = first.json()["generation_id"]
+        nc = await nats.connect(settings.nats_servers[0])
+        try:
+            await direct_gets_answered_by_a_replica_behind(nc.jetstream())
+            assert not await direct_get_finds(nc.jetstream(), generation_id)
+        finally:
+            await nc.close()
+        before = await stored_messages(stack)
+
+        again = await post(stack, "/generations", BODY, key)
+
+        assert again.status_code == 201, again.text
+        assert again.headers["idempotent-replayed"] == "true"
+        assert again.json()["generation_id"] == generation_id
+        assert again.headers["location"] == first.headers["location"]
+        assert await stored_messages(stack) == before
+        assert await requested_count(stack, generation_id) == 1
+
+
+async def test_a_key_whose_generation_cannot_be_read_back_is_a_503_not_a_500(
+    settings: Settings,
+) -> None:
+    """Another writer got to the key's generation first with something that is not a
+    readable first event: the create cannot know what was requested, so it answers 503
+    with Retry-After (problem+json), writes nothing, and is never a 500."""
+    async with running_stack(settings, orchestrator=False) as stack:
+        key = str(uuid.uuid4())
+        project_id, generation_id = project_id_for("alice", key), generation_id_for("alice", key)
+        nc = await nats.connect(settings.nats_servers[0])
+        try:
+            await nc.jetstream().publish(
+                subjects.generation_events(project_id, generation_id), b"not an event"
+            )
+        finally:
+            await nc.close()
+        before = await stored_messages(stack)
+
+        answer = await post(stack, "/generations", BODY, key)
+
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["content-type"].startswith("application/problem+json")
+        assert int(answer.headers["retry-after"]) > 0
+        assert "Idempotency-Key" in answer.json()["detail"]
+        assert answer.json()["instance"] == "/generations"
+        assert await stored_messages(stack) == before
+
+
+async def test_an_iteration_sent_again_while_a_replica_is_behind_keeps_its_version(
+    settings: Settings,
+) -> None:
+    async with running_stack(settings) as stack:
+        parent = await stack.create()
+        await stack.wait_status(parent["generation_id"], "completed")
+        body = {
+            "parent_generation_id": parent["generation_id"],
+            "modification_prompt": "add pagination",
+        }
+        key = str(uuid.uuid4())
+        first = await post(stack, "/generations/iterate", body, key)
+        assert first.status_code == 201, first.text
+        nc = await nats.connect(settings.nats_servers[0])
+        try:
+            await direct_gets_answered_by_a_replica_behind(nc.jetstream())
+            assert not await direct_get_finds(nc.jetstream(), first.json()["generation_id"])
+        finally:
+            await nc.close()
+
+        again = await post(stack, "/generations/iterate", body, key)
+
+        assert again.status_code == 201, again.text
+        assert again.headers["idempotent-replayed"] == "true"
+        assert (again.json()["generation_id"], again.json()["version"]) == (
+            first.json()["generation_id"],
+            2,
+        )
+        await stack.wait_status(first.json()["generation_id"], "completed")
+        # The repeat took no version number.
+        assert (await stack.iterate(parent["generation_id"], "add a Dockerfile"))["version"] == 3

@@ -207,6 +207,19 @@ class NatsCluster:
             return info.cluster.leader if info.cluster else None
         return None
 
+    async def serves_direct_gets(self, node: EmbeddedNats, stream: str) -> bool:
+        """Whether the node's own replica of the stream answers direct gets (a follower
+        joins the responders once it has caught up; routed interest is not counted)."""
+        subject = f"$JS.API.DIRECT.GET.{stream}"
+        async with httpx.AsyncClient(timeout=5) as http:
+            response = await http.get(
+                f"http://{node.host}:{node.monitor_port}/subsz",
+                params={"subs": "true", "test": subject},
+            )
+        response.raise_for_status()
+        subscriptions = response.json().get("subscriptions_list") or []
+        return any(s.get("subject") == subject and s.get("qgroup") for s in subscriptions)
+
     async def node_state(self, node: EmbeddedNats) -> dict[str, tuple[int, int, int]]:
         """Each stream's (messages, first seq, last seq) as this node itself stores it
         (nats-server's /jsz monitoring endpoint, not the leader's answer)."""

@@ -16,7 +16,7 @@ from nats.js.api import StoreCompression
 from sqlalchemy.engine import make_url
 
 from contracts import streams, subjects
-from services.common.embedded_nats import EmbeddedNats, free_port
+from services.common.embedded_nats import EmbeddedNats, NatsCluster, free_port
 from services.common.eventlog import read_subject
 from services.storage.db import (
     alembic_config,
@@ -125,11 +125,50 @@ def test_kiln_migrate_without_a_broker_says_the_streams_were_not_migrated(tmp_pa
         "KILN_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'kiln.db'}",
         "NATS_URL": f"nats://127.0.0.1:{free_port()}",
     }
-    result = kiln("migrate", env=env)
+    result = kiln("migrate", "--wait", "1", env=env)
     assert result.returncode == 1
     assert "Database is up to date" in result.stdout
+    assert "Waiting for the broker at nats://127.0.0.1:" in result.stdout, result.stdout
     assert "the streams were not migrated" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_kiln_migrate_started_before_a_clusters_nodes_waits_for_them(tmp_path: Path) -> None:
+    """As under compose, or CI starting a cluster: `kiln migrate` runs before the nodes
+    listen, and before JetStream has a meta leader and knows its peers (streams at 3
+    replicas). It says that it waits, waits, and migrates; no traceback, no retry by hand."""
+    nodes = NatsCluster(tmp_path / "nats")
+    env = {
+        "KILN_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'kiln.db'}",
+        "NATS_URL": nodes.url,
+        "KILN_STREAM_REPLICAS": "3",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.cli.main", "migrate", "--wait", "90"],
+        cwd=ROOT,
+        env=process_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        said = [process.stdout.readline() for _ in range(2)]
+        assert "Database is up to date" in said[0], said
+        # Only now do the nodes start: the command got there first, for certain.
+        assert said[1].startswith(f"Waiting for the broker at {nodes.url.replace(',', ', ')}")
+        nodes.start()
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+        process.wait()
+        nodes.stop()
+    assert process.returncode == 0, out + err
+    assert "Traceback" not in err, err
+    described = [line for line in out.splitlines() if line.startswith("Stream ")]
+    assert [line.split()[1] for line in described] == [m().name for m in streams.ALL_STREAMS]
+    assert all(line.endswith(", 3 replica(s)") for line in described), out
 
 
 def test_storage_refuses_a_missing_sqlite_file_and_leaves_none_behind(tmp_path: Path) -> None:
