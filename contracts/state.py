@@ -44,6 +44,7 @@ from contracts.events import (
     VerifyStarted,
     VerifyUnavailable,
     VersionBasedOn,
+    verification_counts,
 )
 
 Status = Literal["pending", "running", "completed", "failed", "cancelled"]
@@ -324,22 +325,7 @@ def apply(state: GenerationState, event: Event, *, keep_content: bool = True) ->
             _verified(s, Verification(status="running", round=event.round))
         case VerifyCompleted():
             state.verify_output = event.output_tail
-            _verified(
-                s,
-                Verification(
-                    status=event.verdict,
-                    round=event.round,
-                    passed=event.passed,
-                    failed=event.failed,
-                    errors=event.errors,
-                    skipped=event.skipped,
-                    lint_findings=event.lint_findings,
-                    format_findings=event.format_findings,
-                    duration_ms=event.duration_ms,
-                    compile_errors=list(event.compile_errors),
-                    failures=list(event.failures),
-                ),
-            )
+            _verified(s, _finished(event))
         case VerifyUnavailable():
             state.verify_output = ""
             _verified(s, Verification(status="unverified", round=event.round, reason=event.reason))
@@ -369,7 +355,7 @@ def apply(state: GenerationState, event: Event, *, keep_content: bool = True) ->
                     r.status = "reverted"
                     r.reason = event.reason or None
             state.verify_output = ""  # the restored verification's output is not kept
-            _verified(s, _restored(event.restored))
+            _verified(s, _finished(event.restored))
         case GenerationCompleted():
             s.status = "completed"
             s.progress = 100
@@ -401,20 +387,9 @@ def _verified(s: GenerationSummary, v: Verification) -> None:
     s.verification = v
 
 
-def _restored(r: RestoredVerification) -> Verification:
-    return Verification(
-        status=r.verdict,
-        round=r.round,
-        passed=r.passed,
-        failed=r.failed,
-        errors=r.errors,
-        skipped=r.skipped,
-        lint_findings=r.lint_findings,
-        format_findings=r.format_findings,
-        duration_ms=r.duration_ms,
-        compile_errors=list(r.compile_errors),
-        failures=list(r.failures),
-    )
+def _finished(run: VerifyCompleted | RestoredVerification) -> Verification:
+    """The verification of a finished run: a `verify.completed`, or the one a revert restores."""
+    return Verification(status=run.verdict, round=run.round, **verification_counts(run))
 
 
 def _remove_file(state: GenerationState, path: str) -> None:
