@@ -283,32 +283,30 @@ def apply(state: GenerationState, event: Event, *, keep_content: bool = True) ->
                 s.phases_completed.append(event.phase)
             s.phase_durations_ms[event.phase] = event.duration_ms
         case FileWritten():
-            _remove_file(state, event.path)
-            state.deleted.pop(event.path, None)
-            state.files[event.path] = FileState(
-                path=event.path,
-                sha256=event.sha256,
-                size=event.size,
-                phase=event.phase,
-                origin=event.origin,
-                content=event.content if keep_content else None,
+            _add_file(
+                state,
+                FileState(
+                    path=event.path,
+                    sha256=event.sha256,
+                    size=event.size,
+                    phase=event.phase,
+                    origin=event.origin,
+                    content=event.content if keep_content else None,
+                ),
             )
-            s.file_count += 1
-            s.total_bytes += event.size
         case VersionBasedOn():
             state.based_on = event.parent_generation_id
             for inherited in event.files:
-                _remove_file(state, inherited.path)
-                state.deleted.pop(inherited.path, None)
-                state.files[inherited.path] = FileState(
-                    path=inherited.path,
-                    sha256=inherited.sha256,
-                    size=inherited.size,
-                    phase=event.phase,
-                    origin="parent",
+                _add_file(
+                    state,
+                    FileState(
+                        path=inherited.path,
+                        sha256=inherited.sha256,
+                        size=inherited.size,
+                        phase=event.phase,
+                        origin="parent",
+                    ),
                 )
-                s.file_count += 1
-                s.total_bytes += inherited.size
         case FileDeleted():
             _remove_file(state, event.path)
             state.deleted[event.path] = event.reason
@@ -390,6 +388,16 @@ def _verified(s: GenerationSummary, v: Verification) -> None:
 def _finished(run: VerifyCompleted | RestoredVerification) -> Verification:
     """The verification of a finished run: a `verify.completed`, or the one a revert restores."""
     return Verification(status=run.verdict, round=run.round, **verification_counts(run))
+
+
+def _add_file(state: GenerationState, file: FileState) -> None:
+    """Put a file in the set (in place of one at its path, and no longer deleted), counted
+    in the summary's count and bytes."""
+    _remove_file(state, file.path)
+    state.deleted.pop(file.path, None)
+    state.files[file.path] = file
+    state.summary.file_count += 1
+    state.summary.total_bytes += file.size
 
 
 def _remove_file(state: GenerationState, path: str) -> None:
