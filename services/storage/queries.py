@@ -15,7 +15,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts.audit import StoredLink
-from contracts.state import GenerationSummary, Status, Verification
+from contracts.state import GenerationSummary
 from contracts.streams import STORAGE_CONSUMER
 from services.storage.models import (
     blobs_table,
@@ -46,33 +46,15 @@ class FileEntry(msgspec.Struct, frozen=True, kw_only=True):
     origin: str
 
 
-class VersionEntry(msgspec.Struct, frozen=True, kw_only=True):
-    """One version of a project, as a project's listing shows it."""
-
-    generation_id: str
-    version: int
-    parent_generation_id: str | None
-    kind: str
-    status: Status
-    progress: int
-    prompt: str
-    provider: str
-    file_count: int
-    total_bytes: int
-    created_at: datetime | None
-    finished_at: datetime | None
-    verification: Verification | None = None
-
-
 class ProjectView(msgspec.Struct, frozen=True, kw_only=True):
-    """A project and its versions, sorted by version."""
+    """A project and its versions (each its generation's summary), sorted by version."""
 
     project_id: str
     name: str
     owner: str
     created_at: datetime
     latest_version: int
-    versions: list[VersionEntry]
+    versions: list[GenerationSummary]
 
     @property
     def id(self) -> str:
@@ -155,18 +137,7 @@ class ReadModel:
         )
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
-        return [
-            EventEntry(
-                stream_seq=row.stream_seq,
-                seq=row.seq,
-                type=row.type,
-                at=row.at,
-                progress=row.progress,
-                body=dict(row.body),
-                hash=row.hash,
-            )
-            for row in rows
-        ]
+        return [msgspec.convert(dict(row._mapping), EventEntry, strict=False) for row in rows]
 
     async def blobs(self, names: Iterable[str]) -> dict[str, bytes]:
         """sha256 → stored content, of those of `names` the read model holds."""
@@ -220,7 +191,7 @@ class ReadModel:
                     )
                 )
             ).all()
-        by_project: dict[str, list[VersionEntry]] = {}
+        by_project: dict[str, list[GenerationSummary]] = {}
         for row in versions:
             by_project.setdefault(row.project_id, []).append(_version_entry(row))
         return [_project_view(row, by_project.get(row.id, [])) for row in projects]
@@ -284,22 +255,9 @@ class ReadModel:
 
 
 def _versions_query() -> Any:
-    return select(
-        generations_table.c.id,
-        generations_table.c.project_id,
-        generations_table.c.version,
-        generations_table.c.parent_generation_id,
-        generations_table.c.kind,
-        generations_table.c.status,
-        generations_table.c.progress,
-        generations_table.c.prompt,
-        generations_table.c.provider,
-        generations_table.c.file_count,
-        generations_table.c.total_bytes,
-        generations_table.c.created_at,
-        generations_table.c.finished_at,
-        generations_table.c.verification,
-    ).order_by(generations_table.c.project_id, generations_table.c.version)
+    return select(generations_table).order_by(
+        generations_table.c.project_id, generations_table.c.version
+    )
 
 
 def _file_entry(row: Row[Any]) -> FileEntry:
@@ -308,11 +266,11 @@ def _file_entry(row: Row[Any]) -> FileEntry:
     )
 
 
-def _version_entry(row: Row[Any]) -> VersionEntry:
-    return msgspec.convert({**row._mapping, "generation_id": row.id}, VersionEntry, strict=False)
+def _version_entry(row: Row[Any]) -> GenerationSummary:
+    return from_row(row._mapping, GenerationSummary)
 
 
-def _project_view(row: Row[Any], versions: list[VersionEntry]) -> ProjectView:
+def _project_view(row: Row[Any], versions: list[GenerationSummary]) -> ProjectView:
     return ProjectView(
         project_id=row.id,
         name=row.name,
