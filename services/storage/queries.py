@@ -5,7 +5,7 @@ Nothing here writes. Every method opens a connection, reads, and lets it roll ba
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -13,6 +13,7 @@ import msgspec
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql import Executable
 
 from contracts.audit import StoredLink
 from contracts.state import GenerationSummary
@@ -80,6 +81,14 @@ class ReadModel:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
+    async def _all(self, query: Executable) -> Sequence[Row[Any]]:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(query)).all()
+
+    async def _first(self, query: Executable) -> Row[Any] | None:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(query)).first()
+
     async def generation(self, generation_id: str) -> GenerationView | None:
         """One generation with its project's name, or None."""
         query = (
@@ -87,8 +96,7 @@ class ReadModel:
             .join(projects_table, projects_table.c.id == generations_table.c.project_id)
             .where(generations_table.c.id == generation_id)
         )
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(query)).first()
+        row = await self._first(query)
         return None if row is None else from_row(row._mapping, GenerationView)
 
     async def files(self, generation_id: str) -> list[FileEntry]:
@@ -98,8 +106,7 @@ class ReadModel:
             .where(generation_files_table.c.generation_id == generation_id)
             .order_by(generation_files_table.c.path)
         )
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
+        rows = await self._all(query)
         return [_file_entry(row) for row in rows]
 
     async def file(self, generation_id: str, path: str) -> tuple[FileEntry, bytes] | None:
@@ -112,8 +119,7 @@ class ReadModel:
                 generation_files_table.c.path == path,
             )
         )
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(query)).first()
+        row = await self._first(query)
         return None if row is None else (_file_entry(row), bytes(row.content))
 
     async def contents(self, generation_id: str) -> dict[str, bytes]:
@@ -124,8 +130,7 @@ class ReadModel:
             .where(generation_files_table.c.generation_id == generation_id)
             .order_by(generation_files_table.c.path)
         )
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
+        rows = await self._all(query)
         return {row.path: bytes(row.content) for row in rows}
 
     async def events(self, generation_id: str) -> list[EventEntry]:
@@ -135,8 +140,7 @@ class ReadModel:
             .where(events_table.c.generation_id == generation_id)
             .order_by(events_table.c.stream_seq)
         )
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
+        rows = await self._all(query)
         return [msgspec.convert(dict(row._mapping), EventEntry, strict=False) for row in rows]
 
     async def blobs(self, names: Iterable[str]) -> dict[str, bytes]:
