@@ -158,27 +158,18 @@ async def converse(
     return await _Conversation(request, reporter, provider, label, model, call, policy).run()
 
 
+@dataclass(eq=False)
 class _Conversation:
-    def __init__(
-        self,
-        request: PhaseRequest,
-        reporter: Reporter,
-        provider: str,
-        label: str,
-        model: str,
-        call: ModelCall,
-        policy: CallPolicy,
-    ) -> None:
-        self.request = request
-        self.reporter = reporter
-        self.provider = provider
-        self.label = label
-        self.model = model
-        self.call = call
-        self.policy = policy
-        self.calls = 0
-        self.bytes_before = 0
-        self.tokens_before = 0
+    request: PhaseRequest
+    reporter: Reporter
+    provider: str
+    label: str
+    model: str
+    call: ModelCall
+    policy: CallPolicy
+    calls: int = 0
+    bytes_before: int = 0
+    tokens_before: int = 0
 
     async def run(self) -> PhaseOutput:
         done: dict[str, GeneratedFile] = {}
@@ -344,15 +335,7 @@ class _Conversation:
         self, result: CallResult, attempt: int, latency_ms: int, outcome: str
     ) -> None:
         self.bytes_before += len(result.text.encode())
-        await self.reporter.llm_called(
-            provider=self.provider,
-            model=self.model,
-            tokens_in=result.tokens_in,
-            tokens_out=result.tokens_out,
-            latency_ms=latency_ms,
-            attempt=attempt,
-            outcome=outcome,
-        )
+        await self._called(attempt, latency_ms, outcome, result.tokens_in, result.tokens_out)
         log.info(
             "{label} call for phase {phase} of generation {generation_id} finished: {outcome}",
             label=self.label,
@@ -367,15 +350,7 @@ class _Conversation:
         )
 
     async def _report_failure(self, exc: CallFailed, attempt: int, latency_ms: int) -> None:
-        await self.reporter.llm_called(
-            provider=self.provider,
-            model=self.model,
-            tokens_in=exc.tokens_in,
-            tokens_out=exc.tokens_out,
-            latency_ms=latency_ms,
-            attempt=attempt,
-            outcome=exc.kind,
-        )
+        await self._called(attempt, latency_ms, exc.kind, exc.tokens_in, exc.tokens_out)
         log.warning(
             "{label} call for phase {phase} of generation {generation_id} failed: {kind}",
             label=self.label,
@@ -386,6 +361,20 @@ class _Conversation:
             model=self.model,
             attempt=attempt,
             latency_ms=latency_ms,
+        )
+
+    async def _called(
+        self, attempt: int, latency_ms: int, outcome: str, tokens_in: int, tokens_out: int
+    ) -> None:
+        """Report one call, answered or failed (`llm.called`)."""
+        await self.reporter.llm_called(
+            provider=self.provider,
+            model=self.model,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            latency_ms=latency_ms,
+            attempt=attempt,
+            outcome=outcome,
         )
 
     def _check_cancelled(self) -> None:
