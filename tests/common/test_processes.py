@@ -1,0 +1,23 @@
+"""A process is alive while it runs: a reaped one and a zombie are not."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+from services.common.processes import is_zombie, pid_alive
+
+
+def test_this_process_is_alive() -> None:
+    assert pid_alive(os.getpid()) and not is_zombie(os.getpid())
+
+
+def test_an_exited_child_is_not_alive_before_or_after_it_is_reaped() -> None:
+    child = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 10
+    while not is_zombie(child.pid) and time.monotonic() < deadline:
+        time.sleep(0.01)  # exited but not yet waited for: a zombie
+    assert is_zombie(child.pid) and not pid_alive(child.pid)
+    child.wait()
+    assert not pid_alive(child.pid)
