@@ -25,7 +25,7 @@ from services.common.blobs import resolve_contents
 from services.common.eventlog import read_generation
 from services.common.eventwriter import EventBatch
 from services.common.logs import get_logger
-from services.orchestrator.cancels import Cancelled
+from services.orchestrator.cancels import Cancelled, run_unless_cancelled
 from services.orchestrator.folding import FoldingWriter, add_file_written, file_content
 from services.orchestrator.producer import PhaseProducer
 from services.orchestrator.providers.base import REPAIR_OUTPUT_CHARS, Provider, RepairBrief
@@ -100,18 +100,10 @@ class RepairLoop:
     async def _verify_version(self, round_: int, started: bool) -> None:
         """One round of the version's own tests, run by a verifier; abandoned when it is
         cancelled."""
-        step = asyncio.ensure_future(
-            verify_step(self.writer, self.verifier, round_, done=False, started=started)
+        step = await run_unless_cancelled(
+            verify_step(self.writer, self.verifier, round_, done=False, started=started),
+            self.cancelled,
         )
-        cancel = asyncio.ensure_future(self.cancelled.wait())
-        try:
-            await asyncio.wait({step, cancel}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            cancel.cancel()
-        if not step.done():
-            step.cancel()
-            await asyncio.gather(step, return_exceptions=True)
-            raise Cancelled
         step.result()
 
     async def _repair(self, provider: Provider, round_: int, started: bool, rounds: int) -> None:
