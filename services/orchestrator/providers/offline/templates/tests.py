@@ -390,15 +390,23 @@ def entity_tests(project: ProjectLayout, entity: EntityLayout) -> str:
                 f'    assert client.get({literal(path)}, params={{"limit": 0}}).status_code == 400',
             ]
         )
-    lines = [
-        *_client_module_head(
-            f"The {entity.name} API through HTTP: create, list, read, update, delete."
-        ),
-        "",
-    ]
+    return client_test_module(
+        f"The {entity.name} API through HTTP: create, list, read, update, delete.", helpers, tests
+    )
+
+
+def client_test_module(
+    docstring: str,
+    factories: set[tuple[str, str]],
+    tests: list[list[str]],
+    imports: tuple[str, ...] = (),
+) -> str:
+    """A generated test module that calls the app through `TestClient`: its head, the
+    `imports` it needs, the factory helpers it uses (module, name) and its `tests`."""
+    lines = [*_client_module_head(docstring), "", *imports]
     by_module: dict[str, list[str]] = {}
-    for factory_module_name, helper in sorted(helpers):
-        by_module.setdefault(factory_module_name, []).append(helper)
+    for module, helper in sorted(factories):
+        by_module.setdefault(module, []).append(helper)
     for name, names in sorted(by_module.items(), key=lambda item: natural(item[0])):
         lines.extend(import_from(f"tests.factories.{name}", names))
     for test in tests:
