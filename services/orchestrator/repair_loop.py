@@ -9,6 +9,7 @@ round that made things worse is reverted.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 
 from nats.js import JetStreamContext
 
@@ -46,6 +47,7 @@ from services.orchestrator.verification import VerifierClient, verify_step
 log = get_logger(__name__)
 
 
+@dataclass(eq=False)
 class RepairLoop:
     """Verifies one whole version and repairs it while its tests fail.
 
@@ -55,27 +57,19 @@ class RepairLoop:
     repair rounds allowed, and whether the parent version's tests passed.
     """
 
-    def __init__(
-        self,
-        js: JetStreamContext,
-        verifier: VerifierClient,
-        writer: FoldingWriter,
-        state: GenerationState,
-        cancelled: asyncio.Event,
-        producer: PhaseProducer,
-        *,
-        rounds: int,
-        parent_passed: bool,
-    ) -> None:
-        self.js = js
-        self.verifier = verifier
-        self.writer = writer
-        self.state = state
-        self.cancelled = cancelled
-        self.producer = producer
-        self.rounds = rounds
-        self.parent_passed = parent_passed
-        self.generation_id = state.generation_id
+    js: JetStreamContext
+    verifier: VerifierClient
+    writer: FoldingWriter
+    state: GenerationState
+    cancelled: asyncio.Event
+    producer: PhaseProducer
+    rounds: int = field(kw_only=True)
+    parent_passed: bool = field(kw_only=True)
+
+    @property
+    def generation_id(self) -> str:
+        """The generation the loop verifies and repairs."""
+        return self.state.generation_id
 
     async def run(self, provider: Provider) -> None:
         """Verify the version; while an LLM version's tests fail, repair and verify again.
