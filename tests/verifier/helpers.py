@@ -133,12 +133,14 @@ async def request(js: JetStreamContext, project_id: str, generation_id: str, upt
 async def result_of(js: JetStreamContext, generation_id: str, timeout: float = 90) -> VerifyResult:
     """The result of round 0, once it is published."""
     subject = subjects.verify_result_subject(generation_id, 0)
-    for _ in range(int(timeout / 0.2)):
+
+    async def published() -> VerifyResult | None:
         with contextlib.suppress(NotFoundError):
             msg = await js.get_last_msg(streams.VERIFY_RESULTS_STREAM, subject)
             return decode_verify_result(msg.data)
-        await asyncio.sleep(0.2)
-    raise AssertionError("no verify result")
+        return None
+
+    return await eventually(published, timeout, 0.2, what=f"the verify result on {subject}")
 
 
 async def verify_once(

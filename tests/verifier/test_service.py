@@ -18,6 +18,7 @@ from services.common.embedded_nats import EmbeddedNats
 from services.common.eventwriter import GenerationWriter
 from services.common.settings import Settings
 from tests.support.processes import Processes
+from tests.support.waiting import eventually
 from tests.verifier.helpers import project, request, result_of, verify_once, write_generation
 from tests.verifier.test_sandbox import _processes_with
 
@@ -74,12 +75,12 @@ async def test_a_verifier_killed_mid_run_hands_the_command_to_another(
     try:
         first = processes.start("verifier", "first")
         await request(js, project_id, generation_id, upto)
-        for _ in range(300):
-            if f"Verifying generation {generation_id}" in first.log:
-                break
-            await asyncio.sleep(0.1)
-        else:
-            raise AssertionError(first.log[-3000:])
+        await eventually(
+            lambda: f"Verifying generation {generation_id}" in first.log,
+            30,
+            0.1,
+            what=lambda: f"the first verifier to take the command: {first.log[-3000:]}",
+        )
         first.signal(signal.SIGKILL)
         first.process.wait(10)
         await asyncio.sleep(0.5)
