@@ -219,32 +219,19 @@ def test_every_record_of_a_verification_run_has_every_count(record: type) -> Non
 
 def test_the_counts_are_copied_by_name_with_their_lists_copied_too() -> None:
     failure = FailedTest(test_id="tests/test_a.py::test_a", message="boom")
-    run = VerifyCompleted(
-        **BASE,
-        verdict="failed",
-        passed=3,
-        failed=1,
-        errors=2,
-        skipped=4,
-        duration_ms=5,
-        lint_findings=6,
-        format_findings=7,
-        compile_errors=["app/x.py:1: invalid syntax"],
-        failures=[failure],
-    )
+    counts = {
+        "passed": 3,
+        "failed": 1,
+        "errors": 2,
+        "skipped": 4,
+        "duration_ms": 5,
+        "lint_findings": 6,
+        "format_findings": 7,
+        "compile_errors": ["app/x.py:1: invalid syntax"],
+        "failures": [failure],
+    }
+    run = VerifyCompleted(**BASE, verdict="failed", **counts)
     restored = RestoredVerification(round=1, verdict="failed", **verification_counts(run))
-    assert restored == RestoredVerification(
-        round=1,
-        verdict="failed",
-        passed=3,
-        failed=1,
-        errors=2,
-        skipped=4,
-        duration_ms=5,
-        lint_findings=6,
-        format_findings=7,
-        compile_errors=["app/x.py:1: invalid syntax"],
-        failures=[failure],
-    )
+    assert restored == RestoredVerification(round=1, verdict="failed", **counts)
     assert restored.compile_errors is not run.compile_errors
     assert restored.failures is not run.failures

@@ -76,6 +76,27 @@ def project(test_source: str, **extra: str) -> dict[str, str]:
     }
 
 
+# A fork bomb: it must meet the sandbox's process limit (its test fails, saying after
+# how many children), not exhaust the host.
+FORK_BOMB = project("""
+    import os, time
+
+    def test_bomb():
+        children = 0
+        try:
+            while True:
+                if os.fork() == 0:
+                    while True:
+                        try:
+                            os.fork()
+                        except OSError:
+                            time.sleep(0.05)
+                children += 1
+        except OSError as exc:
+            raise AssertionError(f"fork refused after {children}: {exc}")
+""")
+
+
 def make_sandbox(limits: Limits = LIMITS, slots: int = 1) -> Sandbox:
     """The real sandbox with the real verify runtime."""
     return Sandbox(load_runtime(), limits, slots=slots)

@@ -33,6 +33,7 @@ from tests.support.processes import Processes
 from tests.support.stack import Stack, running_stack
 from tests.support.waiting import eventually
 from tests.verifier.helpers import (
+    FORK_BOMB,
     PYPROJECT,
     SECRETS,
     Generation,
@@ -72,23 +73,6 @@ def _network(stack: Stack) -> dict[str, str]:
     """)
 
 
-FORK_BOMB = project("""
-    import os, time
-
-    def test_bomb():
-        children = 0
-        try:
-            while True:
-                if os.fork() == 0:
-                    while True:
-                        try:
-                            os.fork()
-                        except OSError:
-                            time.sleep(0.05)
-                children += 1
-        except OSError as exc:
-            raise AssertionError(f"fork refused after {children}: {exc}")
-""")
 SPIN = project("""
     def test_spin():
         while True:
