@@ -31,6 +31,7 @@ from contracts.events import (
     GenerationRequested,
     GenerationResumed,
     GenerationStarted,
+    InheritedFile,
     LlmCalled,
     LlmRetrying,
     PhaseCompleted,
@@ -283,30 +284,12 @@ def apply(state: GenerationState, event: Event, *, keep_content: bool = True) ->
                 s.phases_completed.append(event.phase)
             s.phase_durations_ms[event.phase] = event.duration_ms
         case FileWritten():
-            _add_file(
-                state,
-                FileState(
-                    path=event.path,
-                    sha256=event.sha256,
-                    size=event.size,
-                    phase=event.phase,
-                    origin=event.origin,
-                    content=event.content if keep_content else None,
-                ),
-            )
+            content = event.content if keep_content else None
+            _add_file(state, event, event.phase, event.origin, content)
         case VersionBasedOn():
             state.based_on = event.parent_generation_id
             for inherited in event.files:
-                _add_file(
-                    state,
-                    FileState(
-                        path=inherited.path,
-                        sha256=inherited.sha256,
-                        size=inherited.size,
-                        phase=event.phase,
-                        origin="parent",
-                    ),
-                )
+                _add_file(state, inherited, event.phase, "parent")
         case FileDeleted():
             _remove_file(state, event.path)
             state.deleted[event.path] = event.reason
@@ -390,14 +373,27 @@ def _finished(run: VerifyCompleted | RestoredVerification) -> Verification:
     return Verification(status=run.verdict, round=run.round, **verification_counts(run))
 
 
-def _add_file(state: GenerationState, file: FileState) -> None:
-    """Put a file in the set (in place of one at its path, and no longer deleted), counted
-    in the summary's count and bytes."""
-    _remove_file(state, file.path)
-    state.deleted.pop(file.path, None)
-    state.files[file.path] = file
+def _add_file(
+    state: GenerationState,
+    named: FileWritten | InheritedFile,
+    phase: str,
+    origin: str,
+    content: str | None = None,
+) -> None:
+    """Put a file the log names in the set (in place of one at its path, and no longer
+    deleted), counted in the summary's count and bytes."""
+    _remove_file(state, named.path)
+    state.deleted.pop(named.path, None)
+    state.files[named.path] = FileState(
+        path=named.path,
+        sha256=named.sha256,
+        size=named.size,
+        phase=phase,
+        origin=origin,
+        content=content,
+    )
     state.summary.file_count += 1
-    state.summary.total_bytes += file.size
+    state.summary.total_bytes += named.size
 
 
 def _remove_file(state: GenerationState, path: str) -> None:
