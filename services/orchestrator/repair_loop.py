@@ -139,13 +139,18 @@ class RepairLoop:
             self._apply_repair(output, batch)
         written = sorted({e.path for e in batch.events if isinstance(e, FileWritten)})
         deleted = sorted({e.path for e in batch.events if isinstance(e, FileDeleted)})
-        outcome = "changed" if written or deleted else "unchanged" if output is not None else None
+        if written or deleted:
+            outcome = "changed"
+        elif output is not None:
+            outcome = "unchanged"
+        else:
+            outcome = "rejected" if rules else "failed"
         batch.add(
             RepairCompleted,
             round=round_,
             files_changed=written,
             deleted=deleted,
-            outcome=outcome or ("rejected" if rules else "failed"),
+            outcome=outcome,
             rules=rules,
             reason=reason,
             summary=output.summary if output is not None else "",
@@ -156,7 +161,7 @@ class RepairLoop:
             "Repair round {round} of generation {generation_id}: {outcome}",
             round=round_,
             generation_id=self.generation_id,
-            outcome=outcome or ("rejected" if rules else "failed"),
+            outcome=outcome,
             files=len(written) + len(deleted),
             reason=reason,
         )
