@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -273,6 +273,31 @@ class RestoredVerification(msgspec.Struct, frozen=True, kw_only=True):
     format_findings: int = 0
     compile_errors: list[str] = []
     failures: list[FailedTest] = []
+
+
+VERIFICATION_COUNTS = (
+    "passed",
+    "failed",
+    "errors",
+    "skipped",
+    "duration_ms",
+    "lint_findings",
+    "format_findings",
+    "compile_errors",
+    "failures",
+)
+"""What every record of a verification run holds under these names: the verifier's
+`VerifyResult`, `verify.completed`, a revert's `RestoredVerification` and the fold's
+`Verification` (tests/contracts/test_events.py checks that each has them all)."""
+
+
+def verification_counts(run: Any) -> dict[str, Any]:
+    """The counts of a verification run (`VERIFICATION_COUNTS`), taken by name from any
+    record of one, lists copied: the one place they are passed from record to record."""
+    return {
+        name: list(value) if isinstance(value := getattr(run, name), list) else value
+        for name in VERIFICATION_COUNTS
+    }
 
 
 class RepairReverted(Event, frozen=True, kw_only=True, tag="repair.reverted"):

@@ -31,6 +31,7 @@ from contracts.events import (
     GenerationRequested,
     GenerationResumed,
     GenerationStarted,
+    InheritedFile,
     LlmCalled,
     LlmRetrying,
     PhaseCompleted,
@@ -44,6 +45,7 @@ from contracts.events import (
     VerifyStarted,
     VerifyUnavailable,
     VersionBasedOn,
+    verification_counts,
 )
 
 Status = Literal["pending", "running", "completed", "failed", "cancelled"]
@@ -282,32 +284,12 @@ def apply(state: GenerationState, event: Event, *, keep_content: bool = True) ->
                 s.phases_completed.append(event.phase)
             s.phase_durations_ms[event.phase] = event.duration_ms
         case FileWritten():
-            _remove_file(state, event.path)
-            state.deleted.pop(event.path, None)
-            state.files[event.path] = FileState(
-                path=event.path,
-                sha256=event.sha256,
-                size=event.size,
-                phase=event.phase,
-                origin=event.origin,
-                content=event.content if keep_content else None,
-            )
-            s.file_count += 1
-            s.total_bytes += event.size
+            content = event.content if keep_content else None
+            _add_file(state, event, event.phase, event.origin, content)
         case VersionBasedOn():
             state.based_on = event.parent_generation_id
             for inherited in event.files:
-                _remove_file(state, inherited.path)
-                state.deleted.pop(inherited.path, None)
-                state.files[inherited.path] = FileState(
-                    path=inherited.path,
-                    sha256=inherited.sha256,
-                    size=inherited.size,
-                    phase=event.phase,
-                    origin="parent",
-                )
-                s.file_count += 1
-                s.total_bytes += inherited.size
+                _add_file(state, inherited, event.phase, "parent")
         case FileDeleted():
             _remove_file(state, event.path)
             state.deleted[event.path] = event.reason
@@ -324,22 +306,7 @@ def apply(state: GenerationState, event: Event, *, keep_content: bool = True) ->
             _verified(s, Verification(status="running", round=event.round))
         case VerifyCompleted():
             state.verify_output = event.output_tail
-            _verified(
-                s,
-                Verification(
-                    status=event.verdict,
-                    round=event.round,
-                    passed=event.passed,
-                    failed=event.failed,
-                    errors=event.errors,
-                    skipped=event.skipped,
-                    lint_findings=event.lint_findings,
-                    format_findings=event.format_findings,
-                    duration_ms=event.duration_ms,
-                    compile_errors=list(event.compile_errors),
-                    failures=list(event.failures),
-                ),
-            )
+            _verified(s, _finished(event))
         case VerifyUnavailable():
             state.verify_output = ""
             _verified(s, Verification(status="unverified", round=event.round, reason=event.reason))
@@ -369,7 +336,7 @@ def apply(state: GenerationState, event: Event, *, keep_content: bool = True) ->
                     r.status = "reverted"
                     r.reason = event.reason or None
             state.verify_output = ""  # the restored verification's output is not kept
-            _verified(s, _restored(event.restored))
+            _verified(s, _finished(event.restored))
         case GenerationCompleted():
             s.status = "completed"
             s.progress = 100
@@ -401,20 +368,32 @@ def _verified(s: GenerationSummary, v: Verification) -> None:
     s.verification = v
 
 
-def _restored(r: RestoredVerification) -> Verification:
-    return Verification(
-        status=r.verdict,
-        round=r.round,
-        passed=r.passed,
-        failed=r.failed,
-        errors=r.errors,
-        skipped=r.skipped,
-        lint_findings=r.lint_findings,
-        format_findings=r.format_findings,
-        duration_ms=r.duration_ms,
-        compile_errors=list(r.compile_errors),
-        failures=list(r.failures),
+def _finished(run: VerifyCompleted | RestoredVerification) -> Verification:
+    """The verification of a finished run: a `verify.completed`, or the one a revert restores."""
+    return Verification(status=run.verdict, round=run.round, **verification_counts(run))
+
+
+def _add_file(
+    state: GenerationState,
+    named: FileWritten | InheritedFile,
+    phase: str,
+    origin: str,
+    content: str | None = None,
+) -> None:
+    """Put a file the log names in the set (in place of one at its path, and no longer
+    deleted), counted in the summary's count and bytes."""
+    _remove_file(state, named.path)
+    state.deleted.pop(named.path, None)
+    state.files[named.path] = FileState(
+        path=named.path,
+        sha256=named.sha256,
+        size=named.size,
+        phase=phase,
+        origin=origin,
+        content=content,
     )
+    state.summary.file_count += 1
+    state.summary.total_bytes += named.size
 
 
 def _remove_file(state: GenerationState, path: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
@@ -39,6 +41,21 @@ MAX_BLOB_BYTES = MAX_FILE_BYTES
 DAY_S = 24 * 3600.0
 
 
+def _stream(
+    name: str, description: str, subject: str, replicas: int, **options: Any
+) -> StreamConfig:
+    """A Kiln stream: the subjects under `subject`, stored on file in `replicas` copies,
+    kept by limits unless `options` say otherwise (they hold what sets each stream apart)."""
+    return StreamConfig(
+        name=name,
+        description=description,
+        subjects=[subject],
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        **{"retention": RetentionPolicy.LIMITS, **options},
+    )
+
+
 def events_stream(replicas: int = 1, *, atomic: bool = True) -> StreamConfig:
     """Every generation's events, kept until deleted: the source of truth.
 
@@ -46,13 +63,11 @@ def events_stream(replicas: int = 1, *, atomic: bool = True) -> StreamConfig:
     older server refuses a configuration that names the field, so it is left out there).
     Stored S2-compressed: a log of source code shrinks several times on disk.
     """
-    return StreamConfig(
-        name=EVENTS_STREAM,
-        description="Kiln generation events, one subject per generation",
-        subjects=[subjects.ALL_EVENTS],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        num_replicas=replicas,
+    return _stream(
+        EVENTS_STREAM,
+        "Kiln generation events, one subject per generation",
+        subjects.ALL_EVENTS,
+        replicas,
         duplicate_window=DUPLICATE_WINDOW_S,
         max_consumers=MAX_CONSUMERS,
         max_msg_size=MAX_EVENT_BYTES,
@@ -70,13 +85,11 @@ def blobs_stream(replicas: int = 1) -> StreamConfig:
     content is refused, and nothing is stored twice), kept until deleted like the log
     that refers to it, S2-compressed.
     """
-    return StreamConfig(
-        name=BLOBS_STREAM,
-        description="Kiln file contents, one subject per sha256",
-        subjects=[subjects.ALL_BLOBS],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        num_replicas=replicas,
+    return _stream(
+        BLOBS_STREAM,
+        "Kiln file contents, one subject per sha256",
+        subjects.ALL_BLOBS,
+        replicas,
         duplicate_window=DUPLICATE_WINDOW_S,
         max_msg_size=MAX_BLOB_BYTES,
         max_msgs_per_subject=1,
@@ -89,13 +102,12 @@ def blobs_stream(replicas: int = 1) -> StreamConfig:
 
 def _work_queue(name: str, description: str, subject: str, replicas: int) -> StreamConfig:
     """A work-queue stream: each message is taken by one consumer, then removed."""
-    return StreamConfig(
-        name=name,
-        description=description,
-        subjects=[subject],
+    return _stream(
+        name,
+        description,
+        subject,
+        replicas,
         retention=RetentionPolicy.WORK_QUEUE,
-        storage=StorageType.FILE,
-        num_replicas=replicas,
         duplicate_window=DUPLICATE_WINDOW_S,
     )
 
@@ -112,13 +124,11 @@ def commands_stream(replicas: int = 1) -> StreamConfig:
 
 def control_stream(replicas: int = 1) -> StreamConfig:
     """Cancel requests, kept a day so a late orchestrator still sees them."""
-    return StreamConfig(
-        name=CONTROL_STREAM,
-        description="Kiln control messages (cancel requests)",
-        subjects=[subjects.ALL_CONTROL],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        num_replicas=replicas,
+    return _stream(
+        CONTROL_STREAM,
+        "Kiln control messages (cancel requests)",
+        subjects.ALL_CONTROL,
+        replicas,
         max_age=DAY_S,
         max_msgs_per_subject=1,
         duplicate_window=DUPLICATE_WINDOW_S,
@@ -127,13 +137,11 @@ def control_stream(replicas: int = 1) -> StreamConfig:
 
 def dlq_stream(replicas: int = 1) -> StreamConfig:
     """Dead letters: messages a service could not take, with the reason, kept a week."""
-    return StreamConfig(
-        name=DLQ_STREAM,
-        description="Kiln dead letters, one subject per service",
-        subjects=[subjects.ALL_DLQ],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        num_replicas=replicas,
+    return _stream(
+        DLQ_STREAM,
+        "Kiln dead letters, one subject per service",
+        subjects.ALL_DLQ,
+        replicas,
         max_age=7 * DAY_S,
     )
 
@@ -157,13 +165,11 @@ def verify_results_stream(replicas: int = 1) -> StreamConfig:
     first (one message per subject, new ones refused): a second verifier that ran the same
     round later adds nothing.
     """
-    return StreamConfig(
-        name=VERIFY_RESULTS_STREAM,
-        description="Kiln verify results, one subject per generation and round",
-        subjects=[subjects.ALL_VERIFY_RESULTS],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        num_replicas=replicas,
+    return _stream(
+        VERIFY_RESULTS_STREAM,
+        "Kiln verify results, one subject per generation and round",
+        subjects.ALL_VERIFY_RESULTS,
+        replicas,
         max_age=7 * DAY_S,
         max_msg_size=MAX_EVENT_BYTES,
         max_msgs_per_subject=1,
@@ -185,10 +191,17 @@ ALL_STREAMS = (
 )
 
 
-def _worker_consumer(
-    name: str, description: str, subject: str, ack_wait_s: float, max_deliver: int
+def _pull_consumer(
+    name: str,
+    description: str,
+    subject: str,
+    ack_wait_s: float,
+    max_deliver: int,
+    max_ack_pending: int = 10_000,
 ) -> ConsumerConfig:
-    """A durable pull consumer that workers share on a work queue: each takes what it acks."""
+    """A durable pull consumer from the start of `subject`, each message acked explicitly.
+
+    Workers that share one on a work queue each take what they ack."""
     return ConsumerConfig(
         durable_name=name,
         description=description,
@@ -197,13 +210,13 @@ def _worker_consumer(
         deliver_policy=DeliverPolicy.ALL,
         ack_wait=ack_wait_s,
         max_deliver=max_deliver,
-        max_ack_pending=10_000,
+        max_ack_pending=max_ack_pending,
     )
 
 
 def orchestrator_consumer(ack_wait_s: float, max_deliver: int) -> ConsumerConfig:
     """The orchestrators' shared durable pull consumer on the generate commands."""
-    return _worker_consumer(
+    return _pull_consumer(
         ORCHESTRATOR_CONSUMER,
         "Kiln orchestrators take generate commands",
         subjects.GENERATE_COMMANDS,
@@ -225,13 +238,11 @@ def storage_consumer_name(partition: int = 0, partitions: int = 1) -> str:
 
 def storage_consumer(ack_wait_s: float, name: str = STORAGE_CONSUMER) -> ConsumerConfig:
     """A projector's durable pull consumer on every event (each partition reads them all)."""
-    return ConsumerConfig(
-        durable_name=name,
-        description="Kiln storage projects events into SQL",
-        filter_subject=subjects.ALL_EVENTS,
-        ack_policy=AckPolicy.EXPLICIT,
-        deliver_policy=DeliverPolicy.ALL,
-        ack_wait=ack_wait_s,
+    return _pull_consumer(
+        name,
+        "Kiln storage projects events into SQL",
+        subjects.ALL_EVENTS,
+        ack_wait_s,
         max_deliver=-1,
         max_ack_pending=20_000,
     )
@@ -239,7 +250,7 @@ def storage_consumer(ack_wait_s: float, name: str = STORAGE_CONSUMER) -> Consume
 
 def verifier_consumer(ack_wait_s: float, max_deliver: int) -> ConsumerConfig:
     """The verifiers' shared durable pull consumer on the verify commands."""
-    return _worker_consumer(
+    return _pull_consumer(
         VERIFIER_CONSUMER,
         "Kiln verifiers take verify commands",
         subjects.VERIFY_REQUESTS,

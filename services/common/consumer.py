@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import nats.errors
@@ -72,26 +72,18 @@ def deliveries_of(msg: Msg) -> int:
         return 1
 
 
+@dataclass(eq=False)
 class PullWorker:
     """A durable pull consumer of one service, and the loops that drive it."""
 
-    def __init__(
-        self,
-        js: JetStreamContext,
-        *,
-        service: str,
-        stream: str,
-        config: ConsumerConfig,
-        max_deliveries: int = 10,
-    ) -> None:
-        self.js = js
-        self.service = service
-        self.stream = stream
-        self.config = config
-        self.max_deliveries = max_deliveries
-        self._sub: JetStreamContext.PullSubscription | None = None
-        self._waiting: str | None = None
-        """Why the broker does not answer fetches right now (None while it does)."""
+    js: JetStreamContext
+    service: str = field(kw_only=True)
+    stream: str = field(kw_only=True)
+    config: ConsumerConfig = field(kw_only=True)
+    max_deliveries: int = field(default=10, kw_only=True)
+    _sub: JetStreamContext.PullSubscription | None = field(default=None, init=False)
+    _waiting: str | None = field(default=None, init=False)
+    """Why the broker does not answer fetches right now (None while it does)."""
 
     async def _subscription(self) -> JetStreamContext.PullSubscription:
         if self._sub is None:

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from services.common.logs import get_logger
+from services.common.processes import is_zombie, pid_alive
 
 log = get_logger(__name__)
 
@@ -269,16 +270,8 @@ def _runs_config(pid: int, config: Path) -> bool:
         len(args) >= 3
         and Path(args[0]).name == "nats-server"
         and str(config) in args[1:]
-        and not _is_zombie(pid)
+        and not is_zombie(pid)
     )
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
 
 
 def servers_running(config: Path) -> list[int]:
@@ -303,21 +296,11 @@ def _terminate(pid: int, timeout: float) -> None:
                 f"a nats-server (pid {pid}) of another user runs on this store; stop it first"
             ) from None
         deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if not _alive(pid):
+        if not pid_alive(pid):
             return
     raise BrokerError(f"the nats-server (pid {pid}) left on this store does not stop")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return not _is_zombie(pid)
 
 
 class NatsCluster:

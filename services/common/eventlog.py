@@ -58,13 +58,7 @@ async def last_stream_seq(js: JetStreamContext, generation_id: str) -> int:
 
 async def last_event(js: JetStreamContext, generation_id: str) -> StoredEvent | None:
     """A generation's last event as stored, or None (no events, or one that does not decode)."""
-    last = await _last_message(js, generation_id)
-    if last is None or not last.data:
-        return None
-    try:
-        return StoredEvent(int(last.seq or 0), last.data, decode_event(last.data))
-    except DecodeError:
-        return None
+    return _stored(await _last_message(js, generation_id))
 
 
 async def first_event(js: JetStreamContext, generation_id: str) -> StoredEvent | None:
@@ -95,10 +89,15 @@ async def first_event(js: JetStreamContext, generation_id: str) -> StoredEvent |
             "read its first event from the stream's leader",
             generation_id=generation_id,
         )
-    if not first.data:
+    return _stored(first)
+
+
+def _stored(msg: RawStreamMsg | None) -> StoredEvent | None:
+    """The event a stored message holds, or None (no message, or one that does not decode)."""
+    if msg is None or not msg.data:
         return None
     try:
-        return StoredEvent(int(first.seq or 0), first.data, decode_event(first.data))
+        return StoredEvent(int(msg.seq or 0), msg.data, decode_event(msg.data))
     except DecodeError:
         return None
 

@@ -89,12 +89,19 @@ def _plain(value: Any) -> Any:
 class Logger:
     """A logger whose messages are templates filled from keyword fields."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, bound: dict[str, Any] | None = None) -> None:
         self._logger = logging.getLogger(name)
+        self._bound = bound or {}
+
+    def bind(self, **fields: Any) -> Logger:
+        """This logger with `fields` in every line it logs (a line's own fields win)."""
+        return Logger(self._logger.name, {**self._bound, **fields})
 
     def _log(self, level: int, message: str, fields: dict[str, Any], exc_info: Any = None) -> None:
         if not self._logger.isEnabledFor(level):
             return
+        if self._bound:
+            fields = {**self._bound, **fields}
         try:
             text = message.format(**fields) if fields else message
         except (KeyError, IndexError, ValueError):

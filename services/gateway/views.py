@@ -221,15 +221,7 @@ class Views:
             generation_id=view.generation_id,
             count=len(entries),
             events=[
-                AuditEvent(
-                    stream_seq=e.stream_seq,
-                    seq=e.seq,
-                    type=e.type,
-                    at=e.at,
-                    progress=e.progress,
-                    event=e.body,
-                    hash=e.hash,
-                )
+                msgspec.convert({**msgspec.structs.asdict(e), "event": e.body}, AuditEvent)
                 for e in entries
             ],
         )

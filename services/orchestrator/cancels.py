@@ -8,6 +8,8 @@ generation when it takes one, so a cancel that came before the orchestrator is n
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
@@ -19,10 +21,30 @@ from services.common.eventlog import follow_new
 from services.common.logs import get_logger
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 
 class Cancelled(Exception):
     """The generation was cancelled while a step ran."""
+
+
+async def run_unless_cancelled(
+    work: Coroutine[Any, Any, T], cancelled: asyncio.Event
+) -> asyncio.Future[T]:
+    """`work` run to its end, as its finished task (the caller takes its result or its
+    exception); Cancelled as soon as `cancelled` is set first, once the abandoned work has
+    been cancelled and has stopped."""
+    task = asyncio.ensure_future(work)
+    cancel = asyncio.ensure_future(cancelled.wait())
+    try:
+        await asyncio.wait({task, cancel}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        cancel.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise Cancelled
+    return task
 
 
 class CancelWatcher:

@@ -13,7 +13,7 @@ from contracts.phases import PHASES, PhaseOutput, PhasePlan, progress_before
 from contracts.state import GenerationState
 from services.common.eventwriter import GenerationWriter, LogUnavailable, WriterConflict
 from services.common.logs import get_logger, redactor
-from services.orchestrator.cancels import Cancelled
+from services.orchestrator.cancels import Cancelled, run_unless_cancelled
 from services.orchestrator.cheats import check_repair
 from services.orchestrator.guard import Violation, check_output, correction_for, rejection_message
 from services.orchestrator.providers.base import (
@@ -175,16 +175,7 @@ class PhaseProducer:
         self, provider: Provider, request: PhaseRequest, reporter: EventReporter
     ) -> PhaseOutput:
         """Run the provider, abandoning the call as soon as the generation is cancelled."""
-        call = asyncio.ensure_future(provider.run_phase(request, reporter))
-        cancel = asyncio.ensure_future(self.cancelled.wait())
-        try:
-            await asyncio.wait({call, cancel}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            cancel.cancel()
-        if not call.done():
-            call.cancel()
-            await asyncio.gather(call, return_exceptions=True)
-            raise Cancelled
+        call = await run_unless_cancelled(provider.run_phase(request, reporter), self.cancelled)
         try:
             return call.result()
         except ProviderError as exc:

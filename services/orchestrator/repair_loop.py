@@ -9,6 +9,7 @@ round that made things worse is reverted.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 
 from nats.js import JetStreamContext
 
@@ -25,7 +26,7 @@ from services.common.blobs import resolve_contents
 from services.common.eventlog import read_generation
 from services.common.eventwriter import EventBatch
 from services.common.logs import get_logger
-from services.orchestrator.cancels import Cancelled
+from services.orchestrator.cancels import Cancelled, run_unless_cancelled
 from services.orchestrator.folding import FoldingWriter, add_file_written, file_content
 from services.orchestrator.producer import PhaseProducer
 from services.orchestrator.providers.base import REPAIR_OUTPUT_CHARS, Provider, RepairBrief
@@ -46,6 +47,7 @@ from services.orchestrator.verification import VerifierClient, verify_step
 log = get_logger(__name__)
 
 
+@dataclass(eq=False)
 class RepairLoop:
     """Verifies one whole version and repairs it while its tests fail.
 
@@ -55,27 +57,19 @@ class RepairLoop:
     repair rounds allowed, and whether the parent version's tests passed.
     """
 
-    def __init__(
-        self,
-        js: JetStreamContext,
-        verifier: VerifierClient,
-        writer: FoldingWriter,
-        state: GenerationState,
-        cancelled: asyncio.Event,
-        producer: PhaseProducer,
-        *,
-        rounds: int,
-        parent_passed: bool,
-    ) -> None:
-        self.js = js
-        self.verifier = verifier
-        self.writer = writer
-        self.state = state
-        self.cancelled = cancelled
-        self.producer = producer
-        self.rounds = rounds
-        self.parent_passed = parent_passed
-        self.generation_id = state.generation_id
+    js: JetStreamContext
+    verifier: VerifierClient
+    writer: FoldingWriter
+    state: GenerationState
+    cancelled: asyncio.Event
+    producer: PhaseProducer
+    rounds: int = field(kw_only=True)
+    parent_passed: bool = field(kw_only=True)
+
+    @property
+    def generation_id(self) -> str:
+        """The generation the loop verifies and repairs."""
+        return self.state.generation_id
 
     async def run(self, provider: Provider) -> None:
         """Verify the version; while an LLM version's tests fail, repair and verify again.
@@ -100,18 +94,10 @@ class RepairLoop:
     async def _verify_version(self, round_: int, started: bool) -> None:
         """One round of the version's own tests, run by a verifier; abandoned when it is
         cancelled."""
-        step = asyncio.ensure_future(
-            verify_step(self.writer, self.verifier, round_, done=False, started=started)
+        step = await run_unless_cancelled(
+            verify_step(self.writer, self.verifier, round_, done=False, started=started),
+            self.cancelled,
         )
-        cancel = asyncio.ensure_future(self.cancelled.wait())
-        try:
-            await asyncio.wait({step, cancel}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            cancel.cancel()
-        if not step.done():
-            step.cancel()
-            await asyncio.gather(step, return_exceptions=True)
-            raise Cancelled
         step.result()
 
     async def _repair(self, provider: Provider, round_: int, started: bool, rounds: int) -> None:
@@ -153,13 +139,18 @@ class RepairLoop:
             self._apply_repair(output, batch)
         written = sorted({e.path for e in batch.events if isinstance(e, FileWritten)})
         deleted = sorted({e.path for e in batch.events if isinstance(e, FileDeleted)})
-        outcome = "changed" if written or deleted else "unchanged" if output is not None else None
+        if written or deleted:
+            outcome = "changed"
+        elif output is not None:
+            outcome = "unchanged"
+        else:
+            outcome = "rejected" if rules else "failed"
         batch.add(
             RepairCompleted,
             round=round_,
             files_changed=written,
             deleted=deleted,
-            outcome=outcome or ("rejected" if rules else "failed"),
+            outcome=outcome,
             rules=rules,
             reason=reason,
             summary=output.summary if output is not None else "",
@@ -170,7 +161,7 @@ class RepairLoop:
             "Repair round {round} of generation {generation_id}: {outcome}",
             round=round_,
             generation_id=self.generation_id,
-            outcome=outcome or ("rejected" if rules else "failed"),
+            outcome=outcome,
             files=len(written) + len(deleted),
             reason=reason,
         )

@@ -16,7 +16,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from contracts.events import Event, RepairStarted, RestoredVerification
+from contracts.events import Event, RepairStarted, RestoredVerification, verification_counts
 from contracts.state import GenerationState, Verification, fold
 
 REPAIR_PROGRESS = 98
@@ -111,19 +111,7 @@ def files_named(v: Verification, files: dict[str, str]) -> list[str]:
 def restored(v: Verification) -> RestoredVerification:
     """A finished verification as a revert's event carries it."""
     verdict = v.status if v.status in ("passed", "failed", "no_tests") else "failed"
-    return RestoredVerification(
-        round=v.round,
-        verdict=verdict,
-        passed=v.passed,
-        failed=v.failed,
-        errors=v.errors,
-        skipped=v.skipped,
-        duration_ms=v.duration_ms,
-        lint_findings=v.lint_findings,
-        format_findings=v.format_findings,
-        compile_errors=list(v.compile_errors),
-        failures=list(v.failures),
-    )
+    return RestoredVerification(round=v.round, verdict=verdict, **verification_counts(v))
 
 
 def before_round(events: Sequence[Event], round_: int) -> GenerationState | None:

@@ -28,6 +28,7 @@ from contracts.events import (
     VerifyStarted,
     VerifyUnavailable,
     utc_now,
+    verification_counts,
 )
 from contracts.verification import (
     VerifyDecodeError,
@@ -245,15 +246,7 @@ async def verify_step(
         VerifyCompleted,
         round=round_,
         verdict=verdict,
-        passed=answer.passed,
-        failed=answer.failed,
-        errors=answer.errors,
-        skipped=answer.skipped,
-        duration_ms=answer.duration_ms,
-        lint_findings=answer.lint_findings,
-        format_findings=answer.format_findings,
-        compile_errors=list(answer.compile_errors),
-        failures=list(answer.failures),
+        **verification_counts(answer),
         verifier=answer.verifier,
         # Only a failed run's output is worth its room in the log: a repair round reads it.
         output_tail=answer.output_tail[-MAX_OUTPUT_TAIL_CHARS:] if verdict == "failed" else "",

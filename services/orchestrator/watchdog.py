@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import msgspec
@@ -79,18 +80,16 @@ class Heartbeats:
             await asyncio.sleep(every_s)
 
 
+@dataclass(eq=False)
 class Watchdog:
     """Fails abandoned generations; runs inside every orchestrator."""
 
-    def __init__(
-        self, nc: Client, js: JetStreamContext, kv: KeyValue, *, worker: str, stale_after_s: float
-    ) -> None:
-        self.nc = nc
-        self.js = js
-        self.kv = kv
-        self.worker = worker
-        self.stale_after_s = stale_after_s
-        self._subscription: Subscription | None = None
+    nc: Client
+    js: JetStreamContext
+    kv: KeyValue
+    worker: str = field(kw_only=True)
+    stale_after_s: float = field(kw_only=True)
+    _subscription: Subscription | None = field(default=None, init=False)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Sweep the heartbeats every quarter of `stale_after_s` and follow the advisories."""

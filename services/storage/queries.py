@@ -5,7 +5,7 @@ Nothing here writes. Every method opens a connection, reads, and lets it roll ba
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -13,9 +13,10 @@ import msgspec
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql import Executable
 
 from contracts.audit import StoredLink
-from contracts.state import GenerationSummary, Status, Verification
+from contracts.state import GenerationSummary
 from contracts.streams import STORAGE_CONSUMER
 from services.storage.models import (
     blobs_table,
@@ -46,33 +47,15 @@ class FileEntry(msgspec.Struct, frozen=True, kw_only=True):
     origin: str
 
 
-class VersionEntry(msgspec.Struct, frozen=True, kw_only=True):
-    """One version of a project, as a project's listing shows it."""
-
-    generation_id: str
-    version: int
-    parent_generation_id: str | None
-    kind: str
-    status: Status
-    progress: int
-    prompt: str
-    provider: str
-    file_count: int
-    total_bytes: int
-    created_at: datetime | None
-    finished_at: datetime | None
-    verification: Verification | None = None
-
-
 class ProjectView(msgspec.Struct, frozen=True, kw_only=True):
-    """A project and its versions, sorted by version."""
+    """A project and its versions (each its generation's summary), sorted by version."""
 
     project_id: str
     name: str
     owner: str
     created_at: datetime
     latest_version: int
-    versions: list[VersionEntry]
+    versions: list[GenerationSummary]
 
     @property
     def id(self) -> str:
@@ -98,6 +81,14 @@ class ReadModel:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
+    async def _all(self, query: Executable) -> Sequence[Row[Any]]:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(query)).all()
+
+    async def _first(self, query: Executable) -> Row[Any] | None:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(query)).first()
+
     async def generation(self, generation_id: str) -> GenerationView | None:
         """One generation with its project's name, or None."""
         query = (
@@ -105,8 +96,7 @@ class ReadModel:
             .join(projects_table, projects_table.c.id == generations_table.c.project_id)
             .where(generations_table.c.id == generation_id)
         )
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(query)).first()
+        row = await self._first(query)
         return None if row is None else from_row(row._mapping, GenerationView)
 
     async def files(self, generation_id: str) -> list[FileEntry]:
@@ -116,8 +106,7 @@ class ReadModel:
             .where(generation_files_table.c.generation_id == generation_id)
             .order_by(generation_files_table.c.path)
         )
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
+        rows = await self._all(query)
         return [_file_entry(row) for row in rows]
 
     async def file(self, generation_id: str, path: str) -> tuple[FileEntry, bytes] | None:
@@ -130,8 +119,7 @@ class ReadModel:
                 generation_files_table.c.path == path,
             )
         )
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(query)).first()
+        row = await self._first(query)
         return None if row is None else (_file_entry(row), bytes(row.content))
 
     async def contents(self, generation_id: str) -> dict[str, bytes]:
@@ -142,8 +130,7 @@ class ReadModel:
             .where(generation_files_table.c.generation_id == generation_id)
             .order_by(generation_files_table.c.path)
         )
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
+        rows = await self._all(query)
         return {row.path: bytes(row.content) for row in rows}
 
     async def events(self, generation_id: str) -> list[EventEntry]:
@@ -153,20 +140,8 @@ class ReadModel:
             .where(events_table.c.generation_id == generation_id)
             .order_by(events_table.c.stream_seq)
         )
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        return [
-            EventEntry(
-                stream_seq=row.stream_seq,
-                seq=row.seq,
-                type=row.type,
-                at=row.at,
-                progress=row.progress,
-                body=dict(row.body),
-                hash=row.hash,
-            )
-            for row in rows
-        ]
+        rows = await self._all(query)
+        return [msgspec.convert(dict(row._mapping), EventEntry, strict=False) for row in rows]
 
     async def blobs(self, names: Iterable[str]) -> dict[str, bytes]:
         """sha256 → stored content, of those of `names` the read model holds."""
@@ -220,7 +195,7 @@ class ReadModel:
                     )
                 )
             ).all()
-        by_project: dict[str, list[VersionEntry]] = {}
+        by_project: dict[str, list[GenerationSummary]] = {}
         for row in versions:
             by_project.setdefault(row.project_id, []).append(_version_entry(row))
         return [_project_view(row, by_project.get(row.id, [])) for row in projects]
@@ -284,22 +259,9 @@ class ReadModel:
 
 
 def _versions_query() -> Any:
-    return select(
-        generations_table.c.id,
-        generations_table.c.project_id,
-        generations_table.c.version,
-        generations_table.c.parent_generation_id,
-        generations_table.c.kind,
-        generations_table.c.status,
-        generations_table.c.progress,
-        generations_table.c.prompt,
-        generations_table.c.provider,
-        generations_table.c.file_count,
-        generations_table.c.total_bytes,
-        generations_table.c.created_at,
-        generations_table.c.finished_at,
-        generations_table.c.verification,
-    ).order_by(generations_table.c.project_id, generations_table.c.version)
+    return select(generations_table).order_by(
+        generations_table.c.project_id, generations_table.c.version
+    )
 
 
 def _file_entry(row: Row[Any]) -> FileEntry:
@@ -308,11 +270,11 @@ def _file_entry(row: Row[Any]) -> FileEntry:
     )
 
 
-def _version_entry(row: Row[Any]) -> VersionEntry:
-    return msgspec.convert({**row._mapping, "generation_id": row.id}, VersionEntry, strict=False)
+def _version_entry(row: Row[Any]) -> GenerationSummary:
+    return from_row(row._mapping, GenerationSummary)
 
 
-def _project_view(row: Row[Any], versions: list[VersionEntry]) -> ProjectView:
+def _project_view(row: Row[Any], versions: list[GenerationSummary]) -> ProjectView:
     return ProjectView(
         project_id=row.id,
         name=row.name,

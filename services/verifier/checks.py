@@ -21,6 +21,7 @@ from contracts.events import FailedTest, utc_now
 from contracts.paths import is_safe_path
 from contracts.verification import MAX_OUTPUT_TAIL_CHARS, VerifyResult
 from services.common.logs import get_logger
+from services.common.processes import pid_alive
 from services.verifier.reports import (
     LintReport,
     ReportError,
@@ -70,21 +71,11 @@ def sweep_stale_staging(parent: Path | None = None) -> list[Path]:
     removed = []
     for path in Path(parent or tempfile.gettempdir()).glob(f"{STAGING_PREFIX}*-*"):
         pid = path.name.removeprefix(STAGING_PREFIX).split("-", 1)[0]
-        if not pid.isdigit() or _alive(int(pid)) or not path.is_dir():
+        if not pid.isdigit() or pid_alive(int(pid)) or not path.is_dir():
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def stage(files: dict[str, str], root: Path) -> None:

@@ -5,86 +5,63 @@ and a batch fetched ahead handed back on stop."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import nats
-import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig
 
 from services.common.consumer import Ack, Outcome, PullWorker
-from services.common.embedded_nats import EmbeddedNats
+from tests.common.conftest import PLAIN_STREAM, PLAIN_SUBJECT, numbers_of, publish_numbers
 from tests.support.waiting import eventually
 
-STREAM = "TESTBATCH"
-SUBJECT = "test.batch"
 ACK_WAIT_S = 30.0
 
 
-@pytest.fixture
-async def nc(nats_server: EmbeddedNats) -> AsyncIterator[Client]:
-    client = await nats.connect(nats_server.url)
-    await client.jetstream().add_stream(StreamConfig(name=STREAM, subjects=[SUBJECT]))
-    yield client
-    await client.close()
-
-
-def _worker(nc: Client) -> PullWorker:
+def _worker(plain_nc: Client) -> PullWorker:
     config = ConsumerConfig(
         durable_name="batches",
-        filter_subject=SUBJECT,
+        filter_subject=PLAIN_SUBJECT,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=ACK_WAIT_S,
     )
-    return PullWorker(nc.jetstream(), service="test", stream=STREAM, config=config)
-
-
-async def _publish(nc: Client, count: int) -> None:
-    js = nc.jetstream()
-    for i in range(count):
-        await js.publish(SUBJECT, str(i).encode())
-
-
-def _numbers(msgs: list[Msg]) -> list[int]:
-    return [int(msg.data) for msg in msgs]
+    return PullWorker(plain_nc.jetstream(), service="test", stream=PLAIN_STREAM, config=config)
 
 
 async def _prepare_numbers(msgs: list[Msg]) -> list[int]:
-    return _numbers(msgs)
+    return numbers_of(msgs)
 
 
 async def test_every_message_is_handled_once_in_order_with_its_batchs_preparation(
-    nc: Client,
+    plain_nc: Client,
 ) -> None:
-    await _publish(nc, 50)
+    await publish_numbers(plain_nc, range(50))
     handled: list[int] = []
     stop = asyncio.Event()
 
     async def handle(msgs: list[Msg], prepared: list[int]) -> list[Outcome]:
-        assert prepared == _numbers(msgs)
+        assert prepared == numbers_of(msgs)
         handled.extend(prepared)
         if len(handled) >= 50:
             stop.set()
         return [Ack()] * len(msgs)
 
     await asyncio.wait_for(
-        _worker(nc).run_batches(handle, stop, prepare=_prepare_numbers, batch=7), 20
+        _worker(plain_nc).run_batches(handle, stop, prepare=_prepare_numbers, batch=7), 20
     )
     assert handled == list(range(50))
 
 
-async def test_the_next_batch_is_prepared_while_this_one_is_handled(nc: Client) -> None:
-    await _publish(nc, 20)
+async def test_the_next_batch_is_prepared_while_this_one_is_handled(plain_nc: Client) -> None:
+    await publish_numbers(plain_nc, range(20))
     next_prepared = asyncio.Event()
     prepared_batches: list[list[int]] = []
     stop = asyncio.Event()
 
     async def prepare(msgs: list[Msg]) -> list[int]:
-        prepared_batches.append(_numbers(msgs))
+        prepared_batches.append(numbers_of(msgs))
         if len(prepared_batches) == 2:
             next_prepared.set()
-        return _numbers(msgs)
+        return numbers_of(msgs)
 
     async def handle(msgs: list[Msg], prepared: list[int]) -> list[Outcome]:
         if prepared[0] == 0:
@@ -94,12 +71,14 @@ async def test_the_next_batch_is_prepared_while_this_one_is_handled(nc: Client) 
             stop.set()
         return [Ack()] * len(msgs)
 
-    await asyncio.wait_for(_worker(nc).run_batches(handle, stop, prepare=prepare, batch=10), 20)
+    await asyncio.wait_for(
+        _worker(plain_nc).run_batches(handle, stop, prepare=prepare, batch=10), 20
+    )
     assert prepared_batches[:2] == [list(range(10)), list(range(10, 20))]
 
 
-async def test_on_stop_a_batch_fetched_ahead_is_handed_back_at_once(nc: Client) -> None:
-    await _publish(nc, 20)
+async def test_on_stop_a_batch_fetched_ahead_is_handed_back_at_once(plain_nc: Client) -> None:
+    await publish_numbers(plain_nc, range(20))
     stop = asyncio.Event()
     handled: list[int] = []
 
@@ -110,7 +89,7 @@ async def test_on_stop_a_batch_fetched_ahead_is_handed_back_at_once(nc: Client) 
         return [Ack()] * len(msgs)
 
     await asyncio.wait_for(
-        _worker(nc).run_batches(handle, stop, prepare=_prepare_numbers, batch=10), 20
+        _worker(plain_nc).run_batches(handle, stop, prepare=_prepare_numbers, batch=10), 20
     )
     assert handled == list(range(10))
 
@@ -125,16 +104,16 @@ async def test_on_stop_a_batch_fetched_ahead_is_handed_back_at_once(nc: Client) 
         return [Ack()] * len(msgs)
 
     await asyncio.wait_for(
-        _worker(nc).run_batches(handle_rest, again, prepare=_prepare_numbers, batch=10), 5
+        _worker(plain_nc).run_batches(handle_rest, again, prepare=_prepare_numbers, batch=10), 5
     )
     assert rest == list(range(10, 20))
 
 
-async def test_a_batch_is_settled_after_its_handler_returned_in_order(nc: Client) -> None:
-    await _publish(nc, 30)
+async def test_a_batch_is_settled_after_its_handler_returned_in_order(plain_nc: Client) -> None:
+    await publish_numbers(plain_nc, range(30))
     timeline: list[tuple[str, int]] = []
     stop = asyncio.Event()
-    worker = _worker(nc)
+    worker = _worker(plain_nc)
     settle = worker.settle
 
     async def recording_settle(msg: Msg, outcome: Outcome) -> None:
@@ -159,7 +138,7 @@ async def test_a_batch_is_settled_after_its_handler_returned_in_order(nc: Client
         assert timeline.index(("handled", n // 10 * 10 + 9)) < timeline.index(("settled", n))
 
     async def all_acked() -> bool:
-        info = await nc.jetstream().consumer_info(STREAM, "batches")
+        info = await plain_nc.jetstream().consumer_info(PLAIN_STREAM, "batches")
         return info.num_ack_pending == 0 and info.num_pending == 0
 
     await eventually(all_acked, 10, what="every message acked")

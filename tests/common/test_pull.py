@@ -6,47 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
-import nats
-import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig
 
-from services.common.embedded_nats import EmbeddedNats
 from services.common.pull import pull_batch
-
-STREAM = "TESTPULL"
-SUBJECT = "test.pull"
+from tests.common.conftest import PLAIN_STREAM, PLAIN_SUBJECT, numbers_of, publish_numbers
 
 
-@pytest.fixture
-async def nc(nats_server: EmbeddedNats) -> AsyncIterator[Client]:
-    client = await nats.connect(nats_server.url)
-    await client.jetstream().add_stream(StreamConfig(name=STREAM, subjects=[SUBJECT]))
-    yield client
-    await client.close()
-
-
-async def _subscription(nc: Client) -> JetStreamContext.PullSubscription:
-    return await nc.jetstream().pull_subscribe(
-        SUBJECT,
+async def _subscription(plain_nc: Client) -> JetStreamContext.PullSubscription:
+    return await plain_nc.jetstream().pull_subscribe(
+        PLAIN_SUBJECT,
         durable="pull",
-        stream=STREAM,
+        stream=PLAIN_STREAM,
         config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0),
     )
-
-
-async def _publish(nc: Client, numbers: range) -> None:
-    js = nc.jetstream()
-    for i in numbers:
-        await js.publish(SUBJECT, str(i).encode())
-
-
-def _numbers(msgs: list[Msg]) -> list[int]:
-    return [int(msg.data) for msg in msgs]
 
 
 def test_the_private_parts_of_nats_py_it_uses_are_there() -> None:
@@ -58,15 +35,15 @@ def test_the_private_parts_of_nats_py_it_uses_are_there() -> None:
     assert {"_pending_queue", "_pending_size"} <= set(fetch_n)
 
 
-async def test_a_full_batch_then_the_rest_then_nothing(nc: Client) -> None:
-    await _publish(nc, range(25))
-    sub = await _subscription(nc)
+async def test_a_full_batch_then_the_rest_then_nothing(plain_nc: Client) -> None:
+    await publish_numbers(plain_nc, range(25))
+    sub = await _subscription(plain_nc)
     first = await pull_batch(sub, 10, 2.0)
     second = await pull_batch(sub, 10, 2.0)
     started = time.monotonic()
     third = await pull_batch(sub, 10, 2.0)  # 5 pending: returned at once, not after 2 s
     assert time.monotonic() - started < 1.0
-    assert _numbers(first + second + third) == list(range(25))
+    assert numbers_of(first + second + third) == list(range(25))
     for msg in first + second + third:
         await msg.ack()
 
@@ -76,12 +53,12 @@ async def test_a_full_batch_then_the_rest_then_nothing(nc: Client) -> None:
     assert sub._sub._pending_size == 0
 
 
-async def test_messages_published_while_it_waits_are_returned_at_once(nc: Client) -> None:
-    sub = await _subscription(nc)
+async def test_messages_published_while_it_waits_are_returned_at_once(plain_nc: Client) -> None:
+    sub = await _subscription(plain_nc)
 
     async def later() -> None:
         await asyncio.sleep(0.2)
-        await _publish(nc, range(3))
+        await publish_numbers(plain_nc, range(3))
 
     publishing = asyncio.create_task(later())
     started = time.monotonic()
@@ -90,31 +67,31 @@ async def test_messages_published_while_it_waits_are_returned_at_once(nc: Client
     assert time.monotonic() - started < 2.0
     # The first ones end the request; any others come with the next.
     msgs += await pull_batch(sub, 100, 0.5) if len(msgs) < 3 else []
-    assert _numbers(msgs) == [0, 1, 2]
+    assert numbers_of(msgs) == [0, 1, 2]
 
 
-async def test_a_late_status_of_an_earlier_request_is_dropped(nc: Client) -> None:
-    sub = await _subscription(nc)
+async def test_a_late_status_of_an_earlier_request_is_dropped(plain_nc: Client) -> None:
+    sub = await _subscription(plain_nc)
     # An earlier request's end, delivered after its caller stopped waiting.
-    await nc.publish(sub._deliver, b"", headers={"Status": "408", "Description": "Timeout"})
-    await nc.flush()
+    await plain_nc.publish(sub._deliver, b"", headers={"Status": "408", "Description": "Timeout"})
+    await plain_nc.flush()
     await asyncio.sleep(0.1)
-    await _publish(nc, range(4))
+    await publish_numbers(plain_nc, range(4))
     msgs = await pull_batch(sub, 10, 2.0)
     msgs += await pull_batch(sub, 10, 0.5) if len(msgs) < 4 else []
-    assert _numbers(msgs) == [0, 1, 2, 3]
+    assert numbers_of(msgs) == [0, 1, 2, 3]
 
 
-async def test_one_request_for_a_batch(nc: Client) -> None:
-    await _publish(nc, range(50))
-    sub = await _subscription(nc)
+async def test_one_request_for_a_batch(plain_nc: Client) -> None:
+    await publish_numbers(plain_nc, range(50))
+    sub = await _subscription(plain_nc)
     requests: list[bytes] = []
-    spy = await nc.subscribe(sub._nms, cb=_record(requests))
+    spy = await plain_nc.subscribe(sub._nms, cb=_record(requests))
     msgs = await pull_batch(sub, 50, 2.0)
-    await nc.flush()
+    await plain_nc.flush()
     await asyncio.sleep(0.05)
     await spy.unsubscribe()
-    assert _numbers(msgs) == list(range(50))
+    assert numbers_of(msgs) == list(range(50))
     assert len(requests) == 1
 
 

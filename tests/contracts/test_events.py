@@ -21,17 +21,22 @@ from contracts.codec import (
 from contracts.commands import CancelRequested, GenerateRequested
 from contracts.events import (
     EVENT_TYPES,
+    VERIFICATION_COUNTS,
     FailedTest,
     FileWritten,
     GenerationRequested,
     InheritedFile,
     PhaseCompleted,
     RestoredVerification,
+    VerifyCompleted,
     event_tag,
     utc_now,
+    verification_counts,
 )
 from contracts.phases import PHASES
 from contracts.schema import ProjectSchema
+from contracts.state import Verification
+from contracts.verification import VerifyResult
 
 BASE = {"event_id": "e1", "generation_id": "g1", "project_id": "p1", "seq": 1, "at": utc_now()}
 
@@ -197,3 +202,36 @@ def test_file_written_keeps_content_exactly() -> None:
     )
     decoded = decode_event(encode(event))
     assert isinstance(decoded, FileWritten) and decoded.content == content
+
+
+def test_the_counts_are_what_a_restored_verification_holds_besides_its_round_and_verdict() -> None:
+    # A count added to the revert's record (the smallest of them) without a place in
+    # VERIFICATION_COUNTS would never be copied.
+    assert set(RestoredVerification.__struct_fields__) - {"round", "verdict"} == set(
+        VERIFICATION_COUNTS
+    )
+
+
+@pytest.mark.parametrize("record", [VerifyResult, VerifyCompleted, Verification])
+def test_every_record_of_a_verification_run_has_every_count(record: type) -> None:
+    assert set(VERIFICATION_COUNTS) <= set(record.__struct_fields__)
+
+
+def test_the_counts_are_copied_by_name_with_their_lists_copied_too() -> None:
+    failure = FailedTest(test_id="tests/test_a.py::test_a", message="boom")
+    counts = {
+        "passed": 3,
+        "failed": 1,
+        "errors": 2,
+        "skipped": 4,
+        "duration_ms": 5,
+        "lint_findings": 6,
+        "format_findings": 7,
+        "compile_errors": ["app/x.py:1: invalid syntax"],
+        "failures": [failure],
+    }
+    run = VerifyCompleted(**BASE, verdict="failed", **counts)
+    restored = RestoredVerification(round=1, verdict="failed", **verification_counts(run))
+    assert restored == RestoredVerification(round=1, verdict="failed", **counts)
+    assert restored.compile_errors is not run.compile_errors
+    assert restored.failures is not run.failures

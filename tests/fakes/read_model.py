@@ -19,7 +19,6 @@ from services.storage.queries import (
     GenerationView,
     ProjectView,
     ReadModel,
-    VersionEntry,
 )
 from tests.fakes.jetstream import FakeJetStream
 
@@ -132,10 +131,7 @@ class FoldedReadModel(ReadModel):
             owner=first.owner,
             created_at=first.created_at,
             latest_version=views[-1].version,
-            versions=[
-                msgspec.convert(msgspec.structs.asdict(v), VersionEntry, from_attributes=True)
-                for v in views
-            ],
+            versions=list(views),
         )
 
     async def ping(self) -> None:

@@ -16,6 +16,7 @@ from services.cli.main import main
 from services.common.embedded_nats import EmbeddedNats
 from tests.conftest import ALICE_KEY, make_settings
 from tests.support.stack import SCHEMA_ONE, Stack, running_stack
+from tests.support.waiting import eventually
 
 
 def _requests(stack: Stack, gid: str) -> list[tuple[str, str, dict[str, object] | None]]:
@@ -54,11 +55,11 @@ async def test_a_stopped_broker_is_a_503_with_retry_after_on_every_route(
                 assert response.headers["content-type"].startswith("application/problem+json")
 
         nats_server.start()
-        async with asyncio.timeout(60):
-            while True:
-                if (await stack.alice.get(f"/generations/{gid}")).status_code == 200:
-                    break
-                await asyncio.sleep(0.2)
+
+        async def answers() -> bool:
+            return (await stack.alice.get(f"/generations/{gid}")).status_code == 200
+
+        await eventually(answers, 60, 0.2, what="the status answered again after the restart")
         assert (await stack.alice.get(f"/generations/{gid}/files")).status_code == 200
     # Every service (the gateway, and the orchestrator and storage waiting on their
     # consumers) logs the broker's absence as waiting, not as an error.
@@ -90,11 +91,7 @@ async def test_the_cli_waits_out_a_broker_restart(
 
         cli = asyncio.create_task(asyncio.to_thread(status))
         # Restart once the gateway has answered the CLI's first request with a 503.
-        async with asyncio.timeout(60):
-            while True:
-                if _status_503s() > before:
-                    break
-                await asyncio.sleep(0.1)
+        await eventually(lambda: _status_503s() > before, 60, 0.1, what="the CLI's first 503")
         nats_server.start()
         code = await asyncio.wait_for(cli, 90)
     out, err = capsys.readouterr()

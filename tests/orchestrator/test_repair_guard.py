@@ -11,7 +11,6 @@ rejected round ends the loop).
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any
 
 import pytest
@@ -23,7 +22,6 @@ from contracts.events import (
     FailedTest,
     FileDeleted,
     FileWritten,
-    GenerationRequested,
     LlmRetrying,
     RepairCompleted,
     RepairStarted,
@@ -31,16 +29,14 @@ from contracts.events import (
     VerifyStarted,
 )
 from contracts.phases import Deletion, GeneratedFile, PhaseOutput
-from contracts.schema import Entity, Field, ProjectSchema
 from contracts.state import fold
 from services.common.eventlog import read_generation
-from services.common.eventwriter import GenerationWriter
 from services.orchestrator.folding import FoldingWriter
 from services.orchestrator.producer import PhaseProducer
 from services.orchestrator.providers.base import PhaseRequest, RepairBrief, Reporter
 from services.orchestrator.repair_loop import RepairLoop
+from tests.orchestrator.helpers import requested_generation
 
-SCHEMA = ProjectSchema(entities=[Entity(name="Thing", fields=[Field(name="name", type="string")])])
 STATUS = (
     '"""HTTP statuses."""\n\n\ndef created() -> int:\n    return HTTPStatus.CREATED\n\n\n'
     "def ok() -> int:\n    return 200\n"
@@ -74,17 +70,7 @@ class Repairing:
 
 async def failed_version(js: JetStreamContext) -> str:
     """The log of a version whose own tests failed in round 0; its generation id."""
-    project_id, generation_id = str(uuid.uuid4()), str(uuid.uuid4())
-    writer = GenerationWriter(js, project_id, generation_id, source="test")
-    await writer.emit(
-        GenerationRequested,
-        owner="alice",
-        project_name="p",
-        version=1,
-        schema=SCHEMA,
-        provider="gemini",
-        locked_paths=[LOCKED],
-    )
+    writer = await requested_generation(js, provider="gemini", locked_paths=[LOCKED])
     for path, content in FILES.items():
         await writer.emit(
             FileWritten,
@@ -108,7 +94,7 @@ async def failed_version(js: JetStreamContext) -> str:
             )
         ],
     )
-    return generation_id
+    return writer.generation_id
 
 
 async def repair(js: JetStreamContext, answer: PhaseOutput) -> tuple[Repairing, list[Event]]:

@@ -4,7 +4,6 @@ standing back for another writer, the corrective retry, cancelling."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import nats
 from nats.js import JetStreamContext
@@ -12,9 +11,8 @@ from nats.js import JetStreamContext
 from contracts import streams
 from contracts.codec import content_sha256
 from contracts.commands import GenerateRequested
-from contracts.events import GenerationRequested, utc_now
+from contracts.events import utc_now
 from contracts.phases import PHASE_NAMES, GeneratedFile, PhaseOutput
-from contracts.schema import Entity, Field, ProjectSchema
 from contracts.state import fold
 from services.common.broker import ensure_streams
 from services.common.consumer import Ack, Retry
@@ -26,9 +24,8 @@ from services.orchestrator.cancels import CancelWatcher
 from services.orchestrator.providers.base import PhaseRequest, ProviderError, Reporter
 from services.orchestrator.providers.registry import Providers
 from services.orchestrator.runner import GenerationRunner, RunnerConfig
+from tests.orchestrator.helpers import requested_generation
 from tests.support.waiting import eventually
-
-SCHEMA = ProjectSchema(entities=[Entity(name="Thing", fields=[Field(name="name", type="string")])])
 
 
 class Scripted:
@@ -57,17 +54,10 @@ class Scripted:
 
 
 async def request_generation(js: JetStreamContext) -> GenerateRequested:
-    project_id, generation_id = str(uuid.uuid4()), str(uuid.uuid4())
-    writer = GenerationWriter(js, project_id, generation_id, source="test")
-    await writer.emit(
-        GenerationRequested,
-        owner="alice",
-        project_name="p",
-        version=1,
-        schema=SCHEMA,
-        provider="offline",
+    writer = await requested_generation(js)
+    return GenerateRequested(
+        generation_id=writer.generation_id, project_id=writer.project_id, at=utc_now()
     )
-    return GenerateRequested(generation_id=generation_id, project_id=project_id, at=utc_now())
 
 
 async def make_runner(

@@ -14,115 +14,40 @@ from __future__ import annotations
 import os
 import signal
 import tempfile
-import textwrap
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
 import pytest
 from nats.aio.client import Client
 
-from contracts import streams, subjects
-from contracts.phases import GeneratedFile, PhaseOutput
-from contracts.verification import MAX_OUTPUT_TAIL_CHARS, VerifyResult, decode_verify_result
+from contracts import streams
+from contracts.verification import MAX_OUTPUT_TAIL_CHARS
 from services.common.embedded_nats import EmbeddedNats
 from services.common.settings import Settings
-from services.orchestrator.providers.base import PhaseRequest, Reporter
 from services.verifier.checks import STAGING_PREFIX
 from tests.conftest import make_settings
-from tests.support.processes import Processes, ServiceProcess
+from tests.support.processes import Processes
 from tests.support.stack import Stack, running_stack
 from tests.support.waiting import eventually
-from tests.verifier.helpers import PYPROJECT, SECRETS, host_snapshot, outside_paths
+from tests.verifier.helpers import (
+    FORK_BOMB,
+    PYPROJECT,
+    SECRETS,
+    Generation,
+    ScriptedProvider,
+    generate,
+    host_snapshot,
+    outside_paths,
+    project,
+    stored_result,
+    wait_log,
+)
 from tests.verifier.test_sandbox import _processes_with
 
 pytestmark = pytest.mark.timeout(180)
-
-NORMAL = {
-    "pyproject.toml": PYPROJECT.replace('"hostile"', '"normal"'),
-    "app/__init__.py": "",
-    "app/calc.py": "def add(a: int, b: int) -> int:\n    return a + b\n",
-    "tests/__init__.py": "",
-    "tests/test_calc.py": (
-        "from app.calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n"
-    ),
-}
-
-
-def scripted(test_source: str, **extra: str) -> dict[str, str]:
-    """A project whose only test module is `test_source`."""
-    return {
-        "pyproject.toml": PYPROJECT,
-        "tests/__init__.py": "",
-        "tests/test_it.py": textwrap.dedent(test_source).lstrip(),
-        **extra,
-    }
-
-
-class ScriptedProvider:
-    """Writes the project scripted for the generation's project name in its first phase,
-    and nothing after; the name `normal` gets a small project whose one test passes."""
-
-    name = "offline"
-
-    def __init__(self, projects: dict[str, dict[str, str]]) -> None:
-        self.projects = {"normal": NORMAL, **projects}
-
-    async def run_phase(self, request: PhaseRequest, reporter: Reporter) -> PhaseOutput:
-        if request.phase != request.plan[0].name:
-            return PhaseOutput(summary="nothing more")
-        files = self.projects[request.project_name]
-        return PhaseOutput(
-            files=[GeneratedFile(path, content) for path, content in files.items()],
-            summary="scripted",
-        )
-
-
-@dataclass
-class Generation:
-    """What one generation's log and status said."""
-
-    status: dict[str, Any]
-    verify: list[tuple[str, dict[str, Any]]]
-    result: VerifyResult
-    events: list[str] = field(default_factory=list)
-
-    @property
-    def completed(self) -> dict[str, Any]:
-        [(kind, data)] = [v for v in self.verify if v[0] != "verify.started"]
-        assert kind == "verify.completed", self.verify
-        return data
-
-    def failure(self, test: str) -> str:
-        """The message of the failing test whose id ends with `test`."""
-        found = [f for f in self.completed["failures"] if f["test_id"].endswith(test)]
-        assert found, self.completed["failures"]
-        return str(found[0]["message"])
-
-
-async def stored_result(nc: Client, generation_id: str) -> VerifyResult:
-    """The verifier's own answer for round 0, from the results stream."""
-    msg = await nc.jetstream().get_last_msg(
-        streams.VERIFY_RESULTS_STREAM, subjects.verify_result_subject(generation_id, 0)
-    )
-    return decode_verify_result(msg.data or b"")
-
-
-async def generate(stack: Stack, nc: Client, project_name: str) -> Generation:
-    """Create a generation of the scripted project `project_name` and read it to its end."""
-    accepted = await stack.create(project_name=project_name)
-    events = await stack.events(accepted["stream_url"], timeout=120)
-    status = await stack.wait_status(accepted["generation_id"], "completed", "failed")
-    assert status["status"] == "completed", status
-    verify = [(e.type, e.data) for e in events if e.type.startswith("verify.")]
-    assert [t for t, _ in verify][:1] == ["verify.started"] and len(verify) == 2, verify
-    result = await stored_result(nc, accepted["generation_id"])
-    return Generation(status, verify, result, [e.type for e in events])
-
 
 # -- hostile projects ---------------------------------------------------------------------
 
@@ -134,7 +59,7 @@ TIMEOUT_S = 8
 
 def _network(stack: Stack) -> dict[str, str]:
     broker = urlsplit(stack.settings.nats_url or "").port
-    return scripted(f"""
+    return project(f"""
         import socket
 
         def test_gateway_port():
@@ -148,34 +73,17 @@ def _network(stack: Stack) -> dict[str, str]:
     """)
 
 
-FORK_BOMB = scripted("""
-    import os, time
-
-    def test_bomb():
-        children = 0
-        try:
-            while True:
-                if os.fork() == 0:
-                    while True:
-                        try:
-                            os.fork()
-                        except OSError:
-                            time.sleep(0.05)
-                children += 1
-        except OSError as exc:
-            raise AssertionError(f"fork refused after {children}: {exc}")
-""")
-SPIN = scripted("""
+SPIN = project("""
     def test_spin():
         while True:
             pass
 """)
-ALLOCATE = scripted("""
+ALLOCATE = project("""
     def test_allocate():
         block = bytearray(8 * 1024**3)
         assert block
 """)
-WRITES = scripted("""
+WRITES = project("""
     import os
 
     def test_tmp():
@@ -190,7 +98,7 @@ WRITES = scripted("""
         with open("../../x", "w") as fh:
             fh.write("x")
 """)
-LOUD = scripted("""
+LOUD = project("""
     import sys
 
     def test_loud(capsys):
@@ -199,7 +107,7 @@ LOUD = scripted("""
             for _ in range(200):
                 sys.stdout.write(chunk)
 """)
-SECRETS_HUNT = scripted(f"""
+SECRETS_HUNT = project(f"""
     import glob, os
 
     SECRETS = {list(SECRETS.values())!r}
@@ -217,7 +125,7 @@ SECRETS_HUNT = scripted(f"""
         names = ("GEMINI_API_KEY", "KILN_SECRET", "NATS_URL")
         assert [n for n in names if n in os.environ] == []
 """)
-SLEEPS_PAST_TIMEOUT = scripted(f"""
+SLEEPS_PAST_TIMEOUT = project(f"""
     import subprocess, sys, time
 
     def test_sleep():
@@ -313,17 +221,15 @@ async def test_a_hostile_project_is_contained_named_and_the_verifier_serves_the_
     nats_server: EmbeddedNats,
     nc: Client,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    secrets_in_env: dict[str, str],
 ) -> None:
-    # The orchestrator's secrets are in this process's environment and in its settings;
-    # the in-process verifier shares both.
-    for name, value in SECRETS.items():
-        monkeypatch.setenv(name, value)
+    # The orchestrator's secrets are in this process's environment (`secrets_in_env`) and
+    # in its settings; the in-process verifier shares both.
     settings = hostile_settings(
         tmp_path,
         nats_server.url,
-        GEMINI_API_KEY=SECRETS["GEMINI_API_KEY"],
-        KILN_SECRET=SECRETS["KILN_SECRET"],
+        GEMINI_API_KEY=secrets_in_env["GEMINI_API_KEY"],
+        KILN_SECRET=secrets_in_env["KILN_SECRET"],
     )
     # Only the runs meant to time out get a short deadline (short, yet long enough for the
     # normal project after them on a busy machine); the others get room to finish.
@@ -360,7 +266,7 @@ async def test_a_hostile_project_is_contained_named_and_the_verifier_serves_the_
 async def test_a_project_needing_a_package_outside_the_runtime_is_unverified_and_not_run(
     nats_server: EmbeddedNats, nc: Client, tmp_path: Path
 ) -> None:
-    needy = scripted(
+    needy = project(
         "import pandas\n\n\ndef test_it():\n    assert False\n",
         **{
             "pyproject.toml": PYPROJECT.replace(
@@ -371,20 +277,16 @@ async def test_a_project_needing_a_package_outside_the_runtime_is_unverified_and
     settings = hostile_settings(tmp_path, nats_server.url)
     provider = ScriptedProvider({"needy": needy})
     async with running_stack(settings, providers={"offline": provider}, verifier=True) as stack:
-        accepted = await stack.create(project_name="needy")
-        events = await stack.events(accepted["stream_url"], timeout=120)
-        status = await stack.wait_status(accepted["generation_id"], "completed")
-        result = await stored_result(nc, accepted["generation_id"])
+        g = await generate(stack, nc, "needy")
 
-    verify = [(e.type, e.data) for e in events if e.type.startswith("verify.")]
-    assert [t for t, _ in verify] == ["verify.started", "verify.unavailable"], verify
-    assert verify[1][1]["reason"] == "unverified: needs pandas"
-    assert status["verification"]["status"] == "unverified"
-    assert status["verification"]["reason"] == "unverified: needs pandas"
+    assert [t for t, _ in g.verify] == ["verify.started", "verify.unavailable"], g.verify
+    assert g.verify[1][1]["reason"] == "unverified: needs pandas"
+    assert g.status["verification"]["status"] == "unverified"
+    assert g.status["verification"]["reason"] == "unverified: needs pandas"
     # Nothing ran: no exit code, no output, no count (its one test would have failed).
-    assert result.outcome == "unavailable"
-    assert result.exit_code is None and result.output_tail == ""
-    assert (result.passed, result.failed, result.errors) == (0, 0, 0)
+    assert g.result.outcome == "unavailable"
+    assert g.result.exit_code is None and g.result.output_tail == ""
+    assert (g.result.passed, g.result.failed, g.result.errors) == (0, 0, 0)
 
 
 # -- a verifier SIGKILLed mid-run ---------------------------------------------------------
@@ -394,20 +296,12 @@ def _staging_of(pid: int) -> list[Path]:
     return list(Path(tempfile.gettempdir()).glob(f"{STAGING_PREFIX}{pid}-*"))
 
 
-async def _wait_log(process: ServiceProcess, text: str, timeout: float = 60) -> None:
-    def logged() -> bool:
-        assert process.process.poll() is None, process.log[-3000:]
-        return text in process.log
-
-    await eventually(logged, timeout, 0.1, what=lambda: f"{text!r} in {process.log[-2000:]}")
-
-
 @pytest.mark.slow
 async def test_a_verifier_killed_mid_run_leaves_exactly_one_verify_completed(
     nats_server: EmbeddedNats, nc: Client, tmp_path: Path
 ) -> None:
     marker = f"kiln-verify-killed-{uuid.uuid4().hex[:8]}"
-    slow = scripted(f"""
+    slow = project(f"""
         import subprocess, sys
 
         def test_slow():
@@ -424,7 +318,7 @@ async def test_a_verifier_killed_mid_run_leaves_exactly_one_verify_completed(
     provider = ScriptedProvider({"slow": slow})
     try:
         first = processes.start("verifier", "first")
-        await _wait_log(first, "taking verify commands")
+        await wait_log(first, "taking verify commands")
         async with running_stack(settings, providers={"offline": provider}) as stack:
             accepted = await stack.create(project_name="slow")
             # Mid-run for real: the sandboxed pytest has started the test's child.
@@ -437,7 +331,7 @@ async def test_a_verifier_killed_mid_run_leaves_exactly_one_verify_completed(
             left = _staging_of(first.process.pid)
             assert left, "the killed verifier could not remove its staging directory"
             second = processes.start("verifier", "second")
-            await _wait_log(second, "taking verify commands")
+            await wait_log(second, "taking verify commands")
             assert not any(p.exists() for p in left), "the next verifier swept it"
             events = await stack.events(accepted["stream_url"], timeout=120)
             status = await stack.wait_status(accepted["generation_id"], "completed")

@@ -6,23 +6,25 @@ nats-server and, for a whole generation, the real stack."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
 
-from contracts.verification import VerifyResult
 from services.common.embedded_nats import EmbeddedNats
 from services.common.settings import Settings
 from services.verifier.runtime import load_runtime
 from services.verifier.sandbox import Sandbox, SandboxUnavailable
-from services.verifier.service import VerifierService
 from tests.conftest import make_settings
 from tests.support.stack import running_stack
-from tests.verifier.helpers import LIMITS, SECRETS
-from tests.verifier.test_generations import ScriptedProvider, scripted, stored_result
-from tests.verifier.test_service import request, result_of, write_generation
+from tests.verifier.helpers import (
+    LIMITS,
+    ScriptedProvider,
+    generate,
+    project,
+    verify_once,
+    write_generation,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -32,7 +34,7 @@ NOT_INSTALLED = "unverified: bubblewrap (bwrap) is not installed"
 def marking(marker: Path) -> dict[str, str]:
     """A project whose one test leaves `marker` on the host: proof that it ran outside a
     sandbox (inside one, nothing of the host but the runtime is even visible)."""
-    return scripted(f"""
+    return project(f"""
         import os
 
         def test_mark():
@@ -61,22 +63,18 @@ async def test_without_bubblewrap_the_version_is_unverified_with_the_reason_and_
     settings = no_bwrap(tmp_path, nats_server.url)
     provider = ScriptedProvider({"unsandboxable": marking(marker)})
     async with running_stack(settings, providers={"offline": provider}, verifier=True) as stack:
-        accepted = await stack.create(project_name="unsandboxable")
-        events = await stack.events(accepted["stream_url"], timeout=120)
-        status = await stack.wait_status(accepted["generation_id"], "completed")
-        result = await stored_result(nc, accepted["generation_id"])
+        g = await generate(stack, nc, "unsandboxable")
 
-    verify = [(e.type, e.data) for e in events if e.type.startswith("verify.")]
-    assert [t for t, _ in verify] == ["verify.started", "verify.unavailable"], verify
-    reason = verify[1][1]["reason"]
+    assert [t for t, _ in g.verify] == ["verify.started", "verify.unavailable"], g.verify
+    reason = g.verify[1][1]["reason"]
     assert reason.startswith(NOT_INSTALLED), reason
     assert "KILN_VERIFY_UNSANDBOXED_DEV_ONLY" in reason  # it says what to do
-    assert events[-1].type == "generation.completed"
-    assert status["verification"]["status"] == "unverified"
-    assert status["verification"]["reason"] == reason
-    assert result.outcome == "unavailable" and result.reason == reason
-    assert result.exit_code is None and result.output_tail == ""
-    assert (result.passed, result.failed, result.errors) == (0, 0, 0)
+    assert g.events[-1] == "generation.completed"
+    assert g.status["verification"]["status"] == "unverified"
+    assert g.status["verification"]["reason"] == reason
+    assert g.result.outcome == "unavailable" and g.result.reason == reason
+    assert g.result.exit_code is None and g.result.output_tail == ""
+    assert (g.result.passed, g.result.failed, g.result.errors) == (0, 0, 0)
     assert not marker.exists(), "nothing of the version ran"
 
 
@@ -97,24 +95,6 @@ async def test_a_bubblewrap_that_cannot_run_is_refused_with_its_own_error(
     )
 
 
-async def _verify_once(
-    settings: Settings, nc: Client, files: dict[str, str]
-) -> tuple[VerifierService, VerifyResult]:
-    """Run a verifier with `settings` until it has answered one command for `files`."""
-    js = nc.jetstream()
-    project_id, generation_id, upto = await write_generation(js, files)
-    stop = asyncio.Event()
-    service = VerifierService(settings)
-    task = asyncio.create_task(service.run(stop))
-    try:
-        await request(js, project_id, generation_id, upto)
-        result = await result_of(js, generation_id)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-    return service, result
-
-
 async def test_without_the_dev_only_setting_nothing_runs_unsandboxed(
     nats_server: EmbeddedNats, nc: Client, tmp_path: Path
 ) -> None:
@@ -122,7 +102,8 @@ async def test_without_the_dev_only_setting_nothing_runs_unsandboxed(
     settings = no_bwrap(tmp_path, nats_server.url)
     assert settings.verify_unsandboxed_dev_only is False  # the default
 
-    service, result = await _verify_once(settings, nc, marking(marker))
+    js = nc.jetstream()
+    service, result = await verify_once(settings, js, *await write_generation(js, marking(marker)))
 
     assert result.outcome == "unavailable" and result.reason.startswith(NOT_INSTALLED)
     assert service.unavailable == result.reason
@@ -134,14 +115,13 @@ async def test_the_dev_only_setting_runs_the_version_without_bubblewrap(
     nats_server: EmbeddedNats,
     nc: Client,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    secrets_in_env: dict[str, str],
 ) -> None:
-    for name, value in SECRETS.items():
-        monkeypatch.setenv(name, value)
     marker = tmp_path / "ran"
     settings = no_bwrap(tmp_path, nats_server.url, KILN_VERIFY_UNSANDBOXED_DEV_ONLY="true")
 
-    service, result = await _verify_once(settings, nc, marking(marker))
+    js = nc.jetstream()
+    service, result = await verify_once(settings, js, *await write_generation(js, marking(marker)))
 
     assert result.outcome == "completed", result.reason
     # It ran on the host (the marker is there), still with an empty environment.

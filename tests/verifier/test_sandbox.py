@@ -22,6 +22,7 @@ from services.verifier.runtime import Runtime, load_runtime
 from services.verifier.sandbox import Capture, Sandbox
 from tests.verifier.helpers import (
     DEADLINE_LIMITS,
+    FORK_BOMB,
     LIMITS,
     SECRETS,
     host_snapshot,
@@ -95,23 +96,7 @@ async def test_nothing_can_connect_to_loopback_or_outside(
 async def test_a_fork_bomb_meets_the_process_limit(sandbox: Sandbox) -> None:
     result = await run(
         sandbox,
-        project("""
-            import os, time
-
-            def test_bomb():
-                children = 0
-                try:
-                    while True:
-                        if os.fork() == 0:
-                            while True:
-                                try:
-                                    os.fork()
-                                except OSError:
-                                    time.sleep(0.05)
-                        children += 1
-                except OSError as exc:
-                    raise AssertionError(f"fork refused after {children}: {exc}")
-        """),
+        FORK_BOMB,
     )
 
     assert result.failed == 1 and not result.timed_out

@@ -15,8 +15,7 @@ from services.common.embedded_nats import EmbeddedNats
 from tests.conftest import make_settings
 from tests.support.processes import Processes
 from tests.support.stack import running_stack
-from tests.verifier.test_generations import ScriptedProvider, generate
-from tests.verifier.test_generations import _wait_log as wait_log
+from tests.verifier.helpers import ScriptedProvider, generate, wait_log
 
 pytestmark = pytest.mark.timeout(240)
 

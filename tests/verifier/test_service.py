@@ -4,88 +4,32 @@ the verifier taking it is SIGKILLed mid-run."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
-import textwrap
 import uuid
 from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
-from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 
 from contracts import streams, subjects
-from contracts.codec import content_sha256, encode
-from contracts.events import FileWritten, GenerationRequested, utc_now
-from contracts.verification import (
-    VerifyRequested,
-    VerifyResult,
-    decode_verify_result,
-    request_msg_id,
-)
+from contracts.codec import content_sha256
+from contracts.events import FileWritten
 from services.common.embedded_nats import EmbeddedNats
 from services.common.eventwriter import GenerationWriter
 from services.common.settings import Settings
-from services.verifier.service import VerifierService
 from tests.support.processes import Processes
-from tests.verifier.helpers import PYPROJECT
+from tests.support.waiting import eventually
+from tests.verifier.helpers import project, request, result_of, verify_once, write_generation
 from tests.verifier.test_sandbox import _processes_with
 
 pytestmark = pytest.mark.timeout(120)
-
-
-async def write_generation(js: JetStreamContext, files: dict[str, str]) -> tuple[str, str, int]:
-    """A generation whose log holds `files`; (project id, generation id, last seq)."""
-    project_id, generation_id = str(uuid.uuid4()), str(uuid.uuid4())
-    writer = GenerationWriter(js, project_id, generation_id, source="test")
-    await writer.emit(GenerationRequested, owner="alice", project_name="hostile", version=1)
-    for path, content in files.items():
-        await writer.emit(
-            FileWritten,
-            path=path,
-            content=content,
-            sha256=content_sha256(content),
-            size=len(content.encode()),
-            phase="tests",
-        )
-    return project_id, generation_id, writer.last_seq
-
-
-async def request(js: JetStreamContext, project_id: str, generation_id: str, upto: int) -> None:
-    command = VerifyRequested(
-        generation_id=generation_id, project_id=project_id, round=0, upto_seq=upto, at=utc_now()
-    )
-    await js.publish(
-        subjects.VERIFY_REQUESTS,
-        encode(command),
-        headers={"Nats-Msg-Id": request_msg_id(generation_id, 0)},
-    )
-
-
-async def result_of(js: JetStreamContext, generation_id: str, timeout: float = 90) -> VerifyResult:
-    subject = subjects.verify_result_subject(generation_id, 0)
-    for _ in range(int(timeout / 0.2)):
-        with contextlib.suppress(NotFoundError):
-            msg = await js.get_last_msg(streams.VERIFY_RESULTS_STREAM, subject)
-            return decode_verify_result(msg.data)
-        await asyncio.sleep(0.2)
-    raise AssertionError("no verify result")
-
-
-def files_with(test_source: str) -> dict[str, str]:
-    return {
-        "pyproject.toml": PYPROJECT,
-        "tests/__init__.py": "",
-        "tests/test_it.py": textwrap.dedent(test_source).lstrip(),
-    }
 
 
 async def test_a_command_in_a_result_out_for_the_version_at_upto_seq(
     nc: Client, settings: Settings
 ) -> None:
     js = nc.jetstream()
-    files = files_with("def test_one():\n    pass\n\ndef test_two():\n    pass\n")
+    files = project("def test_one():\n    pass\n\ndef test_two():\n    pass\n")
     project_id, generation_id, upto = await write_generation(js, files)
     # A later event of the log, not part of the version asked for.
     writer = GenerationWriter(
@@ -98,15 +42,7 @@ async def test_a_command_in_a_result_out_for_the_version_at_upto_seq(
         FileWritten, path="tests/test_later.py", content=bad, sha256=content_sha256(bad),
         size=len(bad), phase="tests",
     )  # fmt: skip
-    stop = asyncio.Event()
-    service = VerifierService(settings)
-    task = asyncio.create_task(service.run(stop))
-    try:
-        await request(js, project_id, generation_id, upto)
-        result = await result_of(js, generation_id)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
+    service, result = await verify_once(settings, js, project_id, generation_id, upto)
 
     assert result.outcome == "completed", result.reason
     assert (result.passed, result.failed) == (2, 0)
@@ -120,7 +56,7 @@ async def test_a_verifier_killed_mid_run_hands_the_command_to_another(
 ) -> None:
     js = nc.jetstream()
     marker = f"kiln-verify-kill-{uuid.uuid4().hex[:8]}"
-    files = files_with(f"""
+    files = project(f"""
         import subprocess, sys
 
         def test_slow():
@@ -139,12 +75,12 @@ async def test_a_verifier_killed_mid_run_hands_the_command_to_another(
     try:
         first = processes.start("verifier", "first")
         await request(js, project_id, generation_id, upto)
-        for _ in range(300):
-            if f"Verifying generation {generation_id}" in first.log:
-                break
-            await asyncio.sleep(0.1)
-        else:
-            raise AssertionError(first.log[-3000:])
+        await eventually(
+            lambda: f"Verifying generation {generation_id}" in first.log,
+            30,
+            0.1,
+            what=lambda: f"the first verifier to take the command: {first.log[-3000:]}",
+        )
         first.signal(signal.SIGKILL)
         first.process.wait(10)
         await asyncio.sleep(0.5)

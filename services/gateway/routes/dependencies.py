@@ -6,10 +6,10 @@ import re
 from dataclasses import dataclass
 from typing import Any, cast
 
-from litestar import Request
+from litestar import Controller, Request
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
-from litestar.di import NamedDependency
+from litestar.di import NamedDependency, Provide
 from litestar.exceptions import SerializationException
 from litestar.handlers import BaseRouteHandler
 from litestar.openapi.spec import Operation
@@ -75,3 +75,14 @@ GatewayDep = NamedDependency[Gateway]
 """A handler parameter `gw: GatewayDep` receives the gateway's shared parts."""
 UserDep = NamedDependency[str]
 """A handler parameter `user: UserDep` receives the caller named by the API key."""
+
+
+class KeyedController(Controller):
+    """A controller of the caller's own resources: every route needs the API key
+    (`require_key`), and a handler may take `gw: GatewayDep` and `user: UserDep`."""
+
+    guards = [require_key]
+    dependencies = {
+        "gw": Provide(gateway, sync_to_thread=False),
+        "user": Provide(current_user, sync_to_thread=False),
+    }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Controller, Request, Response, get, post
+from litestar import Request, Response, get, post
 from litestar.datastructures import ResponseHeader
 from litestar.di import Provide
 from litestar.openapi import ResponseSpec
@@ -20,11 +20,9 @@ from services.gateway.requests import resume_after
 from services.gateway.routes.dependencies import (
     TOKEN_AUTH,
     GatewayDep,
+    KeyedController,
     UserDep,
     checked_id,
-    current_user,
-    gateway,
-    require_key,
 )
 from services.gateway.schemas import (
     Accepted,
@@ -70,16 +68,11 @@ def _created(gw: GatewayDep, requested: Requested) -> Response[Accepted]:
     return Response(body, status_code=201, headers=headers)
 
 
-class GenerationController(Controller):
+class GenerationController(KeyedController):
     """Generations: each one version of a project, built phase by phase."""
 
     path = "/generations"
     tags = ["generations"]
-    guards = [require_key]
-    dependencies = {
-        "gw": Provide(gateway, sync_to_thread=False),
-        "user": Provide(current_user, sync_to_thread=False),
-    }
 
     @post(
         "/",

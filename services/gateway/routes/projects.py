@@ -2,32 +2,24 @@
 
 from __future__ import annotations
 
-from litestar import Controller, get
-from litestar.di import Provide
+from litestar import get
 from litestar.params import FromPath
 
 from services.gateway.errors import error_responses
 from services.gateway.routes.dependencies import (
     GatewayDep,
+    KeyedController,
     UserDep,
     checked_id,
-    current_user,
-    gateway,
-    require_key,
 )
 from services.gateway.schemas import ProjectInfo, ProjectList
 
 
-class ProjectController(Controller):
+class ProjectController(KeyedController):
     """Projects: each a tree of versions."""
 
     path = "/projects"
     tags = ["projects"]
-    guards = [require_key]
-    dependencies = {
-        "gw": Provide(gateway, sync_to_thread=False),
-        "user": Provide(current_user, sync_to_thread=False),
-    }
 
     @get("/", summary="The caller's projects", responses=error_responses(401, 503))
     async def list_projects(self, gw: GatewayDep, user: UserDep) -> ProjectList:

@@ -16,7 +16,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Literal, Protocol
 
@@ -25,7 +25,7 @@ import msgspec
 from contracts import limits
 from contracts.events import RetryReason
 from contracts.phases import GeneratedFile, PhaseOutput
-from services.common.logs import get_logger
+from services.common.logs import Logger, get_logger
 from services.common.settings import Settings
 from services.orchestrator.providers.answers import InvalidOutput, complete_files, decode_output
 from services.orchestrator.providers.base import (
@@ -158,27 +158,25 @@ async def converse(
     return await _Conversation(request, reporter, provider, label, model, call, policy).run()
 
 
+@dataclass(eq=False)
 class _Conversation:
-    def __init__(
-        self,
-        request: PhaseRequest,
-        reporter: Reporter,
-        provider: str,
-        label: str,
-        model: str,
-        call: ModelCall,
-        policy: CallPolicy,
-    ) -> None:
-        self.request = request
-        self.reporter = reporter
-        self.provider = provider
-        self.label = label
-        self.model = model
-        self.call = call
-        self.policy = policy
-        self.calls = 0
-        self.bytes_before = 0
-        self.tokens_before = 0
+    request: PhaseRequest
+    reporter: Reporter
+    provider: str
+    label: str
+    model: str
+    call: ModelCall
+    policy: CallPolicy
+    calls: int = 0
+    bytes_before: int = 0
+    tokens_before: int = 0
+    log: Logger = field(init=False)
+    """The module's logger with the provider, phase and generation in every line."""
+
+    def __post_init__(self) -> None:
+        self.log = log.bind(
+            label=self.label, phase=self.request.phase, generation_id=self.request.generation_id
+        )
 
     async def run(self) -> PhaseOutput:
         done: dict[str, GeneratedFile] = {}
@@ -211,12 +209,9 @@ class _Conversation:
                         kind="limits",
                     )
                 done.update((f.path, f) for f in salvaged)
-                log.info(
+                self.log.info(
                     "{label} answer for phase {phase} of generation {generation_id} was cut "
                     "off at the output limit; continuing with the remaining files",
-                    label=self.label,
-                    phase=self.request.phase,
-                    generation_id=self.request.generation_id,
                     completed=len(salvaged),
                     continuation=continuations,
                 )
@@ -246,12 +241,9 @@ class _Conversation:
                     message=f"{self.label}'s answer could not be read ({exc.problem}); "
                     "asking again",
                 )
-                log.warning(
+                self.log.warning(
                     "{label} answer for phase {phase} of generation {generation_id} could "
                     "not be read; asking again",
-                    label=self.label,
-                    phase=self.request.phase,
-                    generation_id=self.request.generation_id,
                     problem=exc.problem,
                     attempt=attempt,
                 )
@@ -304,12 +296,9 @@ class _Conversation:
                     attempt=attempt + 1,
                     message=f"{exc.message}; retrying in {_seconds(delay)}",
                 )
-                log.warning(
+                self.log.warning(
                     "{label} call for phase {phase} of generation {generation_id} failed "
                     "({kind}); retrying in {delay} s",
-                    label=self.label,
-                    phase=self.request.phase,
-                    generation_id=self.request.generation_id,
                     kind=exc.kind,
                     delay=round(delay, 3),
                     attempt=attempt,
@@ -344,20 +333,9 @@ class _Conversation:
         self, result: CallResult, attempt: int, latency_ms: int, outcome: str
     ) -> None:
         self.bytes_before += len(result.text.encode())
-        await self.reporter.llm_called(
-            provider=self.provider,
-            model=self.model,
-            tokens_in=result.tokens_in,
-            tokens_out=result.tokens_out,
-            latency_ms=latency_ms,
-            attempt=attempt,
-            outcome=outcome,
-        )
-        log.info(
+        await self._called(attempt, latency_ms, outcome, result.tokens_in, result.tokens_out)
+        self.log.info(
             "{label} call for phase {phase} of generation {generation_id} finished: {outcome}",
-            label=self.label,
-            phase=self.request.phase,
-            generation_id=self.request.generation_id,
             outcome=outcome,
             model=self.model,
             attempt=attempt,
@@ -367,25 +345,28 @@ class _Conversation:
         )
 
     async def _report_failure(self, exc: CallFailed, attempt: int, latency_ms: int) -> None:
-        await self.reporter.llm_called(
-            provider=self.provider,
-            model=self.model,
-            tokens_in=exc.tokens_in,
-            tokens_out=exc.tokens_out,
-            latency_ms=latency_ms,
-            attempt=attempt,
-            outcome=exc.kind,
-        )
-        log.warning(
+        await self._called(attempt, latency_ms, exc.kind, exc.tokens_in, exc.tokens_out)
+        self.log.warning(
             "{label} call for phase {phase} of generation {generation_id} failed: {kind}",
-            label=self.label,
-            phase=self.request.phase,
-            generation_id=self.request.generation_id,
             kind=exc.kind,
             message=exc.message,
             model=self.model,
             attempt=attempt,
             latency_ms=latency_ms,
+        )
+
+    async def _called(
+        self, attempt: int, latency_ms: int, outcome: str, tokens_in: int, tokens_out: int
+    ) -> None:
+        """Report one call, answered or failed (`llm.called`)."""
+        await self.reporter.llm_called(
+            provider=self.provider,
+            model=self.model,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            latency_ms=latency_ms,
+            attempt=attempt,
+            outcome=outcome,
         )
 
     def _check_cancelled(self) -> None:

@@ -60,7 +60,7 @@ def build_project(spec: ProjectSpec) -> Build:
     if project.auth:
         files.update(auth.auth_files(project))
         files["tests/auth/__init__.py"] = ("tests", '"""The tests of authentication."""\n')
-        files["tests/auth/test_auth.py"] = ("tests", tests.auth_tests(project))
+        files["tests/auth/test_auth.py"] = ("tests", auth.tests_module(project))
     if project.edge_cases:
         package = edge_tests.PACKAGE
         files[f"{package}/__init__.py"] = ("tests", edge_tests.package_module())

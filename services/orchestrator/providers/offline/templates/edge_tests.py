@@ -16,11 +16,8 @@ from __future__ import annotations
 
 from services.orchestrator.providers.offline.layout import Column, EntityLayout, ProjectLayout
 from services.orchestrator.providers.offline.templates.common import py
-from services.orchestrator.providers.offline.templates.pyformat import (
-    bracket,
-    import_from,
-    natural,
-)
+from services.orchestrator.providers.offline.templates.pyformat import bracket, import_from
+from services.orchestrator.providers.offline.templates.tests import client_test_module
 
 PACKAGE = "tests/edge_cases"
 INT64_MAX = 2**63 - 1
@@ -274,26 +271,13 @@ def entity_module(project: ProjectLayout, entity: EntityLayout) -> str:
                 f"    assert emptied.status_code == 200 and emptied.json()[{member}] == []",
             ]
         )
-    lines = [
-        f'"""Edge cases of the {entity.name} API: field limits, wrong types, missing rows and',
-        'references."""',
-        "",
-        "from __future__ import annotations",
-        "",
-        "from typing import Any",
-        "",
-        "from litestar.testing import TestClient",
-        "",
-        *import_from("tests.edge_cases.helpers", ["created", "refused"]),
-    ]
-    by_module: dict[str, list[str]] = {}
-    for factory, helper in sorted(helpers):
-        by_module.setdefault(factory, []).append(helper)
-    for name, names in sorted(by_module.items(), key=lambda item: natural(item[0])):
-        lines.extend(import_from(f"tests.factories.{name}", names))
-    for test in tests:
-        lines.extend(["", "", *test])
-    return "\n".join(lines) + "\n"
+    return client_test_module(
+        f"Edge cases of the {entity.name} API: field limits, wrong types, missing rows and\n"
+        "references.",
+        helpers,
+        tests,
+        imports=tuple(import_from("tests.edge_cases.helpers", ["created", "refused"])),
+    )
 
 
 def _column_tests(project: ProjectLayout, entity: EntityLayout, column: Column) -> list[list[str]]:

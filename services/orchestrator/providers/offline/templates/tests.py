@@ -390,89 +390,25 @@ def entity_tests(project: ProjectLayout, entity: EntityLayout) -> str:
                 f'    assert client.get({literal(path)}, params={{"limit": 0}}).status_code == 400',
             ]
         )
-    lines = [
-        *_client_module_head(
-            f"The {entity.name} API through HTTP: create, list, read, update, delete."
-        ),
-        "",
-    ]
+    return client_test_module(
+        f"The {entity.name} API through HTTP: create, list, read, update, delete.", helpers, tests
+    )
+
+
+def client_test_module(
+    docstring: str,
+    factories: set[tuple[str, str]],
+    tests: list[list[str]],
+    imports: tuple[str, ...] = (),
+) -> str:
+    """A generated test module that calls the app through `TestClient`: its head, the
+    `imports` it needs, the factory helpers it uses (module, name) and its `tests`."""
+    lines = [*_client_module_head(docstring), "", *imports]
     by_module: dict[str, list[str]] = {}
-    for factory_module_name, helper in sorted(helpers):
-        by_module.setdefault(factory_module_name, []).append(helper)
+    for module, helper in sorted(factories):
+        by_module.setdefault(module, []).append(helper)
     for name, names in sorted(by_module.items(), key=lambda item: natural(item[0])):
         lines.extend(import_from(f"tests.factories.{name}", names))
     for test in tests:
         lines.extend(["", "", *test])
     return "\n".join(lines) + "\n"
-
-
-def auth_tests(project: ProjectLayout) -> str:
-    """`tests/auth/test_auth.py`: registering, tokens, and the guard on every entity route."""
-    first = project.entities[0]
-    return f'''"""Authentication: register, sign in, and the guard on every entity route."""
-
-from __future__ import annotations
-
-from typing import Any
-
-from litestar.testing import TestClient
-
-from app.auth.security import hash_password, verify_password
-
-USER = {{"username": "alice", "password": "a long secret"}}
-
-
-def sign_in(client: TestClient[Any]) -> str:
-    """Register USER and get a token for it."""
-    assert client.post("/auth/register", json=USER).status_code == 201
-    response = client.post("/auth/token", json=USER)
-    assert response.status_code == 200, response.text
-    token: str = response.json()["access_token"]
-    return token
-
-
-def test_register_sign_in_and_see_who_you_are(anonymous: TestClient[Any]) -> None:
-    token = sign_in(anonymous)
-    me = anonymous.get("/auth/me", headers={{"Authorization": f"Bearer {{token}}"}})
-    assert me.status_code == 200, me.text
-    assert me.json()["username"] == "alice"
-
-
-def test_a_wrong_password_gets_no_token(anonymous: TestClient[Any]) -> None:
-    sign_in(anonymous)
-    wrong = {{**USER, "password": "not the password"}}
-    assert anonymous.post("/auth/token", json=wrong).status_code == 401
-
-
-def test_a_username_is_registered_once(anonymous: TestClient[Any]) -> None:
-    sign_in(anonymous)
-    assert anonymous.post("/auth/register", json=USER).status_code == 409
-
-
-def test_every_entity_route_needs_a_token(anonymous: TestClient[Any]) -> None:
-    assert anonymous.post({py(first.path)}, json={{}}).status_code == 401
-    assert anonymous.patch({py(first.path + "/1")}, json={{}}).status_code == 401
-    assert anonymous.delete({py(first.path + "/1")}).status_code == 401
-    assert anonymous.get({py(first.path)}).status_code == 401
-    assert anonymous.get({py(first.path + "/1")}).status_code == 401
-
-
-def test_a_bad_token_is_refused(anonymous: TestClient[Any]) -> None:
-    headers = {{"Authorization": "Bearer not-a-token"}}
-    assert anonymous.get("/auth/me", headers=headers).status_code == 401
-    assert anonymous.post({py(first.path)}, json={{}}, headers=headers).status_code == 401
-
-
-def test_logout_revokes_the_token(anonymous: TestClient[Any]) -> None:
-    headers = {{"Authorization": f"Bearer {{sign_in(anonymous)}}"}}
-    assert anonymous.post("/auth/logout", headers=headers).status_code == 204
-    assert anonymous.get("/auth/me", headers=headers).status_code == 401
-
-
-def test_passwords_are_stored_as_salted_pbkdf2_hashes() -> None:
-    first, second = hash_password("a long secret"), hash_password("a long secret")
-    assert first.startswith("pbkdf2_sha256$") and first != second
-    assert verify_password("a long secret", first)
-    assert not verify_password("another secret", first)
-    assert not verify_password("a long secret", "not a hash")
-'''
