@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.cli.runtime import run_until_signalled
 from services.common.logs import get_logger, setup_logging
 from services.common.settings import Settings
+
+if TYPE_CHECKING:
+    import uvicorn
+    from litestar import Litestar
 
 log = get_logger(__name__)
 
@@ -39,12 +43,32 @@ def run_verifier(settings: Settings) -> None:
     run_until_signalled(settings, "verifier", VerifierService(settings).run)
 
 
+def gateway_config(settings: Settings, app: Litestar) -> uvicorn.Config:
+    """How uvicorn serves the gateway's `app`: HTTP/1.1 with Kiln's own protocol
+    (httptools, with limits on request headers and bodies), never uvicorn's choice."""
+    import uvicorn
+
+    from services.gateway.protocol import protocol_class
+
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        http=protocol_class(settings),
+        log_config=None,
+        access_log=True,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+        timeout_keep_alive=30,
+        backlog=4096,
+    )
+
+
 def run_gateway(settings: Settings) -> None:
     """Serve the gateway with uvicorn until SIGTERM; open SSE streams end first."""
     import uvicorn
 
     from services.gateway.app import create_app
-    from services.gateway.protocol import protocol_class
 
     setup_logging(settings.log_format, settings.log_level, settings.secret_values())
     app = create_app(settings)
@@ -58,19 +82,7 @@ def run_gateway(settings: Settings) -> None:
                 gateway.stop_streams()
             super().handle_exit(sig, frame)
 
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        http=protocol_class(settings),  # httptools, with limits on request headers
-        log_config=None,
-        access_log=True,
-        lifespan="on",
-        timeout_graceful_shutdown=10,
-        timeout_keep_alive=30,
-        backlog=4096,
-    )
-    server = Server(config)
+    server = Server(gateway_config(settings, app))
     # Once stopped, uvicorn raises the signal it caught again with the handler it found; a
     # SIGTERM is how a gateway is meant to stop, so it then ends with code 0, not killed.
     signal.signal(signal.SIGTERM, lambda *_: None)

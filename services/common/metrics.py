@@ -87,8 +87,9 @@ http_refused = _of(
     "gateway",
     Counter,
     "kiln_gateway_http_refused_total",
-    "Connections refused before reaching a route (`headers_too_large`: 431; "
-    "`header_timeout`: 408 or closed)",
+    "Requests refused by the HTTP protocol, before or without a route (`headers_too_large`: "
+    "431; `header_timeout`: 408 or closed; `body_too_large`: 413, or closed once answered; "
+    "`body_timeout`: 408, or closed once answered)",
     ["reason"],
 )
 replay_seconds = _of(

@@ -109,7 +109,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         _setting("KILN_PUBLIC_URL", "The URL users reach the gateway at, for printed links."),
     ] = None
     max_body_bytes: Annotated[
-        int, _setting("KILN_MAX_BODY_BYTES", "Largest request body the gateway accepts.")
+        int,
+        _setting(
+            "KILN_MAX_BODY_BYTES",
+            "Largest request body the gateway accepts; a larger one answers 413 before any "
+            "route sees it.",
+        ),
     ] = 1024 * 1024
     generations_per_minute: Annotated[
         float,
@@ -144,6 +149,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "request's first byte); then the gateway answers 408 and closes the connection.",
         ),
     ] = 10.0
+    body_timeout_s: Annotated[
+        float,
+        _setting(
+            "KILN_BODY_TIMEOUT",
+            "Seconds a request's whole body may take to arrive, from the end of its headers; "
+            "then the gateway answers 408 (if it has not answered yet) and closes the "
+            "connection.",
+        ),
+    ] = 30.0
     max_streams_per_key: Annotated[
         int,
         _setting(

@@ -29,6 +29,10 @@ log = get_logger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 
+BODY_TOO_LARGE = "The request body is larger than the gateway accepts (KILN_MAX_BODY_BYTES)."
+"""The detail of every 413, the application's and the HTTP protocol's (a body declared or
+sent over the limit is refused there, before the application sees it)."""
+
 
 class GatewayError(Exception):
     """An error with an HTTP status and a message for the person who made the request."""
@@ -184,7 +188,7 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
             request,
             413,
             "Payload Too Large",
-            "The request body is larger than the gateway accepts (KILN_MAX_BODY_BYTES).",
+            BODY_TOO_LARGE,
         )
     if status == 404 and isinstance(exc, NotFoundException):
         return problem(request, 404, "Not Found", f"No route or resource at {request.url.path}.")
@@ -282,7 +286,7 @@ _WHEN: dict[int, str] = {
     401: "No valid API key (or SSE token); `WWW-Authenticate: Bearer` names the scheme.",
     404: "No such resource for this caller (another user's resources are not revealed).",
     409: "The resource is in a state that does not allow the request.",
-    413: "The request body is larger than the gateway accepts (KILN_MAX_BODY_BYTES).",
+    413: BODY_TOO_LARGE,
     422: "The Idempotency-Key was already used for another request.",
     429: "A limit of the caller was reached; `Retry-After` says when to try again.",
     503: "A dependency (NATS, the database) is not answering right now; `Retry-After` says "

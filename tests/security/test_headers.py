@@ -5,7 +5,6 @@ gateway's memory (from /proc) stays small, and a normal request meanwhile is ans
 from __future__ import annotations
 
 import asyncio
-import json
 import select
 import socket
 import time
@@ -15,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from services.common.embedded_nats import EmbeddedNats
-from tests.support.environment import service_env
 from tests.support.pressure import MIB, probing
-from tests.support.processes import Processes, ServiceProcess
+from tests.support.processes import ServiceProcess, lone_gateway
+from tests.support.raw_http import address, read_response, status_and_problem
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -28,35 +27,16 @@ HEADER_TIMEOUT_S = 2.0
 @pytest.fixture
 def gateway(tmp_path: Path, nats_server: EmbeddedNats) -> Iterator[tuple[ServiceProcess, str]]:
     """One gateway process (the database migrated), with a short header timeout."""
-    group = Processes(tmp_path, service_env(tmp_path, nats_server.url))
-    group.migrate()
-    try:
-        yield group.gateway(KILN_HEADER_TIMEOUT=str(HEADER_TIMEOUT_S))
-    finally:
-        group.stop_all()
-
-
-def _address(url: str) -> tuple[str, int]:
-    host, port = url.removeprefix("http://").split(":")
-    return host, int(port)
-
-
-def _read_response(sock: socket.socket, timeout: float = 30) -> bytes:
-    """Everything the server sends until it closes (or `timeout`)."""
-    sock.settimeout(timeout)
-    received = b""
-    try:
-        while chunk := sock.recv(65536):
-            received += chunk
-    except (ConnectionResetError, TimeoutError):
-        pass
-    return received
+    with lone_gateway(
+        tmp_path, nats_server.url, KILN_HEADER_TIMEOUT=str(HEADER_TIMEOUT_S)
+    ) as gateway:
+        yield gateway
 
 
 def _send_until_answered(url: str, head: bytes, filler: Iterator[bytes]) -> tuple[bytes, int]:
     """Send `head`, then `filler` for as long as the server reads it and has not answered;
     the answer (the whole response) and how many bytes were sent."""
-    with socket.create_connection(_address(url)) as sock:
+    with socket.create_connection(address(url)) as sock:
         sock.sendall(head)
         sent = len(head)
         for piece in filler:
@@ -71,14 +51,7 @@ def _send_until_answered(url: str, head: bytes, filler: Iterator[bytes]) -> tupl
                 break
         else:
             sock.sendall(b"\r\n\r\n")
-        return _read_response(sock), sent
-
-
-def _status_and_problem(response: bytes) -> tuple[int, dict[str, object]]:
-    head, _, body = response.partition(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/1.1 ") else 0
-    problem = json.loads(body) if b"application/problem+json" in head.lower() else {}
-    return status, problem
+        return read_response(sock), sent
 
 
 async def test_a_huge_header_answers_431_without_the_gateway_growing(
@@ -96,7 +69,7 @@ async def test_a_huge_header_answers_431_without_the_gateway_growing(
         response, sent = await asyncio.to_thread(_send_until_answered, url, head, filler())
     probe.report(f"one {HUGE_HEADER_BYTES // MIB} MiB header ({sent} bytes taken)")
 
-    status, problem = _status_and_problem(response)
+    status, problem = status_and_problem(response)
     assert status == 431, response[:300]
     assert problem["status"] == 431 and "16384 bytes" in str(problem["detail"])
     assert sent < 4 * MIB, "the gateway stopped reading soon after the limit"
@@ -116,9 +89,9 @@ async def test_a_request_and_its_large_body_in_one_read_are_served(
         b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
     ) + body
     for _ in range(5):
-        with socket.create_connection(_address(url)) as sock:
+        with socket.create_connection(address(url)) as sock:
             sock.sendall(request)
-            status, _ = _status_and_problem(await asyncio.to_thread(_read_response, sock))
+            status, _ = status_and_problem(await asyncio.to_thread(read_response, sock))
         assert status == 401
 
 
@@ -132,9 +105,9 @@ async def test_too_many_headers_answer_431_and_the_limit_itself_is_fine(
         return b"GET /healthz HTTP/1.1\r\nHost: kiln\r\nConnection: close\r\n" + fields + b"\r\n"
 
     def send(data: bytes) -> bytes:
-        with socket.create_connection(_address(url)) as sock:
+        with socket.create_connection(address(url)) as sock:
             sock.sendall(data)
-            return _read_response(sock)
+            return read_response(sock)
 
     def many() -> Iterator[bytes]:
         fields = b"".join(b"X-F%d: v\r\n" % i for i in range(100_000))
@@ -146,22 +119,22 @@ async def test_too_many_headers_answer_431_and_the_limit_itself_is_fine(
             _send_until_answered, url, b"GET /healthz HTTP/1.1\r\nHost: kiln\r\n", many()
         )
     probe.report(f"100,000 header fields ({sent} bytes taken)")
-    status, _ = _status_and_problem(response)
+    status, _ = status_and_problem(response)
     assert status == 431, response[:300]
     assert probe.growth < 16 * MIB
     assert set(probe.statuses) == {200}
 
     # 100 fields is the limit, Host and Connection included.
-    status, _ = _status_and_problem(await asyncio.to_thread(send, request(98)))
+    status, _ = status_and_problem(await asyncio.to_thread(send, request(98)))
     assert status == 200
-    status, problem = _status_and_problem(await asyncio.to_thread(send, request(99)))
+    status, problem = status_and_problem(await asyncio.to_thread(send, request(99)))
     assert status == 431 and "at most 100 header fields" in str(problem["detail"])
 
 
 async def test_headers_that_trickle_in_are_cut_off(gateway: tuple[ServiceProcess, str]) -> None:
     process, url = gateway
-    trickling = [socket.create_connection(_address(url)) for _ in range(150)]
-    silent = [socket.create_connection(_address(url)) for _ in range(150)]
+    trickling = [socket.create_connection(address(url)) for _ in range(150)]
+    silent = [socket.create_connection(address(url)) for _ in range(150)]
     for sock in trickling:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: kiln\r\nX-Slow: ")
     open_ = {*trickling, *silent}
@@ -174,7 +147,7 @@ async def test_headers_that_trickle_in_are_cut_off(gateway: tuple[ServiceProcess
         while open_ and time.monotonic() < deadline:
             readable, _, _ = select.select(list(open_), [], [], 0.5)
             for sock in readable:
-                answers.append(_read_response(sock, timeout=5))
+                answers.append(read_response(sock, timeout=5))
                 open_.discard(sock)
             for sock in open_ & set(trickling):
                 try:
@@ -187,7 +160,7 @@ async def test_headers_that_trickle_in_are_cut_off(gateway: tuple[ServiceProcess
             await asyncio.to_thread(trickle_until_cut, HEADER_TIMEOUT_S * 10)
         probe.report("300 connections: 150 sending a header byte every 0.5 s, 150 silent")
         assert not open_, f"{len(open_)} of 300 connections still open"
-        statuses = sorted(_status_and_problem(answer)[0] for answer in answers)
+        statuses = sorted(status_and_problem(answer)[0] for answer in answers)
         # The trickling connections get a 408; the silent ones are just closed.
         assert statuses == [0] * 150 + [408] * 150
         assert set(probe.statuses) == {200}

@@ -22,6 +22,7 @@ from tests.support.client import SSEEvent
 from tests.support.environment import ALICE_KEY, service_env
 from tests.support.pressure import MIB, probing
 from tests.support.processes import Processes
+from tests.support.raw_http import address, drain
 from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -58,32 +59,13 @@ async def _large_replay(url: str) -> tuple[str, list[SSEEvent]]:
     return accepted["stream_url"], events
 
 
-def _address(url: str) -> tuple[str, int]:
-    host, port = url.removeprefix("http://").split(":")
-    return host, int(port)
-
-
 def _non_reader(url: str, stream_url: str) -> socket.socket:
     """A connection that asks for the stream and then never reads (a 4 KiB receive buffer)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(_address(url))
+    sock.connect(address(url))
     sock.sendall(f"GET {stream_url} HTTP/1.1\r\nHost: kiln\r\n\r\n".encode())
     return sock
-
-
-def _drain(sock: socket.socket) -> tuple[bytes, bool]:
-    """Read what the connection still holds; (the bytes, whether the server closed it)."""
-    sock.settimeout(5)
-    received = b""
-    try:
-        while chunk := sock.recv(65536):
-            received += chunk
-    except ConnectionResetError:
-        return received, True
-    except TimeoutError:
-        return received, False
-    return received, True
 
 
 def _last_whole_event_id(received: bytes) -> int:
@@ -127,7 +109,7 @@ async def test_clients_that_never_read_are_cut_and_hold_a_bounded_amount(
         assert set(probe.statuses) == {200}
 
         # A cut client got part of the stream, never its end, and resumes where it was.
-        received, closed = await asyncio.to_thread(_drain, sockets[0])
+        received, closed = await asyncio.to_thread(drain, sockets[0], 5)
         assert closed and b"generation.completed" not in received
         after = _last_whole_event_id(received)
         async with kiln.connect(url, timeout=120) as http:

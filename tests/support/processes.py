@@ -3,17 +3,19 @@ an operator runs them: each with its own environment and log file, stopped by PI
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 
 from services.common.embedded_nats import free_port
-from tests.support.environment import process_env
+from tests.support.environment import process_env, service_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -119,3 +121,15 @@ class Processes:
         """Stop every process started, newest first."""
         for process in reversed(self.started):
             process.stop()
+
+
+@contextlib.contextmanager
+def lone_gateway(tmp_path: Path, nats_url: str, **env: str) -> Iterator[tuple[ServiceProcess, str]]:
+    """One gateway process and nothing else (its database migrated), with `env` on top of
+    the test's environment; it and its URL, stopped at the end."""
+    group = Processes(tmp_path, service_env(tmp_path, nats_url))
+    group.migrate()
+    try:
+        yield group.gateway(**env)
+    finally:
+        group.stop_all()
