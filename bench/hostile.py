@@ -1,0 +1,261 @@
+"""`python -m bench.hostile`: the hostile clients of issue 19, each sustained against a real
+gateway with default settings, while the gateway's RSS (VmRSS from /proc) is sampled and a
+concurrent `GET /healthz` is timed every ~100 ms on a connection of its own.
+
+(a) a 128 MiB header on /healthz, again and again; (b) 100,000 header fields, again and
+again; (c) 300 connections sending their request one header byte every 2 s; (d) 300 POSTs
+with a key and a declared Content-Length whose body comes one byte every 2 s; (e) 600 SSE
+clients of a large finished replay (a 200-entity project) with a 4 KiB receive buffer that
+never read. The attacks run in a load-generator process (`bench/loadgen/hostile.py`); a
+connection the gateway closes in (c) and (d) is opened again at once.
+
+The stack (nats-server, storage, an orchestrator with the offline provider, the gateway)
+runs as child processes stopped by PID at the end; `KILN_VERIFY=false` (no verifier: the
+replay's generation completes without one). Nothing else is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.env import API_KEY, Stack
+from bench.loadgen.workers import Worker
+from bench.procs import rss_bytes
+from tests.support.pressure import MIB, Probe, probing
+from tests.support.replays import large_replay
+
+PROBE_EVERY_S = 0.1
+SETTLE_S = 3.0
+"""After an attack, how long the gateway is left alone before its RSS "after" is read."""
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big each attack is."""
+
+    header_bytes: int = 128 * MIB
+    fields: int = 100_000
+    trickling: int = 300
+    interval_s: float = 2.0
+    non_readers: int = 600
+    rcvbuf: int = 4096
+    entities: int = 200
+
+
+FULL = Sizes()
+TOY = Sizes(
+    header_bytes=1 * MIB, fields=2_000, trickling=5, interval_s=0.2, non_readers=5, entities=2
+)
+
+
+@dataclass(frozen=True)
+class Attack:
+    """One attack: its letter, what the table calls it, and its load generator's config."""
+
+    letter: str
+    name: str
+    title: Callable[[Sizes], str]
+    config: Callable[[Sizes, str], dict[str, Any]]
+
+
+ATTACKS = [
+    Attack(
+        "a",
+        "huge_header",
+        lambda s: f"(a) a {s.header_bytes // MIB} MiB header, repeatedly",
+        lambda s, _: {"header_bytes": s.header_bytes},
+    ),
+    Attack(
+        "b",
+        "many_headers",
+        lambda s: f"(b) {s.fields:,} header fields, repeatedly",
+        lambda s, _: {"fields": s.fields},
+    ),
+    Attack(
+        "c",
+        "slow_headers",
+        lambda s: f"(c) {s.trickling} connections, a header byte every {s.interval_s:g} s",
+        lambda s, _: {"connections": s.trickling, "interval": s.interval_s},
+    ),
+    Attack(
+        "d",
+        "slow_body",
+        lambda s: f"(d) {s.trickling} POSTs with a key, a body byte every {s.interval_s:g} s",
+        lambda s, _: {
+            "connections": s.trickling,
+            "interval": s.interval_s,
+            "path": "/generations",
+            "key": API_KEY,
+        },
+    ),
+    Attack(
+        "e",
+        "never_read",
+        lambda s: f"(e) {s.non_readers} SSE clients that never read a large replay",
+        lambda s, stream_path: {
+            "connections": s.non_readers,
+            "rcvbuf": s.rcvbuf,
+            "stream_path": stream_path,
+        },
+    ),
+]
+
+
+class Gateway:
+    """The gateway's process, as `tests.support.pressure.Probe` reads its memory."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def memory_bytes(self, field: str = "VmRSS") -> int:
+        assert field == "VmRSS"
+        return rss_bytes(self.pid)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One attack's row."""
+
+    attack: str
+    responses: str
+    rss: str
+    healthz: str
+
+
+def _responses(result: dict[str, Any]) -> str:
+    statuses = ", ".join(
+        f"{'no status' if code == '0' else code} x{count:,}"
+        for code, count in result["statuses"].items()
+    )
+    parts = [statuses or "none", f"{result['opened']:,} connections"]
+    closed = sorted(result["closed_after"])
+    if closed:
+        parts.append(
+            f"{len(closed):,} closed by the gateway, {_s(closed[0])} to {_s(closed[-1])} after "
+            f"opening (median {_s(statistics.median(closed))})"
+        )
+    if result["still_open"]:
+        parts.append(f"{result['still_open']:,} still open at the end")
+    if result["opened"] and result["sent"] > 1024 * result["opened"]:
+        per = result["sent"] / result["opened"] / 1024
+        parts.append(f"~{per:,.0f} KiB written per connection (the kernel's buffers included)")
+    return "; ".join(parts)
+
+
+def _s(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+
+
+def _latencies(probe: Probe) -> str:
+    ordered = sorted(probe.latencies_s)
+    if not ordered:
+        return "no request"
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    failed = sum(1 for s in probe.statuses if s != 200)
+    text = (
+        f"{statistics.median(ordered) * 1000:.1f} / {p99 * 1000:.0f} / "
+        f"{ordered[-1] * 1000:.0f} ms ({len(ordered)} requests"
+    )
+    return text + (f", {failed} not 200)" if failed else ")")
+
+
+async def measure(
+    stack: Stack, attack: Attack, sizes: Sizes, seconds: float, stream_path: str
+) -> Outcome:
+    """Run one attack for `seconds` while probing the gateway."""
+    url = f"http://127.0.0.1:{stack.port}"
+    gateway = Gateway(stack.pid("gateway"))
+    config = {
+        "attack": attack.name,
+        "host": "127.0.0.1",
+        "port": stack.port,
+        "seconds": seconds,
+        **attack.config(sizes, stream_path),
+    }
+    worker = await Worker("bench.loadgen.hostile", config, stack.root).start()
+    try:
+        async with probing(gateway, url, PROBE_EVERY_S) as probe:
+            await worker.send("go")
+            result = await worker.result(timeout=seconds + 120)
+    finally:
+        await worker.stop()
+    await asyncio.sleep(SETTLE_S)
+    after = gateway.memory_bytes()
+    rss = f"{probe.baseline_rss / MIB:.0f} → {probe.peak_rss / MIB:.0f} → {after / MIB:.0f} MiB"
+    if probe.peak_kernel_queued >= MIB:
+        rss += f" (kernel send queues ≤ {probe.peak_kernel_queued / MIB:.1f} MiB)"
+    return Outcome(attack.title(sizes), _responses(result), rss, _latencies(probe))
+
+
+async def run(root: Path, seconds: float, sizes: Sizes, only: str = "") -> list[Outcome]:
+    """Start the stack in `root`, build the large replay, run the attacks; their rows."""
+    chosen = [a for a in ATTACKS if not only or a.letter in only]
+    outcomes: list[Outcome] = []
+    async with Stack(
+        root, gateway=True, storage=True, orchestrator=True, settings={"KILN_VERIFY": "false"}
+    ) as stack:
+        url = f"http://127.0.0.1:{stack.port}"
+        stream_path = ""
+        if any(a.letter == "e" for a in chosen):
+            stream_path, events = await large_replay(url, API_KEY, sizes.entities)
+            _log(f"large replay: {len(events)} events, {sizes.entities} entities")
+        for attack in chosen:
+            _log(f"{attack.title(sizes)}: {seconds:g} s")
+            outcomes.append(await measure(stack, attack, sizes, seconds, stream_path))
+            _log(f"  {outcomes[-1].responses}")
+        log = (root / "gateway.log").read_text(errors="replace").splitlines()
+        errors = [line for line in log if "ERROR" in line]
+        _log(f"gateway log: {len(errors)} ERROR lines " + (errors[0][:300] if errors else ""))
+    return outcomes
+
+
+def table(outcomes: list[Outcome]) -> str:
+    """The rows as a Markdown table."""
+    lines = [
+        "| attack | responses seen | gateway RSS before → peak → after | "
+        "concurrent GET /healthz median / p99 / max |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {o.attack} | {o.responses} | {o.rss} | {o.healthz} |" for o in outcomes]
+    return "\n".join(lines)
+
+
+_started = time.monotonic()
+
+
+def _log(message: str) -> None:
+    print(f"[{time.monotonic() - _started:6.1f} s] {message}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> list[Outcome]:
+    parser = argparse.ArgumentParser(prog="python -m bench.hostile", description=__doc__)
+    parser.add_argument("--seconds", type=float, help="how long each attack lasts (default 15)")
+    parser.add_argument("--only", default="", help="attacks to run, e.g. a,e (default all)")
+    parser.add_argument("--toy", action="store_true", help="toy sizes, 1 s each: proves it works")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args(argv)
+    seconds = args.seconds or (1.0 if args.toy else 15.0)
+    root = Path(tempfile.mkdtemp(prefix="kiln-hostile-"))
+    try:
+        outcomes = asyncio.run(run(root, seconds, TOY if args.toy else FULL, args.only.lower()))
+    finally:
+        if args.keep:
+            print(f"kept {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    print(table(outcomes))
+    return outcomes
+
+
+if __name__ == "__main__":
+    main()
