@@ -1,6 +1,8 @@
 """`python -m bench.hostile`: the hostile clients of issue 19, each sustained against a real
 gateway with default settings, while the gateway's RSS (VmRSS from /proc) is sampled and a
-concurrent `GET /healthz` is timed every ~100 ms on a connection of its own.
+concurrent `GET /healthz` is timed every ~100 ms twice over: on a kept-alive connection
+opened before the attack, and on a new connection each time (a client arriving during it:
+it waits behind every connection the attack queued before it).
 
 (a) a 128 MiB header on /healthz, again and again; (b) 100,000 header fields, again and
 again; (c) 300 connections sending their request one header byte every 2 s; (d) 300 POSTs
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import shutil
 import statistics
 import sys
@@ -31,10 +34,13 @@ from typing import Any
 from bench.env import API_KEY, Stack
 from bench.loadgen.workers import Worker
 from bench.procs import rss_bytes
-from tests.support.pressure import MIB, Probe, probing
+from bench.profile import summarize
+from tests.support.pressure import MIB, probing
 from tests.support.replays import large_replay
 
 PROBE_EVERY_S = 0.1
+WARM_S = 0.5
+"""How long the probe runs before an attack starts (its kept-alive connection is open)."""
 SETTLE_S = 3.0
 """After an attack, how long the gateway is left alone before its RSS "after" is read."""
 
@@ -130,6 +136,9 @@ class Outcome:
     responses: str
     rss: str
     healthz: str
+    """On the probe's kept-alive connection."""
+    healthz_new: str
+    """Each on a new connection."""
 
 
 def _responses(result: dict[str, Any]) -> str:
@@ -156,12 +165,12 @@ def _s(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
 
 
-def _latencies(probe: Probe) -> str:
-    ordered = sorted(probe.latencies_s)
+def _latencies(latencies_s: list[float], statuses: list[int]) -> str:
+    ordered = sorted(latencies_s)
     if not ordered:
         return "no request"
     p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
-    failed = sum(1 for s in probe.statuses if s != 200)
+    failed = sum(1 for s in statuses if s != 200)
     text = (
         f"{statistics.median(ordered) * 1000:.1f} / {p99 * 1000:.0f} / "
         f"{ordered[-1] * 1000:.0f} ms ({len(ordered)} requests"
@@ -169,10 +178,56 @@ def _latencies(probe: Probe) -> str:
     return text + (f", {failed} not 200)" if failed else ")")
 
 
+async def _new_connections(
+    port: int, stop: asyncio.Event, latencies_s: list[float], statuses: list[int]
+) -> None:
+    """`GET /healthz` every PROBE_EVERY_S, each on a new connection (a client arriving
+    during the attack), timed from the connect to the whole response."""
+    while not stop.is_set():
+        started = time.perf_counter()
+        status = 0
+        try:
+            async with asyncio.timeout(60):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                try:
+                    writer.write(
+                        b"GET /healthz HTTP/1.1\r\nHost: kiln\r\nConnection: close\r\n\r\n"
+                    )
+                    response = await reader.read()
+                finally:
+                    writer.close()
+            if response.startswith(b"HTTP/1.1 "):
+                status = int(response.split(b" ", 2)[1])
+        except (OSError, TimeoutError):
+            pass
+        latencies_s.append(time.perf_counter() - started)
+        statuses.append(status)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), PROBE_EVERY_S)
+
+
+async def _profiler(pid: int, seconds: float, out: Path) -> asyncio.subprocess.Process:
+    """py-spy attached to the gateway for `seconds` (non-blocking: it does not pause the
+    gateway to sample it), writing collapsed stacks to `out`."""
+    py_spy = Path(sys.executable).parent / "py-spy"
+    if not py_spy.exists():
+        raise RuntimeError("--profile needs py-spy: .venv/bin/pip install py-spy")
+    return await asyncio.create_subprocess_exec(
+        str(py_spy), "record", "--nonblocking", "-f", "raw", "-r", "250", "-d",
+        str(max(1, round(seconds))), "-p", str(pid), "-o", str(out),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 async def measure(
-    stack: Stack, attack: Attack, sizes: Sizes, seconds: float, stream_path: str
+    stack: Stack,
+    attack: Attack,
+    sizes: Sizes,
+    seconds: float,
+    stream_path: str,
+    profile: bool = False,
 ) -> Outcome:
-    """Run one attack for `seconds` while probing the gateway."""
+    """Run one attack for `seconds` while probing the gateway (and profiling it)."""
     url = f"http://127.0.0.1:{stack.port}"
     gateway = Gateway(stack.pid("gateway"))
     config = {
@@ -183,21 +238,47 @@ async def measure(
         **attack.config(sizes, stream_path),
     }
     worker = await Worker("bench.loadgen.hostile", config, stack.root).start()
+    out = stack.root / f"gateway-{attack.letter}.pyspy"
+    profiler = await _profiler(gateway.pid, seconds, out) if profile else None
+    fresh: tuple[list[float], list[int]] = ([], [])
     try:
         async with probing(gateway, url, PROBE_EVERY_S) as probe:
+            await asyncio.sleep(WARM_S)  # the probe's kept-alive connection is open
+            stop = asyncio.Event()
+            arriving = asyncio.create_task(_new_connections(stack.port, stop, *fresh))
             await worker.send("go")
-            result = await worker.result(timeout=seconds + 120)
+            try:
+                result = await worker.result(timeout=seconds + 120)
+            finally:
+                stop.set()
+                await arriving
     finally:
         await worker.stop()
+        if profiler is not None:
+            await profiler.wait()
+            if out.exists():
+                print(f"== {out}\n{summarize(out)}", flush=True)
     await asyncio.sleep(SETTLE_S)
     after = gateway.memory_bytes()
     rss = f"{probe.baseline_rss / MIB:.0f} → {probe.peak_rss / MIB:.0f} → {after / MIB:.0f} MiB"
     if probe.peak_kernel_queued >= MIB:
         rss += f" (kernel send queues ≤ {probe.peak_kernel_queued / MIB:.1f} MiB)"
-    return Outcome(attack.title(sizes), _responses(result), rss, _latencies(probe))
+    if probe.latencies_s:
+        worst = max(range(len(probe.latencies_s)), key=probe.latencies_s.__getitem__)
+        at = sum(probe.latencies_s[:worst]) + worst * PROBE_EVERY_S
+        _log(f"  the slowest /healthz began ~{at:.1f} s into the attack")
+    return Outcome(
+        attack.title(sizes),
+        _responses(result),
+        rss,
+        _latencies(probe.latencies_s, probe.statuses),
+        _latencies(*fresh),
+    )
 
 
-async def run(root: Path, seconds: float, sizes: Sizes, only: str = "") -> list[Outcome]:
+async def run(
+    root: Path, seconds: float, sizes: Sizes, only: str = "", profile: bool = False
+) -> list[Outcome]:
     """Start the stack in `root`, build the large replay, run the attacks; their rows."""
     chosen = [a for a in ATTACKS if not only or a.letter in only]
     outcomes: list[Outcome] = []
@@ -211,7 +292,7 @@ async def run(root: Path, seconds: float, sizes: Sizes, only: str = "") -> list[
             _log(f"large replay: {len(events)} events, {sizes.entities} entities")
         for attack in chosen:
             _log(f"{attack.title(sizes)}: {seconds:g} s")
-            outcomes.append(await measure(stack, attack, sizes, seconds, stream_path))
+            outcomes.append(await measure(stack, attack, sizes, seconds, stream_path, profile))
             _log(f"  {outcomes[-1].responses}")
         log = (root / "gateway.log").read_text(errors="replace").splitlines()
         errors = [line for line in log if "ERROR" in line]
@@ -223,10 +304,14 @@ def table(outcomes: list[Outcome]) -> str:
     """The rows as a Markdown table."""
     lines = [
         "| attack | responses seen | gateway RSS before → peak → after | "
-        "concurrent GET /healthz median / p99 / max |",
-        "|---|---|---|---|",
+        "concurrent GET /healthz, kept-alive connection: median / p99 / max | "
+        "the same, a new connection each: median / p99 / max |",
+        "|---|---|---|---|---|",
     ]
-    lines += [f"| {o.attack} | {o.responses} | {o.rss} | {o.healthz} |" for o in outcomes]
+    lines += [
+        f"| {o.attack} | {o.responses} | {o.rss} | {o.healthz} | {o.healthz_new} |"
+        for o in outcomes
+    ]
     return "\n".join(lines)
 
 
@@ -243,11 +328,17 @@ def main(argv: list[str] | None = None) -> list[Outcome]:
     parser.add_argument("--only", default="", help="attacks to run, e.g. a,e (default all)")
     parser.add_argument("--toy", action="store_true", help="toy sizes, 1 s each: proves it works")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="attach py-spy to the gateway during each attack and print where its time went",
+    )
     args = parser.parse_args(argv)
     seconds = args.seconds or (1.0 if args.toy else 15.0)
     root = Path(tempfile.mkdtemp(prefix="kiln-hostile-"))
     try:
-        outcomes = asyncio.run(run(root, seconds, TOY if args.toy else FULL, args.only.lower()))
+        sizes = TOY if args.toy else FULL
+        outcomes = asyncio.run(run(root, seconds, sizes, args.only.lower(), args.profile))
     finally:
         if args.keep:
             print(f"kept {root}", file=sys.stderr)

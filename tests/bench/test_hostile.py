@@ -18,5 +18,6 @@ async def test_every_attack_runs_at_a_toy_size_and_prints_its_row(tmp_path: Path
     assert [o.attack for o in outcomes] == [a.title(TOY) for a in ATTACKS]
     printed = table(outcomes)
     for outcome in outcomes:
-        assert outcome.responses and "→" in outcome.rss and "requests" in outcome.healthz
+        assert outcome.responses and "→" in outcome.rss
+        assert "requests" in outcome.healthz and "requests" in outcome.healthz_new
         assert f"| {outcome.attack} |" in printed
