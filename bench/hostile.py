@@ -35,6 +35,7 @@ from bench.env import API_KEY, Stack
 from bench.loadgen.workers import Worker
 from bench.procs import rss_bytes
 from bench.profile import summarize
+from tests.ops.cluster import scrape
 from tests.support.pressure import MIB, probing
 from tests.support.replays import large_replay
 
@@ -154,11 +155,28 @@ def _responses(result: dict[str, Any]) -> str:
             f"opening (median {_s(statistics.median(closed))})"
         )
     if result["still_open"]:
-        parts.append(f"{result['still_open']:,} still open at the end")
+        parts.append(f"{result['still_open']:,} open at the end, as the client sees them")
     if result["opened"] and result["sent"] > 1024 * result["opened"]:
         per = result["sent"] / result["opened"] / 1024
         parts.append(f"~{per:,.0f} KiB written per connection (the kernel's buffers included)")
     return "; ".join(parts)
+
+
+def _streams(metrics: dict[str, float]) -> str:
+    """What the gateway's /metrics say of its SSE streams at the end of an attack (the
+    client cannot see a cut while its receive window is full: the FIN waits behind data)."""
+    cut = {
+        name.split('reason="')[1].rstrip('"}'): int(value)
+        for name, value in metrics.items()
+        if name.startswith("kiln_gateway_sse_streams_cut_total{") and value
+    }
+    refused = int(metrics.get("kiln_gateway_sse_streams_refused_total", 0))
+    open_now = int(metrics.get("kiln_gateway_sse_connections", 0))
+    if not (cut or refused or open_now):
+        return ""
+    said = [f"{n:,} cut ({reason})" for reason, n in sorted(cut.items())]
+    said += [f"{refused:,} refused"] if refused else []
+    return f"the gateway's metrics: {open_now:,} streams open, " + ", ".join(said or ["none cut"])
 
 
 def _s(seconds: float) -> str:
@@ -258,6 +276,7 @@ async def measure(
             await profiler.wait()
             if out.exists():
                 print(f"== {out}\n{summarize(out)}", flush=True)
+    counted = _streams(await scrape(url))
     await asyncio.sleep(SETTLE_S)
     after = gateway.memory_bytes()
     rss = f"{probe.baseline_rss / MIB:.0f} → {probe.peak_rss / MIB:.0f} → {after / MIB:.0f} MiB"
@@ -269,7 +288,7 @@ async def measure(
         _log(f"  the slowest /healthz began ~{at:.1f} s into the attack")
     return Outcome(
         attack.title(sizes),
-        _responses(result),
+        "; ".join(filter(None, [_responses(result), counted])),
         rss,
         _latencies(probe.latencies_s, probe.statuses),
         _latencies(*fresh),
