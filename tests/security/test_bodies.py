@@ -10,16 +10,9 @@ import logging
 import pytest
 
 from tests.conftest import ALICE_KEY
+from tests.security.hostile_inputs import BODIES, KEYS, MALFORMED
 from tests.support.gateway_app import gateway_app
 from tests.support.stack import schema_with
-
-BODIES = {
-    "invalid UTF-8 in a string": b'{"project_name": "sh\xff\xfeop", "schema": {"entities": []}}',
-    "lone surrogate escape": b'{"project_name": "sh\\ud800op", "schema": {"entities": []}}',
-    "nested 100,000 deep": b"[" * 100_000 + b"]" * 100_000,
-    "objects nested 100,000 deep": b'{"a":' * 100_000 + b"1" + b"}" * 100_000,
-}
-KEYS = {"no key": None, "a wrong key": "wrong-key-0123456789", "alice's key": ALICE_KEY}
 
 
 @pytest.mark.parametrize("body", BODIES.values(), ids=BODIES.keys())
@@ -47,9 +40,7 @@ async def test_a_hostile_body_is_a_4xx_problem_on_create_iterate_and_cancel(
                     f"{where}: {response.status_code} {response.text[:300]}"
                 )
                 if key == ALICE_KEY:
-                    assert response.json()["detail"].startswith(
-                        "The request body is malformed JSON ("
-                    ), where
+                    assert response.json()["detail"].startswith(MALFORMED), where
                     assert response.json()["problems"][0]["location"] == "body", where
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == []

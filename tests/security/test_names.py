@@ -11,6 +11,13 @@ from urllib.parse import unquote
 
 import pytest
 
+from tests.security.hostile_inputs import (
+    HIDDEN_IN_NAMES,
+    HIDDEN_IN_SCHEMA,
+    hidden_character,
+    id_routes,
+    schema,
+)
 from tests.support.gateway_app import ALICE, GatewayUnderTest, gateway_app
 
 
@@ -38,44 +45,14 @@ FILES = {"README.md": "# shop\n", "app/models.py": "class Product: ...\n"}
 
 async def create(gw: GatewayUnderTest, name: str) -> dict[str, Any]:
     response = await gw.client.post(
-        "/generations", json={"project_name": name, "schema": _schema()}, headers=ALICE
+        "/generations", json={"project_name": name, "schema": schema()}, headers=ALICE
     )
     assert response.status_code == 201, response.text
     accepted: dict[str, Any] = response.json()
     return accepted
 
 
-def _schema(**entity: object) -> dict[str, object]:
-    base: dict[str, object] = {
-        "name": "Product",
-        "fields": [{"name": "title", "type": "string"}],
-    }
-    return {"entities": [{**base, **entity}]}
-
-
-@pytest.mark.parametrize(
-    ("schema", "location"),
-    [
-        (_schema(name="Product\n"), "schema.entities[0].name"),
-        (
-            _schema(fields=[{"name": "title\n", "type": "string"}]),
-            "schema.entities[0].fields[0].name",
-        ),
-        (
-            _schema(fields=[{"name": "kind", "type": "enum", "values": ["a\n"]}]),
-            "schema.entities[0].fields[0].values[0]",
-        ),
-        (
-            _schema(relations=[{"name": "parent\n", "target": "Product"}]),
-            "schema.entities[0].relations[0].name",
-        ),
-        (_schema(description="Pay \u202eusd"), "schema.entities[0].description"),
-        (
-            _schema(fields=[{"name": "title", "type": "string", "description": "a\x00b"}]),
-            "schema.entities[0].fields[0].description",
-        ),
-    ],
-)
+@pytest.mark.parametrize(("schema", "location"), HIDDEN_IN_SCHEMA)
 async def test_a_name_with_a_trailing_newline_or_a_hidden_character_is_a_400_naming_it(
     schema: dict[str, object], location: str
 ) -> None:
@@ -88,19 +65,17 @@ async def test_a_name_with_a_trailing_newline_or_a_hidden_character_is_a_400_nam
         assert gw.broker.messages == []
 
 
-@pytest.mark.parametrize(
-    "name", ["shop\u202e", "sh\x00op", "shop\n", "\u200bshop", "a\u2066b", "shop\u2028"]
-)
+@pytest.mark.parametrize("name", HIDDEN_IN_NAMES)
 async def test_a_project_name_with_a_control_or_bidi_character_is_a_400_naming_it(
     name: str,
 ) -> None:
     async with gateway_app() as gw:
-        body = {"project_name": name, "schema": _schema(), "prompt": ""}
+        body = {"project_name": name, "schema": schema(), "prompt": ""}
         response = await gw.client.post("/generations", json=body, headers=ALICE)
         assert response.status_code == 400, response.text
         problems = response.json()["problems"]
         assert problems[0]["location"] == "project_name"
-        assert f"U+{ord(next(ch for ch in name if not ch.isalpha())):04X}" in problems[0]["message"]
+        assert hidden_character(name) in problems[0]["message"]
         assert gw.broker.messages == []
 
 
@@ -109,19 +84,7 @@ async def test_an_id_with_a_trailing_newline_is_no_id_on_any_route() -> None:
         accepted = await create(gw, "shop")
         gid = accepted["generation_id"]
         await gw.finish(gid, FILES)
-        bad = f"{gid}%0A"
-        for method, path in [
-            ("GET", f"/generations/{bad}"),
-            ("GET", f"/generations/{bad}/files"),
-            ("GET", f"/generations/{bad}/files/README.md"),
-            ("GET", f"/generations/{bad}/archive"),
-            ("GET", f"/generations/{bad}/diff"),
-            ("GET", f"/generations/{bad}/events"),
-            ("POST", f"/generations/{bad}/stream-token"),
-            ("POST", f"/generations/{bad}/cancel"),
-            ("GET", f"/generations/{bad}/stream"),
-            ("GET", f"/projects/{accepted['project_id']}%0A"),
-        ]:
+        for method, path in id_routes(gid, accepted["project_id"]):
             response = await gw.client.request(method, path, headers=ALICE)
             assert response.status_code == 404, f"{method} {path}: {response.text}"
         iterate = await gw.client.post(

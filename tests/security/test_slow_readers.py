@@ -14,20 +14,19 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from examples.schemas import schema_with
 from services.common.embedded_nats import EmbeddedNats
 from tests.ops.cluster import scrape
 from tests.support import client as kiln
-from tests.support.client import SSEEvent
 from tests.support.environment import ALICE_KEY, service_env
 from tests.support.pressure import MIB, probing
 from tests.support.processes import Processes
 from tests.support.raw_http import address, drain
+from tests.support.replays import large_replay
 from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-ENTITIES = 200
+ENTITIES = 200  # ~500 files, a few MiB of history
 READERS = 200  # clients that never read
 WRITE_TIMEOUT_S = 3.0
 MAX_WRITE_BYTES = 64 * 1024
@@ -47,16 +46,6 @@ def processes(tmp_path: Path, nats_server: EmbeddedNats) -> Iterator[Processes]:
         yield group
     finally:
         group.stop_all()
-
-
-async def _large_replay(url: str) -> tuple[str, list[SSEEvent]]:
-    """A finished generation of ENTITIES entities: its stream URL and its every event."""
-    async with kiln.connect(url, ALICE_KEY, timeout=120) as http:
-        accepted = await kiln.create(http, schema_with(ENTITIES), project_name="big", prompt="")
-        await kiln.wait_status(http, accepted["generation_id"], "completed", timeout=300)
-        events = await kiln.read_events(http, accepted["stream_url"], timeout=120)
-    assert events[-1].type == "generation.completed"
-    return accepted["stream_url"], events
 
 
 def _non_reader(url: str, stream_url: str) -> socket.socket:
@@ -80,7 +69,7 @@ async def test_clients_that_never_read_are_cut_and_hold_a_bounded_amount(
         KILN_SSE_WRITE_TIMEOUT=str(WRITE_TIMEOUT_S),
         KILN_SSE_MAX_WRITE_BYTES=str(MAX_WRITE_BYTES),
     )
-    stream_url, events = await _large_replay(url)
+    stream_url, events = await large_replay(url, ALICE_KEY, ENTITIES)
     replay_bytes = sum(len(msgspec.json.encode(e.data)) for e in events)
 
     sockets: list[socket.socket] = []
@@ -132,7 +121,7 @@ async def test_beyond_the_gateway_wide_caps_streams_are_refused_or_shed(
         KILN_SSE_MAX_UNSENT_BYTES=str(UNSENT_CAP),
         KILN_SSE_WRITE_TIMEOUT="600",
     )
-    stream_url, _ = await _large_replay(capped_url)
+    stream_url, _ = await large_replay(capped_url, ALICE_KEY, ENTITIES)
     sockets: list[socket.socket] = []
     try:
         # 20 open streams is the cap: the 21st answers 503 with Retry-After.

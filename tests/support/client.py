@@ -90,9 +90,11 @@ async def wait_status(
         last[0] = body = dict(response.json())
         return body if body["status"] in wanted else None
 
-    return await eventually(
+    body: dict[str, Any] | None = await eventually(
         reached, timeout, every_s, what=lambda: f"{generation_id} to be {wanted} (last: {last[0]})"
     )
+    assert body is not None  # `eventually` returns only what is truthy
+    return body
 
 
 async def files_of(http: httpx.AsyncClient, generation_id: str) -> dict[str, str]:

@@ -13,19 +13,26 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 
-from tests.support.processes import ServiceProcess
-
 MIB = 1024 * 1024
+
+
+class Resident(Protocol):
+    """A process whose memory can be read (`ServiceProcess`, or a bench's PID)."""
+
+    def memory_bytes(self, field: str = "VmRSS") -> int:
+        """A figure of /proc/<pid>/status, in bytes."""
+        ...
 
 
 @dataclass
 class Probe:
     """RSS samples and the latencies of `GET /healthz`, taken every `every_s`."""
 
-    gateway: ServiceProcess
+    gateway: Resident
     url: str
     every_s: float = 0.05
     baseline_rss: int = 0
@@ -91,9 +98,9 @@ def kernel_send_queue(url: str) -> int:
 
 
 @contextlib.asynccontextmanager
-async def probing(gateway: ServiceProcess, url: str) -> AsyncIterator[Probe]:
+async def probing(gateway: Resident, url: str, every_s: float = 0.05) -> AsyncIterator[Probe]:
     """Probe the gateway for as long as the block runs (the attack goes inside it)."""
-    probe = Probe(gateway, url)
+    probe = Probe(gateway, url, every_s)
     probe.baseline_rss = probe.sample()
     stop = asyncio.Event()
     task = asyncio.create_task(probe._run(stop))
