@@ -212,10 +212,9 @@ class _Run:
             provider = self.runner.providers.get(self.request.provider)
             if self.request.kind == "iterate":
                 self.parent_files = await self._parent_files()
-            for plan in PHASES:
-                if plan.name in self.state.summary.phases_completed:
-                    continue
-                await self._phase(plan, provider)
+            todo = [p for p in PHASES if p.name not in self.state.summary.phases_completed]
+            for plan, following in zip(todo, [*todo[1:], None], strict=True):
+                await self._phase(plan, provider, following)
             await self._complete()
         except Cancelled:
             await self._cancelled()
@@ -268,7 +267,12 @@ class _Run:
         )
         return parent.file_contents()
 
-    async def _phase(self, plan: PhasePlan, provider: Provider) -> None:
+    async def _phase(
+        self, plan: PhasePlan, provider: Provider, following: PhasePlan | None = None
+    ) -> None:
+        """Run one phase; its files, deletions and `phase.completed` go in as one atomic
+        batch, with the `phase.started` of the `following` phase (it starts right then:
+        one append fewer per phase, and a resumed run finds it started)."""
         self.phase = plan.name
         if self.cancelled.is_set():
             raise Cancelled
@@ -324,6 +328,13 @@ class _Run:
             duration_ms=int((time.monotonic() - started) * 1000),
             progress=plan.progress,
         )
+        if following is not None and following.name not in self.state.summary.phases_started:
+            batch.add(
+                PhaseStarted,
+                phase=following.name,
+                title=following.title,
+                progress=progress_before(following.name),
+            )
         await batch.append()
         metrics.phase_seconds.labels(plan.name, self.request.provider).observe(
             time.monotonic() - started

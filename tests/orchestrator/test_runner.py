@@ -12,7 +12,7 @@ from nats.js import JetStreamContext
 from contracts import streams
 from contracts.codec import content_sha256
 from contracts.commands import GenerateRequested
-from contracts.events import GenerationRequested, utc_now
+from contracts.events import GenerationRequested, PhaseStarted, utc_now
 from contracts.phases import PHASE_NAMES, GeneratedFile, PhaseOutput
 from contracts.schema import Entity, Field, ProjectSchema
 from contracts.state import fold
@@ -280,11 +280,15 @@ async def test_a_phases_files_and_its_completion_go_in_as_one_batch(
     command = await request_generation(js)
     assert await (await make_runner(js, Scripted())).run(command, attempt=1) == Ack()
     groups = await _batches(js, command.generation_id)
-    phases = [g for g in groups if g[-1] == "PhaseCompleted"]
+    phases = [g for g in groups if "PhaseCompleted" in g]
     assert len(phases) == len(PHASE_NAMES)
-    assert phases[0] == ["FileWritten", "FileWritten", "PhaseCompleted"]
-    assert phases[-1] == ["PhaseCompleted"]  # verify writes no file
+    # The next phase starts in the same batch: one append fewer per phase.
+    assert phases[0] == ["FileWritten", "FileWritten", "PhaseCompleted", "PhaseStarted"]
+    assert all(g[-2:] == ["PhaseCompleted", "PhaseStarted"] for g in phases[:-1])
+    assert phases[-1] == ["PhaseCompleted"]  # verify writes no file; nothing follows it
     assert all(g.count("PhaseCompleted") <= 1 for g in groups)
+    started = [e.event for e in await read_generation(js, command.generation_id)]
+    assert [e.phase for e in started if isinstance(e, PhaseStarted)] == list(PHASE_NAMES)
 
 
 async def test_without_atomic_batches_a_run_appends_one_event_at_a_time(
