@@ -69,7 +69,7 @@ class FoldingWriter(GenerationWriter):
             and e.sha256 not in self._contents_stored
         }
         if self.blobs is not None and named:
-            await self.blobs.put_many(self._contents[sha256] for sha256 in named)
+            await self.blobs.put_named({sha256: self._contents[sha256] for sha256 in named})
             self._contents_stored.update(named)
 
     def appended(self, stored: StoredEvent) -> None:
