@@ -58,6 +58,10 @@ from services.orchestrator.watchdog import Heartbeats
 
 log = get_logger(__name__)
 
+# A phase's batch is held for the next phase's (see `_Run._holds`) while it has fewer events
+# than this: half of nats-server's default batch limit, so a held batch seldom splits.
+HELD_EVENTS = 500
+
 
 @dataclass
 class RunnerConfig:
@@ -289,10 +293,12 @@ class _Run:
         if self.cancelled.is_set():
             raise Cancelled
         # The phase's files, deletions and phase.completed go in as one atomic batch: after
-        # a crash the log holds all of the phase or none of it.
+        # a crash the log holds all of the phase or none of it. (The batch may continue
+        # the held one of the phases before: see `_holds`.)
         batch = self.writer.batch()
+        first = len(batch)
         self._apply(plan, output, batch)
-        staged = {e.path for e in batch.events if isinstance(e, FileWritten)}
+        staged = {e.path for e in batch.events[first:] if isinstance(e, FileWritten)}
         files = self.state.files
         written = sorted(
             f.path
@@ -335,7 +341,10 @@ class _Run:
                 title=following.title,
                 progress=progress_before(following.name),
             )
-        await batch.append()
+        if self._holds(provider, following, batch):
+            self.writer.hold(batch)
+        else:
+            await batch.append()
         metrics.phase_seconds.labels(plan.name, self.request.provider).observe(
             time.monotonic() - started
         )
@@ -345,6 +354,21 @@ class _Run:
             generation_id=self.generation_id,
             files=len(written),
             progress=plan.progress,
+        )
+
+    @staticmethod
+    def _holds(provider: Provider, following: PhasePlan | None, batch: EventBatch) -> bool:
+        """Whether a phase's batch waits to go in with the next phase's: only where the
+        provider answers at once (`instant`: the offline provider, no model called, the
+        same output again if a crash makes a resumed run redo it), never into the verify
+        phase, and up to HELD_EVENTS. Each phase is still whole or absent in the log; on a
+        one-replica file stream each atomic batch costs nats-server a store of its own on
+        disk, so a generation of the offline provider goes in as one batch, not six."""
+        return (
+            bool(getattr(provider, "instant", False))
+            and following is not None
+            and following.name != "verify"
+            and len(batch) < HELD_EVENTS
         )
 
     def _apply(self, plan: PhasePlan, output: PhaseOutput, batch: EventBatch) -> None:

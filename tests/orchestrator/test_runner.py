@@ -308,3 +308,81 @@ async def test_without_atomic_batches_a_run_appends_one_event_at_a_time(
         assert all(len(g) == 1 for g in await _batches(js, command.generation_id))
     finally:
         await nc.close()
+
+
+class Instant(Scripted):
+    """A provider that answers at once, as the offline one without a phase delay."""
+
+    instant = True
+
+
+async def test_an_instant_providers_phases_go_in_as_one_batch_each_phase_whole(
+    js: JetStreamContext,
+) -> None:
+    command = await request_generation(js)
+    assert await (await make_runner(js, Instant())).run(command, attempt=1) == Ack()
+    history = await read_generation(js, command.generation_id)
+    assert [e.event.seq for e in history] == list(range(1, len(history) + 1))
+    state = fold(e.event for e in history)
+    assert state is not None and state.summary.status == "completed"
+    assert state.summary.phases_completed == list(PHASE_NAMES)
+    assert len(state.files) == 12
+    groups = await _batches(js, command.generation_id)
+    one_phase = ["FileWritten", "FileWritten", "PhaseCompleted", "PhaseStarted"]
+    # plan … docs in one batch (docs' ends with verify's start); verify goes alone.
+    assert one_phase * 6 in groups
+    assert groups[-2:] == [["PhaseCompleted"], ["GenerationCompleted"]]
+    # The same events in the same order as a provider whose phases go in one by one.
+    other = await request_generation(js)
+    assert await (await make_runner(js, Scripted())).run(other, attempt=1) == Ack()
+    assert await types_of(js, command.generation_id) == await types_of(js, other.generation_id)
+
+
+async def test_an_event_appended_while_a_batch_is_held_goes_in_after_it(
+    js: JetStreamContext,
+) -> None:
+    command = await request_generation(js)
+    provider = Instant()
+    provider.bad_attempts = {"schemas": 1}  # rejected once: llm.retrying, in that phase
+    assert await (await make_runner(js, provider)).run(command, attempt=1) == Ack()
+    other = await request_generation(js)
+    scripted = Scripted()
+    scripted.bad_attempts = {"schemas": 1}
+    assert await (await make_runner(js, scripted)).run(other, attempt=1) == Ack()
+    assert await types_of(js, command.generation_id) == await types_of(js, other.generation_id)
+    groups = await _batches(js, command.generation_id)
+    retry = groups.index(["LlmRetrying"])
+    assert groups[retry - 1][-1] == "PhaseStarted", "plan and models went in before it"
+    history = await read_generation(js, command.generation_id)
+    assert [e.event.seq for e in history] == list(range(1, len(history) + 1))
+
+
+async def test_held_phases_lost_in_a_crash_are_redone_by_the_resumed_run(
+    js: JetStreamContext,
+) -> None:
+    command = await request_generation(js)
+    first = Instant()
+    first.block_in = "api"  # plan, models and schemas are held, not appended
+    crashed = asyncio.create_task((await make_runner(js, first)).run(command, attempt=1))
+    await eventually(
+        lambda: bool(first.calls and first.calls[-1][0] == "api"),
+        10,
+        0.02,
+        what="the first runner to block in api",
+    )
+    crashed.cancel()  # the process dies
+    await asyncio.gather(crashed, return_exceptions=True)
+    assert await types_of(js, command.generation_id) == [
+        "GenerationRequested",
+        "GenerationStarted",
+        "PhaseStarted",
+    ]
+    second = Instant()
+    assert await (await make_runner(js, second, worker="w2")).run(command, attempt=2) == Ack()
+    assert [c[0] for c in second.calls] == list(PHASE_NAMES)
+    history = await read_generation(js, command.generation_id)
+    assert [e.event.seq for e in history] == list(range(1, len(history) + 1))
+    state = fold(e.event for e in history)
+    assert state is not None and state.summary.status == "completed"
+    assert state.summary.phases_completed == list(PHASE_NAMES)
+    assert len(state.files) == 12
