@@ -13,8 +13,10 @@ whole version and repairing it is `repair_loop.py`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from nats.js import JetStreamContext
 
@@ -212,8 +214,11 @@ class _Run:
         try:
             if self.cancelled.is_set():
                 raise Cancelled
-            await self._announce()
-            provider = self.runner.providers.get(self.request.provider)
+            known: Provider | None = None
+            with contextlib.suppress(ProviderError):
+                known = self.runner.providers.get(self.request.provider)
+            await self._announce(held=known is not None and _instant(known))
+            provider = self.runner.providers.get(self.request.provider)  # or ProviderError
             if self.request.kind == "iterate":
                 self.parent_files = await self._parent_files()
             todo = [p for p in PHASES if p.name not in self.state.summary.phases_completed]
@@ -225,16 +230,23 @@ class _Run:
         except ProviderError as exc:
             await self.fail(exc)
 
-    async def _announce(self) -> None:
+    async def _announce(self, *, held: bool) -> None:
+        """`generation.started` (or `generation.resumed`); `held`: the start goes in with
+        the first phases' batch (see `_holds`)."""
         if self.state.summary.started_at is None:
-            await self.writer.emit(
-                GenerationStarted,
-                plan=list(PHASES),
-                worker=self.runner.config.worker,
-                provider=self.request.provider,
-                model=self.request.model,
-                progress=0,
-            )
+            fields: dict[str, Any] = {
+                "plan": list(PHASES),
+                "worker": self.runner.config.worker,
+                "provider": self.request.provider,
+                "model": self.request.model,
+                "progress": 0,
+            }
+            if held:
+                batch = self.writer.batch()
+                batch.add(GenerationStarted, **fields)
+                self.writer.hold(batch)
+            else:
+                await self.writer.emit(GenerationStarted, **fields)
             log.info(
                 "Generation {generation_id} started",
                 generation_id=self.generation_id,
@@ -281,9 +293,13 @@ class _Run:
         if self.cancelled.is_set():
             raise Cancelled
         if plan.name not in self.state.summary.phases_started:
-            await self.writer.emit(
-                PhaseStarted, phase=plan.name, title=plan.title, progress=progress_before(plan.name)
-            )
+            fields = {"phase": plan.name, "title": plan.title}
+            if _instant(provider):  # it goes in with the phase's own batch
+                batch = self.writer.batch()
+                batch.add(PhaseStarted, **fields, progress=progress_before(plan.name))
+                self.writer.hold(batch)
+            else:
+                await self.writer.emit(PhaseStarted, **fields, progress=progress_before(plan.name))
         started = time.monotonic()
         if plan.name == "plan" and self.request.kind == "iterate":
             assert self.parent is not None
@@ -365,7 +381,7 @@ class _Run:
         one-replica file stream each atomic batch costs nats-server a store of its own on
         disk, so a generation of the offline provider goes in as one batch, not six."""
         return (
-            bool(getattr(provider, "instant", False))
+            _instant(provider)
             and following is not None
             and following.name != "verify"
             and len(batch) < HELD_EVENTS
@@ -449,3 +465,8 @@ class _Run:
             message=message,
             kind=error_kind or error.kind,
         )
+
+
+def _instant(provider: Provider) -> bool:
+    """Whether `provider` answers a phase at once (`OfflineProvider.instant`)."""
+    return bool(getattr(provider, "instant", False))
