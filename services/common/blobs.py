@@ -10,6 +10,12 @@ A blob is stored deflated (zlib, `Content-Encoding: deflate`) where that makes i
 the stream's own S2 compression applies only to full 8 MiB blocks, so without this a
 small deployment's blobs would stay uncompressed on disk for a long time. A blob without
 the header is stored as it is (small ones, and those written by Kiln 0.2.0).
+
+The stream never removes a blob (one message per subject, kept first, no age limit), so a
+`BlobStore` remembers the names it has seen the broker hold — acknowledged, refused as
+already there, or read back intact — and does not publish those again: a content every
+generation shares (a template's boilerplate, an iteration's inherited files) is sent
+and deflated once per process instead of once per version.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import zlib
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
 import nats.errors
@@ -45,6 +52,9 @@ DEFLATE = "deflate"
 # Below this many bytes a content is stored as it is: deflating it saves next to nothing.
 DEFLATE_FROM_BYTES = 200
 DEFLATE_LEVEL = 6
+# How many names a store remembers as held by the broker (~150 bytes each), least recently
+# used first out: 25 of the largest versions Kiln builds (2,000 files each).
+REMEMBERED = 50_000
 
 
 class BlobError(RuntimeError):
@@ -89,13 +99,35 @@ def unpacked(data: bytes, headers: Mapping[str, str] | None) -> bytes:
 class BlobStore:
     """Reads and writes file contents by sha256 in the blob stream."""
 
-    def __init__(self, js: JetStreamContext, concurrency: int = CONCURRENCY) -> None:
+    def __init__(
+        self, js: JetStreamContext, concurrency: int = CONCURRENCY, remembered: int = REMEMBERED
+    ) -> None:
         self.js = js
         self._limit = asyncio.Semaphore(concurrency)
+        self._held: OrderedDict[str, None] = OrderedDict()
+        self._remembered = remembered
+
+    def held(self, sha256: str) -> bool:
+        """True when this store has seen the broker hold `sha256` (it is there still)."""
+        if sha256 not in self._held:
+            return False
+        self._held.move_to_end(sha256)
+        return True
+
+    def _hold(self, sha256: str) -> None:
+        self._held[sha256] = None
+        self._held.move_to_end(sha256)
+        if len(self._held) > self._remembered:
+            self._held.popitem(last=False)
 
     async def put(self, content: str) -> bool:
-        """Store `content` under its sha256; True if it was not there yet."""
-        sha256 = content_sha256(content)
+        """Store `content` under its sha256; True if it was not there yet (False without
+        a publish when this store has seen the broker hold it)."""
+        return await self._put(content_sha256(content), content)
+
+    async def _put(self, sha256: str, content: str) -> bool:
+        if self.held(sha256):
+            return False
         data, headers = packed(content.encode())
         async with self._limit:
             try:
@@ -107,14 +139,21 @@ class BlobStore:
                 )
             except APIError as exc:
                 if exc.err_code == _SUBJECT_FULL:
+                    self._hold(sha256)
                     return False
                 raise
+        self._hold(sha256)
         return not ack.duplicate
 
     async def put_many(self, contents: Iterable[str]) -> int:
         """Store each distinct content; how many were new to the broker."""
-        distinct = {content_sha256(c): c for c in contents}
-        stored = await asyncio.gather(*(self.put(c) for c in distinct.values()))
+        return await self.put_named({content_sha256(c): c for c in contents})
+
+    async def put_named(self, contents: Mapping[str, str]) -> int:
+        """Store each content of `contents` (sha256 → content, the caller has hashed it);
+        how many were new to the broker."""
+        wanted = [(sha, c) for sha, c in contents.items() if not self.held(sha)]
+        stored = await asyncio.gather(*(self._put(sha, c) for sha, c in wanted))
         return sum(stored)
 
     async def read(self, sha256: str) -> bytes | None:
@@ -125,7 +164,9 @@ class BlobStore:
 
     async def get(self, sha256: str) -> str:
         """The content named `sha256`; BlobMissing or BlobCorrupt if the broker cannot say."""
-        return _checked(sha256, await self._fetch(sha256))
+        content = _checked(sha256, await self._fetch(sha256))
+        self._hold(sha256)
+        return content
 
     async def get_each(self, names: Iterable[str]) -> dict[str, str | BlobError]:
         """sha256 → the content of each name, or why the broker cannot give it; read in
@@ -142,6 +183,7 @@ class BlobStore:
         for sha in distinct:
             try:
                 each[sha] = _checked(sha, stored[sha])
+                self._hold(sha)
             except BlobError as exc:
                 each[sha] = exc
         return each

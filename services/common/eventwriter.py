@@ -241,6 +241,11 @@ class GenerationWriter:
         writer appended first; a retried batch whose ack was lost is stored once."""
         if not events:
             return []
+        if len(events) == 1:
+            # One message is stored whole or not at all anyway: the guarded single append
+            # spares the server an atomic batch's staging (on a one-replica file stream,
+            # a store of its own on disk per batch).
+            return [await self.append(events[0])]
         assert [e.seq for e in events] == list(
             range(self.last_seq + 1, self.last_seq + 1 + len(events))
         ), "events are appended in order"

@@ -7,7 +7,7 @@ Its own module so the runner and the repair loop share it without importing each
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -17,6 +17,8 @@ from contracts.state import GenerationState, apply
 from services.common.blobs import BlobStore
 from services.common.eventlog import StoredEvent
 from services.common.eventwriter import EventBatch, GenerationWriter
+
+E = TypeVar("E", bound=Event)
 
 
 class FoldingWriter(GenerationWriter):
@@ -30,6 +32,10 @@ class FoldingWriter(GenerationWriter):
     in the blob stream before appending the event that names it, and folds the event
     with its content, so `state` holds every file's text while the log holds each text
     once. Without `blobs`, `file.written` carries its content inline.
+
+    A batch can be held (`hold`) to go in with what follows it: its events are folded
+    into `state` at once, the next `batch()` continues it, and any other append (an
+    `emit`, a report, a cancellation) first appends it, so the log's order is kept.
     """
 
     def __init__(
@@ -40,6 +46,9 @@ class FoldingWriter(GenerationWriter):
         self.blobs = blobs
         self._contents: dict[str, str] = {}
         self._contents_stored: set[str] = set()
+        self.held: EventBatch | None = None
+        """A batch folded into `state` but not appended yet (see `hold`)."""
+        self._folded_ahead: set[str] = set()
 
     def names_content(self, sha256: str, content: str) -> bool:
         """Take `content` to store under `sha256` before the event naming it is appended;
@@ -49,8 +58,36 @@ class FoldingWriter(GenerationWriter):
         self._contents[sha256] = content
         return True
 
+    def batch(self) -> EventBatch:
+        """The held batch, to continue, or else an empty one (see `GenerationWriter`)."""
+        held, self.held = self.held, None
+        return held if held is not None else super().batch()
+
+    def hold(self, batch: EventBatch) -> None:
+        """Keep `batch` (from `batch()`) to append with what follows it; its events are
+        folded into `state` now. Appended by the next `flush`, `emit` or `append`, or
+        with the events added to it after the next `batch()`."""
+        for event in batch.events:
+            if event.event_id not in self._folded_ahead:
+                self._fold(event)
+                self._folded_ahead.add(event.event_id)
+        self.held = batch
+
+    async def flush(self) -> None:
+        """Append the held batch, if any."""
+        held, self.held = self.held, None
+        if held is not None:
+            await held.append()
+
+    async def emit(self, event_type: type[E], /, **fields: Any) -> E:
+        """Append the held batch, if any, then build and append the next event."""
+        await self.flush()
+        return await super().emit(event_type, **fields)
+
     async def append(self, event: Event) -> StoredEvent:
-        """Store the content a `file.written` names, then append it."""
+        """Store the content a `file.written` names, then append it (after the held batch:
+        an event built before it was held is refused by the seq check)."""
+        await self.flush()
         await self._store_contents([event])
         return await super().append(event)
 
@@ -69,13 +106,18 @@ class FoldingWriter(GenerationWriter):
             and e.sha256 not in self._contents_stored
         }
         if self.blobs is not None and named:
-            await self.blobs.put_many(self._contents[sha256] for sha256 in named)
+            await self.blobs.put_named({sha256: self._contents[sha256] for sha256 in named})
             self._contents_stored.update(named)
 
     def appended(self, stored: StoredEvent) -> None:
         """Apply each event the stream took (alone or in a batch) to `state`, a file
         named by content with that content."""
-        event = stored.event
+        if stored.event.event_id in self._folded_ahead:
+            self._folded_ahead.discard(stored.event.event_id)  # folded when it was held
+            return
+        self._fold(stored.event)
+
+    def _fold(self, event: Event) -> None:
         if isinstance(event, FileWritten) and event.content is None:
             content = self._contents.get(event.sha256)
             if content is not None:

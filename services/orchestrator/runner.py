@@ -13,8 +13,10 @@ whole version and repairing it is `repair_loop.py`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from nats.js import JetStreamContext
 
@@ -57,6 +59,10 @@ from services.orchestrator.verification import VerifierClient
 from services.orchestrator.watchdog import Heartbeats
 
 log = get_logger(__name__)
+
+# A phase's batch is held for the next phase's (see `_Run._holds`) while it has fewer events
+# than this: half of nats-server's default batch limit, so a held batch seldom splits.
+HELD_EVENTS = 500
 
 
 @dataclass
@@ -208,30 +214,39 @@ class _Run:
         try:
             if self.cancelled.is_set():
                 raise Cancelled
-            await self._announce()
-            provider = self.runner.providers.get(self.request.provider)
+            known: Provider | None = None
+            with contextlib.suppress(ProviderError):
+                known = self.runner.providers.get(self.request.provider)
+            await self._announce(held=known is not None and _instant(known))
+            provider = self.runner.providers.get(self.request.provider)  # or ProviderError
             if self.request.kind == "iterate":
                 self.parent_files = await self._parent_files()
-            for plan in PHASES:
-                if plan.name in self.state.summary.phases_completed:
-                    continue
-                await self._phase(plan, provider)
+            todo = [p for p in PHASES if p.name not in self.state.summary.phases_completed]
+            for plan, following in zip(todo, [*todo[1:], None], strict=True):
+                await self._phase(plan, provider, following)
             await self._complete()
         except Cancelled:
             await self._cancelled()
         except ProviderError as exc:
             await self.fail(exc)
 
-    async def _announce(self) -> None:
+    async def _announce(self, *, held: bool) -> None:
+        """`generation.started` (or `generation.resumed`); `held`: the start goes in with
+        the first phases' batch (see `_holds`)."""
         if self.state.summary.started_at is None:
-            await self.writer.emit(
-                GenerationStarted,
-                plan=list(PHASES),
-                worker=self.runner.config.worker,
-                provider=self.request.provider,
-                model=self.request.model,
-                progress=0,
-            )
+            fields: dict[str, Any] = {
+                "plan": list(PHASES),
+                "worker": self.runner.config.worker,
+                "provider": self.request.provider,
+                "model": self.request.model,
+                "progress": 0,
+            }
+            if held:
+                batch = self.writer.batch()
+                batch.add(GenerationStarted, **fields)
+                self.writer.hold(batch)
+            else:
+                await self.writer.emit(GenerationStarted, **fields)
             log.info(
                 "Generation {generation_id} started",
                 generation_id=self.generation_id,
@@ -268,14 +283,23 @@ class _Run:
         )
         return parent.file_contents()
 
-    async def _phase(self, plan: PhasePlan, provider: Provider) -> None:
+    async def _phase(
+        self, plan: PhasePlan, provider: Provider, following: PhasePlan | None = None
+    ) -> None:
+        """Run one phase; its files, deletions and `phase.completed` go in as one atomic
+        batch, with the `phase.started` of the `following` phase (it starts right then:
+        one append fewer per phase, and a resumed run finds it started)."""
         self.phase = plan.name
         if self.cancelled.is_set():
             raise Cancelled
         if plan.name not in self.state.summary.phases_started:
-            await self.writer.emit(
-                PhaseStarted, phase=plan.name, title=plan.title, progress=progress_before(plan.name)
-            )
+            fields = {"phase": plan.name, "title": plan.title}
+            if _instant(provider):  # it goes in with the phase's own batch
+                batch = self.writer.batch()
+                batch.add(PhaseStarted, **fields, progress=progress_before(plan.name))
+                self.writer.hold(batch)
+            else:
+                await self.writer.emit(PhaseStarted, **fields, progress=progress_before(plan.name))
         started = time.monotonic()
         if plan.name == "plan" and self.request.kind == "iterate":
             assert self.parent is not None
@@ -285,10 +309,12 @@ class _Run:
         if self.cancelled.is_set():
             raise Cancelled
         # The phase's files, deletions and phase.completed go in as one atomic batch: after
-        # a crash the log holds all of the phase or none of it.
+        # a crash the log holds all of the phase or none of it. (The batch may continue
+        # the held one of the phases before: see `_holds`.)
         batch = self.writer.batch()
+        first = len(batch)
         self._apply(plan, output, batch)
-        staged = {e.path for e in batch.events if isinstance(e, FileWritten)}
+        staged = {e.path for e in batch.events[first:] if isinstance(e, FileWritten)}
         files = self.state.files
         written = sorted(
             f.path
@@ -324,7 +350,17 @@ class _Run:
             duration_ms=int((time.monotonic() - started) * 1000),
             progress=plan.progress,
         )
-        await batch.append()
+        if following is not None and following.name not in self.state.summary.phases_started:
+            batch.add(
+                PhaseStarted,
+                phase=following.name,
+                title=following.title,
+                progress=progress_before(following.name),
+            )
+        if self._holds(provider, following, batch):
+            self.writer.hold(batch)
+        else:
+            await batch.append()
         metrics.phase_seconds.labels(plan.name, self.request.provider).observe(
             time.monotonic() - started
         )
@@ -334,6 +370,21 @@ class _Run:
             generation_id=self.generation_id,
             files=len(written),
             progress=plan.progress,
+        )
+
+    @staticmethod
+    def _holds(provider: Provider, following: PhasePlan | None, batch: EventBatch) -> bool:
+        """Whether a phase's batch waits to go in with the next phase's: only where the
+        provider answers at once (`instant`: the offline provider, no model called, the
+        same output again if a crash makes a resumed run redo it), never into the verify
+        phase, and up to HELD_EVENTS. Each phase is still whole or absent in the log; on a
+        one-replica file stream each atomic batch costs nats-server a store of its own on
+        disk, so a generation of the offline provider goes in as one batch, not six."""
+        return (
+            _instant(provider)
+            and following is not None
+            and following.name != "verify"
+            and len(batch) < HELD_EVENTS
         )
 
     def _apply(self, plan: PhasePlan, output: PhaseOutput, batch: EventBatch) -> None:
@@ -414,3 +465,8 @@ class _Run:
             message=message,
             kind=error_kind or error.kind,
         )
+
+
+def _instant(provider: Provider) -> bool:
+    """Whether `provider` answers a phase at once (`OfflineProvider.instant`)."""
+    return bool(getattr(provider, "instant", False))

@@ -169,3 +169,31 @@ async def test_resolving_a_manifest_whose_content_is_nowhere_fails_loudly(nc: Cl
     state = _inheriting({"lost.py": "never stored\n"})
     with pytest.raises(BlobMissing):
         await resolve_contents(BlobStore(nc.jetstream()), state)
+
+
+async def test_a_content_the_store_has_seen_the_broker_hold_is_not_sent_again(
+    nc: Client,
+) -> None:
+    js = nc.jetstream()
+    store = BlobStore(js, remembered=2)
+    sent: list[str] = []
+    publish = js.publish
+
+    async def counting(subject: str, *args: Any, **kwargs: Any) -> Any:
+        sent.append(subject)
+        return await publish(subject, *args, **kwargs)
+
+    js.publish = counting  # type: ignore[method-assign]
+    assert await store.put_many(["a = 1\n", "b = 2\n"]) == 2
+    assert await store.put_many(["a = 1\n", "b = 2\n"]) == 0
+    assert len(sent) == 2, "acknowledged contents are not published again"
+    # Read back intact: held too. A third name pushes the least recently used one out,
+    # which is then published again (and refused by the broker as already there).
+    other = BlobStore(js)
+    await other.get_many([content_sha256("a = 1\n")])
+    assert other.held(content_sha256("a = 1\n"))
+    assert await store.put("c = 3\n") is True
+    assert not store.held(content_sha256("a = 1\n")) and store.held(content_sha256("b = 2\n"))
+    assert await store.put("a = 1\n") is False
+    assert len(sent) == 4
+    assert (await js.stream_info(streams.BLOBS_STREAM)).state.messages == 3

@@ -231,6 +231,26 @@ async def test_a_batch_goes_in_as_one_unit_with_one_ack(nc: Client) -> None:
         assert message.headers["ce-type"] == f"kiln.{event_tag(type(event.event))}"
 
 
+async def test_a_batch_of_one_event_goes_in_as_one_guarded_message(nc: Client) -> None:
+    first = await _requested(nc)
+    history = await read_generation(nc.jetstream(), first.generation_id)
+    second = GenerationWriter.after(nc.jetstream(), history, source="test")
+    ours = first.batch()
+    ours.add(PhaseCompleted, phase="verify", files=[])
+    await ours.append()
+    messages = await _stored(nc, first)
+    assert messages[-1].headers is not None
+    assert "Nats-Batch-Id" not in messages[-1].headers, "no atomic batch staged for one event"
+    assert messages[-1].headers["Nats-Msg-Id"] == f"{first.generation_id}:2"
+    theirs = second.batch()
+    theirs.add(PhaseCompleted, phase="verify", files=[])
+    with pytest.raises(WriterConflict):
+        await theirs.append()
+    after = await read_generation(nc.jetstream(), first.generation_id)
+    _assert_whole_chain(after)
+    assert [e.event.event_id for e in after[1:]] == [e.event_id for e in ours.events]
+
+
 async def test_a_second_writers_stale_batch_is_refused(nc: Client) -> None:
     first = await _requested(nc)
     history = await read_generation(nc.jetstream(), first.generation_id)

@@ -11,7 +11,7 @@ from nats.js import JetStreamContext
 from contracts import streams
 from contracts.codec import content_sha256
 from contracts.commands import GenerateRequested
-from contracts.events import utc_now
+from contracts.events import PhaseStarted, utc_now
 from contracts.phases import PHASE_NAMES, GeneratedFile, PhaseOutput
 from contracts.state import fold
 from services.common.broker import ensure_streams
@@ -270,11 +270,15 @@ async def test_a_phases_files_and_its_completion_go_in_as_one_batch(
     command = await request_generation(js)
     assert await (await make_runner(js, Scripted())).run(command, attempt=1) == Ack()
     groups = await _batches(js, command.generation_id)
-    phases = [g for g in groups if g[-1] == "PhaseCompleted"]
+    phases = [g for g in groups if "PhaseCompleted" in g]
     assert len(phases) == len(PHASE_NAMES)
-    assert phases[0] == ["FileWritten", "FileWritten", "PhaseCompleted"]
-    assert phases[-1] == ["PhaseCompleted"]  # verify writes no file
+    # The next phase starts in the same batch: one append fewer per phase.
+    assert phases[0] == ["FileWritten", "FileWritten", "PhaseCompleted", "PhaseStarted"]
+    assert all(g[-2:] == ["PhaseCompleted", "PhaseStarted"] for g in phases[:-1])
+    assert phases[-1] == ["PhaseCompleted"]  # verify writes no file; nothing follows it
     assert all(g.count("PhaseCompleted") <= 1 for g in groups)
+    started = [e.event for e in await read_generation(js, command.generation_id)]
+    assert [e.phase for e in started if isinstance(e, PhaseStarted)] == list(PHASE_NAMES)
 
 
 async def test_without_atomic_batches_a_run_appends_one_event_at_a_time(
@@ -294,3 +298,82 @@ async def test_without_atomic_batches_a_run_appends_one_event_at_a_time(
         assert all(len(g) == 1 for g in await _batches(js, command.generation_id))
     finally:
         await nc.close()
+
+
+class Instant(Scripted):
+    """A provider that answers at once, as the offline one without a phase delay."""
+
+    instant = True
+
+
+async def test_an_instant_providers_phases_go_in_as_one_batch_each_phase_whole(
+    js: JetStreamContext,
+) -> None:
+    command = await request_generation(js)
+    assert await (await make_runner(js, Instant())).run(command, attempt=1) == Ack()
+    history = await read_generation(js, command.generation_id)
+    assert [e.event.seq for e in history] == list(range(1, len(history) + 1))
+    state = fold(e.event for e in history)
+    assert state is not None and state.summary.status == "completed"
+    assert state.summary.phases_completed == list(PHASE_NAMES)
+    assert len(state.files) == 12
+    groups = await _batches(js, command.generation_id)
+    one_phase = ["FileWritten", "FileWritten", "PhaseCompleted", "PhaseStarted"]
+    # The start and plan … docs in one batch (docs' ends with verify's start); then the
+    # verify phase's one-event appends.
+    assert groups[:2] == [
+        ["GenerationRequested"],
+        ["GenerationStarted", "PhaseStarted"] + one_phase * 6,
+    ]
+    assert groups[-2:] == [["PhaseCompleted"], ["GenerationCompleted"]]
+    # The same events in the same order as a provider whose phases go in one by one.
+    other = await request_generation(js)
+    assert await (await make_runner(js, Scripted())).run(other, attempt=1) == Ack()
+    assert await types_of(js, command.generation_id) == await types_of(js, other.generation_id)
+
+
+async def test_an_event_appended_while_a_batch_is_held_goes_in_after_it(
+    js: JetStreamContext,
+) -> None:
+    command = await request_generation(js)
+    provider = Instant()
+    provider.bad_attempts = {"schemas": 1}  # rejected once: llm.retrying, in that phase
+    assert await (await make_runner(js, provider)).run(command, attempt=1) == Ack()
+    other = await request_generation(js)
+    scripted = Scripted()
+    scripted.bad_attempts = {"schemas": 1}
+    assert await (await make_runner(js, scripted)).run(other, attempt=1) == Ack()
+    assert await types_of(js, command.generation_id) == await types_of(js, other.generation_id)
+    groups = await _batches(js, command.generation_id)
+    retry = groups.index(["LlmRetrying"])
+    assert groups[retry - 1][-1] == "PhaseStarted", "plan and models went in before it"
+    history = await read_generation(js, command.generation_id)
+    assert [e.event.seq for e in history] == list(range(1, len(history) + 1))
+
+
+async def test_held_phases_lost_in_a_crash_are_redone_by_the_resumed_run(
+    js: JetStreamContext,
+) -> None:
+    command = await request_generation(js)
+    first = Instant()
+    first.block_in = "api"  # the start, plan, models and schemas are held, not appended
+    crashed = asyncio.create_task((await make_runner(js, first)).run(command, attempt=1))
+    await eventually(
+        lambda: bool(first.calls and first.calls[-1][0] == "api"),
+        10,
+        0.02,
+        what="the first runner to block in api",
+    )
+    crashed.cancel()  # the process dies
+    await asyncio.gather(crashed, return_exceptions=True)
+    assert await types_of(js, command.generation_id) == ["GenerationRequested"]
+    second = Instant()
+    assert await (await make_runner(js, second, worker="w2")).run(command, attempt=2) == Ack()
+    assert [c[0] for c in second.calls] == list(PHASE_NAMES)
+    history = await read_generation(js, command.generation_id)
+    assert [e.event.seq for e in history] == list(range(1, len(history) + 1))
+    state = fold(e.event for e in history)
+    assert state is not None and state.summary.status == "completed"
+    assert state.summary.phases_completed == list(PHASE_NAMES)
+    assert len(state.files) == 12
+    assert "GenerationResumed" not in await types_of(js, command.generation_id)

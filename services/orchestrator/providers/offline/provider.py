@@ -53,6 +53,13 @@ class OfflineProvider:
     def __init__(self, phase_delay_s: float = 0.0) -> None:
         self.phase_delay_s = max(0.0, phase_delay_s)
 
+    @property
+    def instant(self) -> bool:
+        """True when a phase is answered at once (no phase delay): the runner then appends
+        the phases together (each still whole), as nothing is gained by showing them apart
+        and a resumed run gets the same output again."""
+        return self.phase_delay_s <= 0
+
     async def run_phase(self, request: PhaseRequest, reporter: Reporter) -> PhaseOutput:
         """The files and deletions of one phase, or ProviderError."""
         _stop_if_cancelled(reporter)
