@@ -131,7 +131,8 @@ async def test_no_key_a_wrong_key_and_another_users_generation() -> None:
         assert_problem(
             await gw.client.post(f"/generations/{generation_id}/cancel", headers=BOB), 404
         )
-        assert_problem(await gw.client.get("/generations/no%20such", headers=ALICE), 404)
+        assert_problem(await gw.client.get("/generations/no-such", headers=ALICE), 404)
+        assert_problem(await gw.client.get("/generations/no%20such", headers=ALICE), 400)
         assert_problem(await gw.client.get("/no/such/route", headers=ALICE), 404)
 
 

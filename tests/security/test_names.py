@@ -79,17 +79,17 @@ async def test_a_project_name_with_a_control_or_bidi_character_is_a_400_naming_i
         assert gw.broker.messages == []
 
 
-async def test_an_id_with_a_trailing_newline_is_no_id_on_any_route() -> None:
+async def test_an_id_with_a_trailing_newline_is_a_400_on_any_route() -> None:
     async with gateway_app() as gw:
         accepted = await create(gw, "shop")
         gid = accepted["generation_id"]
         await gw.finish(gid, FILES)
         for method, path in id_routes(gid, accepted["project_id"]):
             response = await gw.client.request(method, path, headers=ALICE)
-            assert response.status_code == 404, f"{method} {path}: {response.text}"
+            assert response.status_code == 400, f"{method} {path}: {response.text}"
         iterate = await gw.client.post(
             "/generations/iterate",
             json={"parent_generation_id": f"{gid}\n", "modification_prompt": "add a field"},
             headers=ALICE,
         )
-        assert iterate.status_code == 404, iterate.text
+        assert iterate.status_code == 400, iterate.text

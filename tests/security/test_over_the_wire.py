@@ -230,15 +230,16 @@ async def test_a_project_name_with_a_control_or_bidi_character_is_a_400_naming_i
     assert hidden_character(name) in problem["message"]
 
 
-async def test_an_id_ending_in_an_encoded_newline_is_no_id_on_any_route(wire: Wire) -> None:
+async def test_an_id_ending_in_an_encoded_newline_is_a_400_on_any_route(wire: Wire) -> None:
     assert (await exchange(wire, "GET", f"/generations/{wire.generation_id}")).status == 200
     for method, path in id_routes(wire.generation_id, wire.project_id):
         answer = await exchange(wire, method, path, body=b"{}" if method == "POST" else None)
-        assert answer.status == 404, f"{method} {path}: {answer}"
+        assert answer.status == 400, f"{method} {path}: {answer}"
         assert "\\n" in answer.problem()["detail"], answer  # it names the id it refused
     iterate = {"parent_generation_id": f"{wire.generation_id}\n", "modification_prompt": "a"}
     answer = await exchange(wire, "POST", "/generations/iterate", body=json.dumps(iterate).encode())
-    assert answer.status == 404, answer
+    assert answer.status == 400, answer
+    assert answer.problem()["problems"][0]["location"] == "body.parent_generation_id"
 
 
 async def test_raw_html_and_hidden_characters_reach_no_generated_file_raw(wire: Wire) -> None:

@@ -14,7 +14,7 @@ from litestar.exceptions import SerializationException
 from litestar.handlers import BaseRouteHandler
 from litestar.openapi.spec import Operation
 
-from services.gateway.errors import MalformedJson, NotFound
+from services.gateway.errors import BadRequest, MalformedJson
 from services.gateway.state import Gateway
 
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # fullmatch: `$` accepts a trailing newline
@@ -64,10 +64,15 @@ class NoKeyOperation(Operation):
         self.security = []
 
 
-def checked_id(value: str, what: str = "generation") -> str:
-    """A path id that can be a Kiln id, or 404 (an impossible id is simply not found)."""
+def checked_id(value: str, what: str = "generation", where: str = "path") -> str:
+    """An id that can be a Kiln id, or 400 naming it (a malformed id is the caller's mistake,
+    and being nobody's, answering it reveals nothing of another tenant's)."""
     if not _ID.fullmatch(value):
-        raise NotFound(f"There is no {what} {value[:80]!r}.")
+        message = f"{value[:80]!r} is not a {what} id: an id is 1 to 64 letters, digits, - or _."
+        raise BadRequest(
+            f"{message} Use the id Kiln gave you.",
+            problems=[{"location": where, "message": message}],
+        )
     return value
 
 

@@ -108,7 +108,9 @@ class GenerationController(KeyedController):
     ) -> Response[Accepted]:
         """The new version starts from the parent's files; nothing of the parent changes."""
         key = checked_key(idempotency_key)
-        parent, latest = await gw.views.iteration_base(checked_id(data.parent_generation_id), user)
+        parent, latest = await gw.views.iteration_base(
+            checked_id(data.parent_generation_id, where="body.parent_generation_id"), user
+        )
         requested = await gw.commands.iterate_generation(user, data, parent, latest, key)
         return _created(gw, requested)
 
