@@ -25,7 +25,7 @@ from bench.report import Measurements, Row, times
 from bench.scenarios import Context
 from contracts.phases import PHASE_NAMES, PHASES
 from contracts.schema import ProjectSchema
-from services.orchestrator.providers.base import PhaseRequest
+from services.orchestrator.providers.base import LlmCall, PhaseRequest
 from services.orchestrator.providers.offline import OfflineProvider
 from services.verifier.checks import stage, verify
 from services.verifier.runtime import load_runtime
@@ -39,7 +39,7 @@ class _Quiet:
     async def progress(self, **_: object) -> None:
         pass
 
-    async def llm_called(self, **_: object) -> None:
+    async def llm_called(self, _: LlmCall) -> None:
         pass
 
     async def retrying(self, **_: object) -> None:

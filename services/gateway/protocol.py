@@ -32,6 +32,7 @@ import asyncio
 import http
 import urllib.parse
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import httptools
@@ -70,14 +71,8 @@ class RequestLimits(msgspec.Struct, frozen=True, kw_only=True):
 
     @classmethod
     def of(cls, settings: Settings) -> RequestLimits:
-        """The limits the settings ask for."""
-        return cls(
-            max_header_bytes=settings.max_header_bytes,
-            max_headers=settings.max_headers,
-            header_timeout_s=settings.header_timeout_s,
-            max_body_bytes=settings.max_body_bytes,
-            body_timeout_s=settings.body_timeout_s,
-        )
+        """The limits the settings ask for: the settings of the same names."""
+        return msgspec.convert(settings, cls, from_attributes=True)
 
 
 class _Refused(Exception):
@@ -92,39 +87,25 @@ class _Refusal(msgspec.Struct, frozen=True):
     detail: str
 
 
+@dataclass(slots=True, eq=False)
 class _State:
     """What `LimitedHttpProtocol` keeps of its own: what it counts of the request whose
     headers (or body) it awaits, what it dropped after a refusal, and the callback of a
     body taken over (`take_body`)."""
 
-    __slots__ = (
-        "awaiting",
-        "body_bytes",
-        "bytes",
-        "completed",
-        "count",
-        "dropped",
-        "on_lost",
-        "refusal",
-        "refused",
-        "request_bytes",
-        "timer",
-    )
-
-    def __init__(self) -> None:
-        self.awaiting = True
-        self.completed = 0
-        self.bytes = 0
-        self.count = 0
-        self.request_bytes = 0
-        self.body_bytes = 0
-        self.dropped = 0
-        self.refusal: _Refusal | None = None
-        self.refused = False
-        # The header deadline (while `awaiting`) or the body deadline (after the headers,
-        # until the request's last byte): never both at once.
-        self.timer: asyncio.TimerHandle | None = None
-        self.on_lost: Callable[[], None] | None = None
+    awaiting: bool = True
+    completed: int = 0
+    bytes: int = 0
+    count: int = 0
+    request_bytes: int = 0
+    body_bytes: int = 0
+    dropped: int = 0
+    refusal: _Refusal | None = None
+    refused: bool = False
+    timer: asyncio.TimerHandle | None = None
+    """The header deadline (while `awaiting`) or the body deadline (after the headers, until
+    the request's last byte): never both at once."""
+    on_lost: Callable[[], None] | None = None
 
 
 class LimitedHttpProtocol(HttpToolsProtocol):

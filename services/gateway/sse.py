@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from litestar import Litestar, Request, Response
@@ -148,6 +149,7 @@ class SSEResponse(Response[bytes]):
         )
 
 
+@dataclass(slots=True, eq=False)
 class WatchSession:
     """Sends one generation's events to one client, from `after_seq` on, until the end.
 
@@ -159,49 +161,21 @@ class WatchSession:
     ASGI message.
     """
 
-    __slots__ = (
-        "_connection",
-        "_waiter",
-        "after_seq",
-        "budget",
-        "cut_reason",
-        "disconnected",
-        "generation_id",
-        "hub",
-        "on_close",
-        "pending",
-        "sent",
-        "stats",
-        "stopping",
-        "transport",
-        "write_started",
-    )
-
-    def __init__(
-        self,
-        hub: Hub,
-        generation_id: str,
-        after_seq: int,
-        stats: StreamStats,
-        on_close: Callable[[], None] | None = None,
-        stopping: asyncio.Future[None] | None = None,
-        budget: OutflowBudget | None = None,
-    ) -> None:
-        self.hub = hub
-        self.generation_id = generation_id
-        self.after_seq = after_seq
-        self.stats = stats
-        self.on_close = on_close
-        self.stopping = stopping
-        self.budget = budget or OutflowBudget()
-        self.transport: asyncio.WriteTransport | None = None
-        self.sent = 0
-        self.write_started = 0.0
-        self.pending = 0
-        self.cut_reason: str | None = None
-        self.disconnected = False
-        self._connection: LimitedHttpProtocol | None = None
-        self._waiter: asyncio.Future[None] | None = None
+    hub: Hub
+    generation_id: str
+    after_seq: int
+    stats: StreamStats
+    on_close: Callable[[], None] | None = None
+    stopping: asyncio.Future[None] | None = None
+    budget: OutflowBudget = field(default_factory=OutflowBudget)
+    transport: asyncio.WriteTransport | None = field(default=None, init=False)
+    sent: int = field(default=0, init=False)
+    write_started: float = field(default=0.0, init=False)
+    pending: int = field(default=0, init=False)
+    cut_reason: str | None = field(default=None, init=False)
+    disconnected: bool = field(default=False, init=False)
+    _connection: LimitedHttpProtocol | None = field(default=None, init=False)
+    _waiter: asyncio.Future[None] | None = field(default=None, init=False)
 
     def buffered(self) -> int:
         """Bytes the connection holds that the client has not taken yet."""

@@ -6,9 +6,12 @@ import asyncio
 import math
 import time
 
+import msgspec
+
 from contracts.events import LlmCalled, LlmRetrying, PhaseProgress, RetryReason
 from services.common import metrics
 from services.common.eventwriter import GenerationWriter
+from services.orchestrator.providers.base import LlmCall
 
 PROGRESS_INTERVAL_S = 0.5
 
@@ -46,32 +49,12 @@ class EventReporter:
             message=message,
         )
 
-    async def llm_called(
-        self,
-        *,
-        provider: str,
-        model: str,
-        tokens_in: int,
-        tokens_out: int,
-        latency_ms: int,
-        attempt: int,
-        outcome: str,
-    ) -> None:
+    async def llm_called(self, call: LlmCall) -> None:
         """Publish `llm.called`."""
-        metrics.llm_latency.labels(provider, model).observe(latency_ms / 1000)
-        metrics.llm_tokens.labels(provider, "in").inc(tokens_in)
-        metrics.llm_tokens.labels(provider, "out").inc(tokens_out)
-        await self.writer.emit(
-            LlmCalled,
-            phase=self.phase,
-            provider=provider,
-            model=model,
-            tokens_in=tokens_in,
-            tokens_out=tokens_out,
-            latency_ms=latency_ms,
-            attempt=attempt,
-            outcome=outcome,
-        )
+        metrics.llm_latency.labels(call.provider, call.model).observe(call.latency_ms / 1000)
+        metrics.llm_tokens.labels(call.provider, "in").inc(call.tokens_in)
+        metrics.llm_tokens.labels(call.provider, "out").inc(call.tokens_out)
+        await self.writer.emit(LlmCalled, phase=self.phase, **msgspec.structs.asdict(call))
 
     async def retrying(
         self, *, reason: RetryReason, delay_s: float, attempt: int, message: str

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 
 from contracts.phases import GeneratedFile, PhaseOutput
-from services.orchestrator.providers.base import PhaseRequest, ProviderError, Reporter
+from services.orchestrator.providers.base import LlmCall, PhaseRequest, ProviderError, Reporter
 
 FILES_BY_PHASE: dict[str, dict[str, str]] = {
     "plan": {"README.md": "# {name}\n\nA small project made by Kiln's scripted provider.\n"},
@@ -89,13 +89,15 @@ class ScriptedProvider:
             await asyncio.sleep(3)
         files = self._files(request)
         await reporter.llm_called(
-            provider=self.name,
-            model="scripted",
-            tokens_in=120 + 10 * len(request.files),
-            tokens_out=sum(len(f.content) for f in files) // 4,
-            latency_ms=int(self.phase_delay_s * 1000),
-            attempt=request.attempt,
-            outcome="ok",
+            LlmCall(
+                provider=self.name,
+                model="scripted",
+                tokens_in=120 + 10 * len(request.files),
+                tokens_out=sum(len(f.content) for f in files) // 4,
+                latency_ms=int(self.phase_delay_s * 1000),
+                attempt=request.attempt,
+                outcome="ok",
+            )
         )
         return PhaseOutput(files=files, summary=f"{request.phase}: {len(files)} file(s)")
 

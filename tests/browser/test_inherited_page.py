@@ -82,8 +82,7 @@ async def test_an_iterations_inherited_files_open_live_after_a_reload_and_offlin
         running_stack(settings, providers={"offline": provider}) as stack,
         open_page(browser, stack, watch_failure=True) as page,
     ):
-        v1 = (await stack.create())["generation_id"]
-        await stack.wait_status(v1, "completed")
+        v1 = (await stack.create_completed())["generation_id"]
         parent = await parent_contents(stack, v1)
         provider.hold("tests")
         v2 = (await stack.iterate(v1, "add a changelog", locked_paths=[LOCKED]))["generation_id"]

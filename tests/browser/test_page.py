@@ -357,8 +357,7 @@ async def test_iterate_from_any_version_and_see_the_diff(
         running_stack(settings, providers={"offline": provider}) as stack,
         open_page(browser, stack) as page,
     ):
-        v1 = (await stack.create())["generation_id"]
-        await stack.wait_status(v1, "completed")
+        v1 = (await stack.create_completed())["generation_id"]
         await page.goto(f"/#/g/{v1}")
         await wait_finished(page)
 
@@ -534,8 +533,7 @@ async def test_the_offline_provider_adds_authentication(
 ) -> None:
     settings = make_settings(tmp_path, nats_server.url)
     async with running_stack(settings) as stack, open_page(browser, stack) as page:
-        v1 = (await stack.create())["generation_id"]
-        await stack.wait_status(v1, "completed")
+        v1 = (await stack.create_completed())["generation_id"]
         await page.goto(f"/#/g/{v1}")
         await wait_finished(page)
         # The prompts the offline provider understands are offered as examples.
@@ -562,8 +560,7 @@ async def test_the_download_button_saves_any_valid_project_name(
     tmp_path: Path, nats_server: Any, browser: Browser, name: str
 ) -> None:
     async with running_stack(make_settings(tmp_path, nats_server.url)) as stack:
-        accepted = await stack.create(project_name=name)
-        await stack.wait_status(accepted["generation_id"], "completed")
+        accepted = await stack.create_completed(project_name=name)
         async with open_page(browser, stack) as page:
             await page.goto(f"/#/g/{accepted['generation_id']}")
             await wait_finished(page)

@@ -65,8 +65,7 @@ async def test_a_published_event_carries_its_cloudevents_headers(
 
 async def test_every_event_of_a_real_generation_carries_them(settings: Settings) -> None:
     async with running_stack(settings) as stack:
-        accepted = await stack.create()
-        await stack.wait_status(accepted["generation_id"], "completed")
+        await stack.create_completed()
         nc = await nats.connect(settings.nats_servers)
         try:
             js = nc.jetstream()

@@ -93,8 +93,7 @@ async def test_the_zip_holds_exactly_the_files_of_the_events_and_its_tests_pass(
     settings: Settings, tmp_path: Path
 ) -> None:
     async with running_stack(settings) as stack:
-        accepted = await stack.create()
-        await stack.wait_status(accepted["generation_id"], "completed")
+        accepted = await stack.create_completed()
         events = await stack.events(accepted["stream_url"])
         # The events name each file by content; the zip holds exactly that content.
         written = {e.data["path"]: e.data["sha256"] for e in events if e.type == "file.written"}
@@ -235,9 +234,8 @@ async def test_stream_tokens_are_checked(settings: Settings) -> None:
 
 async def test_another_users_generation_is_not_found_everywhere(settings: Settings) -> None:
     async with running_stack(settings) as stack:
-        accepted = await stack.create()
+        accepted = await stack.create_completed()
         generation_id = accepted["generation_id"]
-        await stack.wait_status(generation_id, "completed")
         first_file = (await stack.alice.get(f"/generations/{generation_id}/files")).json()["files"][
             0
         ]["path"]
@@ -266,8 +264,7 @@ async def test_another_users_generation_is_not_found_everywhere(settings: Settin
 
 async def test_the_project_lists_its_versions(settings: Settings) -> None:
     async with running_stack(settings) as stack:
-        accepted = await stack.create()
-        await stack.wait_status(accepted["generation_id"], "completed")
+        accepted = await stack.create_completed()
         projects = (await stack.alice.get("/projects")).json()["projects"]
         assert [p["project_id"] for p in projects] == [accepted["project_id"]]
         assert projects[0]["versions"][0]["generation_id"] == accepted["generation_id"]

@@ -34,7 +34,7 @@ import uvicorn
 
 from contracts.phases import PHASES
 from contracts.schema import Entity, Field, ProjectSchema
-from services.orchestrator.providers.base import PhaseRequest
+from services.orchestrator.providers.base import LlmCall, PhaseRequest
 
 TEN_MB = 10 * 1024 * 1024
 HOSTILE_PATHS = ("../../etc/passwd", "/etc/x", "C:\\x", "a/../../b", "app/nul\x00byte.py")
@@ -495,9 +495,9 @@ class RecordingReporter:
             "progress", {"bytes_received": bytes_received, "tokens_received": tokens_received}
         )
 
-    async def llm_called(self, **fields: Any) -> None:
-        """Record one call."""
-        self._record("llm_called", fields)
+    async def llm_called(self, call: LlmCall) -> None:
+        """Record one call (its fields)."""
+        self._record("llm_called", msgspec.structs.asdict(call))
 
     async def retrying(self, **fields: Any) -> None:
         """Record an announced retry."""

@@ -36,8 +36,7 @@ async def test_a_stopped_broker_is_a_503_with_retry_after_on_every_route(
     tmp_path: Path, nats_server: EmbeddedNats, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with running_stack(make_settings(tmp_path, nats_server.url)) as stack:
-        gid = (await stack.create())["generation_id"]
-        await stack.wait_status(gid, "completed")
+        gid = (await stack.create_completed())["generation_id"]
         nats_server.kill()
 
         async def send(method: str, path: str, body: dict[str, object] | None) -> httpx.Response:
@@ -77,8 +76,7 @@ async def test_the_cli_waits_out_a_broker_restart(
     tmp_path: Path, nats_server: EmbeddedNats, capsys: pytest.CaptureFixture[str]
 ) -> None:
     async with running_stack(make_settings(tmp_path, nats_server.url)) as stack:
-        gid = (await stack.create())["generation_id"]
-        await stack.wait_status(gid, "completed")
+        gid = (await stack.create_completed())["generation_id"]
         before = _status_503s()
         nats_server.kill()
 

@@ -67,9 +67,8 @@ async def test_an_intact_log_verifies_and_a_changed_event_is_named(
     settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
     async with running_stack(settings) as stack:
-        accepted = await stack.create()
+        accepted = await stack.create_completed()
         gid = accepted["generation_id"]
-        await stack.wait_status(gid, "completed")
         log = (await stack.alice.get(f"/generations/{gid}/events")).json()
         assert log.get("verification") is None  # only when asked
 
@@ -106,9 +105,8 @@ async def test_a_changed_file_content_is_caught_too(
     settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
     async with running_stack(settings) as stack:
-        accepted = await stack.create()
+        accepted = await stack.create_completed()
         gid = accepted["generation_id"]
-        await stack.wait_status(gid, "completed")
         log = (await stack.alice.get(f"/generations/{gid}/events")).json()
         written = next(e for e in log["events"] if e["type"] == "file.written")
         with sqlite3.connect(database(settings)) as db:
@@ -130,8 +128,7 @@ async def test_a_changed_or_lost_inherited_content_is_caught(
     settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
     async with running_stack(settings) as stack:
-        first = await stack.create()
-        await stack.wait_status(first["generation_id"], "completed")
+        first = await stack.create_completed()
         second = await stack.iterate(first["generation_id"], "add pagination")
         gid = second["generation_id"]
         await stack.wait_status(gid, "completed")

@@ -108,8 +108,7 @@ async def test_concurrent_creates_with_one_key_make_one_generation(settings: Set
 
 async def test_an_iteration_sent_again_keeps_its_version(settings: Settings) -> None:
     async with running_stack(settings) as stack:
-        parent = await stack.create()
-        await stack.wait_status(parent["generation_id"], "completed")
+        parent = await stack.create_completed()
         body = {
             "parent_generation_id": parent["generation_id"],
             "modification_prompt": "add pagination",
@@ -224,8 +223,7 @@ async def test_an_iteration_sent_again_while_a_replica_is_behind_keeps_its_versi
     settings: Settings,
 ) -> None:
     async with running_stack(settings) as stack:
-        parent = await stack.create()
-        await stack.wait_status(parent["generation_id"], "completed")
+        parent = await stack.create_completed()
         body = {
             "parent_generation_id": parent["generation_id"],
             "modification_prompt": "add pagination",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from services.common.settings import Settings
-from tests.support.stack import Stack, running_stack
+from tests.support.stack import running_stack
 
 # Routes that name no generation or project: they act on the caller's own data only.
 OWNER_FREE = {
@@ -32,15 +32,9 @@ def _operations(openapi: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]
     ]
 
 
-async def _alice_generation(stack: Stack) -> dict[str, Any]:
-    accepted = await stack.create()
-    await stack.wait_status(accepted["generation_id"], "completed")
-    return accepted
-
-
 async def test_every_route_hides_another_users_generation(settings: Settings) -> None:
     async with running_stack(settings) as stack:
-        alice = await _alice_generation(stack)
+        alice = await stack.create_completed()
         files = (await stack.alice.get(f"/generations/{alice['generation_id']}/files")).json()
         values = {
             "generation_id": alice["generation_id"],
@@ -98,7 +92,7 @@ async def test_every_route_hides_another_users_generation(settings: Settings) ->
 
 async def test_an_unknown_id_and_another_users_id_look_the_same(settings: Settings) -> None:
     async with running_stack(settings) as stack:
-        alice = await _alice_generation(stack)
+        alice = await stack.create_completed()
         theirs = await stack.bob.get(f"/generations/{alice['generation_id']}")
         missing = await stack.bob.get("/generations/00000000-0000-4000-8000-000000000000")
         assert theirs.status_code == missing.status_code == 404

@@ -60,6 +60,21 @@ async def create(
     return dict(response.json())
 
 
+async def create_completed(
+    http: httpx.AsyncClient,
+    schema: dict[str, Any] | None = None,
+    *,
+    timeout: float = 60,
+    **body: Any,
+) -> dict[str, Any]:
+    """`create`, then wait until the generation has finished and check that it completed
+    (a failure is reported at once, with its status); the 201 body."""
+    accepted = await create(http, schema, **body)
+    status = await wait_status(http, accepted["generation_id"], timeout=timeout)
+    assert status["status"] == "completed", status
+    return accepted
+
+
 async def iterate(
     http: httpx.AsyncClient, parent_id: str, prompt: str, **body: Any
 ) -> dict[str, Any]:

@@ -128,6 +128,12 @@ class Stack:
         """POST /generations as alice; the 201 body."""
         return await kiln.create(self.alice, schema, **body)
 
+    async def create_completed(
+        self, schema: dict[str, Any] | None = None, *, timeout: float = 60, **body: Any
+    ) -> dict[str, Any]:
+        """POST /generations as alice and wait until the generation completed; the 201 body."""
+        return await kiln.create_completed(self.alice, schema, timeout=timeout, **body)
+
     async def iterate(self, parent_id: str, prompt: str, **body: Any) -> dict[str, Any]:
         """POST /generations/iterate as alice; the 201 body."""
         return await kiln.iterate(self.alice, parent_id, prompt, **body)

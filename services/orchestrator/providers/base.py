@@ -69,6 +69,18 @@ class PhaseRequest(msgspec.Struct, frozen=True, kw_only=True):
     """Set for a repair round (phase `repair`): fix these failing tests."""
 
 
+class LlmCall(msgspec.Struct, frozen=True, kw_only=True):
+    """One call to the model, answered or failed, as a provider reports it (`llm.called`)."""
+
+    provider: str
+    model: str
+    tokens_in: int
+    tokens_out: int
+    latency_ms: int
+    attempt: int
+    outcome: str
+
+
 class Reporter(Protocol):
     """How a provider tells the world what it is doing while a phase runs."""
 
@@ -77,17 +89,7 @@ class Reporter(Protocol):
     ) -> None:
         """Bytes or tokens streamed so far in this phase (throttled by the reporter)."""
 
-    async def llm_called(
-        self,
-        *,
-        provider: str,
-        model: str,
-        tokens_in: int,
-        tokens_out: int,
-        latency_ms: int,
-        attempt: int,
-        outcome: str,
-    ) -> None:
+    async def llm_called(self, call: LlmCall) -> None:
         """One call to the model finished (successfully or not)."""
 
     async def retrying(

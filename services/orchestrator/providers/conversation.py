@@ -30,6 +30,7 @@ from services.common.settings import Settings
 from services.orchestrator.providers.answers import InvalidOutput, complete_files, decode_output
 from services.orchestrator.providers.base import (
     ErrorKind,
+    LlmCall,
     PhaseRequest,
     ProviderError,
     Reporter,
@@ -333,33 +334,25 @@ class _Conversation:
         self, result: CallResult, attempt: int, latency_ms: int, outcome: str
     ) -> None:
         self.bytes_before += len(result.text.encode())
-        await self._called(attempt, latency_ms, outcome, result.tokens_in, result.tokens_out)
+        call = await self._called(attempt, latency_ms, outcome, result.tokens_in, result.tokens_out)
         self.log.info(
             "{label} call for phase {phase} of generation {generation_id} finished: {outcome}",
-            outcome=outcome,
-            model=self.model,
-            attempt=attempt,
-            latency_ms=latency_ms,
-            tokens_in=result.tokens_in,
-            tokens_out=result.tokens_out,
+            **msgspec.structs.asdict(call),
         )
 
     async def _report_failure(self, exc: CallFailed, attempt: int, latency_ms: int) -> None:
-        await self._called(attempt, latency_ms, exc.kind, exc.tokens_in, exc.tokens_out)
+        call = await self._called(attempt, latency_ms, exc.kind, exc.tokens_in, exc.tokens_out)
         self.log.warning(
-            "{label} call for phase {phase} of generation {generation_id} failed: {kind}",
-            kind=exc.kind,
+            "{label} call for phase {phase} of generation {generation_id} failed: {outcome}",
+            **msgspec.structs.asdict(call),
             message=exc.message,
-            model=self.model,
-            attempt=attempt,
-            latency_ms=latency_ms,
         )
 
     async def _called(
         self, attempt: int, latency_ms: int, outcome: str, tokens_in: int, tokens_out: int
-    ) -> None:
-        """Report one call, answered or failed (`llm.called`)."""
-        await self.reporter.llm_called(
+    ) -> LlmCall:
+        """Report one call, answered or failed (`llm.called`); the call, for the log."""
+        call = LlmCall(
             provider=self.provider,
             model=self.model,
             tokens_in=tokens_in,
@@ -368,6 +361,8 @@ class _Conversation:
             attempt=attempt,
             outcome=outcome,
         )
+        await self.reporter.llm_called(call)
+        return call
 
     def _check_cancelled(self) -> None:
         if self.reporter.cancelled():

@@ -171,8 +171,7 @@ async def test_watch_on_a_finished_generation_prints_its_whole_history(
     tmp_path: Path, nats_server: EmbeddedNats, capsys: pytest.CaptureFixture[str]
 ) -> None:
     async with running_stack(make_settings(tmp_path, nats_server.url)) as stack:
-        accepted = await stack.create(schema_with(1))
-        await stack.wait_status(accepted["generation_id"], "completed")
+        accepted = await stack.create_completed(schema_with(1))
         code, out, _ = await kiln(capsys, stack.url, "watch", accepted["generation_id"])
         code_json, events_json, _ = await kiln(
             capsys, stack.url, "events", accepted["generation_id"], "--json"
@@ -360,9 +359,8 @@ async def test_download_works_for_any_valid_project_name(
     tmp_path: Path, nats_server: EmbeddedNats, capsys: pytest.CaptureFixture[str], name: str
 ) -> None:
     async with running_stack(make_settings(tmp_path, nats_server.url)) as stack:
-        accepted = await stack.create(project_name=name)
+        accepted = await stack.create_completed(project_name=name)
         gid = accepted["generation_id"]
-        await stack.wait_status(gid, "completed")
         code, out, err = await kiln(
             capsys, stack.url, "download", gid, "-o", str(tmp_path / "v.zip")
         )

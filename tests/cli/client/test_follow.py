@@ -162,8 +162,7 @@ async def test_following_with_an_expired_token_renews_it_against_a_real_gateway(
 ) -> None:
     settings = make_settings(tmp_path, nats_server.url, KILN_SSE_TOKEN_TTL="2")
     async with running_stack(settings) as stack:
-        accepted = await stack.create(schema_with(1))
-        await stack.wait_status(accepted["generation_id"], "completed")
+        accepted = await stack.create_completed(schema_with(1))
         await asyncio.sleep(3.1)  # the token in accepted["stream_url"] has expired
         expired = await stack.anonymous.get(accepted["stream_url"])
         assert expired.status_code == 401

@@ -10,7 +10,7 @@ import msgspec
 from contracts.phases import PHASE_NAMES, PHASES, PhaseOutput
 from contracts.schema import ProjectSchema
 from services.orchestrator.guard import check_output, missing_parent_files
-from services.orchestrator.providers.base import PhaseRequest
+from services.orchestrator.providers.base import LlmCall, PhaseRequest
 from services.orchestrator.providers.offline import OfflineProvider
 from services.orchestrator.providers.offline.project import build_project
 from services.orchestrator.providers.offline.spec import SPEC_PATH, load_spec, spec_from_schema
@@ -121,7 +121,7 @@ class FakeReporter:
     def __init__(self) -> None:
         self.cancel = False
         self.progress_bytes: list[int] = []
-        self.llm_calls: list[dict[str, Any]] = []
+        self.llm_calls: list[LlmCall] = []
         self.retries: list[dict[str, Any]] = []
 
     async def progress(
@@ -129,8 +129,8 @@ class FakeReporter:
     ) -> None:
         self.progress_bytes.append(bytes_received)
 
-    async def llm_called(self, **report: Any) -> None:
-        self.llm_calls.append(report)
+    async def llm_called(self, call: LlmCall) -> None:
+        self.llm_calls.append(call)
 
     async def retrying(self, **report: Any) -> None:
         self.retries.append(report)

@@ -134,24 +134,29 @@ TYPE_TITLES: dict[str, str] = {
 }
 
 
+# A column type's Python type: a builtin, or a module's name, the module imported under an alias
+# (a field named like the module does not shadow it). Enums are plain strings in the models.
+PYTHON_TYPES: dict[str, str | tuple[str, str, str]] = {
+    "string": "str",
+    "text": "str",
+    "integer": "int",
+    "float": "float",
+    "decimal": ("decimal", "_decimal", "Decimal"),
+    "boolean": "bool",
+    "date": ("datetime", "_dt", "date"),
+    "datetime": ("datetime", "_dt", "datetime"),
+    "uuid": ("uuid", "_uuid", "UUID"),
+    "enum": "str",
+}
+
+
 def python_type(column: Column, imports: Imports) -> str:
-    """The Python type of a column's values (enums are plain strings in the models)."""
-    kind = column.type
-    if kind in ("string", "text", "enum"):
-        return imports.builtin("str")
-    if kind == "integer":
-        return imports.builtin("int")
-    if kind == "float":
-        return imports.builtin("float")
-    if kind == "boolean":
-        return imports.builtin("bool")
-    if kind == "decimal":
-        return f"{imports.module('decimal', '_decimal')}.Decimal"
-    if kind == "date":
-        return f"{imports.module('datetime', '_dt')}.date"
-    if kind == "datetime":
-        return f"{imports.module('datetime', '_dt')}.datetime"
-    return f"{imports.module('uuid', '_uuid')}.UUID"
+    """The Python type of a column's values (`PYTHON_TYPES`)."""
+    kind = PYTHON_TYPES[column.type]
+    if isinstance(kind, str):
+        return imports.builtin(kind)
+    module, alias, name = kind
+    return f"{imports.module(module, alias)}.{name}"
 
 
 def sql_type(column: Column, imports: Imports, *, zoned: bool = True) -> str:
