@@ -124,7 +124,6 @@ class Projector:
         self.start_position = 0
         """Where this consumer starts before it has a position of its own (see `position`)."""
         self.apply_seconds = 0.0
-        self.last_batch_seconds = 0.0
         self.cache_hits = 0
         self._cache: OrderedDict[str, LoadedGeneration] = OrderedDict()
         """Generations as the last committed batch left them (state and file rows)."""
@@ -248,7 +247,6 @@ class Projector:
         elapsed = time.perf_counter() - started
         self.batches += 1
         self.apply_seconds += elapsed
-        self.last_batch_seconds = elapsed
         self.events_applied += sum(result.applied.values())
         self.events_skipped += result.skipped + result.already_applied
         self.events_of_other_partitions += result.other_partitions

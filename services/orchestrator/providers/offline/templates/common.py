@@ -168,8 +168,3 @@ def sql_type(column: Column, imports: Imports, *, zoned: bool = True) -> str:
     name = expression.split("(")[0]
     module = "app.db" if name in ("DecimalString", "DateTimeString") else "sqlalchemy"
     return imports.name(module, name) + expression[len(name) :]
-
-
-def module_docstring(text: str) -> str:
-    """A module docstring line (the text must not contain quotes or backslashes)."""
-    return f'"""{text}"""'
