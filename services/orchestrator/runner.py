@@ -327,8 +327,13 @@ class _Run:
             )
         )
         if plan.name == "verify":
-            # The version is whole: its last files go in, then its own tests run.
-            await batch.append()
+            # The version is whole: its last files go in, then its own tests run. With no
+            # verifier to run them, nothing reads the log before `generation.completed`:
+            # an instant provider's batch stays held (see `_holds`).
+            if not self.runner.verifier.enabled and self._holds(provider, None, batch):
+                self.writer.hold(batch)
+            else:
+                await batch.append()
             repairs = RepairLoop(
                 self.runner.js,
                 self.runner.verifier,
@@ -372,18 +377,20 @@ class _Run:
             progress=plan.progress,
         )
 
-    @staticmethod
-    def _holds(provider: Provider, following: PhasePlan | None, batch: EventBatch) -> bool:
-        """Whether a phase's batch waits to go in with the next phase's: only where the
+    def _holds(self, provider: Provider, following: PhasePlan | None, batch: EventBatch) -> bool:
+        """Whether a phase's batch waits to go in with what follows it: only where the
         provider answers at once (`instant`: the offline provider, no model called, the
-        same output again if a crash makes a resumed run redo it), never into the verify
-        phase, and up to HELD_EVENTS. Each phase is still whole or absent in the log; on a
+        same output again if a crash makes a resumed run redo it), and up to HELD_EVENTS.
+        Into the verify phase only where no verifier reads the version (KILN_VERIFY=false);
+        `following` None is the verify phase itself, whose end `_complete` appends at once
+        with `generation.completed`. Each phase is still whole or absent in the log; on a
         one-replica file stream each atomic batch costs nats-server a store of its own on
         disk, so a generation of the offline provider goes in as one batch, not six."""
         return (
             _instant(provider)
-            and following is not None
-            and following.name != "verify"
+            and (
+                following is None or following.name != "verify" or not self.runner.verifier.enabled
+            )
             and len(batch) < HELD_EVENTS
         )
 
@@ -407,18 +414,22 @@ class _Run:
             self.parent_files, self.state.file_contents(), set(self.state.deleted)
         )
         if missing:
+            await self.writer.flush()
             raise RuntimeError(f"parent files lost without a deletion: {missing[:10]}")
         summary = self.state.summary
         started = summary.started_at or summary.created_at or utc_now()
         duration_ms = int((utc_now() - started).total_seconds() * 1000)
         file_count, total_bytes = summary.file_count, summary.total_bytes
-        await self.writer.emit(
+        # With the held batch, if any (see `_holds`): one atomic append, or one message.
+        batch = self.writer.batch()
+        batch.add(
             GenerationCompleted,
             file_count=file_count,
             total_bytes=total_bytes,
             duration_ms=duration_ms,
             progress=100,
         )
+        await batch.append()
         metrics.generations_finished.labels("completed").inc()
         log.info(
             "Generation {generation_id} completed",

@@ -40,11 +40,13 @@ from contracts.verification import (
 from services.common.eventlog import subscribe_ordered
 from services.common.eventwriter import GenerationWriter
 from services.common.logs import get_logger
+from services.orchestrator.folding import FoldingWriter
 
 log = get_logger(__name__)
 
 VERIFY_STARTED_PROGRESS = 96
 VERIFY_ANSWERED_PROGRESS = 98
+_OFF = "verification is turned off on this orchestrator (KILN_VERIFY=false)"
 NO_VERIFIER = (
     "no verifier is running (start `kiln verifier`, which `kiln up` does); "
     "the version is unverified"
@@ -204,14 +206,30 @@ async def verify_step(
     if done:
         return None
     generation_id = writer.generation_id
+    # With verification off, a held batch (an instant provider's version, see the runner's
+    # `_holds`) takes both events: nothing reads the log between them.
+    if not client.enabled and isinstance(writer, FoldingWriter) and writer.held is not None:
+        batch = writer.batch()
+        if not started:
+            progress = VERIFY_STARTED_PROGRESS if round_ == 0 else VERIFY_ANSWERED_PROGRESS
+            batch.add(VerifyStarted, round=round_, progress=progress)
+        unavailable = batch.add(
+            VerifyUnavailable, round=round_, reason=_OFF, progress=VERIFY_ANSWERED_PROGRESS
+        )
+        writer.hold(batch)
+        log.warning(
+            "Generation {generation_id} is unverified: {reason}",
+            generation_id=generation_id,
+            reason=_OFF,
+            round=round_,
+        )
+        return unavailable
     if not started:
         # A repair round's verification starts where the repair left progress: never back.
         progress = VERIFY_STARTED_PROGRESS if round_ == 0 else VERIFY_ANSWERED_PROGRESS
         await writer.emit(VerifyStarted, round=round_, progress=progress)
     if not client.enabled:
-        answer: VerifyResult | VerifyUnanswered = VerifyUnanswered(
-            "verification is turned off on this orchestrator (KILN_VERIFY=false)"
-        )
+        answer: VerifyResult | VerifyUnanswered = VerifyUnanswered(_OFF)
     else:
         log.info(
             "Verification of generation {generation_id} requested",

@@ -24,6 +24,7 @@ from services.orchestrator.cancels import CancelWatcher
 from services.orchestrator.providers.base import PhaseRequest, ProviderError, Reporter
 from services.orchestrator.providers.registry import Providers
 from services.orchestrator.runner import GenerationRunner, RunnerConfig
+from services.orchestrator.verification import VerifierClient
 from tests.orchestrator.helpers import requested_generation
 from tests.support.waiting import eventually
 
@@ -319,17 +320,37 @@ async def test_an_instant_providers_phases_go_in_as_one_batch_each_phase_whole(
     assert len(state.files) == 12
     groups = await _batches(js, command.generation_id)
     one_phase = ["FileWritten", "FileWritten", "PhaseCompleted", "PhaseStarted"]
-    # The start and plan … docs in one batch (docs' ends with verify's start); then the
-    # verify phase's one-event appends.
-    assert groups[:2] == [
+    # With no verifier (the runner's default: KILN_VERIFY=false) nothing reads the log
+    # before the end: the start, every phase, verify's answer and the end in one batch.
+    assert groups == [
         ["GenerationRequested"],
-        ["GenerationStarted", "PhaseStarted"] + one_phase * 6,
+        ["GenerationStarted", "PhaseStarted"]
+        + one_phase * 6
+        + ["VerifyStarted", "VerifyUnavailable", "PhaseCompleted", "GenerationCompleted"],
     ]
-    assert groups[-2:] == [["PhaseCompleted"], ["GenerationCompleted"]]
     # The same events in the same order as a provider whose phases go in one by one.
     other = await request_generation(js)
     assert await (await make_runner(js, Scripted())).run(other, attempt=1) == Ack()
     assert await types_of(js, command.generation_id) == await types_of(js, other.generation_id)
+
+
+async def test_with_a_verifier_an_instant_providers_version_is_in_before_verify_starts(
+    js: JetStreamContext,
+) -> None:
+    command = await request_generation(js)
+    runner = await make_runner(js, Instant())
+    runner.verifier = VerifierClient(js, pickup_s=0.2, wait_s=0.2)  # on, but none running
+    assert await runner.run(command, attempt=1) == Ack()
+    groups = await _batches(js, command.generation_id)
+    one_phase = ["FileWritten", "FileWritten", "PhaseCompleted", "PhaseStarted"]
+    # The verifier reads the log up to verify.started: the version is appended before it.
+    assert groups == [
+        ["GenerationRequested"],
+        ["GenerationStarted", "PhaseStarted"] + one_phase * 6,
+        ["VerifyStarted"],
+        ["VerifyUnavailable"],
+        ["PhaseCompleted", "GenerationCompleted"],
+    ]
 
 
 async def test_an_event_appended_while_a_batch_is_held_goes_in_after_it(
