@@ -27,6 +27,10 @@ from bench.loadgen.workers import Control
 PIECE = 64 * 1024
 TCP_ESTABLISHED = 1
 READ_TIMEOUT_S = 30.0
+"""How long (a) and (b) wait for the answer to a request they have finished sending. The
+trickling attacks (c, d) wait for theirs until the attack ends: a read timeout there as
+long as the gateway's own deadline (30 s for a body) gives up on a connection just before
+the gateway answers it, and then resets the connection itself."""
 
 
 class Tally:
@@ -53,11 +57,14 @@ def _status(head: bytes) -> int:
     return int(parts[1]) if head.startswith(b"HTTP/1.") and len(parts) > 1 else 0
 
 
-async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, bool]:
+async def _read_answer(
+    reader: asyncio.StreamReader, timeout_s: float | None = READ_TIMEOUT_S
+) -> tuple[int, bool]:
     """The status of the one response the gateway sends (0 if it closes the connection
-    without one), and whether the connection ends with it (`Connection: close`, or closed)."""
+    without one, or sends nothing for `timeout_s`), and whether the connection ends with it
+    (`Connection: close`, or closed)."""
     try:
-        async with asyncio.timeout(READ_TIMEOUT_S):
+        async with asyncio.timeout(timeout_s):
             head = await reader.readuntil(b"\r\n\r\n")
     except (asyncio.IncompleteReadError, ConnectionError):
         return 0, True
@@ -131,7 +138,8 @@ async def _trickle(
 ) -> int:
     """`connections` clients, each sending `request` (at once, or one byte at a time with
     `trickle_request`) and then `endless` one byte every `interval` seconds; a connection
-    the gateway closes is opened again at once. Returns how many are open at `until`."""
+    the gateway closes is opened again at once. Each waits for its answer until `until`
+    (no read timeout of its own): returns how many are still open, unanswered, then."""
     still_open = 0
 
     async def client() -> None:
@@ -145,7 +153,7 @@ async def _trickle(
                 continue
             tally.opened += 1
             opened = time.monotonic()
-            answer = asyncio.create_task(_read_answer(reader))
+            answer = asyncio.create_task(_read_answer(reader, None))
             try:
                 writer.write(b"" if trickle_request else request)
                 for byte in (request if trickle_request else b"") + endless:
