@@ -47,7 +47,8 @@ http_requests = _of(
     "gateway",
     Counter,
     "kiln_gateway_requests_total",
-    "HTTP requests answered by the gateway (route `unmatched` for a 404/405 without a route)",
+    "HTTP requests answered by the gateway (route `unmatched` for a 404/405 without a route; "
+    "status 499 for a client that closed the connection before its answer)",
     ["method", "route", "status"],
 )
 http_seconds = _of(

@@ -70,7 +70,9 @@ def stream_caller(
             reason=str(exc),
         )
         raise Unauthorized(str(exc)) from None
-    log.info(
+    # At DEBUG: a token is only ever issued to the generation's owner, and the access log's
+    # line for the GET already tells of the stream; a rejection stays at INFO (#19 (e)).
+    log.debug(
         "SSE token validated for generation {generation_id}",
         generation_id=generation_id,
         owner=owner,

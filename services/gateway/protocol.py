@@ -58,6 +58,12 @@ CONNECTION = "kiln.connection"
 an SSE stream writes its body straight to it (`take_body`), and cuts it
 (`transport.abort()` frees what it holds) when its client stops reading."""
 
+REFUSED = "kiln.refused"
+"""The scope key under which the protocol leaves the status it answered a request with
+itself, having cut its body (408, 413) while the application held it: the application's
+own answer is then never sent, and the request is counted with this status
+(services/gateway/middleware.py)."""
+
 
 class RequestLimits(msgspec.Struct, frozen=True, kw_only=True):
     """What one request may be: its headers' bytes (request line included), fields and
@@ -349,7 +355,9 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             self.transport.close()  # a response is being written: no room for another
             return
         if not self._h.awaiting:
-            # The application hears that the client is gone, and what it sends is dropped.
+            # The application hears that the client is gone, and what it sends is dropped;
+            # the request is counted with the status the client was answered.
+            cycle.scope[REFUSED] = refusal.status  # type: ignore[literal-required]
             cycle.disconnected = True
             cycle.message_event.set()
         self.transport.write(self._problem(refusal))

@@ -264,3 +264,47 @@ async def test_a_stream_and_a_body_in_time_are_not_cut(
             sock.sendall(body[start : start + third])
         response, _ = await asyncio.to_thread(drain, sock, 30)
     assert status_and_problem(response)[0] == 201, response[:300]
+
+
+async def test_a_client_gone_mid_body_is_no_server_error(
+    gateway: tuple[ServiceProcess, str],
+) -> None:
+    """A client that sends part of a body and closes (or resets) counts as 499, not as the
+    500 that Litestar makes of the disconnect; a body cut at its deadline counts as the 408
+    the client was answered. No 5xx in /metrics, no ERROR line: an operator's 5xx alert
+    does not fire during a slow-body attack."""
+    process, url = gateway
+    logged = len(process.log)
+    for reset in (False, True, False):
+        sock = socket.create_connection(address(url))
+        sock.sendall(_post_head(4096, ALICE_KEY) + b'{"project_name": "gone"')
+        await asyncio.sleep(0.3)  # the application awaits the rest of the body
+        if reset:
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+            )
+        sock.close()
+    with socket.create_connection(address(url)) as sock:
+        sock.sendall(_post_head(4096, ALICE_KEY) + b"{")
+        response, _ = await asyncio.to_thread(drain, sock, BODY_TIMEOUT_S * 10)
+    assert status_and_problem(response)[0] == 408, response[:300]
+
+    counted = {}
+    for _ in range(50):  # the gateway hears of the last close in its own time
+        metrics = await scrape(url)
+        counted = {
+            key: value
+            for key, value in metrics.items()
+            if key.startswith("kiln_gateway_requests_total{") and 'route="/generations"' in key
+        }
+        if sum(counted.values()) >= 4:
+            break
+        await asyncio.sleep(0.1)
+    assert counted == {
+        'kiln_gateway_requests_total{method="POST",route="/generations",status="499"}': 3,
+        'kiln_gateway_requests_total{method="POST",route="/generations",status="408"}': 1,
+    }
+    assert not [key for key in metrics if 'status="5' in key]
+    log = process.log[logged:]
+    assert "ERROR" not in log
+    assert log.count("closed the connection before its answer") == 3
