@@ -8,6 +8,11 @@ sequence, so a second runner on the same generation is refused by the stream and
 
 Asking the provider for a phase and checking its answer is `producer.py`; verifying the
 whole version and repairing it is `repair_loop.py`.
+
+It stays one module of about 480 lines: `GenerationRunner` (taking the command, resuming,
+the terminal events) and `_Run` (one run's phases, and the batch an instant provider's
+phases are held in until verify) decide together which events go in which append; split
+apart, the rule "a held batch goes in before any other append" would live in two places.
 """
 
 from __future__ import annotations
