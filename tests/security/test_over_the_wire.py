@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 
 from services.common.embedded_nats import EmbeddedNats
-from tests.orchestrator.providers.offline.test_text import SCRIPT, UNSAFE
 from tests.security.hostile_inputs import (
     BODIES,
     HIDDEN_IN_NAMES,
@@ -30,6 +29,7 @@ from tests.security.hostile_inputs import (
 )
 from tests.support import client as kiln
 from tests.support.environment import ALICE_KEY, service_env
+from tests.support.hostile_text import SCRIPT, UNSAFE
 from tests.support.processes import Processes, ServiceProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]

@@ -19,23 +19,20 @@ from services.orchestrator.providers.offline.spec import (
     spec_problems,
 )
 from services.orchestrator.providers.offline.text import (
-    BIDI_CONTROLS,
     clean_line,
     clean_text,
     markdown_text,
     toml_string,
 )
 from tests.orchestrator.providers.offline.helpers import SHOP, schema
+from tests.support.hostile_text import SCRIPT, UNSAFE
 
-SCRIPT = "<script>alert(1)</script>"
 HOSTILE_NAME = f'sh\x00op\u202egpj.exe "quoted" \\ back {SCRIPT}\x7f\x1b[31m'
 HOSTILE_PROMPT = (
     f"# Heading\n> quote\r\n- item [link](javascript:alert(1)) ![img](x) `code` *em* _u_ "
     f"| pipe | \x00 nul \u202e rlo \u2066 isolate {SCRIPT} <img src=x onerror=alert(1)>"
 )
 HOSTILE_DESCRIPTION = f"1. listed \u202e{SCRIPT}\x00 **bold** ~~gone~~"
-
-UNSAFE = ("\x00", "\x1b", "\x7f", *BIDI_CONTROLS)
 
 
 def hostile_schema() -> dict[str, Any]:
