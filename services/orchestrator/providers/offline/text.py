@@ -23,6 +23,23 @@ BIDI_CONTROLS = frozenset(
 _BREAKS = frozenset("\t\n\v\f\r\x1c\x1d\x1e\x1f\x85\u2028\u2029")
 
 
+# Every character `clean_text` does not keep as it is: the control characters (category
+# Cc: U+0000-001F, U+007F-009F), surrogates (Cs), the bidi controls, U+2028 and U+2029.
+_NOT_PLAIN = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029\ud800-\udfff]"
+)
+
+
+def _replaced(char: str, multiline: bool) -> str:
+    if char in BIDI_CONTROLS:
+        return ""
+    if multiline and char in "\n\t":
+        return char
+    if char in _BREAKS:
+        return " "
+    return ""  # any other control character, or a surrogate
+
+
 def clean_text(text: str, *, multiline: bool = False) -> str:
     """`text` without control, bidi or surrogate characters.
 
@@ -31,17 +48,7 @@ def clean_text(text: str, *, multiline: bool = False) -> str:
     """
     if multiline:
         text = text.replace("\r\n", "\n")
-    kept: list[str] = []
-    for char in text:
-        if char in BIDI_CONTROLS:
-            continue
-        if multiline and char in "\n\t":
-            kept.append(char)
-        elif char in _BREAKS:
-            kept.append(" ")
-        elif unicodedata.category(char) not in ("Cc", "Cs"):
-            kept.append(char)
-    return "".join(kept)
+    return _NOT_PLAIN.sub(lambda match: _replaced(match.group(), multiline), text)
 
 
 def clean_line(text: str) -> str:

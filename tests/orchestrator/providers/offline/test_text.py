@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+import unicodedata
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from services.orchestrator.providers.offline.spec import (
     spec_problems,
 )
 from services.orchestrator.providers.offline.text import (
+    BIDI_CONTROLS,
     clean_line,
     clean_text,
     markdown_text,
@@ -52,6 +54,22 @@ def test_clean_text_removes_control_and_bidi_characters() -> None:
     assert clean_line(HOSTILE_NAME) == 'shopgpj.exe "quoted" \\ back <script>alert(1)</script>[31m'
     assert clean_text("a\r\nb\tc\x00\u202ed\u2028e", multiline=True) == "a\nb\tcd e"
     assert clean_text("a\nb\x85c") == "a b c"
+
+
+@pytest.mark.parametrize("multiline", [False, True])
+def test_clean_text_treats_every_code_point_by_its_unicode_category(multiline: bool) -> None:
+    every = "".join(chr(c) for c in range(0x110000))
+    expected = []
+    for char in every:
+        if char in BIDI_CONTROLS:
+            continue
+        if multiline and char in "\n\t":
+            expected.append(char)
+        elif char in "\t\n\v\f\r\x1c\x1d\x1e\x1f\x85\u2028\u2029":
+            expected.append(" ")
+        elif unicodedata.category(char) not in ("Cc", "Cs"):
+            expected.append(char)
+    assert clean_text(every, multiline=multiline) == "".join(expected)
 
 
 @pytest.mark.parametrize(
