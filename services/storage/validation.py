@@ -34,6 +34,9 @@ class Decoded:
     """Why the message is dead-lettered (undecodable, or not projectable), or None."""
     audit: BoundRow | None = None
     """Its audit index row, when it is valid (as `bind` made it)."""
+    held: bool = False
+    """A `file.written` named by content whose blob the read model already holds (its
+    size checked against the event's): its content is neither read nor stored again."""
 
 
 def decode_message(msg: Msg, bind: Callable[[dict[str, Any]], BoundRow] | None = None) -> Decoded:
@@ -108,6 +111,18 @@ def with_content(decoded: Decoded, content: str | None, missing: str = "") -> De
     if problem is not None:
         return Decoded(event, problem)
     return Decoded(msgspec.structs.replace(event, content=content), None, decoded.audit)
+
+
+def with_held_content(decoded: Decoded, size: int) -> Decoded:
+    """A `file.written` named by content whose blob (of `size` bytes) a committed batch
+    stored: the content is its sha256's, so only its size is left to check."""
+    event = decoded.event
+    assert isinstance(event, FileWritten)
+    if size != event.size:
+        return Decoded(
+            event, f"{event.path!r} is {size} bytes, not the {event.size} its event says"
+        )
+    return Decoded(event, None, decoded.audit, held=True)
 
 
 def _path_problem(path: str) -> str | None:

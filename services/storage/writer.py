@@ -23,7 +23,7 @@ from contracts.events import (
     event_tag,
 )
 from contracts.state import FileState, GenerationState, GenerationSummary, apply, new_state
-from services.common.blobs import BlobError, BlobStore
+from services.common.blobs import BlobError, BlobMissing, BlobStore
 from services.common.consumer import Ack, DeadLetter, Outcome
 from services.storage.bulk import BoundRow, insert_bound, insert_many
 from services.storage.models import (
@@ -66,6 +66,11 @@ class BatchWriter:
         # Writes wait for `flush`, which sends each kind as one executemany.
         self.new_blobs: list[dict[str, Any]] = []
         self.file_writes: dict[tuple[str, str], FileState | None] = {}
+        self.held_blobs: dict[str, int] = {}
+        """Blobs `held` events name (sha256 → size): checked on `flush`, in one query."""
+        self.stored_blobs: dict[str, int] = {}
+        """Blobs (sha256 → size) this transaction stored or found stored: the projector
+        remembers them once it commits."""
 
     def forget(self) -> None:
         """Drop what is cached (after a savepoint rollback the database is the truth)."""
@@ -74,6 +79,8 @@ class BatchWriter:
         self.audit.clear()
         self.new_blobs.clear()
         self.file_writes.clear()
+        self.held_blobs.clear()
+        self.stored_blobs.clear()
 
     async def apply(self, decoded: Decoded, seq: int) -> Outcome:
         """Apply one decoded message; DeadLetter (having written nothing) if it is invalid."""
@@ -110,8 +117,10 @@ class BatchWriter:
                 if problem is not None:
                     return DeadLetter(problem)
             if isinstance(event, FileWritten) and event.content is None:
-                # The projector reads a named content before the batch (`prepare`).
-                return DeadLetter(f"the content of {event.path!r} was not read")
+                if not decoded.held:
+                    # The projector reads a named content before the batch (`prepare`).
+                    return DeadLetter(f"the content of {event.path!r} was not read")
+                self.held_blobs[event.sha256] = event.size
             await self._fold(generation, event, seq)
 
         self.audit.append(decoded.audit)
@@ -242,6 +251,7 @@ class BatchWriter:
             {"sha256": event.sha256, "size": event.size, "content": event.content.encode()}
         )
         self.blobs.add(event.sha256)
+        self.stored_blobs[event.sha256] = event.size
 
     async def _store_inherited_blobs(self, event: VersionBasedOn) -> str | None:
         """Make sure the read model holds the content of every file a manifest names,
@@ -267,8 +277,35 @@ class BatchWriter:
         self.blobs.update(wanted)
         return None
 
+    async def _check_held_blobs(self) -> None:
+        """Make sure the blobs `held` events name are in the read model (one query); any
+        that are not (the database replaced under a running projector) are read from the
+        broker and stored, as a manifest's are. BlobError when one cannot be read: the
+        batch is then retried, without taking any blob as held."""
+        unchecked = sorted(self.held_blobs.keys() - self.blobs)
+        sizes = self.held_blobs
+        self.held_blobs = {}
+        if not unchecked:
+            return
+        held: set[str] = set()
+        for start in range(0, len(unchecked), 500):
+            query = select(blobs_table.c.sha256).where(
+                blobs_table.c.sha256.in_(unchecked[start : start + 500])
+            )
+            held.update(str(sha) for sha in (await self.conn.execute(query)).scalars())
+        missing = [sha for sha in unchecked if sha not in held]
+        if missing:
+            if self.blob_source is None:
+                raise BlobMissing(f"{len(missing)} file contents are not in the read model")
+            for sha, content in (await self.blob_source.get_many(missing)).items():
+                data = content.encode()
+                self.new_blobs.append({"sha256": sha, "size": len(data), "content": data})
+        self.blobs.update(unchecked)
+        self.stored_blobs.update((sha, sizes[sha]) for sha in unchecked)
+
     async def _flush_files(self) -> None:
         """The pending blobs (stored once however many versions share them) and file rows."""
+        await self._check_held_blobs()
         if self.new_blobs:
             # In one order, so projectors inserting the same blobs at once never deadlock.
             self.new_blobs.sort(key=lambda blob: blob["sha256"])
