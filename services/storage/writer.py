@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from contracts import subjects
@@ -35,6 +35,22 @@ from services.storage.models import (
 )
 from services.storage.rows import from_row, row_values
 from services.storage.validation import Decoded
+
+# Statements built once: SQLAlchemy then compiles each once and reuses it, where a
+# statement built per row with `.values(...)` made a cache key of every value each time
+# (~0.3-0.8 ms a generation row, a few percent of the projector's samples in B6).
+_PROJECT_VERSION = select(projects_table.c.latest_version).where(
+    projects_table.c.id == bindparam("row_id")
+)
+_INSERT_PROJECT = insert(projects_table)
+_UPDATE_PROJECT_VERSION = update(projects_table).where(projects_table.c.id == bindparam("row_id"))
+_INSERT_GENERATION = insert(generations_table)
+_SELECT_GENERATION = select(generations_table).where(generations_table.c.id == bindparam("row_id"))
+_VERSION_HOLDER = select(generations_table.c.id).where(
+    generations_table.c.project_id == bindparam("project_id"),
+    generations_table.c.version == bindparam("version"),
+)
+_UPDATE_GENERATION = update(generations_table).where(generations_table.c.id == bindparam("row_id"))
 
 
 @dataclass
@@ -142,18 +158,19 @@ class BatchWriter:
         """Write the pending blobs and files, the changed generation rows and the audit rows."""
         await self._flush_files()
         now = datetime.now(UTC)
-        for generation_id, generation in self.generations.items():
-            if not generation.dirty:
-                continue
-            await self.conn.execute(
-                update(generations_table)
-                .where(generations_table.c.id == generation_id)
-                .values(
-                    **row_values(generation.state.summary),
-                    last_stream_seq=generation.last_stream_seq,
-                    updated_at=now,
-                )
-            )
+        changed = [
+            {
+                **row_values(generation.state.summary),
+                "last_stream_seq": generation.last_stream_seq,
+                "updated_at": now,
+                "row_id": generation_id,
+            }
+            for generation_id, generation in self.generations.items()
+            if generation.dirty
+        ]
+        if changed:
+            await self.conn.execute(_UPDATE_GENERATION, changed)
+        for generation in self.generations.values():
             generation.dirty = False
         if self.audit:
             await insert_bound(self.conn, events_table, self.audit)
@@ -187,34 +204,27 @@ class BatchWriter:
         generation.dirty = True
 
     async def _create(self, event: GenerationRequested, seq: int) -> None:
-        project = (
-            await self.conn.execute(
-                select(projects_table.c.latest_version).where(
-                    projects_table.c.id == event.project_id
-                )
-            )
-        ).first()
+        project = (await self.conn.execute(_PROJECT_VERSION, {"row_id": event.project_id})).first()
         if project is None:
             await self.conn.execute(
-                insert(projects_table).values(
-                    id=event.project_id,
-                    owner=event.owner,
-                    name=event.project_name,
-                    created_at=event.at,
-                    latest_version=event.version,
-                )
+                _INSERT_PROJECT,
+                {
+                    "id": event.project_id,
+                    "owner": event.owner,
+                    "name": event.project_name,
+                    "created_at": event.at,
+                    "latest_version": event.version,
+                },
             )
         elif event.version > project.latest_version:
             await self.conn.execute(
-                update(projects_table)
-                .where(projects_table.c.id == event.project_id)
-                .values(latest_version=event.version)
+                _UPDATE_PROJECT_VERSION,
+                {"row_id": event.project_id, "latest_version": event.version},
             )
         state = apply(new_state(event), event, keep_content=False)
         await self.conn.execute(
-            insert(generations_table).values(
-                **row_values(state.summary), last_stream_seq=seq, updated_at=datetime.now(UTC)
-            )
+            _INSERT_GENERATION,
+            {**row_values(state.summary), "last_stream_seq": seq, "updated_at": datetime.now(UTC)},
         )
         self.generations[event.generation_id] = LoadedGeneration(state, seq, files_loaded=True)
 
@@ -222,11 +232,7 @@ class BatchWriter:
         cached = self.generations.get(generation_id)
         if cached is not None:
             return cached
-        row = (
-            await self.conn.execute(
-                select(generations_table).where(generations_table.c.id == generation_id)
-            )
-        ).first()
+        row = (await self.conn.execute(_SELECT_GENERATION, {"row_id": generation_id})).first()
         if row is None:
             return None
         state = GenerationState(summary=from_row(row._mapping, GenerationSummary))
@@ -236,12 +242,7 @@ class BatchWriter:
 
     async def _version_holder(self, project_id: str, version: int) -> str | None:
         return (
-            await self.conn.execute(
-                select(generations_table.c.id).where(
-                    generations_table.c.project_id == project_id,
-                    generations_table.c.version == version,
-                )
-            )
+            await self.conn.execute(_VERSION_HOLDER, {"project_id": project_id, "version": version})
         ).scalar()
 
     async def _store_blob(self, event: FileWritten) -> None:
