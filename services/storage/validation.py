@@ -12,7 +12,7 @@ import msgspec
 from nats.aio.msg import Msg
 
 from contracts import subjects
-from contracts.codec import DecodeError, audit_view, decode_event
+from contracts.codec import DecodeError, audit_view, decode_event, encode, encoded_event_hash
 from contracts.events import (
     AnyEvent,
     FileDeleted,
@@ -138,10 +138,18 @@ def _path_problem(path: str) -> str | None:
 
 def _audit_row(data: bytes, seq: int, event: AnyEvent) -> dict[str, Any]:
     """The audit index row of an event: its JSON object with any inline file content left
-    out (the blob it is stored as puts it back: `ReadModel.stored_links`)."""
-    body, digest = audit_view(data, event)
-    if isinstance(event, FileWritten) and body.get("content") is not None:
-        del body["content"]
+    out (the blob it is stored as puts it back: `ReadModel.stored_links`).
+
+    Without inline content, when the bytes are exactly what this version encodes for the
+    event, the object is the bytes themselves (`msgspec.Raw`, written as they are): the
+    same JSON `audit_view`'s object encodes to, without building and encoding it again."""
+    if not (isinstance(event, FileWritten) and event.content is not None) and encode(event) == data:
+        body: dict[str, Any] | msgspec.Raw = msgspec.Raw(data)
+        digest = encoded_event_hash(event)
+    else:
+        body, digest = audit_view(data, event)
+        if isinstance(event, FileWritten) and body.get("content") is not None:
+            del body["content"]
     return {
         "stream_seq": seq,
         "generation_id": event.generation_id,
