@@ -29,6 +29,7 @@ from nats.js.errors import NotFoundError
 from contracts import subjects
 from services.common.broker import NOT_NOW
 from services.common.logs import get_logger
+from services.common.natsclient import KilnClient
 from services.common.pull import pull_batch
 
 log = get_logger(__name__)
@@ -81,6 +82,9 @@ class PullWorker:
     stream: str = field(kw_only=True)
     config: ConsumerConfig = field(kw_only=True)
     max_deliveries: int = field(default=10, kw_only=True)
+    headers: bool = field(default=True, kw_only=True)
+    """False: the handler never reads a message's headers, so they are not even parsed
+    (`KilnClient.skip_headers`; statuses, which end pull requests, still are)."""
     _sub: JetStreamContext.PullSubscription | None = field(default=None, init=False)
     _waiting: str | None = field(default=None, init=False)
     """Why the broker does not answer fetches right now (None while it does)."""
@@ -94,6 +98,8 @@ class PullWorker:
                 stream=self.stream,
                 config=self.config,
             )
+            if not self.headers and isinstance(self.js._nc, KilnClient):
+                self.js._nc.skip_headers(self._sub._sub._id)
         return self._sub
 
     async def fetch(self, batch: int, timeout_s: float) -> list[Msg]:

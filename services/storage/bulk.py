@@ -28,10 +28,9 @@ def bind_row(dialect: Dialect, table: Table, row: dict[str, Any]) -> BoundRow:
     if dialect.name != "sqlite":
         return row
     columns, processors = _sqlite_columns(dialect, table)
-    values = [row[column] for column in columns]
-    for index, process in enumerate(processors):
-        if process is not None:
-            values[index] = process(values[index])
+    values = list(map(row.__getitem__, columns))
+    for index, process in processors:
+        values[index] = process(values[index])
     return tuple(values)
 
 
@@ -84,21 +83,27 @@ SQLITE_MAX_PARAMETERS = 32_766 if sqlite3.sqlite_version_info >= (3, 32, 0) else
 rows of one table then go as one statement: each statement is a round trip to the driver's
 thread, which costs more than the statement itself on a busy machine (the thread waits
 for the GIL and for a core, and so does the event loop to learn the statement ended)."""
-_sqlite_column_cache: dict[tuple[Dialect, str], tuple[tuple[str, ...], list[Any]]] = {}
+_sqlite_column_cache: dict[
+    tuple[Dialect, str], tuple[tuple[str, ...], tuple[tuple[int, Any], ...]]
+] = {}
 
 
-def _sqlite_columns(dialect: Dialect, table: Table) -> tuple[tuple[str, ...], list[Any]]:
-    """A table's column names and each one's bind processor (or None), made once."""
+def _sqlite_columns(
+    dialect: Dialect, table: Table
+) -> tuple[tuple[str, ...], tuple[tuple[int, Any], ...]]:
+    """A table's column names, and the index and bind processor of each column that has
+    one, made once."""
     key = (dialect, table.name)
     if key not in _sqlite_column_cache:
+        processors = [
+            sqlite_utc_text
+            if isinstance(column.type, UtcDateTime)
+            else column.type.dialect_impl(dialect).bind_processor(dialect)
+            for column in table.columns
+        ]
         _sqlite_column_cache[key] = (
             tuple(column.name for column in table.columns),
-            [
-                sqlite_utc_text
-                if isinstance(column.type, UtcDateTime)
-                else column.type.dialect_impl(dialect).bind_processor(dialect)
-                for column in table.columns
-            ],
+            tuple((index, process) for index, process in enumerate(processors) if process),
         )
     return _sqlite_column_cache[key]
 

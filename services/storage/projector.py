@@ -74,7 +74,13 @@ from services.storage.positions import (
     read_position,
     write_position,
 )
-from services.storage.validation import Decoded, decode_message, names_content, with_content
+from services.storage.validation import (
+    Decoded,
+    decode_message,
+    names_content,
+    with_content,
+    with_held_content,
+)
 from services.storage.writer import BatchWriter, LoadedGeneration
 
 log = get_logger(__name__)
@@ -85,6 +91,10 @@ PREPARE_CHUNK = 50
 CACHED_GENERATIONS = 64
 """Generations whose folded state and file rows stay in memory between batches, so a
 long generation arriving in many small batches is not reloaded from SQL for each."""
+HELD_BLOBS = 50_000
+"""Blobs (sha256 → size) a committed batch stored or found in the read model, least
+recently used first out (~150 bytes each): a `file.written` naming one of them is not read
+from the broker, checked and stored again (the files most versions share)."""
 
 
 class Projector:
@@ -127,6 +137,10 @@ class Projector:
         self.cache_hits = 0
         self._cache: OrderedDict[str, LoadedGeneration] = OrderedDict()
         """Generations as the last committed batch left them (state and file rows)."""
+        self._held_blobs: OrderedDict[str, int] = OrderedDict()
+        """sha256 → size of blobs the read model holds, as committed batches saw (the
+        writer checks them again in the batch's transaction, with one query)."""
+        self.blobs_reused = 0
         self._bind_audit = partial(bind_row, engine.dialect, events_table)
         self._committed: int | None = None
         """The position this projector's last batch committed (its row exists), or None
@@ -180,28 +194,50 @@ class Projector:
 
     async def _read_named_contents(self, prepared: list[Decoded | None]) -> list[Decoded | None]:
         """Each `file.written` that names its content by sha256, with that content read
-        from the blob stream (all of the batch's at once); dead-lettered where it cannot be."""
-        named = {sha for d in prepared if (sha := names_content(d)) is not None}
+        from the blob stream (all of the batch's at once); dead-lettered where it cannot be.
+        A content the read model already holds (`_held_blobs`) is not read: the event is
+        marked `held`, its size checked against the blob's."""
+        shas = [names_content(d) for d in prepared]
+        named = {sha for sha in shas if sha is not None}
         if not named:
             return prepared
+        held = {sha: size for sha in named if (size := self._held_size(sha)) is not None}
         contents: dict[str, str] = {}
         missing: dict[str, str] = {}
-        if self.blobs is None:
-            missing = dict.fromkeys(named, "this projector has no blob store")
-        else:
-            for sha, result in (await self.blobs.get_each(named)).items():
+        wanted = named.difference(held)
+        if wanted and self.blobs is None:
+            missing = dict.fromkeys(wanted, "this projector has no blob store")
+        elif wanted and self.blobs is not None:
+            for name, result in (await self.blobs.get_each(wanted)).items():
                 if isinstance(result, BlobError):
-                    missing[sha] = str(result)
+                    missing[name] = str(result)
                 else:
-                    contents[sha] = result
+                    contents[name] = result
         filled: list[Decoded | None] = []
-        for decoded in prepared:
-            sha = names_content(decoded)
-            if sha is None or decoded is None:
+        for decoded, named_sha in zip(prepared, shas, strict=True):
+            if named_sha is None or decoded is None:
                 filled.append(decoded)
+            elif named_sha in held:
+                filled.append(with_held_content(decoded, held[named_sha]))
+                self.blobs_reused += 1
             else:
-                filled.append(with_content(decoded, contents.get(sha), missing.get(sha, "")))
+                filled.append(
+                    with_content(decoded, contents.get(named_sha), missing.get(named_sha, ""))
+                )
         return filled
+
+    def _held_size(self, sha256: str) -> int | None:
+        size = self._held_blobs.get(sha256)
+        if size is not None:
+            self._held_blobs.move_to_end(sha256)
+        return size
+
+    def _hold_blobs(self, sizes: dict[str, int]) -> None:
+        for sha256, size in sizes.items():
+            self._held_blobs[sha256] = size
+            self._held_blobs.move_to_end(sha256)
+        while len(self._held_blobs) > HELD_BLOBS:
+            self._held_blobs.popitem(last=False)
 
     async def handle(
         self, msgs: list[Msg], prepared: list[Decoded | None] | None = None
@@ -228,6 +264,8 @@ class Projector:
                 result = await self._run(msgs, prepared, careful=True)
         except Exception as exc:
             self._committed = None
+            # Whatever the failure, held blobs are taken on the database's word again.
+            self._held_blobs.clear()
             if isinstance(
                 exc, OSError | TimeoutError | OperationalError | InterfaceError | PositionMoved
             ):
@@ -307,6 +345,7 @@ class Projector:
                 row_exists = True
         # Committed: what the batch folded is what the database holds.
         self._remember(writer.generations)
+        self._hold_blobs(writer.stored_blobs)
         self._committed = result.position if row_exists else None
         return result
 

@@ -69,6 +69,9 @@ class StorageService:
                     stream=EVENTS_STREAM,
                     config=config,
                     max_deliveries=MAX_DELIVERIES,
+                    # The projector reads an event from its JSON and its stream sequence
+                    # from the reply subject: the ~10 headers of each are not parsed.
+                    headers=False,
                 )
                 read_model = ReadModel(engine)
 

@@ -12,7 +12,7 @@ import msgspec
 from nats.aio.msg import Msg
 
 from contracts import subjects
-from contracts.codec import DecodeError, audit_view, decode_event
+from contracts.codec import DecodeError, audit_view, decode_event, encode, encoded_event_hash
 from contracts.events import (
     AnyEvent,
     FileDeleted,
@@ -34,6 +34,9 @@ class Decoded:
     """Why the message is dead-lettered (undecodable, or not projectable), or None."""
     audit: BoundRow | None = None
     """Its audit index row, when it is valid (as `bind` made it)."""
+    held: bool = False
+    """A `file.written` named by content whose blob the read model already holds (its
+    size checked against the event's): its content is neither read nor stored again."""
 
 
 def decode_message(msg: Msg, bind: Callable[[dict[str, Any]], BoundRow] | None = None) -> Decoded:
@@ -110,6 +113,18 @@ def with_content(decoded: Decoded, content: str | None, missing: str = "") -> De
     return Decoded(msgspec.structs.replace(event, content=content), None, decoded.audit)
 
 
+def with_held_content(decoded: Decoded, size: int) -> Decoded:
+    """A `file.written` named by content whose blob (of `size` bytes) a committed batch
+    stored: the content is its sha256's, so only its size is left to check."""
+    event = decoded.event
+    assert isinstance(event, FileWritten)
+    if size != event.size:
+        return Decoded(
+            event, f"{event.path!r} is {size} bytes, not the {event.size} its event says"
+        )
+    return Decoded(event, None, decoded.audit, held=True)
+
+
 def _path_problem(path: str) -> str | None:
     """Why a file path of an event cannot be stored, or None."""
     try:
@@ -123,10 +138,18 @@ def _path_problem(path: str) -> str | None:
 
 def _audit_row(data: bytes, seq: int, event: AnyEvent) -> dict[str, Any]:
     """The audit index row of an event: its JSON object with any inline file content left
-    out (the blob it is stored as puts it back: `ReadModel.stored_links`)."""
-    body, digest = audit_view(data, event)
-    if isinstance(event, FileWritten) and body.get("content") is not None:
-        del body["content"]
+    out (the blob it is stored as puts it back: `ReadModel.stored_links`).
+
+    Without inline content, when the bytes are exactly what this version encodes for the
+    event, the object is the bytes themselves (`msgspec.Raw`, written as they are): the
+    same JSON `audit_view`'s object encodes to, without building and encoding it again."""
+    if not (isinstance(event, FileWritten) and event.content is not None) and encode(event) == data:
+        body: dict[str, Any] | msgspec.Raw = msgspec.Raw(data)
+        digest = encoded_event_hash(event)
+    else:
+        body, digest = audit_view(data, event)
+        if isinstance(event, FileWritten) and body.get("content") is not None:
+            del body["content"]
     return {
         "stream_seq": seq,
         "generation_id": event.generation_id,

@@ -1,16 +1,21 @@
 """`parse_header_lines` returns what nats-py's own parser returns, for every header block:
-events' headers, odd names and values, and random bytes; and services connect with it."""
+events' headers, odd names and values, and random bytes; services connect with it; and a
+subscription that skips headers still sees the statuses that end pull requests."""
 
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig
 
 from services.common.broker import connect
+from services.common.consumer import PullWorker
 from services.common.embedded_nats import EmbeddedNats
+from services.common.eventlog import stream_seq
 from services.common.natsclient import KilnClient, parse_header_lines
 from services.common.settings import load_settings
 
@@ -90,5 +95,55 @@ async def test_services_connect_with_the_faster_parser_and_read_headers(
         await nc.publish("test.headers", b"x", headers={"ce-id": "1", "Nats-Msg-Id": "g:1"})
         msg: Msg = await sub.next_msg(timeout=5)
         assert msg.headers == {"ce-id": "1", "Nats-Msg-Id": "g:1"}
+    finally:
+        await nc.close()
+
+
+def test_the_private_method_it_overrides_is_there() -> None:
+    # `KilnClient._process_msg` wraps nats-py's; a nats-py upgrade that changes it must
+    # fail here, not silently in production.
+    names = Client._process_msg.__code__.co_varnames[:6]
+    assert names == ("self", "sid", "subject", "reply", "data", "headers")
+
+
+async def test_a_subscription_skipping_headers_gets_none_but_still_sees_statuses(
+    nats_server: EmbeddedNats, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Storage's pull of every event (`PullWorker(headers=False)`): no header block is
+    # parsed but for those with an inline status, which end each pull request, so a batch
+    # of what is pending returns at once instead of waiting out its deadline.
+    monkeypatch.setenv("NATS_URL", nats_server.url)
+    nc = await connect(load_settings(), "test")
+    try:
+        assert isinstance(nc, KilnClient)
+        skipping = await nc.subscribe("test.skip")
+        nc.skip_headers(skipping._id)
+        reading = await nc.subscribe("test.skip")
+        await nc.publish("test.skip", b"x", headers={"ce-id": "1", "Status": "404"})
+        assert (await skipping.next_msg(timeout=5)).headers is None
+        msg = await reading.next_msg(timeout=5)
+        assert (msg.data, msg.headers) == (b"x", {"ce-id": "1", "Status": "404"})
+        await nc.publish("test.skip", b"no headers at all")
+        msg = await skipping.next_msg(timeout=5)
+        assert (msg.data, msg.headers) == (b"no headers at all", None)
+
+        js = nc.jetstream()
+        await js.add_stream(name="SKIP", subjects=["skip.>"])
+        for i in range(3):
+            await js.publish(f"skip.{i}", str(i).encode(), headers={"ce-id": str(i)})
+        worker = PullWorker(
+            js,
+            service="test",
+            stream="SKIP",
+            config=ConsumerConfig(
+                durable_name="skip", filter_subject="skip.>", ack_policy=AckPolicy.EXPLICIT
+            ),
+            headers=False,
+        )
+        started = time.monotonic()
+        msgs = await worker.fetch(10, 5.0)
+        assert time.monotonic() - started < 2.0, "the 404 that ends the request was seen"
+        assert [(m.data, m.headers) for m in msgs] == [(b"0", None), (b"1", None), (b"2", None)]
+        assert [stream_seq(m) for m in msgs] == [1, 2, 3]
     finally:
         await nc.close()

@@ -33,7 +33,7 @@ from contracts.events import (
 )
 from contracts.streams import DLQ_STREAM, EVENTS_STREAM, STORAGE_CONSUMER, storage_consumer
 from services.common.blobs import BlobStore
-from services.common.consumer import Ack, Outcome, PullWorker, Retry
+from services.common.consumer import Ack, DeadLetter, Outcome, PullWorker, Retry
 from services.common.eventlog import stream_seq
 from services.common.eventwriter import GenerationWriter
 from services.common.settings import Settings
@@ -726,3 +726,75 @@ async def test_a_position_another_projector_moved_is_read_again(
     assert await snapshot(engine) == before
     assert (a.events_applied, b.events_applied) == (len(one), len(two))
     assert await count(engine, "events") == len(msgs)
+
+
+async def _named_generation(js: JetStreamContext, files: dict[str, str], **overrides: Any) -> Any:
+    """A generation whose files name their contents (stored as blobs first)."""
+    await BlobStore(js).put_many(files.values())
+    writer = await publish_generation(js, {}, complete=False)
+    for path, content in files.items():
+        await writer.emit(FileWritten, **_named_file_event(path, content, **overrides))
+    await writer.emit(GenerationCompleted, file_count=len(files), total_bytes=0, duration_ms=1)
+    return writer
+
+
+async def _fetch_all(js: JetStreamContext, durable: str) -> list[Msg]:
+    sub = await js.pull_subscribe(subjects.ALL_EVENTS, durable=durable, stream=EVENTS_STREAM)
+    return await sub.fetch(1000, timeout=5)
+
+
+async def test_a_named_content_the_read_model_holds_is_not_read_again(
+    js: JetStreamContext, read_model: ReadModel, engine: AsyncEngine
+) -> None:
+    # Versions share most of their files: once a batch committed a blob, a later event
+    # naming it is checked by size and stored without reading the broker's blob again.
+    files = {"app/models.py": "class Shop:\n    pass\n" * 40, "twin.py": "T = 1\n"}
+    first = await _named_generation(js, files)
+    projector = Projector(engine, consumer="held", js=js)
+    assert projector.blobs is not None
+    read: list[str] = []
+    get_each = projector.blobs.get_each
+
+    async def counting(names: Any) -> Any:
+        names = set(names)
+        read.extend(names)
+        return await get_each(names)
+
+    projector.blobs.get_each = counting  # type: ignore[method-assign]
+    msgs = await _fetch_all(js, "held")
+    assert await projector.handle(msgs) == [Ack()] * len(msgs)
+    assert sorted(read) == sorted(sha(c) for c in files.values())
+
+    second = await _named_generation(js, files)
+    wrong = await _named_generation(js, {"twin.py": "T = 1\n"}, size=99)
+    read.clear()
+    msgs = await _fetch_all(js, "held")
+    outcomes = await projector.handle(msgs)
+
+    assert read == [] and projector.blobs_reused == 3
+    dead = [o for o in outcomes if isinstance(o, DeadLetter)]
+    assert [o.reason for o in dead] == ["'twin.py' is 6 bytes, not the 99 its event says"]
+    for writer in (first, second):
+        assert await read_model.contents(writer.generation_id) == {
+            p: c.encode() for p, c in files.items()
+        }
+    assert await read_model.contents(wrong.generation_id) == {}
+    assert await count(engine, "blobs") == 2
+
+
+async def test_a_held_content_the_database_lacks_is_read_from_the_broker(
+    js: JetStreamContext, read_model: ReadModel, engine: AsyncEngine
+) -> None:
+    # The projector's memory of held blobs is a hint: the batch's transaction checks it,
+    # and a blob the database does not hold (it was replaced under a running projector)
+    # is read from the broker and stored, as the event's content must be.
+    content = "class Shop:\n    pass\n" * 40
+    writer = await _named_generation(js, {"app/models.py": content})
+    projector = Projector(engine, consumer="stale", js=js)
+    projector._hold_blobs({sha(content): len(content.encode())})
+
+    msgs = await _fetch_all(js, "stale")
+    assert await projector.handle(msgs) == [Ack()] * len(msgs)
+
+    assert projector.blobs_reused == 1
+    assert await read_model.contents(writer.generation_id) == {"app/models.py": content.encode()}
