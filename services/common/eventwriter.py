@@ -169,6 +169,8 @@ class GenerationWriter:
         self.max_batch_bytes = max_batch_bytes
         self._hashed_data: bytes | None = None
         self._hash = ""
+        self._hash_of: Event | None = None
+        """The event whose bytes are `_hashed_data`, while its hash is not needed yet."""
 
     @classmethod
     def after(
@@ -211,7 +213,10 @@ class GenerationWriter:
             return ""
         if self._hashed_data is not self.last_data:
             self._hash = event_hash(self.last_data)
-            self._hashed_data = self.last_data
+            self._hashed_data, self._hash_of = self.last_data, None
+        elif self._hash_of is not None:
+            self._hash = encoded_event_hash(self._hash_of)
+            self._hash_of = None
         return self._hash
 
     async def emit(self, event_type: type[E], /, **fields: Any) -> E:
@@ -280,7 +285,8 @@ class GenerationWriter:
         self.last_seq = event.seq
         self.last_stream_seq = stream_seq
         self.last_data = data
-        self._hashed_data, self._hash = data, encoded_event_hash(event)
+        # Hashed when the next event is built: of a batch's events only the last is asked.
+        self._hashed_data, self._hash_of = data, event
         stored = StoredEvent(stream_seq, data, event)  # type: ignore[arg-type]
         self.appended(stored)
         return stored
