@@ -56,19 +56,33 @@ def source_uri(role: str, instance: str = "") -> str:
     )
 
 
-def cloudevents_headers(event: Event, source: str) -> dict[str, str]:
+def cloudevents_headers(
+    event: Event, source: str, into: dict[str, str] | None = None
+) -> dict[str, str]:
     """CloudEvents binary-mode attributes for an event, as NATS headers (the NATS protocol
-    binding: every attribute a `ce-` header; `content-type` too, for plain NATS clients)."""
-    return {
-        "ce-specversion": "1.0",
-        "ce-id": event.event_id,
-        "ce-source": source,
-        "ce-type": f"kiln.{event_tag(type(event))}",
-        "ce-time": event.at.isoformat().replace("+00:00", "Z"),
-        "ce-subject": event.generation_id,
-        "ce-datacontenttype": "application/json",
-        "content-type": "application/json",
-    }
+    binding: every attribute a `ce-` header; `content-type` too, for plain NATS clients);
+    added to `into` (after the headers it has) when given."""
+    headers = {} if into is None else into
+    headers["ce-specversion"] = "1.0"
+    headers["ce-id"] = event.event_id
+    headers["ce-source"] = source
+    headers["ce-type"] = _ce_type(type(event))
+    headers["ce-time"] = event.at.isoformat().replace("+00:00", "Z")
+    headers["ce-subject"] = event.generation_id
+    headers["ce-datacontenttype"] = "application/json"
+    headers["content-type"] = "application/json"
+    return headers
+
+
+_ce_types: dict[type[Event], str] = {}
+
+
+def _ce_type(event_type: type[Event]) -> str:
+    """`kiln.<tag>`, the CloudEvents type of an event class (made once per class)."""
+    found = _ce_types.get(event_type)
+    if found is None:
+        found = _ce_types[event_type] = f"kiln.{event_tag(event_type)}"
+    return found
 
 
 # What nats-server answers about atomic batches (server/errors.json).
@@ -169,6 +183,8 @@ class GenerationWriter:
         self.max_batch_bytes = max_batch_bytes
         self._hashed_data: bytes | None = None
         self._hash = ""
+        self._hash_of: Event | None = None
+        """The event whose bytes are `_hashed_data`, while its hash is not needed yet."""
 
     @classmethod
     def after(
@@ -211,7 +227,10 @@ class GenerationWriter:
             return ""
         if self._hashed_data is not self.last_data:
             self._hash = event_hash(self.last_data)
-            self._hashed_data = self.last_data
+            self._hashed_data, self._hash_of = self.last_data, None
+        elif self._hash_of is not None:
+            self._hash = encoded_event_hash(self._hash_of)
+            self._hash_of = None
         return self._hash
 
     async def emit(self, event_type: type[E], /, **fields: Any) -> E:
@@ -225,11 +244,14 @@ class GenerationWriter:
         assert event.seq == self.last_seq + 1, "events are appended in order"
         data = encode(event)
         msg_id = self._msg_id(event)
-        headers = {
-            "Nats-Msg-Id": msg_id,
-            "Nats-Expected-Last-Subject-Sequence": str(self.last_stream_seq),
-            **cloudevents_headers(event, self.source),
-        }
+        headers = cloudevents_headers(
+            event,
+            self.source,
+            into={
+                "Nats-Msg-Id": msg_id,
+                "Nats-Expected-Last-Subject-Sequence": str(self.last_stream_seq),
+            },
+        )
         stream_seq = await self._publish(data, headers, msg_id)
         return self._stored(event, data, stream_seq)
 
@@ -280,7 +302,8 @@ class GenerationWriter:
         self.last_seq = event.seq
         self.last_stream_seq = stream_seq
         self.last_data = data
-        self._hashed_data, self._hash = data, encoded_event_hash(event)
+        # Hashed when the next event is built: of a batch's events only the last is asked.
+        self._hashed_data, self._hash_of = data, event
         stored = StoredEvent(stream_seq, data, event)  # type: ignore[arg-type]
         self.appended(stored)
         return stored
@@ -351,13 +374,17 @@ class GenerationWriter:
         nc = _client(self.js)
         batch_id = uuid.uuid4().hex
         last = len(chunk)
+        generation_id, source = self.generation_id, self.source
         for number, (event, data) in enumerate(chunk, start=1):
-            headers = {
-                "Nats-Batch-Id": batch_id,
-                "Nats-Batch-Sequence": str(number),
-                "Nats-Msg-Id": self._msg_id(event),
-                **cloudevents_headers(event, self.source),
-            }
+            headers = cloudevents_headers(
+                event,
+                source,
+                into={
+                    "Nats-Batch-Id": batch_id,
+                    "Nats-Batch-Sequence": str(number),
+                    "Nats-Msg-Id": f"{generation_id}:{event.seq}",
+                },
+            )
             if number == 1:
                 headers["Nats-Expected-Last-Subject-Sequence"] = str(self.last_stream_seq)
             if number < last:

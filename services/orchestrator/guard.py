@@ -10,6 +10,7 @@ a corrective instruction; then the generation fails with a message naming every 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import msgspec
 
@@ -21,40 +22,67 @@ SHRINK_RATIO = 0.5
 
 _LEADS = ("existing", "previous", "original", "remaining")
 _THINGS = ("code", "implementation", "content", "method")
+# The words every placeholder pattern contains (in lower case) at least one of: a file is
+# searched for each of these once, and nearly every file holds none of them.
+_LEAD_WORDS = ("rest of", "...", "unchanged", "no changes", "same as before", *_LEADS, "omitted")
 
-# Each placeholder pattern, with words of which the lowered text must contain at least one
-# for it to match at all: nearly every file is cleared by a few substring searches, and a
-# pattern runs only over the few files that contain its words.
-_ELISION_RULES: tuple[tuple[re.Pattern[str], tuple[str, ...]], ...] = tuple(
-    (re.compile(pattern, re.IGNORECASE | re.MULTILINE), words)
-    for pattern, words in (
+
+def _lead_thing(lowered: str, present: list[str]) -> bool:
+    """Whether a lead word of the text is followed by a space and a thing ("existing code")."""
+    for lead in _LEADS:
+        if lead not in present:
+            continue
+        at = lowered.find(lead)
+        while at >= 0:
+            after = at + len(lead)
+            if lowered.startswith(" ", after) and lowered.startswith(_THINGS, after + 1):
+                return True
+            at = lowered.find(lead, at + 1)
+    return False
+
+
+# Each placeholder pattern, with a test of the lowered text (and the lead words it holds)
+# that must pass for the pattern to match at all: a pattern runs only over the few files
+# that have its words, and those words are looked for in the text once, not per rule.
+_ELISION_RULES: tuple[tuple[re.Pattern[str], Callable[[str, list[str]], bool]], ...] = tuple(
+    (re.compile(pattern, re.IGNORECASE | re.MULTILINE), may_match)
+    for pattern, may_match in (
         (
             r"rest of (the )?(code|file|implementation|class|function|module|methods?)s? "
             r"(remains?|stays?|is|are)( the same| unchanged)",
-            ("rest of",),
+            lambda lowered, present: "rest of" in present,
         ),
         (
             r"\.\.\.\s*(existing|previous|rest of|remaining|other|unchanged|original)\b"
             r"[^\n]{0,40}\.\.\.",
-            ("...",),
+            lambda lowered, present: "..." in present,
         ),
         (
             r"(#|//|/\*|<!--|--)\s*(unchanged|no changes|same as before|keep existing)\b",
-            ("unchanged", "no changes", "same as before", "keep existing"),
+            lambda lowered, present: (
+                "unchanged" in present
+                or "no changes" in present
+                or "same as before" in present
+                or ("existing" in present and "keep existing" in lowered)
+            ),
         ),
         (
             r"(existing|previous|original|remaining) (code|implementation|content|methods?) "
             r"(here|remains?|goes here|unchanged|omitted|as before)",
-            tuple(f"{lead} {thing}" for lead in _LEADS for thing in _THINGS),
+            _lead_thing,
         ),
-        (r"\b(code|content|implementation|methods?) omitted\b", ("omitted",)),
-        (r"\bomitted for brevity\b", ("omitted for brevity",)),
-        (r"^\s*(#|//)\s*\.\.\.\s*$", ("...",)),
+        (
+            r"\b(code|content|implementation|methods?) omitted\b",
+            lambda lowered, present: "omitted" in present,
+        ),
+        (
+            r"\bomitted for brevity\b",
+            lambda lowered, present: "omitted" in present and "omitted for brevity" in lowered,
+        ),
+        (r"^\s*(#|//)\s*\.\.\.\s*$", lambda lowered, present: "..." in present),
     )
 )
 ELISION_PATTERNS: tuple[re.Pattern[str], ...] = tuple(pattern for pattern, _ in _ELISION_RULES)
-# Every rule's words contain one of these: most files are cleared by these few searches.
-_ANY_RULE_WORD = ("rest of", "...", "unchanged", "no changes", "same as before", *_LEADS, "omitted")
 
 
 class Violation(msgspec.Struct, frozen=True):
@@ -72,10 +100,11 @@ class Violation(msgspec.Struct, frozen=True):
 def find_elision(content: str, before: str | None) -> str | None:
     """The first elision placeholder in `content` that `before` did not already contain."""
     lowered = content.lower()
-    if not any(word in lowered for word in _ANY_RULE_WORD):
+    present = [word for word in _LEAD_WORDS if word in lowered]
+    if not present:
         return None
-    for pattern, words in _ELISION_RULES:
-        if not any(word in lowered for word in words):
+    for pattern, may_match in _ELISION_RULES:
+        if not may_match(lowered, present):
             continue
         match = pattern.search(content)
         if match and not (before and pattern.search(before)):

@@ -367,14 +367,18 @@ class _Run:
                 title=following.title,
                 progress=progress_before(following.name),
             )
-        if self._holds(provider, following, batch):
+        held = self._holds(provider, following, batch)
+        if held:
             self.writer.hold(batch)
         else:
             await batch.append()
         metrics.phase_seconds.labels(plan.name, self.request.provider).observe(
             time.monotonic() - started
         )
-        log.info(
+        # A held phase is not in the log yet and took no time to speak of (an instant
+        # provider's: seven lines in a millisecond): DEBUG; the generation's `completed`
+        # line says when it went in.
+        (log.debug if held else log.info)(
             "Phase {phase} of generation {generation_id} completed",
             phase=plan.name,
             generation_id=self.generation_id,

@@ -39,7 +39,13 @@ from services.common.eventlog import (
     stream_seq,
     subscribe_ordered,
 )
-from services.common.eventwriter import EventBatch, GenerationWriter, WriterConflict, atomic_batches
+from services.common.eventwriter import (
+    EventBatch,
+    GenerationWriter,
+    WriterConflict,
+    atomic_batches,
+    cloudevents_headers,
+)
 from tests.support.nats_cluster import NatsCluster, connect_cluster
 from tests.support.processes import ROOT
 from tests.support.replica_behind import direct_get_finds, direct_gets_answered_by_a_replica_behind
@@ -229,6 +235,51 @@ async def test_a_batch_goes_in_as_one_unit_with_one_ack(nc: Client) -> None:
         assert message.headers["Nats-Msg-Id"] == f"{writer.generation_id}:{event.event.seq}"
         assert message.headers["ce-id"] == event.event.event_id
         assert message.headers["ce-type"] == f"kiln.{event_tag(type(event.event))}"
+
+
+async def test_every_message_of_a_batch_carries_its_own_headers(nc: Client) -> None:
+    writer = await _requested(nc)
+    before = writer.last_stream_seq
+    batch = writer.batch()
+    batch.add(PhaseStarted, phase="model", title="Model")
+    _files(batch, 3)
+    batch.add(PhaseCompleted, phase="model", files=[f"src/f{i}.py" for i in range(3)])
+    sent: list[dict[str, str]] = []
+    publish = nc.publish
+
+    async def recording(*args: Any, headers: dict[str, str] | None = None, **kwargs: Any) -> Any:
+        if headers is not None:  # each message of the batch, the commit's request too
+            sent.append(dict(headers))
+        return await publish(*args, headers=headers, **kwargs)
+
+    nc.publish = recording  # type: ignore[method-assign]
+    await batch.append()
+    nc.publish = publish  # type: ignore[method-assign]
+
+    history = await read_generation(nc.jetstream(), writer.generation_id)
+    messages = await _stored(nc, writer)
+    assert len(sent) == len(batch) == 5
+    for number, (headers, message, event) in enumerate(
+        zip(sent, messages[1:], history[1:], strict=True), start=1
+    ):
+        batch_headers = {
+            "Nats-Batch-Id": sent[0]["Nats-Batch-Id"],
+            "Nats-Batch-Sequence": str(number),
+            "Nats-Msg-Id": f"{writer.generation_id}:{event.event.seq}",
+        }
+        expected = cloudevents_headers(event.event, "test", into=batch_headers)
+        if number == 1:
+            expected["Nats-Expected-Last-Subject-Sequence"] = str(before)
+        if number == len(sent):
+            expected["Nats-Batch-Commit"] = "1"
+        assert list(headers.items()) == list(expected.items())
+        assert message.headers is not None
+        stored = {k: v for k, v in message.headers.items() if k.startswith("ce-")}
+        assert stored == {
+            k: v for k, v in cloudevents_headers(event.event, "test").items() if k.startswith("ce-")
+        }
+        assert message.headers["content-type"] == "application/json"
+    _assert_whole_chain(history)
 
 
 async def test_a_batch_of_one_event_goes_in_as_one_guarded_message(nc: Client) -> None:

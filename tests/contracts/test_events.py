@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import msgspec
 import pytest
 from hypothesis import given
@@ -30,6 +32,7 @@ from contracts.events import (
     RestoredVerification,
     VerifyCompleted,
     event_tag,
+    new_event_id,
     utc_now,
     verification_counts,
 )
@@ -235,3 +238,15 @@ def test_the_counts_are_copied_by_name_with_their_lists_copied_too() -> None:
     assert restored == RestoredVerification(round=1, verdict="failed", **counts)
     assert restored.compile_errors is not run.compile_errors
     assert restored.failures is not run.failures
+
+
+def test_an_event_id_is_a_random_uuid_in_its_usual_form() -> None:
+    ids = [new_event_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for event_id in ids:
+        parsed = uuid.UUID(event_id)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+        assert str(parsed) == event_id
+    # Every variant digit (8, 9, a, b) and every hex digit elsewhere turns up.
+    assert {i[19] for i in ids} == set("89ab")
+    assert set("".join(i[:8] for i in ids)) == set("0123456789abcdef")

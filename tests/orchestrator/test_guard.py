@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from contracts.phases import Deletion, GeneratedFile, PhaseOutput
 from services.orchestrator import guard
@@ -66,17 +68,52 @@ def test_elision_placeholders_are_rejected(placeholder: str) -> None:
 
 @pytest.mark.parametrize("index", range(len(guard.ELISION_PATTERNS)))
 def test_a_pattern_is_only_skipped_when_its_text_cannot_match(index: int) -> None:
-    # The substring checks before each pattern are necessary conditions of a match, so
-    # skipping a pattern never misses a placeholder.
-    pattern, words = guard._ELISION_RULES[index]
-    assert all(any(gate in word for gate in guard._ANY_RULE_WORD) for word in words)
+    # The checks before each pattern are necessary conditions of a match, so skipping a
+    # pattern never misses a placeholder.
+    pattern, may_match = guard._ELISION_RULES[index]
     examples = [
         "rest of the code remains the same", "... existing handlers ...", "# unchanged",
         "remaining methods unchanged", "content omitted", "omitted for brevity", "  # ...",
+        "/* keep existing */", "# Existing Code Here", "previous  code here",
     ]  # fmt: skip
     for example in examples:
+        lowered = example.lower()
+        present = [word for word in guard._LEAD_WORDS if word in lowered]
         if pattern.search(example):
-            assert any(word in example.lower() for word in words)
+            assert may_match(lowered, present), example
+
+
+def every_pattern(content: str, before: str | None) -> str | None:
+    """`find_elision` without its shortcuts: every pattern searched in every text."""
+    for pattern in guard.ELISION_PATTERNS:
+        match = pattern.search(content)
+        if match and not (before and pattern.search(before)):
+            return match.group(0).strip()
+    return None
+
+
+FRAGMENTS = [
+    "rest of", "the", "code", "file", "remains", "the same", "unchanged", "...", "existing",
+    "previous", "original", "remaining", "implementation", "content", "methods", "method",
+    "here", "goes here", "omitted", "for brevity", "as before", "no changes", "keep",
+    "same as before", "#", "//", "/*", "<!--", "--", "other", "is", "x = 1", "EXISTING",
+    "Rest Of", "OMITTED",
+]  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(FRAGMENTS), st.sampled_from([" ", "  ", "\n", "", " \n "])),
+        max_size=12,
+    ),
+    st.one_of(st.none(), st.sampled_from(["", "# unchanged\n", "x ... existing y ...\n"])),
+)
+def test_the_shortcuts_find_what_every_pattern_finds(
+    parts: list[tuple[str, str]], before: str | None
+) -> None:
+    content = "".join(word + gap for word, gap in parts)
+    assert find_elision(content, before) == every_pattern(content, before)
 
 
 def test_a_placeholder_already_in_the_parent_is_not_new() -> None:

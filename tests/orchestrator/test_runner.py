@@ -4,8 +4,10 @@ standing back for another writer, the corrective retry, cancelling."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import nats
+import pytest
 from nats.js import JetStreamContext
 
 from contracts import streams
@@ -33,6 +35,7 @@ class Scripted:
     """Two files per phase, deterministic; hooks let a test break a phase."""
 
     name = "offline"
+    instant = False
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, int, str | None]] = []
@@ -332,6 +335,23 @@ async def test_an_instant_providers_phases_go_in_as_one_batch_each_phase_whole(
     other = await request_generation(js)
     assert await (await make_runner(js, Scripted())).run(other, attempt=1) == Ack()
     assert await types_of(js, command.generation_id) == await types_of(js, other.generation_id)
+
+
+async def test_phases_log_at_info_when_they_go_in_and_at_debug_when_held(
+    js: JetStreamContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="services.orchestrator.runner")
+    for provider in (Scripted(), Instant()):
+        caplog.clear()
+        command = await request_generation(js)
+        assert await (await make_runner(js, provider)).run(command, attempt=1) == Ack()
+        phases = [r for r in caplog.records if r.getMessage().startswith("Phase ")]
+        assert len(phases) == len(PHASE_NAMES)
+        levels = {r.levelno for r in phases}
+        assert levels == ({logging.DEBUG} if provider.instant else {logging.INFO})
+        info = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+        assert f"Generation {command.generation_id} started" in info
+        assert f"Generation {command.generation_id} completed" in info
 
 
 async def test_with_a_verifier_an_instant_providers_version_is_in_before_verify_starts(

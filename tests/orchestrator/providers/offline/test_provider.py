@@ -7,6 +7,7 @@ import asyncio
 import json
 import re
 import time
+from typing import Any
 
 import pytest
 
@@ -15,9 +16,10 @@ from services.orchestrator.cheats import check_repair
 from services.orchestrator.guard import check_output
 from services.orchestrator.providers.base import Provider, ProviderError
 from services.orchestrator.providers.offline import OfflineProvider
+from services.orchestrator.providers.offline import provider as offline_provider
 from services.orchestrator.providers.offline.modifications import UNDERSTOOD_PROMPTS
 from services.orchestrator.providers.offline.project import build_project
-from services.orchestrator.providers.offline.spec import load_spec, spec_from_schema
+from services.orchestrator.providers.offline.spec import ProjectSpec, load_spec, spec_from_schema
 from tests.orchestrator.providers.offline.helpers import (
     SHOP,
     FakeReporter,
@@ -94,6 +96,39 @@ async def test_a_schema_too_large_for_the_limits_is_refused(provider: OfflinePro
 
     assert raised.value.kind == "limits"
     assert "kiln.json would be" in raised.value.message
+
+
+async def test_a_generation_makes_and_checks_its_spec_once(
+    provider: OfflineProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[str] = []
+    real = offline_provider.spec_from_schema
+
+    def counted(name: str, *args: Any) -> ProjectSpec:
+        made.append(name)
+        return real(name, *args)
+
+    monkeypatch.setattr(offline_provider, "spec_from_schema", counted)
+    document = {"entities": [{"name": "Once", "fields": [{"name": "x", "type": "string"}]}]}
+
+    first = await generate(provider, document=document, prompt="made once")
+    again = await generate(provider, document=document, prompt="made once")
+    other = await generate(provider, document=document, prompt="another description")
+
+    assert made == ["shop", "shop"]  # once per distinct request, not once per phase
+    assert first.outputs == again.outputs
+    assert load_spec(other.files["kiln.json"]).description == "another description"
+
+
+async def test_a_schema_that_fails_its_checks_fails_every_phase(
+    provider: OfflineProvider,
+) -> None:
+    document = {"entities": [{"name": "Thing", "fields": [{"name": "id", "type": "string"}]}]}
+
+    for phase in ("plan", "models"):
+        with pytest.raises(ProviderError) as raised:
+            await provider.run_phase(request(phase, document=document), FakeReporter())
+        assert raised.value.kind == "unsupported_prompt"
 
 
 async def test_iterate_add_authentication(provider: OfflineProvider, shop: Generation) -> None:
