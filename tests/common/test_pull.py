@@ -1,6 +1,6 @@
 """One pull request per batch on a real nats-server: a full batch, what is pending now
 without waiting out the deadline, messages that come later, nothing, leftovers of an
-earlier request, and nats-py's private parts this relies on."""
+earlier request, atomic batches that come whole, and nats-py's private parts this relies on."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
-from services.common.pull import pull_batch
+from services.common import pull
+from services.common.pull import ends_in_a_cut_batch, pull_batch
 from tests.common.conftest import PLAIN_STREAM, PLAIN_SUBJECT, numbers_of, publish_numbers
 
 
@@ -100,3 +102,90 @@ def _record(into: list[bytes]) -> Callable[[Msg], Awaitable[None]]:
         into.append(msg.data)
 
     return cb
+
+
+ATOMIC_STREAM = "TESTATOMIC"
+ATOMIC_SUBJECT = "test.atomic"
+
+
+async def _publish_atomic(nc: Client, batch: int, numbers: range) -> None:
+    """Publish `numbers` as one atomic batch (the last message commits it)."""
+    for number in numbers:
+        headers = {
+            "Nats-Batch-Id": f"b{batch}",
+            "Nats-Batch-Sequence": str(number - numbers[0] + 1),
+        }
+        if number == numbers[-1]:
+            headers["Nats-Batch-Commit"] = "1"
+            await nc.jetstream().publish(ATOMIC_SUBJECT, str(number).encode(), headers=headers)
+        else:
+            await nc.publish(ATOMIC_SUBJECT, str(number).encode(), headers=headers)
+
+
+async def test_atomic_batches_come_whole_while_the_server_stores_them(plain_nc: Client) -> None:
+    # nats-server stores a committed atomic batch message by message; a request it serves
+    # meanwhile may end after the first ones. pull_batch then asks for the rest at once,
+    # so each batch it returns ends with a batch's commit (B6's 38 events in one batch).
+    await plain_nc.jetstream().add_stream(
+        StreamConfig(name=ATOMIC_STREAM, subjects=[ATOMIC_SUBJECT], allow_atomic=True)
+    )
+    sub = await plain_nc.jetstream().pull_subscribe(
+        ATOMIC_SUBJECT,
+        durable="atomic",
+        stream=ATOMIC_STREAM,
+        config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0),
+    )
+    size = 40
+    for batch in range(20):
+        numbers = range(batch * size, (batch + 1) * size)
+        taking = asyncio.create_task(pull_batch(sub, 1000, 2.0))
+        await asyncio.sleep(0.01)  # the request waits on the server when the batch lands
+        await _publish_atomic(plain_nc, batch, numbers)
+        msgs = await taking
+        assert numbers_of(msgs) == list(numbers), f"batch {batch} came cut"
+        assert msgs[-1].headers and msgs[-1].headers.get("Nats-Batch-Commit") == "1"
+        for msg in msgs:
+            await msg.ack()
+
+
+async def test_a_cut_batch_whose_rest_never_comes_costs_one_short_wait(
+    plain_nc: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A consumer that does not see a batch's commit (filtered out, or already acked) must
+    # not wait its whole deadline for it: the request for the rest ends after
+    # REST_OF_BATCH_S and what came is returned.
+    monkeypatch.setattr(pull, "REST_OF_BATCH_S", 0.2)
+    await plain_nc.jetstream().add_stream(
+        StreamConfig(name=ATOMIC_STREAM, subjects=[f"{ATOMIC_SUBJECT}.*"], allow_atomic=True)
+    )
+    js = plain_nc.jetstream()
+    for number, subject in enumerate(("a", "a", "b")):
+        headers = {"Nats-Batch-Id": "only", "Nats-Batch-Sequence": str(number + 1)}
+        if number == 2:
+            headers["Nats-Batch-Commit"] = "1"
+            await js.publish(f"{ATOMIC_SUBJECT}.{subject}", b"%d" % number, headers=headers)
+        else:
+            await plain_nc.publish(f"{ATOMIC_SUBJECT}.{subject}", b"%d" % number, headers=headers)
+    sub = await js.pull_subscribe(
+        f"{ATOMIC_SUBJECT}.a",
+        durable="filtered",
+        stream=ATOMIC_STREAM,
+        config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0),
+    )
+    started = time.monotonic()
+    msgs = await pull_batch(sub, 100, 5.0)
+    assert numbers_of(msgs) == [0, 1]
+    assert 0.15 < time.monotonic() - started < 1.5
+
+
+def test_which_messages_end_a_cut_batch() -> None:
+    def msg(headers: dict[str, str] | None, delivered: int = 1) -> Msg:
+        reply = f"$JS.ACK.S.c.{delivered}.7.7.1700000000000000000.0"
+        return Msg(None, subject="s", reply=reply, data=b"", headers=headers)  # type: ignore[arg-type]
+
+    part = {"Nats-Batch-Id": "x", "Nats-Batch-Sequence": "1"}
+    assert ends_in_a_cut_batch([msg(None), msg(part)])
+    assert not ends_in_a_cut_batch([msg(part), msg(None)])
+    assert not ends_in_a_cut_batch([msg({**part, "Nats-Batch-Commit": "1"})])
+    assert not ends_in_a_cut_batch([msg(part, delivered=2)])  # a redelivery: no rest follows
+    assert not ends_in_a_cut_batch([])
