@@ -58,6 +58,10 @@ _STATUS_AT = len(b"NATS/1.0")
 """Where a header block has a space when it starts with an inline status (as nats-py tells)."""
 
 
+_CUT_BATCH_MARK = b"NATS/1.0\r\nNats-Batch-Id: -\r\n\r\n"
+"""The header block a skipped message of an atomic batch, not its commit, is given."""
+
+
 class KilnClient(Client):
     """nats-py's `Client`, parsing message headers with `parse_header_lines`, and not at all
     for the subscriptions given to `skip_headers`."""
@@ -79,5 +83,10 @@ class KilnClient(Client):
         # `headers` is None for a message published without any (nats-py's annotation says
         # bytes, its parser passes None).
         if headers and sid in self._headerless and headers[_STATUS_AT : _STATUS_AT + 1] != b" ":
-            headers = None
+            # Only one fact is kept: the message is part of an atomic batch and not its
+            # commit (pull.ends_in_a_cut_batch asks for the rest of such a batch at once).
+            if b"Nats-Batch-Id" in headers and b"Nats-Batch-Commit" not in headers:
+                headers = _CUT_BATCH_MARK
+            else:
+                headers = None
         await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]

@@ -15,7 +15,11 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
 from services.common import pull
+from services.common.broker import connect
+from services.common.embedded_nats import EmbeddedNats
+from services.common.natsclient import KilnClient
 from services.common.pull import ends_in_a_cut_batch, pull_batch
+from services.common.settings import load_settings
 from tests.common.conftest import PLAIN_STREAM, PLAIN_SUBJECT, numbers_of, publish_numbers
 
 
@@ -122,19 +126,27 @@ async def _publish_atomic(nc: Client, batch: int, numbers: range) -> None:
             await nc.publish(ATOMIC_SUBJECT, str(number).encode(), headers=headers)
 
 
-async def test_atomic_batches_come_whole_while_the_server_stores_them(plain_nc: Client) -> None:
+@pytest.mark.parametrize("headers", ["parsed", "skipped"])
+async def test_atomic_batches_come_whole_while_the_server_stores_them(
+    plain_nc: Client, nats_server: EmbeddedNats, monkeypatch: pytest.MonkeyPatch, headers: str
+) -> None:
     # nats-server stores a committed atomic batch message by message; a request it serves
     # meanwhile may end after the first ones. pull_batch then asks for the rest at once,
-    # so each batch it returns ends with a batch's commit (B6's 38 events in one batch).
+    # so each batch it returns ends with a batch's commit (B6's 38 events in one batch) —
+    # also for storage's pull, whose header blocks are not parsed (`skip_headers`).
     await plain_nc.jetstream().add_stream(
         StreamConfig(name=ATOMIC_STREAM, subjects=[ATOMIC_SUBJECT], allow_atomic=True)
     )
-    sub = await plain_nc.jetstream().pull_subscribe(
+    monkeypatch.setenv("NATS_URL", nats_server.url)
+    reader = await connect(load_settings(), "test") if headers == "skipped" else plain_nc
+    sub = await reader.jetstream().pull_subscribe(
         ATOMIC_SUBJECT,
         durable="atomic",
         stream=ATOMIC_STREAM,
         config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0),
     )
+    if isinstance(reader, KilnClient):
+        reader.skip_headers(sub._sub._id)
     size = 40
     for batch in range(20):
         numbers = range(batch * size, (batch + 1) * size)
@@ -143,9 +155,12 @@ async def test_atomic_batches_come_whole_while_the_server_stores_them(plain_nc: 
         await _publish_atomic(plain_nc, batch, numbers)
         msgs = await taking
         assert numbers_of(msgs) == list(numbers), f"batch {batch} came cut"
-        assert msgs[-1].headers and msgs[-1].headers.get("Nats-Batch-Commit") == "1"
+        if headers == "parsed":
+            assert msgs[-1].headers and msgs[-1].headers.get("Nats-Batch-Commit") == "1"
         for msg in msgs:
             await msg.ack()
+    if reader is not plain_nc:
+        await reader.close()
 
 
 async def test_a_cut_batch_whose_rest_never_comes_costs_one_short_wait(
