@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import time
+from typing import Any
 
 import pytest
 from nats.aio.client import Client
@@ -147,3 +148,72 @@ async def test_a_subscription_skipping_headers_gets_none_but_still_sees_statuses
         assert [stream_seq(m) for m in msgs] == [1, 2, 3]
     finally:
         await nc.close()
+
+
+SENT_HEADERS: list[dict[str, Any] | None] = [
+    None,
+    {},
+    {"ce-id": "1", "Nats-Msg-Id": "g:1", "ce-type": "kiln.file.written"},
+    {"Nats-Expected-Last-Subject-Sequence": "0", "Nats-Batch-Commit": "1"},
+    {" padded ": "  value  "},
+    {"Empty": ""},
+    {"": "no name"},
+    {"Tab": "a\tb"},
+    {"Lines": "a\r\nb\nc"},
+    {"Utf8": "café"},
+    {"Bad(Name)": "x"},
+    {"Colon:Name": "x"},
+    {"Number": 42},
+]
+
+
+async def _sent(client: Client, subject: str, headers: dict[str, Any] | None) -> bytes | str:
+    commands: list[bytes] = []
+
+    async def send_command(cmd: bytes, priority: bool = False) -> None:
+        commands.append(cmd)
+
+    client._send_command = send_command  # type: ignore[method-assign]
+    try:
+        await client._send_publish(subject, "_INBOX.r", b"{}", 2, headers)
+    except Exception as exc:
+        return type(exc).__name__
+    return b"".join(commands)
+
+
+@pytest.mark.parametrize("headers", SENT_HEADERS)
+async def test_a_published_header_block_is_the_one_nats_py_sends(
+    headers: dict[str, Any] | None,
+) -> None:
+    for subject in ("events.x", ""):
+        assert await _sent(KilnClient(), subject, headers) == await _sent(
+            Client(), subject, headers
+        )
+
+
+async def test_random_published_headers_are_the_ones_nats_py_sends() -> None:
+    rng = random.Random(19)
+    alphabet = "ab-:( \t\r\n\x7fé9Z"
+    for _ in range(3000):
+        headers = {
+            "".join(rng.choices(alphabet, k=rng.randint(0, 6))): "".join(
+                rng.choices(alphabet, k=rng.randint(0, 8))
+            )
+            for _ in range(rng.randint(1, 4))
+        }
+        assert await _sent(KilnClient(), "s", headers) == await _sent(Client(), "s", headers)
+
+
+def test_the_publish_internals_it_repeats_are_there() -> None:
+    # `KilnClient._send_publish` repeats the tail of nats-py's; an upgrade that changes
+    # what that tail does must fail here, not silently in production.
+    names = Client._send_publish.__code__.co_names
+    assert {"stats", "_send_command", "_flush_queue", "_flush_pending", "hpub_cmd"} <= set(names)
+    assert Client._send_publish.__code__.co_varnames[:6] == (
+        "self",
+        "subject",
+        "reply",
+        "payload",
+        "payload_size",
+        "headers",
+    )
