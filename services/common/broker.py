@@ -85,7 +85,7 @@ def connect_options(settings: Settings, name: str) -> dict[str, Any]:
 
 
 async def connect(settings: Settings, name: str) -> Client:
-    """A connected NATS client (`KilnClient`: faster header parsing) that logs its disconnects
+    """A connected NATS client (`KilnClient`: faster header parsing and writing) that logs its disconnects
     and reconnects."""
 
     async def disconnected() -> None:
