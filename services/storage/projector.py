@@ -44,6 +44,7 @@ import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TypeVar
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -233,11 +234,7 @@ class Projector:
         return size
 
     def _hold_blobs(self, sizes: dict[str, int]) -> None:
-        for sha256, size in sizes.items():
-            self._held_blobs[sha256] = size
-            self._held_blobs.move_to_end(sha256)
-        while len(self._held_blobs) > HELD_BLOBS:
-            self._held_blobs.popitem(last=False)
+        _remember_recent(self._held_blobs, sizes, HELD_BLOBS)
 
     async def handle(
         self, msgs: list[Msg], prepared: list[Decoded | None] | None = None
@@ -374,11 +371,7 @@ class Projector:
                 self.cache_hits += 1
 
     def _remember(self, generations: dict[str, LoadedGeneration]) -> None:
-        for generation_id, generation in generations.items():
-            self._cache[generation_id] = generation
-            self._cache.move_to_end(generation_id)
-        while len(self._cache) > CACHED_GENERATIONS:
-            self._cache.popitem(last=False)
+        _remember_recent(self._cache, generations, CACHED_GENERATIONS)
 
     def _owns(self, subject: str) -> bool:
         return (
@@ -468,3 +461,16 @@ class _BatchResult:
     already_applied: int = 0
     other_partitions: int = 0
     position: int = 0
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _remember_recent(recent: OrderedDict[K, V], items: dict[K, V], limit: int) -> None:
+    """Put `items` in the LRU `recent` as the newest, dropping the oldest past `limit`."""
+    for key, value in items.items():
+        recent[key] = value
+        recent.move_to_end(key)
+    while len(recent) > limit:
+        recent.popitem(last=False)

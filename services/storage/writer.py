@@ -258,23 +258,14 @@ class BatchWriter:
         """Make sure the read model holds the content of every file a manifest names,
         fetching from the broker what it lacks; why it cannot, or None."""
         wanted = sorted({f.sha256 for f in event.files} - self.blobs)
-        held: set[str] = set()
-        for start in range(0, len(wanted), 500):
-            query = select(blobs_table.c.sha256).where(
-                blobs_table.c.sha256.in_(wanted[start : start + 500])
-            )
-            held.update(str(sha) for sha in (await self.conn.execute(query)).scalars())
-        missing = [sha for sha in wanted if sha not in held]
+        missing = await self._not_in_read_model(wanted)
         if missing:
             if self.blob_source is None:
                 return f"{len(missing)} inherited file contents are not in the read model"
             try:
-                contents = await self.blob_source.get_many(missing)
+                self._add_blobs(await self.blob_source.get_many(missing))
             except BlobError as exc:
                 return f"an inherited file cannot be read: {exc}"
-            for sha, content in contents.items():
-                data = content.encode()
-                self.new_blobs.append({"sha256": sha, "size": len(data), "content": data})
         self.blobs.update(wanted)
         return None
 
@@ -288,21 +279,28 @@ class BatchWriter:
         self.held_blobs = {}
         if not unchecked:
             return
-        held: set[str] = set()
-        for start in range(0, len(unchecked), 500):
-            query = select(blobs_table.c.sha256).where(
-                blobs_table.c.sha256.in_(unchecked[start : start + 500])
-            )
-            held.update(str(sha) for sha in (await self.conn.execute(query)).scalars())
-        missing = [sha for sha in unchecked if sha not in held]
+        missing = await self._not_in_read_model(unchecked)
         if missing:
             if self.blob_source is None:
                 raise BlobMissing(f"{len(missing)} file contents are not in the read model")
-            for sha, content in (await self.blob_source.get_many(missing)).items():
-                data = content.encode()
-                self.new_blobs.append({"sha256": sha, "size": len(data), "content": data})
+            self._add_blobs(await self.blob_source.get_many(missing))
         self.blobs.update(unchecked)
         self.stored_blobs.update((sha, sizes[sha]) for sha in unchecked)
+
+    async def _not_in_read_model(self, shas: list[str]) -> list[str]:
+        """Those of `shas` the blobs table lacks (one query per 500)."""
+        held: set[str] = set()
+        for start in range(0, len(shas), 500):
+            query = select(blobs_table.c.sha256).where(
+                blobs_table.c.sha256.in_(shas[start : start + 500])
+            )
+            held.update(str(sha) for sha in (await self.conn.execute(query)).scalars())
+        return [sha for sha in shas if sha not in held]
+
+    def _add_blobs(self, contents: dict[str, str]) -> None:
+        for sha, content in contents.items():
+            data = content.encode()
+            self.new_blobs.append({"sha256": sha, "size": len(data), "content": data})
 
     async def _flush_files(self) -> None:
         """The pending blobs (stored once however many versions share them) and file rows."""
