@@ -75,14 +75,14 @@ sse_refused = _of(
     "gateway",
     Counter,
     "kiln_gateway_sse_streams_refused_total",
-    "SSE streams refused with 503 at the gateway-wide cap (`streams` or `unsent_bytes`)",
+    "SSE streams refused with 503 at the gateway-wide cap of open streams (`streams`)",
     ["reason"],
 )
 sse_unsent_bytes = _of(
     "gateway",
     Gauge,
     "kiln_gateway_sse_unsent_bytes",
-    "Bytes of SSE streams waiting for clients that are not reading fast enough",
+    "Bytes held by SSE streams whose clients stopped reading (a write waiting 5 s or more)",
 )
 http_refused = _of(
     "gateway",

@@ -177,9 +177,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         int,
         _setting(
             "KILN_SSE_MAX_UNSENT_BYTES",
-            "Bytes one gateway's SSE streams may hold for clients that are not reading; above "
-            "it new streams answer 503 and the longest-waiting streams are closed. 0 for no "
-            "limit.",
+            "Bytes one gateway's SSE streams may hold for clients that stopped reading (a "
+            "write waiting 5 s); above it the longest-waiting of those streams are closed, "
+            "and their clients resume with Last-Event-ID. 0 for no limit.",
         ),
     ] = 64 * 1024 * 1024
     sse_max_write_bytes: Annotated[

@@ -8,11 +8,15 @@ watchdog, a single task per gateway:
 
 - cuts a stream whose write has waited `write_timeout_s`: its connection is aborted, which
   frees what it held; the client reconnects with `Last-Event-ID` when it reads again;
-- measures the bytes those streams hold unsent, and while the sum is above
-  `max_unsent_bytes`, cuts the longest-waiting ones first.
+- measures the bytes held by the streams whose client has stopped reading — a write that
+  has waited `STALLED_AFTER_S` (or half the deadline, if shorter) — and while the sum is
+  above `max_unsent_bytes`, cuts the longest-waiting ones first.
 
-New streams are refused (503 + Retry-After) beyond `max_streams` open streams, or while the
-unsent bytes are over their cap. A stream pays one clock read and one dict entry per write
+A stream inside a write that its client is taking is not counted: a herd of a thousand
+clients replaying at once holds two writes each for a moment, and that is the gateway
+working, not clients holding it up. The stalled streams over the cap are cut at once, so
+new streams need no refusal for bytes: they are refused (503 + Retry-After) only beyond
+`max_streams` open streams. A stream pays one clock read and one dict entry per write
 (a write carries a whole batch of events), nothing per event.
 """
 
@@ -30,6 +34,10 @@ from services.gateway.errors import Unavailable
 log = get_logger(__name__)
 
 RETRY_AFTER_S = 5
+STALLED_AFTER_S = 5.0
+"""A write its client has not finished taking in this long counts as held for a client
+that does not read (normal clients take a 64 KiB write in milliseconds, and in well under a
+second on a machine saturated by a herd)."""
 
 
 class Writer(Protocol):
@@ -75,19 +83,19 @@ class OutflowBudget:
         """How often the watchdog looks."""
         return min(1.0, max(0.05, self.write_timeout_s / 4))
 
+    @property
+    def stalled_after_s(self) -> float:
+        """How long a write waits before its stream counts against `max_unsent_bytes`."""
+        if self.write_timeout_s > 0:
+            return max(self.period_s, min(STALLED_AFTER_S, self.write_timeout_s / 2))
+        return STALLED_AFTER_S
+
     def admit(self) -> Callable[[], None]:
-        """Count a new stream, or raise 503 beyond a cap; returns its (idempotent) release."""
+        """Count a new stream, or raise 503 beyond `max_streams`; returns its (idempotent) release."""
         if self.max_streams > 0 and self.open >= self.max_streams:
             metrics.sse_refused.labels(reason="streams").inc()
             raise Unavailable(
                 f"This gateway already serves {self.open} event streams, the most it allows; "
-                f"try again in {RETRY_AFTER_S} s.",
-                retry_after_s=RETRY_AFTER_S,
-            )
-        if self.max_unsent_bytes > 0 and self.unsent > self.max_unsent_bytes:
-            metrics.sse_refused.labels(reason="unsent_bytes").inc()
-            raise Unavailable(
-                "This gateway's event streams are waiting for slow clients; "
                 f"try again in {RETRY_AFTER_S} s.",
                 retry_after_s=RETRY_AFTER_S,
             )
@@ -103,20 +111,25 @@ class OutflowBudget:
         return release
 
     def check(self) -> None:
-        """Cut the streams past the write deadline, then the longest-waiting ones while the
-        unsent bytes are over their cap; update `unsent`."""
+        """Cut the streams past the write deadline, then the longest-waiting stalled ones
+        while the stalled streams' unsent bytes are over their cap; update `unsent`."""
         now = self.clock()
-        waiting = list(self.writing)
-        held = {writer: writer.pending + writer.buffered() for writer in waiting}
-        unsent = sum(held.values())
-        for writer in waiting:
+        stalled_after_s = self.stalled_after_s
+        stalled: list[tuple[Writer, float]] = []
+        for writer in self.writing:
             waited = now - writer.write_started
+            if waited < stalled_after_s:
+                break  # the rest began their writes later still
+            stalled.append((writer, waited))
+        held = {writer: writer.pending + writer.buffered() for writer, _ in stalled}
+        unsent = sum(held.values())
+        for writer, waited in stalled:
             if waited >= self.write_timeout_s > 0:
                 reason = "stalled"
-            elif 0 < self.max_unsent_bytes < unsent and waited >= self.period_s:
+            elif 0 < self.max_unsent_bytes < unsent:
                 reason = "shed"
             else:
-                break  # the rest began their writes later still
+                break
             del self.writing[writer]
             writer.cut(reason)
             metrics.sse_cut.labels(reason=reason).inc()
