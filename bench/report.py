@@ -1,5 +1,9 @@
 """The results table, printed and written to `bench/RESULTS.md` with the machine's
-description."""
+description.
+
+A run writes the top of the file (machine, table, notes) and keeps everything after
+`KEPT_FROM`: the analysis, profiles and dated measurements that people write by hand.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,21 @@ import datetime
 import math
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+
+KEPT_FROM = "<!-- Written by hand from here on: every run of `python -m bench` keeps it. -->"
+GENERATED_HEADINGS = (
+    "# Kiln benchmark results",
+    "## Machine",
+    "## Results",
+    "## Notes from the run",
+)
 
 
 @dataclass
@@ -150,9 +163,23 @@ def notes(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
-def write(
-    path: Path, rows: list[Row], *, command: str, runs: int, elapsed_s: float, analysis: Path
-) -> None:
+def kept_part(path: Path) -> str:
+    """What a run keeps of the file at `path`: everything after `KEPT_FROM`, or, in a file
+    written before the marker, everything from its first heading a run does not write."""
+    if not path.exists():
+        return ""
+    text = path.read_text()
+    if KEPT_FROM in text:
+        return text.split(KEPT_FROM, 1)[1].strip("\n")
+    for heading in re.finditer(r"(?m)^#+ .*$", text):
+        if heading.group(0).strip() not in GENERATED_HEADINGS:
+            return text[heading.start() :].strip("\n")
+    return ""
+
+
+def write(path: Path, rows: list[Row], *, command: str, runs: int, elapsed_s: float) -> None:
+    """Write the results of this run to the top of `path`, keeping its hand-written part."""
+    kept = kept_part(path)
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     parts = [
         "# Kiln benchmark results",
@@ -176,7 +203,9 @@ def write(
         "",
         notes(rows) or "- none",
         "",
+        KEPT_FROM,
+        "",
     ]
-    if analysis.exists():
-        parts += [analysis.read_text().rstrip(), ""]
+    if kept:
+        parts += [kept, ""]
     path.write_text("\n".join(parts))

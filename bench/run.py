@@ -110,7 +110,6 @@ def main(argv: list[str] | None = None) -> list[Row]:
             command=command.strip(),
             runs=ctx.runs,
             elapsed_s=elapsed,
-            analysis=HERE / "ANALYSIS.md",
         )
         print(f"\nWritten to {out}")
     print(f"Took {elapsed / 60:.1f} min")
