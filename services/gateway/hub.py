@@ -1,23 +1,21 @@
-"""One shared, growing copy of each watched generation's events, fed by one replay and one
-live subscription, read by every watcher at its own pace.
+"""One shared, growing copy of each watched generation's events, fed by one ordered consumer
+of its subject, read by every watcher at its own pace.
 
-The seam between replay and live is where such systems lose or double events, so it is
-designed here, once:
+1. When the first watcher of a generation arrives, its `GenerationLog` is registered, the
+   last stream sequence T of the generation's subject is read, and one ordered consumer of
+   the subject is opened from its first message. Up to T it is the replay; after T it
+   delivers the generation's new events as they are stored. One consumer reads both, in
+   stream order, so there is no seam between replay and live where an event could be lost
+   or doubled.
+2. Watchers that join later share the same log: one consumer per watched generation,
+   however many clients watch it.
+3. Logs nobody watches are dropped after a short while, and their consumer with them.
 
-1. The hub follows `kiln.events.>` with one ordered consumer (new messages only) for the
-   whole gateway.
-2. When the first watcher of a generation arrives, its `GenerationLog` is registered
-   (from now on live events of that generation are buffered), then the last stream
-   sequence T of the generation's subject is read, then the subject is replayed with a
-   short-lived ordered consumer up to T. Every event is either ≤ T (the replay has it) or
-   was published after registration (the live subscription has it); duplicates are
-   dropped by sequence. The buffered live events > T are appended once the replay ends.
-3. Watchers that join later share the same log: one replay per subject, however many
-   clients join at once.
+The gateway reads only the generations someone watches: events of the others (most of
+them, while a generation runs with nobody looking) cost it nothing.
 
 A watcher never owns a consumer or a queue: it keeps an index into the shared log, so a
-slow client costs only itself, and a disconnect leaves nothing behind. Logs nobody
-watches are dropped after a short while.
+slow client costs only itself, and a disconnect leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -33,9 +31,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from contracts import streams, subjects
+from contracts import subjects
 from contracts.events import TERMINAL_TAGS
-from services.common.eventlog import follow_new, last_stream_seq, stream_seq, subscribe_ordered
+from services.common.eventlog import last_stream_seq, stream_seq, subscribe_ordered
 from services.common.heap import LongLivedHeap
 from services.common.logs import get_logger
 
@@ -43,6 +41,9 @@ log = get_logger(__name__)
 
 IDLE_LOG_TTL_S = 30.0
 REPLAY_IDLE_TIMEOUT_S = 10.0
+FOLLOW_HEARTBEAT_S = 2.0
+"""Two heartbeats missed and nats-py recreates a log's consumer where it left off (a broker
+restart costs seconds)."""
 
 
 class _Head(msgspec.Struct):
@@ -79,8 +80,8 @@ class GenerationLog:
         self.watchers = 0
         self.ticks = 0
         self.idle_since = time.monotonic()
-        self._target = 0
-        self._pending: list[tuple[int, str, bytes]] = []
+        self.last_message_at = 0.0
+        """When its consumer last delivered (the event loop's clock)."""
         self._loop = asyncio.get_running_loop()
         self._waiters: list[asyncio.Future[None]] = []
 
@@ -121,24 +122,17 @@ class GenerationLog:
             self.complete = True
 
     def offer_live(self, seq: int, event_type: str, chunk: bytes) -> None:
-        """A live event: buffered until the replay ends, appended after it."""
-        if not self.replayed:
-            if seq > self._target:
-                self._pending.append((seq, event_type, chunk))
-            return
+        """A new event, after the replay: watchers are woken at once."""
         if seq > self.last_seq:
             self._append(seq, event_type, chunk)
             self._notify()
 
     def offer_replayed(self, seq: int, event_type: str, chunk: bytes) -> None:
-        """An event read by the replay."""
+        """An event read by the replay (watchers are woken every few of them)."""
         self._append(seq, event_type, chunk)
 
     def replay_done(self) -> None:
-        """The replay reached its target: append the buffered live events after it."""
-        for seq, event_type, chunk in sorted(self._pending):
-            self._append(seq, event_type, chunk)
-        self._pending.clear()
+        """The replay reached the generation's last event as of the first watcher."""
         self.replayed = True
         self._notify()
 
@@ -149,63 +143,45 @@ class GenerationLog:
 
 
 class Hub:
-    """The gateway's live subscription and its shared generation logs."""
+    """The gateway's shared generation logs, each following its generation's subject."""
 
     def __init__(self, nc: Client, js: JetStreamContext, *, keepalive_s: float = 15.0) -> None:
         self.nc = nc
         self.js = js
         self.keepalive_s = keepalive_s
         self.logs: dict[str, GenerationLog] = {}
-        self._live: JetStreamContext.PushSubscription | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._follows: dict[GenerationLog, asyncio.Task[None]] = {}
         self._background: list[asyncio.Task[None]] = []
         self.replays_started = 0
         self.on_replay: Callable[[float], None] | None = None
         self.heap = LongLivedHeap()
 
     async def start(self) -> None:
-        """Follow every new event, and start the shared keepalive and sweeper tasks."""
-        self._live = await follow_new(
-            self.js, subjects.ALL_EVENTS, streams.EVENTS_STREAM, self._on_live
-        )
+        """Start the shared keepalive and sweeper tasks."""
         self._background = [
             asyncio.create_task(self._keepalive_loop()),
             asyncio.create_task(self._sweep_loop()),
         ]
 
     async def stop(self) -> None:
-        """Stop the live subscription, replays and background tasks."""
-        for task in [*self._background, *self._tasks]:
+        """Stop every log's consumer and the background tasks."""
+        follows = list(self._follows.values())
+        for task in [*self._background, *follows]:
             task.cancel()
-        await asyncio.gather(*self._background, *self._tasks, return_exceptions=True)
-        if self._live is not None:
-            with contextlib.suppress(Exception):
-                await self._live.unsubscribe()
+        await asyncio.gather(*self._background, *follows, return_exceptions=True)
         for generation_log in self.logs.values():
             generation_log.replay_failed(RuntimeError("gateway stopping"))
 
-    async def _on_live(self, msg: Msg) -> None:
-        parsed = subjects.parse_event_subject(msg.subject)
-        if parsed is None:
-            return
-        generation_log = self.logs.get(parsed[1])
-        if generation_log is None:
-            return
-        seq = stream_seq(msg)
-        block = sse_chunk(seq, msg.data)
-        if block is not None:
-            generation_log.offer_live(seq, block[0], block[1])
-
     def attach(self, generation_id: str) -> GenerationLog:
-        """The shared log of a generation, replaying it if nobody watches it yet."""
+        """The shared log of a generation, following it if nobody watches it yet."""
         self.heap.settle()
         generation_log = self.logs.get(generation_id)
         if generation_log is None or generation_log.failed is not None:
             generation_log = GenerationLog(generation_id)
             self.logs[generation_id] = generation_log
-            task = asyncio.create_task(self._replay(generation_log))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task = asyncio.create_task(self._follow(generation_log))
+            self._follows[generation_log] = task
+            task.add_done_callback(lambda _: self._follows.pop(generation_log, None))
         generation_log.watchers += 1
         return generation_log
 
@@ -215,62 +191,92 @@ class Hub:
         if generation_log.watchers <= 0:
             generation_log.idle_since = time.monotonic()
 
-    async def _replay(self, generation_log: GenerationLog) -> None:
+    def _drop(self, generation_id: str) -> None:
+        generation_log = self.logs.pop(generation_id)
+        task = self._follows.get(generation_log)
+        if task is not None:
+            task.cancel()
+
+    async def _follow(self, generation_log: GenerationLog) -> None:
+        """Replay the generation up to its last event, then follow it, until dropped."""
         started = time.monotonic()
         self.replays_started += 1
+        replayed = asyncio.get_running_loop().create_future()
         try:
             target = await last_stream_seq(self.js, generation_log.generation_id)
-            generation_log._target = target
-            if target:
-                await self._read_until(generation_log, target)
-            generation_log.replay_done()
+            sub = await self._subscribe(generation_log, target, replayed)
         except Exception as exc:
-            log.warning(
-                "Replay of generation {generation_id} failed: {error}",
-                generation_id=generation_log.generation_id,
-                error=repr(exc),
-            )
-            generation_log.replay_failed(exc)
-            if self.logs.get(generation_log.generation_id) is generation_log:
-                del self.logs[generation_log.generation_id]
+            self._replay_failed(generation_log, exc)
             return
-        if self.on_replay:
-            self.on_replay(time.monotonic() - started)
-
-    async def _read_until(self, generation_log: GenerationLog, target: int) -> None:
-        loop = asyncio.get_running_loop()
-        done = loop.create_future()
-        last_message_at = loop.time()
-        unnotified = 0
-
-        async def on_message(msg: Msg) -> None:
-            nonlocal last_message_at, unnotified
-            last_message_at = loop.time()
-            seq = stream_seq(msg)
-            block = sse_chunk(seq, msg.data)
-            if block is not None:
-                generation_log.offer_replayed(seq, block[0], block[1])
-            unnotified += 1
-            if unnotified >= 64:
-                unnotified = 0
-                generation_log._notify()
-            if seq >= target and not done.done():
-                done.set_result(None)
-
-        sub = await subscribe_ordered(
-            self.js,
-            subjects.generation_events_any_project(generation_log.generation_id),
-            cb=on_message,
-            idle_heartbeat_s=2.0,
-        )
         try:
-            while not done.done():
-                await asyncio.wait({done}, timeout=1.0)
-                if not done.done() and loop.time() - last_message_at > REPLAY_IDLE_TIMEOUT_S:
-                    raise TimeoutError(f"replay stalled below stream sequence {target}")
+            if not target:
+                generation_log.replay_done()
+            else:
+                await self._until_replayed(generation_log, replayed, target)
+            if self.on_replay:
+                self.on_replay(time.monotonic() - started)
+            await asyncio.Future()  # follow until dropped (cancelled)
+        except Exception as exc:
+            self._replay_failed(generation_log, exc)
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    async def _subscribe(
+        self, generation_log: GenerationLog, target: int, replayed: asyncio.Future[float]
+    ) -> JetStreamContext.PushSubscription:
+        """The generation's ordered consumer: replayed events up to `target` (watchers woken
+        every 64 of them), then live ones (woken at each)."""
+        loop = asyncio.get_running_loop()
+        unnotified = 0
+
+        async def on_message(msg: Msg) -> None:
+            nonlocal unnotified
+            seq = stream_seq(msg)
+            block = sse_chunk(seq, msg.data)
+            if generation_log.replayed:
+                if block is not None:
+                    generation_log.offer_live(seq, block[0], block[1])
+                return
+            if block is not None:
+                generation_log.offer_replayed(seq, block[0], block[1])
+            unnotified += 1
+            if seq >= target:
+                generation_log.replay_done()
+                replayed.set_result(loop.time())
+            elif unnotified >= 64:
+                unnotified = 0
+                generation_log._notify()
+            generation_log.last_message_at = loop.time()
+
+        return await subscribe_ordered(
+            self.js,
+            subjects.generation_events_any_project(generation_log.generation_id),
+            cb=on_message,
+            idle_heartbeat_s=FOLLOW_HEARTBEAT_S,
+        )
+
+    @staticmethod
+    async def _until_replayed(
+        generation_log: GenerationLog, replayed: asyncio.Future[float], target: int
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        generation_log.last_message_at = loop.time()
+        while not replayed.done():
+            await asyncio.wait({replayed}, timeout=1.0)
+            idle = loop.time() - generation_log.last_message_at
+            if not replayed.done() and idle > REPLAY_IDLE_TIMEOUT_S:
+                raise TimeoutError(f"replay stalled below stream sequence {target}")
+
+    def _replay_failed(self, generation_log: GenerationLog, exc: BaseException) -> None:
+        log.warning(
+            "Replay of generation {generation_id} failed: {error}",
+            generation_id=generation_log.generation_id,
+            error=repr(exc),
+        )
+        generation_log.replay_failed(exc)
+        if self.logs.get(generation_log.generation_id) is generation_log:
+            del self.logs[generation_log.generation_id]
 
     def wake_all(self) -> None:
         """Wake every watcher (to notice that the gateway is stopping)."""
@@ -289,13 +295,14 @@ class Hub:
                 generation_log.ticks += 1
                 generation_log._notify()
 
+    def sweep(self, now: float) -> None:
+        """Drop the logs nobody has watched for `IDLE_LOG_TTL_S` by `now` (the monotonic
+        clock), and their consumers."""
+        for generation_id, generation_log in list(self.logs.items()):
+            if generation_log.watchers <= 0 and now - generation_log.idle_since > IDLE_LOG_TTL_S:
+                self._drop(generation_id)
+
     async def _sweep_loop(self) -> None:
         while True:
             await asyncio.sleep(IDLE_LOG_TTL_S / 3)
-            now = time.monotonic()
-            for generation_id, generation_log in list(self.logs.items()):
-                if (
-                    generation_log.watchers <= 0
-                    and now - generation_log.idle_since > IDLE_LOG_TTL_S
-                ):
-                    del self.logs[generation_id]
+            self.sweep(time.monotonic())

@@ -1,10 +1,21 @@
-"""A generation's shared log wakes each of its watchers through a future of its own."""
+"""A generation's shared log wakes each of its watchers through a future of its own; the hub
+reads a generation only while someone watches it, with one consumer from its first event
+to its last, so a watcher joining at any moment gets every event once, in order."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+import uuid
 
-from services.gateway.hub import GenerationLog, sse_chunk
+from nats.aio.client import Client
+
+from contracts import streams
+from contracts.events import GenerationCompleted, GenerationRequested, PhaseProgress
+from services.common.eventlog import read_generation
+from services.common.eventwriter import GenerationWriter
+from services.gateway.hub import IDLE_LOG_TTL_S, GenerationLog, Hub, sse_chunk
+from tests.support.waiting import eventually
 
 
 def _block(seq: int) -> tuple[str, bytes]:
@@ -39,3 +50,81 @@ async def test_a_wait_started_after_a_change_waits_for_the_next_one() -> None:
     assert not later.done()
     log.replay_failed(RuntimeError("gateway stopping"))
     assert later.done()
+
+
+def _writer(nc: Client) -> GenerationWriter:
+    return GenerationWriter(nc.jetstream(), str(uuid.uuid4()), str(uuid.uuid4()), source="test")
+
+
+async def _append(writer: GenerationWriter, events: int, past_a_third: asyncio.Event) -> None:
+    """`events` events appended one by one (each awaiting its ack), the last terminal."""
+    await writer.emit(GenerationRequested, owner="alice", project_name="shop", version=1)
+    for i in range(events - 2):
+        await writer.emit(PhaseProgress, phase="models", message=f"step {i}")
+        if i == events // 3:
+            past_a_third.set()
+    await writer.emit(GenerationCompleted, file_count=0, total_bytes=0, duration_ms=1, progress=100)
+
+
+async def _stream_seqs(nc: Client, generation_id: str) -> list[int]:
+    return [e.stream_seq for e in await read_generation(nc.jetstream(), generation_id)]
+
+
+async def _consumers(nc: Client) -> int:
+    info = await nc.jetstream().stream_info(streams.EVENTS_STREAM)
+    return int(info.state.consumer_count)
+
+
+async def test_a_watcher_joining_a_running_generation_gets_every_event_once_in_order(
+    nc: Client,
+) -> None:
+    hub = Hub(nc, nc.jetstream())
+    await hub.start()
+    try:
+        watched, unwatched = _writer(nc), _writer(nc)
+        past_a_third = asyncio.Event()
+        appending = asyncio.gather(
+            _append(watched, 300, past_a_third), _append(unwatched, 300, asyncio.Event())
+        )
+        await past_a_third.wait()
+        generation_log = hub.attach(watched.generation_id)
+        await appending
+
+        await eventually(
+            lambda: generation_log.complete, 10, 0.01, what="the log to reach the terminal event"
+        )
+        assert generation_log.seqs == await _stream_seqs(nc, watched.generation_id)
+        assert len(generation_log.chunks) == 300
+        assert generation_log.replayed and hub.replays_started == 1
+        assert list(hub.logs) == [watched.generation_id], "nobody watches the other"
+    finally:
+        await hub.stop()
+
+
+async def test_a_generation_nobody_watches_any_longer_has_its_consumer_dropped(
+    nc: Client,
+) -> None:
+    hub = Hub(nc, nc.jetstream())
+    await hub.start()
+    try:
+        writer = _writer(nc)
+        await _append(writer, 10, asyncio.Event())
+        before = await _consumers(nc)
+        generation_log = hub.attach(writer.generation_id)
+
+        async def followed() -> bool:
+            return generation_log.complete and await _consumers(nc) == before + 1
+
+        await eventually(followed, 10, 0.01, what="one consumer reading the generation")
+        hub.detach(generation_log)
+        hub.sweep(time.monotonic() + IDLE_LOG_TTL_S / 2)
+        assert writer.generation_id in hub.logs, "kept a while for a reconnecting watcher"
+        hub.sweep(time.monotonic() + IDLE_LOG_TTL_S + 1)
+        assert writer.generation_id not in hub.logs
+
+        async def dropped() -> bool:
+            return await _consumers(nc) == before
+
+        await eventually(dropped, 10, 0.05, what="the generation's consumer to go")
+    finally:
+        await hub.stop()

@@ -1,10 +1,10 @@
 """SSE streams leave nothing behind: a client that disconnects releases its watcher, and
-the replay consumers are gone once a replay has finished; only the shared live
-subscription stays."""
+the generation's consumer goes once nobody has watched it for a while."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import nats
@@ -12,6 +12,7 @@ import nats
 from contracts import streams
 from services.common.embedded_nats import EmbeddedNats
 from services.common.settings import Settings
+from services.gateway.hub import IDLE_LOG_TTL_S
 from tests.support.stack import running_stack, schema_with
 from tests.support.waiting import eventually
 
@@ -50,11 +51,13 @@ async def test_disconnected_clients_leave_no_watcher_task_or_consumer(
 
         await eventually(lambda: gateway.stats.open == 0, 10)
         assert gateway.hub.logs[gid].watchers == 0
+        assert await _event_consumers(nats_server.url) == before + 1, "one for all five"
+        gateway.hub.sweep(time.monotonic() + IDLE_LOG_TTL_S + 1)
 
-        async def replay_consumer_gone() -> bool:
-            return await _event_consumers(nats_server.url) <= before
+        async def consumer_gone() -> bool:
+            return await _event_consumers(nats_server.url) == before
 
-        await eventually(replay_consumer_gone, 20, 0.1, what="the replay consumer to go")
+        await eventually(consumer_gone, 20, 0.1, what="the generation's consumer to go")
         assert not [t for t in asyncio.all_tasks() if "WatchSession" in repr(t.get_coro())]
 
 
