@@ -222,8 +222,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ] = 120.0
     orchestrator_concurrency: Annotated[
         int,
-        _setting("KILN_ORCHESTRATOR_CONCURRENCY", "Generations one orchestrator runs at once."),
-    ] = 4
+        _setting(
+            "KILN_ORCHESTRATOR_CONCURRENCY",
+            "Generations one orchestrator runs at once (most of a generation's time is spent "
+            "waiting on the LLM and the verifier, not on a core).",
+        ),
+    ] = 16
     shutdown_grace_s: Annotated[
         float,
         _setting(
