@@ -9,7 +9,11 @@ of its subject, read by every watcher at its own pace.
    or doubled.
 2. Watchers that join later share the same log: one consumer per watched generation,
    however many clients watch it.
-3. Logs nobody watches are dropped after a short while, and their consumer with them.
+3. Logs nobody watches are dropped 30 to 40 s after their last watcher left (`sweep`), and
+   their consumer with them. A watched generation costs a server-side consumer sending a
+   heartbeat every 2 s and nats-py's flow-control check every 0.25 s: 3 to 5 % of a core
+   per 1,000 generations watched at once (streams end with their generation, so what is
+   watched for long is what is running).
 
 The gateway reads only the generations someone watches: events of the others (most of
 them, while a generation runs with nobody looking) cost it nothing.

@@ -14,7 +14,11 @@ watchdog, a single task per gateway:
 
 A stream inside a write that its client is taking is not counted: a herd of a thousand
 clients replaying at once holds two writes each for a moment, and that is the gateway
-working, not clients holding it up. The stalled streams over the cap are cut at once, so
+working, not clients holding it up. Nor is a client that reads slowly but keeps taking
+each write within the 5 s: what it holds is bounded by the stream itself (two writes, or
+one event larger than a write), so the gateway's worst case is that times `max_streams`,
+as it is for a burst of non-readers in their first 5 s. The stalled streams over the cap
+are cut at once, so
 new streams need no refusal for bytes: they are refused (503 + Retry-After) only beyond
 `max_streams` open streams. A stream pays one clock read and one dict entry per write
 (a write carries a whole batch of events), nothing per event.
