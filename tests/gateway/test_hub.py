@@ -128,3 +128,23 @@ async def test_a_generation_nobody_watches_any_longer_has_its_consumer_dropped(
         await eventually(dropped, 10, 0.05, what="the generation's consumer to go")
     finally:
         await hub.stop()
+
+
+async def test_a_generation_watched_before_its_first_event_gets_every_event_as_it_comes(
+    nc: Client,
+) -> None:
+    hub = Hub(nc, nc.jetstream())
+    await hub.start()
+    try:
+        writer = _writer(nc)
+        generation_log = hub.attach(writer.generation_id)
+        await eventually(lambda: generation_log.replayed, 10, 0.01, what="an empty replay")
+        assert generation_log.seqs == []
+        await _append(writer, 7, asyncio.Event())
+        await eventually(
+            lambda: generation_log.complete, 10, 0.01, what="the log to reach the terminal event"
+        )
+        assert generation_log.seqs == await _stream_seqs(nc, writer.generation_id)
+        assert len(generation_log.seqs) == 7 and generation_log.failed is None
+    finally:
+        await hub.stop()
