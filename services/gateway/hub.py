@@ -205,7 +205,7 @@ class Hub:
         """Replay the generation up to its last event, then follow it, until dropped."""
         started = time.monotonic()
         self.replays_started += 1
-        replayed = asyncio.get_running_loop().create_future()
+        replayed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         try:
             target = await last_stream_seq(self.js, generation_log.generation_id)
             sub = await self._subscribe(generation_log, target, replayed)
@@ -227,7 +227,7 @@ class Hub:
                 await sub.unsubscribe()
 
     async def _subscribe(
-        self, generation_log: GenerationLog, target: int, replayed: asyncio.Future[float]
+        self, generation_log: GenerationLog, target: int, replayed: asyncio.Future[None]
     ) -> JetStreamContext.PushSubscription:
         """The generation's ordered consumer: replayed events up to `target` (watchers woken
         every 64 of them), then live ones (woken at each)."""
@@ -247,7 +247,7 @@ class Hub:
             unnotified += 1
             if seq >= target:
                 generation_log.replay_done()
-                replayed.set_result(loop.time())
+                replayed.set_result(None)
             elif unnotified >= 64:
                 unnotified = 0
                 generation_log._notify()
@@ -262,7 +262,7 @@ class Hub:
 
     @staticmethod
     async def _until_replayed(
-        generation_log: GenerationLog, replayed: asyncio.Future[float], target: int
+        generation_log: GenerationLog, replayed: asyncio.Future[None], target: int
     ) -> None:
         loop = asyncio.get_running_loop()
         generation_log.last_message_at = loop.time()

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import AsyncIterator
 
+import pytest
 from nats.aio.client import Client
 
 from contracts import streams
@@ -75,76 +77,74 @@ async def _consumers(nc: Client) -> int:
     return int(info.state.consumer_count)
 
 
-async def test_a_watcher_joining_a_running_generation_gets_every_event_once_in_order(
-    nc: Client,
-) -> None:
-    hub = Hub(nc, nc.jetstream())
-    await hub.start()
+@pytest.fixture
+async def hub(nc: Client) -> AsyncIterator[Hub]:
+    """A started hub on the test's nats-server, stopped after the test."""
+    started = Hub(nc, nc.jetstream())
+    await started.start()
     try:
-        watched, unwatched = _writer(nc), _writer(nc)
-        past_a_third = asyncio.Event()
-        appending = asyncio.gather(
-            _append(watched, 300, past_a_third), _append(unwatched, 300, asyncio.Event())
-        )
-        await past_a_third.wait()
-        generation_log = hub.attach(watched.generation_id)
-        await appending
-
-        await eventually(
-            lambda: generation_log.complete, 10, 0.01, what="the log to reach the terminal event"
-        )
-        assert generation_log.seqs == await _stream_seqs(nc, watched.generation_id)
-        assert len(generation_log.chunks) == 300
-        assert generation_log.replayed and hub.replays_started == 1
-        assert list(hub.logs) == [watched.generation_id], "nobody watches the other"
+        yield started
     finally:
-        await hub.stop()
+        await started.stop()
+
+
+async def _whole(nc: Client, generation_log: GenerationLog) -> None:
+    """Wait for the log to reach its terminal event; it holds every event, once, in order."""
+    await eventually(
+        lambda: generation_log.complete, 10, 0.01, what="the log to reach the terminal event"
+    )
+    assert generation_log.seqs == await _stream_seqs(nc, generation_log.generation_id)
+
+
+async def test_a_watcher_joining_a_running_generation_gets_every_event_once_in_order(
+    nc: Client, hub: Hub
+) -> None:
+    watched, unwatched = _writer(nc), _writer(nc)
+    past_a_third = asyncio.Event()
+    appending = asyncio.gather(
+        _append(watched, 300, past_a_third), _append(unwatched, 300, asyncio.Event())
+    )
+    await past_a_third.wait()
+    generation_log = hub.attach(watched.generation_id)
+    await appending
+
+    await _whole(nc, generation_log)
+    assert len(generation_log.chunks) == 300
+    assert generation_log.replayed and hub.replays_started == 1
+    assert list(hub.logs) == [watched.generation_id], "nobody watches the other"
 
 
 async def test_a_generation_nobody_watches_any_longer_has_its_consumer_dropped(
-    nc: Client,
+    nc: Client, hub: Hub
 ) -> None:
-    hub = Hub(nc, nc.jetstream())
-    await hub.start()
-    try:
-        writer = _writer(nc)
-        await _append(writer, 10, asyncio.Event())
-        before = await _consumers(nc)
-        generation_log = hub.attach(writer.generation_id)
+    writer = _writer(nc)
+    await _append(writer, 10, asyncio.Event())
+    before = await _consumers(nc)
+    generation_log = hub.attach(writer.generation_id)
 
-        async def followed() -> bool:
-            return generation_log.complete and await _consumers(nc) == before + 1
+    async def followed() -> bool:
+        return generation_log.complete and await _consumers(nc) == before + 1
 
-        await eventually(followed, 10, 0.01, what="one consumer reading the generation")
-        hub.detach(generation_log)
-        hub.sweep(time.monotonic() + IDLE_LOG_TTL_S / 2)
-        assert writer.generation_id in hub.logs, "kept a while for a reconnecting watcher"
-        hub.sweep(time.monotonic() + IDLE_LOG_TTL_S + 1)
-        assert writer.generation_id not in hub.logs
+    await eventually(followed, 10, 0.01, what="one consumer reading the generation")
+    hub.detach(generation_log)
+    hub.sweep(time.monotonic() + IDLE_LOG_TTL_S / 2)
+    assert writer.generation_id in hub.logs, "kept a while for a reconnecting watcher"
+    hub.sweep(time.monotonic() + IDLE_LOG_TTL_S + 1)
+    assert writer.generation_id not in hub.logs
 
-        async def dropped() -> bool:
-            return await _consumers(nc) == before
+    async def dropped() -> bool:
+        return await _consumers(nc) == before
 
-        await eventually(dropped, 10, 0.05, what="the generation's consumer to go")
-    finally:
-        await hub.stop()
+    await eventually(dropped, 10, 0.05, what="the generation's consumer to go")
 
 
 async def test_a_generation_watched_before_its_first_event_gets_every_event_as_it_comes(
-    nc: Client,
+    nc: Client, hub: Hub
 ) -> None:
-    hub = Hub(nc, nc.jetstream())
-    await hub.start()
-    try:
-        writer = _writer(nc)
-        generation_log = hub.attach(writer.generation_id)
-        await eventually(lambda: generation_log.replayed, 10, 0.01, what="an empty replay")
-        assert generation_log.seqs == []
-        await _append(writer, 7, asyncio.Event())
-        await eventually(
-            lambda: generation_log.complete, 10, 0.01, what="the log to reach the terminal event"
-        )
-        assert generation_log.seqs == await _stream_seqs(nc, writer.generation_id)
-        assert len(generation_log.seqs) == 7 and generation_log.failed is None
-    finally:
-        await hub.stop()
+    writer = _writer(nc)
+    generation_log = hub.attach(writer.generation_id)
+    await eventually(lambda: generation_log.replayed, 10, 0.01, what="an empty replay")
+    assert generation_log.seqs == []
+    await _append(writer, 7, asyncio.Event())
+    await _whole(nc, generation_log)
+    assert len(generation_log.seqs) == 7 and generation_log.failed is None
