@@ -317,7 +317,9 @@ class Projector:
             result.position = position
             todo = await self._plan(msgs, position, result)
             writer = BatchWriter(conn, self.blobs)
-            await self._reuse(writer, [prepared[index] for index, _, _ in todo])
+            batch = [prepared[index] for index, _, _ in todo]
+            await self._reuse(writer, batch)
+            await writer.preload([d.event for d in batch if d is not None and d.event is not None])
             for index, msg, seq in todo:
                 decoded = prepared[index]
                 if decoded is None:

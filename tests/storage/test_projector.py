@@ -201,6 +201,50 @@ async def test_the_same_batch_twice_is_applied_once(
     assert await read_model.applied_stream_seq("twice") == writer.last_stream_seq
 
 
+async def test_generations_requested_in_one_batch_are_stored_and_a_taken_version_refused(
+    js: JetStreamContext, read_model: ReadModel, engine: AsyncEngine
+) -> None:
+    # What the batch asks of the database is read for the whole batch at once (and the
+    # new rows written at its end): each request must still be judged against the rows
+    # before the batch and the requests before it in the batch.
+    projector = Projector(engine, consumer="requests", js=js)
+    sub = await js.pull_subscribe(subjects.ALL_EVENTS, durable="requests", stream=EVENTS_STREAM)
+    b1 = await publish_generation(js, FILES)
+    assert await projector.handle(await sub.fetch(100, timeout=5)) == [Ack()] * b1.last_seq
+
+    a1 = await publish_generation(js, FILES)  # a new project, then its version 2
+    a2 = await publish_generation(
+        js, FILES, project_id=a1.project_id, version=2, parent=a1.generation_id
+    )
+    b2 = await publish_generation(
+        js, FILES, project_id=b1.project_id, version=2, parent=b1.generation_id
+    )
+    taken_here = await publish_generation(js, FILES, project_id=b1.project_id, version=2)
+    taken_before = await publish_generation(js, FILES, project_id=b1.project_id, version=1)
+    c1 = await publish_generation(js, FILES)
+    msgs = await sub.fetch(200, timeout=5)
+    outcomes = await projector.handle(msgs)
+
+    def of(writer: GenerationWriter) -> list[Outcome]:
+        return [o for m, o in zip(msgs, outcomes, strict=True) if writer.generation_id in m.subject]
+
+    for writer in (a1, a2, b2, c1):
+        assert of(writer) == [Ack()] * writer.last_seq
+        view = await read_model.generation(writer.generation_id)
+        assert view is not None and view.status == "completed"
+    for writer, version, holder in ((taken_here, 2, b2), (taken_before, 1, b1)):
+        first, *rest = of(writer)
+        assert first == DeadLetter(
+            f"version {version} of project {b1.project_id} is already generation "
+            f"{holder.generation_id}"
+        )
+        assert all(isinstance(o, DeadLetter) for o in rest)
+        assert await read_model.generation(writer.generation_id) is None
+    projects = [await read_model.project(w.project_id) for w in (a1, b1, c1)]
+    latest = {p.project_id: p.latest_version for p in projects if p is not None}
+    assert latest == {a1.project_id: 2, b1.project_id: 2, c1.project_id: 1}
+
+
 async def test_a_generation_arriving_one_event_at_a_time_is_folded_from_memory(
     js: JetStreamContext, read_model: ReadModel, engine: AsyncEngine
 ) -> None:
