@@ -58,6 +58,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from contracts import subjects
+from contracts.events import AnyEvent
 from contracts.streams import EVENTS_STREAM, STORAGE_CONSUMER
 from services.common import metrics
 from services.common.blobs import BlobError, BlobStore
@@ -68,7 +69,6 @@ from services.storage.bulk import bind_row
 from services.storage.dberrors import describe_error, is_refused
 from services.storage.models import (
     events_table,
-    generations_table,
     positions_table,
 )
 from services.storage.positions import (
@@ -317,9 +317,12 @@ class Projector:
             result.position = position
             todo = await self._plan(msgs, position, result)
             writer = BatchWriter(conn, self.blobs)
-            batch = [prepared[index] for index, _, _ in todo]
-            await self._reuse(writer, batch)
-            await writer.preload([d.event for d in batch if d is not None and d.event is not None])
+            events = [
+                decoded.event
+                for decoded in (prepared[index] for index, _, _ in todo)
+                if decoded is not None and decoded.event is not None
+            ]
+            self.cache_hits += await writer.preload(events, self._take_cached(events))
             for index, msg, seq in todo:
                 decoded = prepared[index]
                 if decoded is None:
@@ -351,29 +354,13 @@ class Projector:
         self._committed = result.position if row_exists else None
         return result
 
-    async def _reuse(self, writer: BatchWriter, batch: list[Decoded | None]) -> None:
-        """Hand the writer the cached generations this batch touches, those whose row has
-        not moved since (another projector, during a change of partitioning, may have
+    def _take_cached(self, events: list[AnyEvent]) -> dict[str, LoadedGeneration]:
+        """The cached generations `events` touch, for the writer to reuse those whose row
+        has not moved since (another projector, during a change of partitioning, may have
         applied events to them). They leave the cache: a batch that fails takes them with
         it, and only a committed batch puts them back."""
-        wanted = {
-            decoded.event.generation_id
-            for decoded in batch
-            if decoded is not None and decoded.event is not None
-        }
-        cached = {gid: self._cache.pop(gid) for gid in wanted if gid in self._cache}
-        if not cached:
-            return
-        rows = await writer.conn.execute(
-            select(generations_table.c.id, generations_table.c.last_stream_seq).where(
-                generations_table.c.id.in_(list(cached))
-            )
-        )
-        current = {str(row.id): int(row.last_stream_seq) for row in rows}
-        for generation_id, generation in cached.items():
-            if current.get(generation_id) == generation.last_stream_seq:
-                writer.generations[generation_id] = generation
-                self.cache_hits += 1
+        wanted = {event.generation_id for event in events}
+        return {gid: self._cache.pop(gid) for gid in wanted if gid in self._cache}
 
     def _remember(self, generations: dict[str, LoadedGeneration]) -> None:
         _remember_recent(self._cache, generations, CACHED_GENERATIONS)
