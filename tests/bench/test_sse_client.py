@@ -10,12 +10,13 @@ import pytest
 from bench.loadgen.sse import Client
 
 
-def stream(seqs: list[int], terminal: bool = True) -> bytes:
+def stream(seqs: list[int], terminal: bool = True, keepalive: bool = True) -> bytes:
     blocks = [
         b'id: %d\nevent: file.written\ndata: {"type":"file.written","seq":%d}\n\n' % (s, s)
         for s in seqs
     ]
-    blocks.insert(len(blocks) // 2, b": keepalive\n\n")
+    if keepalive:
+        blocks.insert(len(blocks) // 2, b": keepalive\n\n")
     if terminal:
         last = seqs[-1] + 1
         blocks.append(
@@ -47,7 +48,19 @@ async def test_plain_runs_and_block_parsing_agree_on_any_split(seed: int) -> Non
         assert (client.events, client.terminal) == (301, True)
         assert client.last_id == seqs[-1] + 1
         assert client.disorder == seed % 2
-    assert by_block.keepalives == 1
+        assert client.keepalives == 1  # the comment's run went block by block
+    assert by_block.plain_runs == 0
+
+
+@pytest.mark.parametrize("seed", range(10))
+async def test_reads_of_plain_blocks_are_taken_as_runs(seed: int) -> None:
+    seqs = list(range(1, 601))
+    if seed % 2:
+        seqs[300], seqs[301] = seqs[301], seqs[300]
+    client = read(stream(seqs, keepalive=False), decode=False, pieces=10, seed=seed)
+
+    assert (client.events, client.terminal, client.disorder) == (601, True, seed % 2)
+    assert client.plain_runs >= 8  # every read but those ending before a block's end
 
 
 async def test_a_stream_cut_before_its_end_counts_what_arrived_and_is_not_complete() -> None:
