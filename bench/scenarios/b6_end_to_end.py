@@ -84,7 +84,7 @@ class ReadModel:
         self.version = None
 
 
-async def _generate(
+async def generate(
     stack: Stack, client: httpx.AsyncClient, users: Users, entities: int, count: int
 ) -> tuple[float, list[str], float]:
     """POST `count` generations at once: seconds until all are completed in the read model,
@@ -137,7 +137,7 @@ async def _until_completed(
         await asyncio.sleep(POLL_S)
 
 
-async def _raw_publish(stack: Stack, ids: list[str]) -> tuple[float, int]:
+async def raw_publish(stack: Stack, ids: list[str]) -> tuple[float, int]:
     """Publish the generations' events raw (each awaiting its ack); seconds and events."""
     js = stack.js
     logs = [[e.data for e in await read_generation(js, g)] for g in ids]
@@ -185,7 +185,7 @@ async def run_on(ctx: Context, title: str, *, cluster: int) -> list[Row]:
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{stack.port}", timeout=60
         ) as client:
-            await _generate(stack, client, users, 1, 1)  # warm-up
+            await generate(stack, client, users, 1, 1)  # warm-up
             cases = [(f"{n} entit{'y' if n == 1 else 'ies'}", n, 1) for n in sizes]
             cases.append(
                 (
@@ -200,11 +200,9 @@ async def run_on(ctx: Context, title: str, *, cluster: int) -> list[Row]:
                 event_counts: list[int] = []
                 published: list[float] = []
                 for _ in range(ctx.runs):
-                    kiln_s, ids, published_s = await _generate(
-                        stack, client, users, entities, count
-                    )
+                    kiln_s, ids, published_s = await generate(stack, client, users, entities, count)
                     published.append(published_s)
-                    raw_s, events = await _raw_publish(stack, ids)
+                    raw_s, events = await raw_publish(stack, ids)
                     totals.add(kiln_s, raw_s)
                     per_event.add(kiln_s / events * 1e3, raw_s / events * 1e3)
                     event_counts.append(events)
