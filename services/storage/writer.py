@@ -116,11 +116,9 @@ class BatchWriter:
         """Generations known to have no row (nor a `new` one here)."""
         self.latest_versions: dict[str, int | None] = {}
         """Projects' latest versions as this transaction leaves them (None: no project)."""
-        self.holders: dict[tuple[str, int], str] = {}
-        """(project, version) → its generation, of the pairs in `holder_pairs`; a pair there
-        but not here is free."""
-        self.holder_pairs: set[tuple[str, int]] = set()
-        """The (project, version) pairs whose holder is known (taken or free)."""
+        self.holders: dict[tuple[str, int], str | None] = {}
+        """(project, version) → the generation holding it, None when free, for the pairs
+        whose holder is known."""
         self.new_projects: dict[str, dict[str, Any]] = {}
         self.raised_versions: dict[str, int] = {}
 
@@ -136,7 +134,6 @@ class BatchWriter:
         self.absent.clear()
         self.latest_versions.clear()
         self.holders.clear()
-        self.holder_pairs.clear()
         self.new_projects.clear()
         self.raised_versions.clear()
 
@@ -178,7 +175,7 @@ class BatchWriter:
             (e.project_id, e.version)
             for e in requests
             if self.latest_versions.get(e.project_id) is not None
-        } - self.holder_pairs
+        } - self.holders.keys()
         if pairs:
             rows = await self.conn.execute(
                 _VERSION_HOLDERS,
@@ -187,8 +184,8 @@ class BatchWriter:
                     "versions": sorted({v for _, v in pairs}),
                 },
             )
-            self.holders.update({(str(r.project_id), int(r.version)): str(r.id) for r in rows})
-            self.holder_pairs |= pairs
+            taken = {(str(r.project_id), int(r.version)): str(r.id) for r in rows}
+            self.holders.update({pair: taken.get(pair) for pair in pairs})
         return reused
 
     async def apply(self, decoded: Decoded, seq: int) -> Outcome:
@@ -341,7 +338,6 @@ class BatchWriter:
                 self.raised_versions[project_id] = version
         self.latest_versions[project_id] = version if latest is None else max(latest, version)
         self.holders[(project_id, version)] = event.generation_id
-        self.holder_pairs.add((project_id, version))
         self.absent.discard(event.generation_id)
         state = apply(new_state(event), event, keep_content=False)
         self.generations[event.generation_id] = LoadedGeneration(
@@ -368,8 +364,8 @@ class BatchWriter:
         return generation
 
     async def _version_holder(self, project_id: str, version: int) -> str | None:
-        if (project_id, version) in self.holder_pairs:
-            return self.holders.get((project_id, version))
+        if (project_id, version) in self.holders:
+            return self.holders[(project_id, version)]
         if self.latest_versions.get(project_id, 0) is None:
             return None  # no project row: no generation of it (a foreign key)
         return (
