@@ -21,6 +21,7 @@ from services.common.heap import freeze_startup_heap
 from services.common.host import health_endpoint
 from services.common.logs import get_logger
 from services.common.settings import Settings, SettingsError, parse_api_keys, token_secret
+from services.gateway.asgi import GatewayApp
 from services.gateway.auth import ApiKeys
 from services.gateway.commands import Commands
 from services.gateway.errors import exception_handlers
@@ -33,7 +34,6 @@ from services.gateway.routes.generations import GenerationController
 from services.gateway.routes.health import healthz, metrics_route, readiness_checks, readyz
 from services.gateway.routes.page import index, static_files
 from services.gateway.routes.projects import ProjectController
-from services.gateway.sse import GatewayApp
 from services.gateway.state import Gateway
 from services.gateway.tokens import TokenSigner
 from services.gateway.views import Views

@@ -94,9 +94,14 @@ class OutflowBudget:
             return max(self.period_s, min(STALLED_AFTER_S, self.write_timeout_s / 2))
         return STALLED_AFTER_S
 
+    @property
+    def full(self) -> bool:
+        """Whether a new stream would be refused (503)."""
+        return self.max_streams > 0 and self.open >= self.max_streams
+
     def admit(self) -> Callable[[], None]:
         """Count a new stream, or raise 503 beyond `max_streams`; returns its (idempotent) release."""
-        if self.max_streams > 0 and self.open >= self.max_streams:
+        if self.full:
             metrics.sse_refused.labels(reason="streams").inc()
             raise Unavailable(
                 f"This gateway already serves {self.open} event streams, the most it allows; "

@@ -49,10 +49,14 @@ class StreamSlots:
         self.per_user = per_user
         self._open: dict[str, int] = {}
 
+    def full(self, user: str) -> bool:
+        """Whether `user` has no slot left (a new stream would be refused, 429)."""
+        return self.per_user > 0 and self._open.get(user, 0) >= self.per_user
+
     def acquire(self, user: str) -> Callable[[], None]:
         """Take a slot for `user` (429 when all are in use); returns its release function."""
         count = self._open.get(user, 0)
-        if self.per_user > 0 and count >= self.per_user:
+        if self.full(user):
             raise TooManyRequests(
                 f"This API key already has {count} open event streams, the most allowed; "
                 "close one (or wait for a generation to end) and try again.",

@@ -15,15 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from litestar import Litestar, Request, Response
+from litestar import Request, Response
 from litestar.response.base import ASGIResponse
 from litestar.types import Receive, Scope, Send
 
 from services.common import metrics
 from services.common.logs import get_logger
-from services.gateway.headers import with_security_headers
 from services.gateway.hub import GenerationLog, Hub
-from services.gateway.middleware import measured
 from services.gateway.outflow import OutflowBudget
 from services.gateway.protocol import CONNECTION, LimitedHttpProtocol
 
@@ -43,52 +41,16 @@ class StreamStats:
         self.events_sent = 0
         self.direct = 0
         """Streams whose body went straight to the connection (`LimitedHttpProtocol`)."""
+        self.plain = 0
+        """Streams started before Litestar (services/gateway/plain_stream.py)."""
 
 
 SERVER_SEND = "kiln.server_send"
 """The scope key under which `GatewayApp` keeps the server's own ASGI `send`."""
 
 DETACHED = "kiln.detached_stream"
-"""The scope key under which an SSE response leaves its stream for `GatewayApp` to run once
-Litestar has returned."""
-
-_KEPT = ("type", "http_version", "method", "path")
-"""What a detached stream's scope keeps: uvicorn reads `method` when the stream ends."""
-
-
-class GatewayApp(Litestar):
-    """Litestar, with SSE streams run outside it.
-
-    An SSE response passes Litestar (routing, the key or token, the caps, the response
-    start through every middleware, so status metrics and error handling see it) and then
-    leaves its stream in the scope instead of sending its body. Once Litestar has returned,
-    and with it every frame that held the request, the scope is emptied of all but what
-    uvicorn still reads and the stream runs here, writing its chunks straight to the
-    connection (`LimitedHttpProtocol.take_body`). An open stream then holds its
-    connection, its session and its place in a log, not the request (B3), and a delivery
-    costs one `transport.write` (B2). Every request is counted and timed here, outside the
-    router, so unmatched ones are too, and every response gets its security headers here
-    (services/gateway/headers.py)."""
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await super().__call__(scope, receive, send)
-            return
-        scope[SERVER_SEND] = send
-        try:
-            await measured(super().__call__, scope, receive, with_security_headers(send))
-        except BaseException:
-            stream = scope.pop(DETACHED, None)
-            if stream is not None and stream.on_close:
-                stream.on_close()
-            raise
-        stream = scope.pop(DETACHED, None)
-        if stream is not None:
-            connection = scope.get(CONNECTION)
-            kept = {key: scope[key] for key in _KEPT if key in scope}
-            scope.clear()  # frees its table: Litestar's state, the request's caches
-            scope.update(kept)
-            await stream.run(send, receive, connection)
+"""The scope key under which an SSE response leaves its stream for `GatewayApp`
+(services/gateway/asgi.py) to run once Litestar has returned."""
 
 
 class _SSEASGIResponse(ASGIResponse):
