@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from services.gateway.quotas import admit_stream
-from services.gateway.sse import WatchSession
+from services.gateway.sse import STREAM_HEADERS, WatchSession
 from services.gateway.tokens import TokenInvalid
 
 if TYPE_CHECKING:
@@ -37,13 +37,11 @@ _TOKEN = re.compile(rb"token=([A-Za-z0-9_.%-]+)")
 _RESUME = b"last-event-id"
 
 RESPONSE_HEADERS = [
-    (b"cache-control", b"no-cache, no-transform"),
-    (b"x-accel-buffering", b"no"),
-    (b"connection", b"keep-alive"),
+    *((name.lower().encode(), value.encode()) for name, value in STREAM_HEADERS.items()),
     (b"content-type", b"text/event-stream; charset=utf-8"),
 ]
-"""The route's own response headers (services/gateway/sse.py `SSEResponse`, encoded by
-Litestar); the security headers are added to every response on its way out."""
+"""The route's response headers as Litestar encodes them (services/gateway/sse.py
+`SSEResponse`); the security headers are added to every response on its way out."""
 
 
 def plain_stream(gateway: Gateway | None, scope: Scope) -> WatchSession | None:

@@ -82,19 +82,20 @@ class _SSEASGIResponse(ASGIResponse):
                 session.on_close()
 
 
+STREAM_HEADERS = {
+    "Cache-Control": "no-cache, no-transform",
+    "X-Accel-Buffering": "no",
+    "Connection": "keep-alive",
+}
+"""An SSE response's own headers, besides its content type (services/gateway/plain_stream.py
+sends the same)."""
+
+
 class SSEResponse(Response[bytes]):
     """A text/event-stream response driven by a WatchSession."""
 
     def __init__(self, session: WatchSession) -> None:
-        super().__init__(
-            content=b"",
-            media_type="text/event-stream",
-            headers={
-                "Cache-Control": "no-cache, no-transform",
-                "X-Accel-Buffering": "no",
-                "Connection": "keep-alive",
-            },
-        )
+        super().__init__(content=b"", media_type="text/event-stream", headers=STREAM_HEADERS)
         self.session = session
 
     def to_asgi_response(

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client import REGISTRY
 
 from services.cli.main import main
 from services.common.embedded_nats import EmbeddedNats
 from tests.conftest import ALICE_KEY, make_settings
+from tests.support.metrics import sample_total
 from tests.support.stack import SCHEMA_ONE, Stack, running_stack
 from tests.support.waiting import eventually
 
@@ -99,12 +99,11 @@ async def test_the_cli_waits_out_a_broker_restart(
 
 def _status_503s() -> float:
     """How many 503s this process's gateway has answered to a GET of a generation."""
-    return sum(
-        sample.value
-        for metric in REGISTRY.collect()
-        for sample in metric.samples
-        if sample.name == "kiln_gateway_requests_total"
-        and sample.labels.get("status") == "503"
-        and sample.labels.get("method") == "GET"
-        and sample.labels.get("route", "").startswith("/generations/{generation_id")
+    return sample_total(
+        "kiln_gateway_requests_total",
+        lambda labels: (
+            labels.get("status") == "503"
+            and labels.get("method") == "GET"
+            and labels.get("route", "").startswith("/generations/{generation_id")
+        ),
     )

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from prometheus_client import REGISTRY
 
 from services.common.embedded_nats import EmbeddedNats
 from services.common.settings import Settings
@@ -16,6 +15,7 @@ from services.gateway.plain_stream import ROUTE
 from tests.conftest import make_settings
 from tests.support import client as kiln
 from tests.support.environment import ALICE_KEY
+from tests.support.metrics import sample_total
 from tests.support.stack import Stack, running_stack, schema_with
 from tests.support.waiting import eventually
 
@@ -26,23 +26,14 @@ def _gateway(stack: Stack) -> Any:
 
 def _counted(status: str) -> float:
     """How many stream requests this process's gateways answered with `status`."""
-    return sum(
-        sample.value
-        for metric in REGISTRY.collect()
-        for sample in metric.samples
-        if sample.name == "kiln_gateway_requests_total"
-        and sample.labels.get("route") == ROUTE
-        and sample.labels.get("status") == status
+    return sample_total(
+        "kiln_gateway_requests_total",
+        lambda labels: labels.get("route") == ROUTE and labels.get("status") == status,
     )
 
 
 def _refused() -> float:
-    return sum(
-        sample.value
-        for metric in REGISTRY.collect()
-        for sample in metric.samples
-        if sample.name == "kiln_gateway_sse_streams_refused_total"
-    )
+    return sample_total("kiln_gateway_sse_streams_refused_total")
 
 
 async def _opened(
