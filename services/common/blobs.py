@@ -24,7 +24,8 @@ import asyncio
 import json
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TypeVar
 
 import nats.errors
 from nats.js import JetStreamContext
@@ -34,9 +35,12 @@ from contracts import streams, subjects
 from contracts.codec import content_sha256
 from contracts.limits import MAX_FILE_BYTES
 from contracts.state import GenerationState
+from services.common.broker import when_available
 from services.common.logs import get_logger
 
 log = get_logger(__name__)
+
+T = TypeVar("T")
 
 # How many blob reads or writes one caller keeps in flight.
 CONCURRENCY = 64
@@ -100,12 +104,25 @@ class BlobStore:
     """Reads and writes file contents by sha256 in the blob stream."""
 
     def __init__(
-        self, js: JetStreamContext, concurrency: int = CONCURRENCY, remembered: int = REMEMBERED
+        self,
+        js: JetStreamContext,
+        concurrency: int = CONCURRENCY,
+        remembered: int = REMEMBERED,
+        *,
+        not_now_wait_s: float = 0.0,
     ) -> None:
+        """`not_now_wait_s`: how long a read or write waits out the broker's "not now" (a
+        leader election) before it raises; 0 raises at once (a request a client retries)."""
         self.js = js
         self._limit = asyncio.Semaphore(concurrency)
         self._held: OrderedDict[str, None] = OrderedDict()
         self._remembered = remembered
+        self._not_now_wait_s = not_now_wait_s
+
+    async def _patiently(self, call: Callable[[], Awaitable[T]], what: str) -> T:
+        if self._not_now_wait_s <= 0:
+            return await call()
+        return await when_available(call, what=what, wait_s=self._not_now_wait_s)
 
     def held(self, sha256: str) -> bool:
         """True when this store has seen the broker hold `sha256` (it is there still)."""
@@ -131,11 +148,15 @@ class BlobStore:
         data, headers = packed(content.encode())
         async with self._limit:
             try:
-                ack = await self.js.publish(
-                    subjects.blob_subject(sha256),
-                    data,
-                    stream=streams.BLOBS_STREAM,
-                    headers={"Nats-Msg-Id": sha256, **headers},
+                # Safe to repeat: the Msg-Id stores a content once.
+                ack = await self._patiently(
+                    lambda: self.js.publish(
+                        subjects.blob_subject(sha256),
+                        data,
+                        stream=streams.BLOBS_STREAM,
+                        headers={"Nats-Msg-Id": sha256, **headers},
+                    ),
+                    f"store the file content {sha256}",
                 )
             except APIError as exc:
                 if exc.err_code == _SUBJECT_FULL:
@@ -201,12 +222,18 @@ class BlobStore:
         subject = subjects.blob_subject(sha256)
         async with self._limit:
             try:
-                message = await self.js.get_last_msg(streams.BLOBS_STREAM, subject, direct=True)
+                message = await self._patiently(
+                    lambda: self.js.get_last_msg(streams.BLOBS_STREAM, subject, direct=True),
+                    f"read the file content {sha256}",
+                )
             except NotFoundError:
                 # A direct get may be answered by a replica that has not caught up yet;
                 # the stream's leader has every blob a stored event names.
                 try:
-                    message = await self.js.get_last_msg(streams.BLOBS_STREAM, subject)
+                    message = await self._patiently(
+                        lambda: self.js.get_last_msg(streams.BLOBS_STREAM, subject),
+                        f"read the file content {sha256}",
+                    )
                 except NotFoundError:
                     return None
         return message.data or b"", message.headers

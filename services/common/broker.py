@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import nats
 from nats import errors as nats_errors
@@ -47,8 +48,60 @@ NOT_NOW: tuple[type[Exception], ...] = (
     NoStreamResponseError,
 )
 
+# "Duplicate message id is in process": a publish repeated while the broker is still
+# storing the first one with its Nats-Msg-Id (a cluster's proposal in flight).
+MSG_ID_IN_PROCESS = 10158
+
+
+def says_not_now(exc: BaseException) -> bool:
+    """Whether `exc` is the broker saying "not now" (`NOT_NOW`, or a repeated publish whose
+    first is still being stored): asking again shortly succeeds."""
+    return isinstance(exc, NOT_NOW) or (
+        isinstance(exc, nats.js.errors.APIError) and exc.err_code == MSG_ID_IN_PROCESS
+    )
+
+
 # A cluster just started: no meta leader yet (an API error), or not answering yet.
 NOT_YET: tuple[type[Exception], ...] = (nats.js.errors.APIError, *NOT_NOW)
+
+# How long a service waits out "not now" before calling the broker unavailable: longer
+# than a cluster's leader election (seconds), and a broker restart with its reconnect.
+NOT_NOW_WAIT_S = 60.0
+
+T = TypeVar("T")
+
+
+class BrokerUnavailable(RuntimeError):
+    """The broker kept saying "not now" for longer than a caller waits."""
+
+
+async def when_available(
+    call: Callable[[], Awaitable[T]], *, what: str, wait_s: float = NOT_NOW_WAIT_S
+) -> T:
+    """`call()`, called again while the broker says "not now" (`says_not_now`: a leader
+    election, a reconnect), for up to `wait_s`; then `BrokerUnavailable` saying what could
+    not be done.
+
+    Only for calls that are safe to repeat (reads, and publishes with a `Nats-Msg-Id`).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    delay = 0.1
+    waited = False
+    while True:
+        try:
+            return await call()
+        except Exception as exc:
+            if not says_not_now(exc):
+                raise
+            if loop.time() + delay > deadline:
+                raise BrokerUnavailable(f"could not {what}: {exc!r}") from None
+            if not waited:
+                log.info("Waiting for the broker to {what}", what=what, error=repr(exc))
+                waited = True
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)
+
 
 RECONNECT_WAIT_S = 0.25
 PING_INTERVAL_S = 5

@@ -32,6 +32,7 @@ from nats.js.errors import APIError, NotFoundError
 from contracts import streams, subjects
 from contracts.codec import encode, encoded_event_hash, event_hash
 from contracts.events import Event, event_tag, new_event_id, utc_now
+from services.common.broker import BrokerUnavailable, says_not_now
 from services.common.eventlog import StoredEvent
 from services.common.logs import get_logger
 
@@ -45,7 +46,7 @@ class WriterConflict(RuntimeError):
     """Another writer appended to the generation's subject: this one must stop."""
 
 
-class LogUnavailable(RuntimeError):
+class LogUnavailable(BrokerUnavailable):
     """The broker did not take an append after retrying for a while."""
 
 
@@ -323,7 +324,9 @@ class GenerationWriter:
                 last_stream_seq = await self._publish_batch(chunk)
                 break
             except APIError as exc:
-                if exc.err_code in (WRONG_LAST_SEQUENCE, ATOMIC_DUPLICATE):
+                if says_not_now(exc):  # JetStream's 503 (an election) is an APIError
+                    error: Exception = exc
+                elif exc.err_code in (WRONG_LAST_SEQUENCE, ATOMIC_DUPLICATE):
                     # Either our own earlier attempt was stored (its ack was lost) or
                     # another writer appended: the subject's last message tells which.
                     stored = await self._stored_as(self._msg_id(last_event), last_data)
@@ -333,19 +336,20 @@ class GenerationWriter:
                         ) from None
                     last_stream_seq = stored
                     break
-                if exc.err_code == ATOMIC_DISABLED:
+                elif exc.err_code == ATOMIC_DISABLED:
                     _without_atomic(self.js)
                     self.atomic = False
                     return []
-                if exc.err_code == ATOMIC_TOO_LARGE:
+                elif exc.err_code == ATOMIC_TOO_LARGE:
                     limit = _limit_in(exc.description)
                     if limit is None or limit >= len(chunk):
                         raise
                     self.max_batch_events = max(limit, 1)
                     return await self._append_atomic(chunk[: self.max_batch_events])
-                if exc.err_code not in (ATOMIC_INCOMPLETE, ATOMIC_TOO_MANY_INFLIGHT):
+                elif exc.err_code in (ATOMIC_INCOMPLETE, ATOMIC_TOO_MANY_INFLIGHT):
+                    error = exc
+                else:
                     raise
-                error: Exception = exc
             except _RETRYABLE as exc:
                 error = exc
             if loop.time() > deadline:
@@ -414,30 +418,34 @@ class GenerationWriter:
                     )
                 return int(ack.seq)
             except APIError as exc:
-                if exc.err_code != WRONG_LAST_SEQUENCE:
-                    raise
-                # Either our own earlier attempt was stored (its ack was lost) or another
-                # writer appended: the subject's last message tells which.
-                stored = await self._stored_as(msg_id, data)
-                if stored is not None:
-                    return stored
-                raise WriterConflict(
-                    f"another writer appended to generation {self.generation_id}"
-                ) from None
-            except _RETRYABLE as exc:
-                if loop.time() > deadline:
-                    raise LogUnavailable(
-                        f"could not append to generation {self.generation_id}: {exc!r}"
+                if says_not_now(exc):
+                    error: Exception = exc
+                elif exc.err_code == WRONG_LAST_SEQUENCE:
+                    # Either our own earlier attempt was stored (its ack was lost) or
+                    # another writer appended: the subject's last message tells which.
+                    stored = await self._stored_as(msg_id, data)
+                    if stored is not None:
+                        return stored
+                    raise WriterConflict(
+                        f"another writer appended to generation {self.generation_id}"
                     ) from None
-                # The broker says "not now" (electing a leader, reconnecting): waiting is
-                # the plan, not an error; LogUnavailable above is the error.
-                log.info(
-                    "Waiting for the broker to take an event of generation {generation_id}",
-                    generation_id=self.generation_id,
-                    error=repr(exc),
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                else:
+                    raise
+            except _RETRYABLE as exc:
+                error = exc
+            if loop.time() > deadline:
+                raise LogUnavailable(
+                    f"could not append to generation {self.generation_id}: {error!r}"
+                ) from None
+            # The broker says "not now" (electing a leader, reconnecting): waiting is the
+            # plan, not an error; LogUnavailable above is the error.
+            log.info(
+                "Waiting for the broker to take an event of generation {generation_id}",
+                generation_id=self.generation_id,
+                error=repr(error),
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
     async def _stored_as(self, msg_id: str, data: bytes) -> int | None:
         """The stream seq of this very event if it is the subject's last message."""

@@ -9,7 +9,7 @@ sequence, so a second runner on the same generation is refused by the stream and
 Asking the provider for a phase and checking its answer is `producer.py`; verifying the
 whole version and repairing it is `repair_loop.py`.
 
-It stays one module of about 480 lines: `GenerationRunner` (taking the command, resuming,
+It stays one module of about 500 lines: `GenerationRunner` (taking the command, resuming,
 the terminal events) and `_Run` (one run's phases, and the batch an instant provider's
 phases are held in until verify) decide together which events go in which append; split
 apart, the rule "a held batch goes in before any other append" would live in two places.
@@ -43,11 +43,11 @@ from contracts.phases import PHASES, PhaseOutput, PhasePlan, progress_before
 from contracts.state import GenerationState, fold
 from services.common import metrics
 from services.common.blobs import BlobError, BlobStore, resolve_contents
+from services.common.broker import NOT_NOW, NOT_NOW_WAIT_S, BrokerUnavailable, when_available
 from services.common.consumer import Ack, DeadLetter, Outcome, Retry
 from services.common.eventlog import read_generation
 from services.common.eventwriter import (
     EventBatch,
-    LogUnavailable,
     WriterConflict,
     source_uri,
 )
@@ -99,12 +99,19 @@ class GenerationRunner:
         self.config = config
         self.heartbeats = heartbeats
         self.verifier = verifier or VerifierClient(js, pickup_s=0, wait_s=0, enabled=False)
-        self.blobs = BlobStore(js)
+        # A run waits out a leader election rather than failing an attempt on it.
+        self.blobs = BlobStore(js, not_now_wait_s=NOT_NOW_WAIT_S)
 
     async def run(self, command: GenerateRequested, attempt: int) -> Outcome:
         """Run (or resume) the command's generation; the outcome for its message."""
         generation_id = command.generation_id
-        history = await read_generation(self.js, generation_id)
+        try:
+            history = await when_available(
+                lambda: read_generation(self.js, generation_id),
+                what=f"read generation {generation_id}",
+            )
+        except BrokerUnavailable as exc:
+            return Retry(str(exc))
         if not history or not isinstance(history[0].event, GenerationRequested):
             return DeadLetter(f"generation {generation_id} has no generation.requested event")
         state = fold(e.event for e in history)
@@ -119,8 +126,14 @@ class GenerationRunner:
             return Ack()
         try:
             await resolve_contents(self.blobs, state)
+            cancelled = await when_available(
+                lambda: self.cancels.check(generation_id),
+                what=f"check whether generation {generation_id} was cancelled",
+            )
         except BlobError as exc:
             return Retry(f"the log names file contents the broker cannot give: {exc}")
+        except BrokerUnavailable as exc:
+            return Retry(str(exc))
         writer = FoldingWriter.after(
             self.js,
             history,
@@ -128,7 +141,6 @@ class GenerationRunner:
             state=state,
             blobs=self.blobs,
         )
-        cancelled = await self.cancels.check(generation_id)
         run = _Run(self, state, writer, cancelled, attempt)
         metrics.generations_running.inc()
         beating = (
@@ -148,8 +160,17 @@ class GenerationRunner:
             return Retry(
                 "another orchestrator is writing this generation", self.config.conflict_retry_s
             )
-        except LogUnavailable as exc:
+        except BrokerUnavailable as exc:  # an append (LogUnavailable) or another call
             return Retry(str(exc))
+        except NOT_NOW as exc:
+            # Not an internal error: the broker said "not now" to a call made once.
+            log.warning(
+                "Generation {generation_id} paused: the broker did not answer; it will be retried",
+                generation_id=generation_id,
+                phase=run.phase,
+                error=repr(exc),
+            )
+            return Retry(f"the broker did not answer: {exc!r}")
         except asyncio.CancelledError:
             log.info(
                 "Generation {generation_id} interrupted by a shutdown; another orchestrator "

@@ -37,6 +37,7 @@ from contracts.verification import (
     decode_verify_result,
     request_msg_id,
 )
+from services.common.broker import when_available
 from services.common.eventlog import subscribe_ordered
 from services.common.eventwriter import GenerationWriter
 from services.common.logs import get_logger
@@ -81,7 +82,10 @@ class VerifierClient:
         sign of life for `pickup_s`, or none answers within `wait_s`.
         """
         subject = subjects.verify_result_subject(generation_id, round_)
-        stored = await self._stored(subject, generation_id, round_)
+        stored = await when_available(
+            lambda: self._stored(subject, generation_id, round_),
+            what=f"look up the verify result of generation {generation_id}",
+        )
         if stored is not None:
             return stored
         results: asyncio.Queue[bytes] = asyncio.Queue()
@@ -91,12 +95,15 @@ class VerifierClient:
 
         # Subscribed before asking, from the subject's start: an answer stored earlier (or
         # one that arrives right after the command) is never missed.
-        sub = await subscribe_ordered(
-            self.js,
-            subject,
-            stream=streams.VERIFY_RESULTS_STREAM,
-            cb=received,
-            idle_heartbeat_s=2.0,  # a broker restart during a long run is noticed in seconds
+        sub = await when_available(
+            lambda: subscribe_ordered(
+                self.js,
+                subject,
+                stream=streams.VERIFY_RESULTS_STREAM,
+                cb=received,
+                idle_heartbeat_s=2.0,  # a broker restart during a long run is noticed in seconds
+            ),
+            what=f"follow the verify results of generation {generation_id}",
         )
         try:
             command = VerifyRequested(
@@ -106,11 +113,15 @@ class VerifierClient:
                 upto_seq=upto_seq,
                 at=utc_now(),
             )
-            ack = await self.js.publish(
-                subjects.VERIFY_REQUESTS,
-                encode(command),
-                headers={"Nats-Msg-Id": request_msg_id(generation_id, round_)},
-                timeout=5.0,
+            # Safe to repeat: the Msg-Id stores one command per round.
+            ack = await when_available(
+                lambda: self.js.publish(
+                    subjects.VERIFY_REQUESTS,
+                    encode(command),
+                    headers={"Nats-Msg-Id": request_msg_id(generation_id, round_)},
+                    timeout=5.0,
+                ),
+                what=f"ask for the verification of generation {generation_id}",
             )
             return await self._answer(results, generation_id, round_, int(ack.seq))
         finally:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from datetime import UTC, datetime
 from typing import Any
 
+import nats.errors
 import pytest
 from nats.aio.client import Client
 
@@ -16,6 +18,8 @@ from contracts.limits import MAX_FILE_BYTES
 from contracts.state import FileState, GenerationState, GenerationSummary, apply
 from services.common import blobs
 from services.common.blobs import BlobCorrupt, BlobMissing, BlobStore, resolve_contents
+from services.common.embedded_nats import EmbeddedNats
+from tests.support.frozen import frozen
 
 
 async def test_a_content_is_stored_once_however_often_it_is_put(nc: Client) -> None:
@@ -197,3 +201,22 @@ async def test_a_content_the_store_has_seen_the_broker_hold_is_not_sent_again(
     assert await store.put("a = 1\n") is False
     assert len(sent) == 4
     assert (await js.stream_info(streams.BLOBS_STREAM)).state.messages == 3
+
+
+async def test_an_orchestrators_store_waits_out_a_broker_that_does_not_answer_for_a_while(
+    nc: Client, nats_server: EmbeddedNats
+) -> None:
+    js = nc.jetstream(timeout=1.0)
+    patient, impatient = BlobStore(js, not_now_wait_s=30), BlobStore(js)
+    with frozen(nats_server):
+        putting = asyncio.create_task(patient.put("x = 1\n"))
+        reading = asyncio.create_task(patient.read(content_sha256("y = 2\n")))
+        # A store for a request a client retries says "not now" at once instead.
+        with pytest.raises(nats.errors.TimeoutError):
+            await impatient.get(content_sha256("x = 1\n"))
+        assert not putting.done() and not reading.done()
+
+    # Its first publish may be the one stored: the repeat is then a duplicate (False).
+    await asyncio.wait_for(putting, 20)
+    assert await asyncio.wait_for(reading, 20) is None
+    assert await patient.get(content_sha256("x = 1\n")) == "x = 1\n"

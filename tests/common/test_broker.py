@@ -1,4 +1,5 @@
-"""The broker connection: credentials and TLS from settings, the embedded server on loopback."""
+"""The broker connection: credentials and TLS from settings, the embedded server on loopback,
+and "not now" from the broker waited out for a while."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ import subprocess
 from pathlib import Path
 
 import nats
+import nats.errors
 import pytest
+from nats.errors import NoRespondersError
+from nats.js.errors import APIError, ServiceUnavailableError
 
-from services.common.broker import connect, ensure_streams
+from services.common.broker import BrokerUnavailable, connect, ensure_streams, when_available
 from services.common.embedded_nats import EmbeddedNats
 from services.common.settings import load_settings
 from tests.conftest import make_settings
@@ -88,3 +92,48 @@ async def test_the_whole_stack_runs_over_tls_with_credentials(tmp_path: Path, ce
             assert status.status_code == 200
     finally:
         server.stop()
+
+
+async def test_a_call_the_broker_says_not_now_to_is_made_again_until_it_answers() -> None:
+    answers: list[Exception | str] = [
+        nats.errors.TimeoutError(),
+        NoRespondersError(),
+        ServiceUnavailableError(code=503, err_code=10008, description="temporarily unavailable"),
+        # A publish repeated while its first is still being stored, under one Nats-Msg-Id.
+        APIError(code=409, err_code=10158, description="duplicate message id is in process"),
+        "stored",
+    ]
+
+    async def call() -> str:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert await when_available(call, what="store it", wait_s=10) == "stored"
+    assert answers == []
+
+
+async def test_a_broker_that_keeps_saying_not_now_is_unavailable_saying_what_failed() -> None:
+    calls = 0
+
+    async def call() -> None:
+        nonlocal calls
+        calls += 1
+        raise nats.errors.TimeoutError
+
+    with pytest.raises(BrokerUnavailable, match=r"could not store it: .*Timeout"):
+        await when_available(call, what="store it", wait_s=0.5)
+    assert calls > 1
+
+
+@pytest.mark.parametrize(
+    "error",
+    [ValueError("a bug"), APIError(code=400, err_code=10071, description="wrong last sequence")],
+)
+async def test_any_other_error_is_not_waited_out(error: Exception) -> None:
+    async def call() -> None:
+        raise error
+
+    with pytest.raises(type(error)):
+        await when_available(call, what="store it", wait_s=10)

@@ -16,6 +16,7 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import RawStreamMsg
+from nats.js.errors import APIError, ServiceUnavailableError
 
 from contracts import streams, subjects
 from contracts.codec import content_sha256, encode, event_hash
@@ -331,6 +332,44 @@ async def test_a_retried_batch_whose_ack_was_lost_is_stored_once(nc: Client) -> 
     assert [e.event.event_id for e in after[1:]] == [e.event_id for e in batch.events]
     assert [s.stream_seq for s in stored] == [e.stream_seq for e in after[1:]]
     assert writer.last_seq == 5 and writer.last_stream_seq == after[-1].stream_seq
+
+
+async def test_appends_jetstream_answers_503_to_while_electing_a_leader_are_retried(
+    nc: Client,
+) -> None:
+    writer = await _requested(nc)
+    # The broker's answer to an append during a cluster's leader election.
+    js = writer.js
+    publish = js.publish
+    refusals: list[Exception] = []
+
+    async def electing(*args: Any, **kwargs: Any) -> Any:
+        if refusals:
+            raise refusals.pop(0)
+        return await publish(*args, **kwargs)
+
+    def refused() -> list[Exception]:
+        return [
+            ServiceUnavailableError(
+                code=503, err_code=10008, description="JetStream system temporarily unavailable"
+            ),
+            # The first attempt was taken after all, and is still being stored.
+            APIError(code=409, err_code=10158, description="duplicate message id is in process"),
+        ]
+
+    js.publish = electing  # type: ignore[method-assign]
+    refusals += refused()
+    await writer.emit(PhaseStarted, phase="plan", progress=1)
+    assert refusals == []
+    refusals += refused()
+    batch = writer.batch()
+    _files(batch, 3)
+    await batch.append()
+    assert refusals == []
+
+    history = await read_generation(nc.jetstream(), writer.generation_id)
+    _assert_whole_chain(history)
+    assert len(history) == 1 + 1 + 3, "each event once"
 
 
 async def test_a_phase_over_the_servers_batch_limit_goes_in_as_several_batches(

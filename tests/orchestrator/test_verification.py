@@ -24,6 +24,7 @@ from contracts.verification import (
     decode_verify_request,
     result_msg_id,
 )
+from services.common.embedded_nats import EmbeddedNats
 from services.common.eventlog import read_generation
 from services.common.eventwriter import GenerationWriter
 from services.orchestrator.verification import (
@@ -32,6 +33,7 @@ from services.orchestrator.verification import (
     VerifyUnanswered,
     verify_step,
 )
+from tests.support.frozen import frozen
 
 
 def _result(generation_id: str, round_: int, output_tail: str = "", **counts: int) -> VerifyResult:
@@ -75,6 +77,20 @@ async def test_without_any_verifier_the_answer_is_unanswered_and_the_command_wit
     assert answer == VerifyUnanswered(NO_VERIFIER)
     info = await nc.jetstream().stream_info(streams.VERIFY_STREAM)
     assert info.state.messages == 0, "a verifier started later does not run a stale command"
+
+
+async def test_a_broker_that_does_not_answer_for_a_while_is_waited_for_not_an_error(
+    nc: Client, nats_server: EmbeddedNats
+) -> None:
+    # A cluster electing a leader (or a frozen node) answers nothing for seconds: every
+    # broker call of the step times out at first (1 s here), and must be asked again.
+    client = VerifierClient(nc.jetstream(timeout=1.0), pickup_s=0, wait_s=30)
+    with frozen(nats_server):
+        asking = asyncio.create_task(client.verify(str(uuid.uuid4()), "p", 0, upto_seq=5))
+        await asyncio.sleep(2.5)
+        assert not asking.done(), "it waits for the broker"
+
+    assert await asyncio.wait_for(asking, 20) == VerifyUnanswered(NO_VERIFIER)
 
 
 async def test_a_verifier_that_takes_its_time_is_waited_for(nc: Client) -> None:
