@@ -116,6 +116,22 @@ def test_the_shortcuts_find_what_every_pattern_finds(
     assert find_elision(content, before) == every_pattern(content, before)
 
 
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from([*guard._LEAD_WORDS, "e", "s", ".", " ", "x", "\n"]), max_size=16))
+def test_the_one_pass_search_finds_every_lead_word_ten_searches_find(parts: list[str]) -> None:
+    # Glued without gaps, words overlap ("same as beforexisting", "....."): each is found.
+    text = "".join(parts)
+    assert guard.lead_words_in(text) == {w for w in guard._LEAD_WORDS if w in text}
+
+
+def test_overlapping_lead_words_are_all_found() -> None:
+    assert guard.lead_words_in("no changesame as beforexisting") == {
+        "no changes",
+        "same as before",
+        "existing",
+    }
+
+
 def test_a_placeholder_already_in_the_parent_is_not_new() -> None:
     assert find_elision("# unchanged\nx = 1\n", "# unchanged\n") is None
 
