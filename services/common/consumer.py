@@ -278,8 +278,36 @@ class PullWorker:
                 await settling
 
     async def _settle_batch(self, msgs: list[Msg], outcomes: list[Outcome]) -> None:
+        """Settle a batch in order; with a `KilnClient`, each run of acks is one write."""
+        nc = self.js._nc  # nats-py keeps a JetStream context's connection here
+        if not isinstance(nc, KilnClient):
+            for msg, outcome in zip(msgs, outcomes, strict=True):
+                await self.settle(msg, outcome)
+            return
+        acks: list[Msg] = []
         for msg, outcome in zip(msgs, outcomes, strict=True):
+            if isinstance(outcome, Ack) and not msg._ackd:
+                acks.append(msg)
+                continue
+            await self._ack_each(nc, acks)
             await self.settle(msg, outcome)
+        await self._ack_each(nc, acks)
+
+    async def _ack_each(self, nc: KilnClient, acks: list[Msg]) -> None:
+        """`KilnClient.ack_each` of `acks` (emptied), failures logged as `settle` does."""
+        if not acks:
+            return
+        try:
+            await nc.ack_each(acks)
+        except (nats.errors.Error, nats.errors.MsgAlreadyAckdError) as exc:
+            # The broker redelivers whatever was not settled; nothing is lost.
+            log.warning(
+                "Could not settle {count} messages: {error}",
+                count=len(acks),
+                service=self.service,
+                error=repr(exc),
+            )
+        acks.clear()
 
     async def _hand_back(self, msgs: list[Msg]) -> None:
         """Nak messages fetched ahead, so that another consumer gets them at once."""

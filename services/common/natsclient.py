@@ -33,7 +33,9 @@ from itertools import repeat
 from typing import Any
 
 from nats.aio.client import Client
-from nats.protocol.command import hpub_cmd
+from nats.aio.msg import Msg
+from nats.errors import ConnectionClosedError, ConnectionDrainingError, OutboundBufferLimitError
+from nats.protocol.command import hpub_cmd, pub_cmd
 
 _TOKEN = re.compile(rb"[!-9;-~]+")
 """A header name nats-py keeps as it is: printable ASCII, no whitespace, no colon."""
@@ -103,6 +105,28 @@ class KilnClient(Client):
             else:
                 headers = None
         await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
+
+    async def ack_each(self, msgs: list[Msg]) -> None:
+        """Acknowledge each of `msgs` (JetStream messages), in order, as one write.
+
+        An ack is an empty message to the message's reply subject; nats-py's `Msg.ack`
+        publishes each alone (checks, a command, a flush request): with a projector's
+        thousands a second that was 4 % of its samples in py-spy (B6). The bytes sent are
+        the same."""
+        for msg in msgs:
+            msg._check_reply()  # no reply subject, or acked already: nats-py's errors
+        if self.is_closed:
+            raise ConnectionClosedError
+        if self.is_draining_pubs:
+            raise ConnectionDrainingError
+        if not self.is_connected and self._max_pending_size <= 0:
+            raise OutboundBufferLimitError  # nats-py's answer while it cannot buffer
+        await self._send_command(b"".join([pub_cmd(msg.reply, "", b"") for msg in msgs]))
+        self.stats["out_msgs"] += len(msgs)
+        for msg in msgs:
+            msg._ackd = True
+        if self._flush_queue is not None and self._flush_queue.empty():
+            await self._flush_pending()
 
     async def _send_publish(
         self,
