@@ -54,7 +54,7 @@ def create_engine(url: str, *, writer: bool = False, **options: Any) -> AsyncEng
     """
     parsed = make_url(url)
     # The audit rows' JSON is written with msgspec: several times faster than json.dumps.
-    options.setdefault("json_serializer", _json_text)
+    options.setdefault("json_serializer", json_text)
     if parsed.get_backend_name() == "sqlite":
         engine = create_async_engine(parsed, **options)
         _configure_sqlite(engine, "BEGIN IMMEDIATE" if writer else "BEGIN", writer=writer)
@@ -71,7 +71,8 @@ def create_engine(url: str, *, writer: bool = False, **options: Any) -> AsyncEng
     return create_async_engine(parsed, **options)
 
 
-def _json_text(value: Any) -> str:
+def json_text(value: Any) -> str:
+    """A JSON column's value as its text (the engines' `json_serializer`)."""
     return msgspec.json.encode(value).decode()
 
 

@@ -46,7 +46,6 @@ import asyncio
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
-from functools import partial
 from typing import TypeVar
 
 import nats.errors
@@ -65,10 +64,8 @@ from services.common.blobs import BlobError, BlobStore
 from services.common.consumer import Ack, DeadLetter, Outcome, Retry
 from services.common.eventlog import stream_seq
 from services.common.logs import get_logger
-from services.storage.bulk import bind_row
 from services.storage.dberrors import describe_error, is_refused
 from services.storage.models import (
-    events_table,
     positions_table,
 )
 from services.storage.positions import (
@@ -80,6 +77,7 @@ from services.storage.positions import (
 )
 from services.storage.validation import (
     Decoded,
+    audit_binder,
     decode_message,
     names_content,
     with_content,
@@ -145,7 +143,7 @@ class Projector:
         """sha256 → size of blobs the read model holds, as committed batches saw (the
         writer checks them again in the batch's transaction, with one query)."""
         self.blobs_reused = 0
-        self._bind_audit = partial(bind_row, engine.dialect, events_table)
+        self._audit_row = audit_binder(engine.dialect)
         self._committed: int | None = None
         """The position this projector's last batch committed (its row exists), or None
         when it must be read (at start, and after a batch failed)."""
@@ -191,7 +189,7 @@ class Projector:
             if start:
                 await asyncio.sleep(0)
             prepared += [
-                decode_message(msg, self._bind_audit) if self._owns(msg.subject) else None
+                decode_message(msg, self._audit_row) if self._owns(msg.subject) else None
                 for msg in msgs[start : start + PREPARE_CHUNK]
             ]
         return await self._read_named_contents(prepared)

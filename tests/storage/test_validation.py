@@ -1,11 +1,13 @@
 """A message decoded and checked ahead of its transaction: the audit row's object is the
 JSON the event's own object encodes to, whether taken from the bytes as they are (the
-usual case) or built (inline content left out, bytes of another layout)."""
+usual case) or built (inline content left out, bytes of another layout); on SQLite the row
+is built as SQLAlchemy would bind it."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -13,7 +15,7 @@ import pytest
 from nats.aio.msg import Msg
 
 from contracts import subjects
-from contracts.codec import audit_view, encode
+from contracts.codec import audit_view, decode_event, encode
 from contracts.events import (
     Event,
     FileWritten,
@@ -23,8 +25,15 @@ from contracts.events import (
     VersionBasedOn,
 )
 from contracts.schema import ProjectSchema
-from services.storage.db import _json_text
-from services.storage.validation import decode_message
+from services.storage.bulk import bind_row
+from services.storage.db import create_engine, json_text
+from services.storage.models import events_table
+from services.storage.validation import (
+    audit_binder,
+    audit_row,
+    decode_message,
+    sqlite_audit_values,
+)
 from tests.storage.conftest import sha
 
 PROJECT, GENERATION = str(uuid.uuid4()), str(uuid.uuid4())
@@ -92,8 +101,27 @@ def test_the_audit_object_is_the_events_json_without_inline_content(event: Event
         decoded = decode_message(_message(variant))
         assert decoded.problem is None and decoded.audit is not None
         assert isinstance(decoded.audit, dict)
-        body = _json_text(decoded.audit["body"]).encode()
+        body = json_text(decoded.audit["body"]).encode()
         assert body == _expected_body(variant, decoded.event)  # type: ignore[arg-type]
         assert b'"content":"' not in body
         assert decoded.audit["hash"] == audit_view(variant, decoded.event)[1]  # type: ignore[arg-type]
         assert decoded.audit["stream_seq"] == 42
+
+
+@pytest.mark.parametrize("event", EVENTS, ids=lambda e: type(e).__name__)
+def test_the_sqlite_audit_values_are_the_audit_row_as_sqlalchemy_binds_it(
+    event: Event, tmp_path: Path
+) -> None:
+    dialect = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'kiln.db'}").dialect
+    data = encode(event)
+    newer = data[:-1] + b',"field_of_a_newer_kiln":{"x":[1,2]}}'
+    spaced = msgspec.json.format(data, indent=1)
+    for variant in (data, newer, spaced):
+        decoded = decode_event(variant)
+        assert audit_binder(dialect) is sqlite_audit_values
+        assert sqlite_audit_values(variant, 42, decoded) == bind_row(
+            dialect, events_table, audit_row(variant, 42, decoded)
+        )
+        assert decode_message(_message(variant), audit_binder(dialect)).audit == (
+            sqlite_audit_values(variant, 42, decoded)
+        )
