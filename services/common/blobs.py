@@ -119,10 +119,18 @@ class BlobStore:
         self._remembered = remembered
         self._not_now_wait_s = not_now_wait_s
 
-    async def _patiently(self, call: Callable[[], Awaitable[T]], what: str) -> T:
+    async def _limited(self, call: Callable[[], Awaitable[T]], what: str) -> T:
+        """`call()` within the store's concurrency limit, asked again while the broker says
+        "not now" (up to `not_now_wait_s`); a place in the limit is held per attempt, not
+        while waiting."""
+
+        async def attempt() -> T:
+            async with self._limit:
+                return await call()
+
         if self._not_now_wait_s <= 0:
-            return await call()
-        return await when_available(call, what=what, wait_s=self._not_now_wait_s)
+            return await attempt()
+        return await when_available(attempt, what=what, wait_s=self._not_now_wait_s)
 
     def held(self, sha256: str) -> bool:
         """True when this store has seen the broker hold `sha256` (it is there still)."""
@@ -146,23 +154,22 @@ class BlobStore:
         if self.held(sha256):
             return False
         data, headers = packed(content.encode())
-        async with self._limit:
-            try:
-                # Safe to repeat: the Msg-Id stores a content once.
-                ack = await self._patiently(
-                    lambda: self.js.publish(
-                        subjects.blob_subject(sha256),
-                        data,
-                        stream=streams.BLOBS_STREAM,
-                        headers={"Nats-Msg-Id": sha256, **headers},
-                    ),
-                    f"store the file content {sha256}",
-                )
-            except APIError as exc:
-                if exc.err_code == _SUBJECT_FULL:
-                    self._hold(sha256)
-                    return False
-                raise
+        try:
+            # Safe to repeat: the Msg-Id stores a content once.
+            ack = await self._limited(
+                lambda: self.js.publish(
+                    subjects.blob_subject(sha256),
+                    data,
+                    stream=streams.BLOBS_STREAM,
+                    headers={"Nats-Msg-Id": sha256, **headers},
+                ),
+                f"store the file content {sha256}",
+            )
+        except APIError as exc:
+            if exc.err_code == _SUBJECT_FULL:
+                self._hold(sha256)
+                return False
+            raise
         self._hold(sha256)
         return not ack.duplicate
 
@@ -220,22 +227,21 @@ class BlobStore:
     async def _fetch(self, sha256: str) -> _Stored | None:
         """The stored bytes and headers under `sha256`, or None."""
         subject = subjects.blob_subject(sha256)
-        async with self._limit:
+        try:
+            message = await self._limited(
+                lambda: self.js.get_last_msg(streams.BLOBS_STREAM, subject, direct=True),
+                f"read the file content {sha256}",
+            )
+        except NotFoundError:
+            # A direct get may be answered by a replica that has not caught up yet; the
+            # stream's leader has every blob a stored event names.
             try:
-                message = await self._patiently(
-                    lambda: self.js.get_last_msg(streams.BLOBS_STREAM, subject, direct=True),
+                message = await self._limited(
+                    lambda: self.js.get_last_msg(streams.BLOBS_STREAM, subject),
                     f"read the file content {sha256}",
                 )
             except NotFoundError:
-                # A direct get may be answered by a replica that has not caught up yet;
-                # the stream's leader has every blob a stored event names.
-                try:
-                    message = await self._patiently(
-                        lambda: self.js.get_last_msg(streams.BLOBS_STREAM, subject),
-                        f"read the file content {sha256}",
-                    )
-                except NotFoundError:
-                    return None
+                return None
         return message.data or b"", message.headers
 
     async def _fetch_batch(self, names: list[str]) -> dict[str, _Stored]:

@@ -51,11 +51,18 @@ NOT_NOW: tuple[type[Exception], ...] = (
 # "Duplicate message id is in process": a publish repeated while the broker is still
 # storing the first one with its Nats-Msg-Id (a cluster's proposal in flight).
 MSG_ID_IN_PROCESS = 10158
+# JetStream's 503s that pass: "temporarily unavailable" (no leader yet) and "expected last
+# sequence per subject temporarily unavailable". Its other 503s are refusals that asking
+# again does not change ("store failed": a subject or the stream full, "insufficient
+# resources", "JetStream not enabled", …).
+TEMPORARY_503 = frozenset({None, 0, 10008, 10163})
 
 
 def says_not_now(exc: BaseException) -> bool:
-    """Whether `exc` is the broker saying "not now" (`NOT_NOW`, or a repeated publish whose
-    first is still being stored): asking again shortly succeeds."""
+    """Whether `exc` is the broker saying "not now" (`NOT_NOW` but a lasting 503, or a
+    repeated publish whose first is still being stored): asking again shortly succeeds."""
+    if isinstance(exc, ServiceUnavailableError):
+        return exc.err_code in TEMPORARY_503
     return isinstance(exc, NOT_NOW) or (
         isinstance(exc, nats.js.errors.APIError) and exc.err_code == MSG_ID_IN_PROCESS
     )

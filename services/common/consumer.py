@@ -286,7 +286,7 @@ class PullWorker:
             return
         acks: list[Msg] = []
         for msg, outcome in zip(msgs, outcomes, strict=True):
-            if isinstance(outcome, Ack) and not msg._ackd:
+            if isinstance(outcome, Ack) and msg.reply and not msg._ackd:
                 acks.append(msg)
                 continue
             await self._ack_each(nc, acks)

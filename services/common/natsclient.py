@@ -119,7 +119,9 @@ class KilnClient(Client):
             raise ConnectionClosedError
         if self.is_draining_pubs:
             raise ConnectionDrainingError
-        if not self.is_connected and self._max_pending_size <= 0:
+        if not self.is_connected and (
+            self._max_pending_size <= 0 or self._pending_data_size > self._max_pending_size
+        ):
             raise OutboundBufferLimitError  # nats-py's answer while it cannot buffer
         await self._send_command(b"".join([pub_cmd(msg.reply, "", b"") for msg in msgs]))
         self.stats["out_msgs"] += len(msgs)

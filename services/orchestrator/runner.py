@@ -43,7 +43,12 @@ from contracts.phases import PHASES, PhaseOutput, PhasePlan, progress_before
 from contracts.state import GenerationState, fold
 from services.common import metrics
 from services.common.blobs import BlobError, BlobStore, resolve_contents
-from services.common.broker import NOT_NOW, NOT_NOW_WAIT_S, BrokerUnavailable, when_available
+from services.common.broker import (
+    NOT_NOW_WAIT_S,
+    BrokerUnavailable,
+    says_not_now,
+    when_available,
+)
 from services.common.consumer import Ack, DeadLetter, Outcome, Retry
 from services.common.eventlog import read_generation
 from services.common.eventwriter import (
@@ -125,15 +130,23 @@ class GenerationRunner:
             self.cancels.forget(generation_id)
             return Ack()
         try:
-            await resolve_contents(self.blobs, state)
-            cancelled = await when_available(
-                lambda: self.cancels.check(generation_id),
-                what=f"check whether generation {generation_id} was cancelled",
-            )
+            # One deadline for both: each read waits out "not now" alone, and a version's
+            # contents are many reads; the run's heartbeat has not started yet.
+            async with asyncio.timeout(NOT_NOW_WAIT_S):
+                await resolve_contents(self.blobs, state)
+                cancelled = await when_available(
+                    lambda: self.cancels.check(generation_id),
+                    what=f"check whether generation {generation_id} was cancelled",
+                )
         except BlobError as exc:
             return Retry(f"the log names file contents the broker cannot give: {exc}")
         except BrokerUnavailable as exc:
             return Retry(str(exc))
+        except TimeoutError:
+            return Retry(
+                f"the broker did not give generation {generation_id}'s file contents "
+                f"within {NOT_NOW_WAIT_S:.0f} s"
+            )
         writer = FoldingWriter.after(
             self.js,
             history,
@@ -162,15 +175,6 @@ class GenerationRunner:
             )
         except BrokerUnavailable as exc:  # an append (LogUnavailable) or another call
             return Retry(str(exc))
-        except NOT_NOW as exc:
-            # Not an internal error: the broker said "not now" to a call made once.
-            log.warning(
-                "Generation {generation_id} paused: the broker did not answer; it will be retried",
-                generation_id=generation_id,
-                phase=run.phase,
-                error=repr(exc),
-            )
-            return Retry(f"the broker did not answer: {exc!r}")
         except asyncio.CancelledError:
             log.info(
                 "Generation {generation_id} interrupted by a shutdown; another orchestrator "
@@ -180,6 +184,16 @@ class GenerationRunner:
             )
             raise
         except Exception as exc:
+            if says_not_now(exc):
+                # Not an internal error: the broker said "not now" to a call made once.
+                log.warning(
+                    "Generation {generation_id} paused: the broker did not answer; it will "
+                    "be retried",
+                    generation_id=generation_id,
+                    phase=run.phase,
+                    error=repr(exc),
+                )
+                return Retry(f"the broker did not answer: {exc!r}")
             if attempt < self.config.max_attempts:
                 log.exception(
                     "Generation {generation_id} hit an internal error; it will be retried",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import zlib
 from datetime import UTC, datetime
 from typing import Any
@@ -42,6 +43,18 @@ async def test_a_content_put_again_after_the_duplicate_window_is_still_stored_on
     await js.publish(subjects.blob_subject(content_sha256(content)), content.encode())
     assert await BlobStore(js).put(content) is False
     assert (await js.stream_info(streams.BLOBS_STREAM)).state.messages == 1
+
+
+async def test_an_orchestrators_store_knows_at_once_a_content_stored_long_ago(
+    nc: Client,
+) -> None:
+    js = nc.jetstream()
+    content = "y = 2\n"
+    await js.publish(subjects.blob_subject(content_sha256(content)), content.encode())
+    # The subject is full (a 503 "store failed"): not a broker that says "not now".
+    started = time.monotonic()
+    assert await BlobStore(js, not_now_wait_s=30).put(content) is False
+    assert time.monotonic() - started < 5
 
 
 async def test_reading_a_content_the_broker_lacks_says_which(nc: Client) -> None:

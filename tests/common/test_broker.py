@@ -12,7 +12,13 @@ import pytest
 from nats.errors import NoRespondersError
 from nats.js.errors import APIError, ServiceUnavailableError
 
-from services.common.broker import BrokerUnavailable, connect, ensure_streams, when_available
+from services.common.broker import (
+    BrokerUnavailable,
+    connect,
+    ensure_streams,
+    says_not_now,
+    when_available,
+)
 from services.common.embedded_nats import EmbeddedNats
 from services.common.settings import load_settings
 from tests.conftest import make_settings
@@ -137,3 +143,19 @@ async def test_any_other_error_is_not_waited_out(error: Exception) -> None:
 
     with pytest.raises(type(error)):
         await when_available(call, what="store it", wait_s=10)
+
+
+@pytest.mark.parametrize(
+    ("err_code", "not_now"),
+    [
+        (10008, True),  # temporarily unavailable: no leader yet
+        (10163, True),  # expected last sequence per subject temporarily unavailable
+        (None, True),
+        (10077, False),  # store failed: a subject or the stream is full
+        (10023, False),  # insufficient resources
+        (10076, False),  # JetStream not enabled
+    ],
+)
+def test_only_jetstreams_passing_503s_are_waited_out(err_code: int | None, not_now: bool) -> None:
+    refusal = ServiceUnavailableError(code=503, err_code=err_code, description="…")
+    assert says_not_now(refusal) is not_now
