@@ -280,23 +280,21 @@ class PullWorker:
     async def _settle_batch(self, msgs: list[Msg], outcomes: list[Outcome]) -> None:
         """Settle a batch in order; with a `KilnClient`, each run of acks is one write."""
         nc = self.js._nc  # nats-py keeps a JetStream context's connection here
-        if not isinstance(nc, KilnClient):
-            for msg, outcome in zip(msgs, outcomes, strict=True):
-                await self.settle(msg, outcome)
-            return
         acks: list[Msg] = []
         for msg, outcome in zip(msgs, outcomes, strict=True):
-            if isinstance(outcome, Ack) and msg.reply and not msg._ackd:
+            kiln_ack = isinstance(nc, KilnClient) and isinstance(outcome, Ack)
+            if kiln_ack and msg.reply and not msg._ackd:
                 acks.append(msg)
                 continue
             await self._ack_each(nc, acks)
             await self.settle(msg, outcome)
         await self._ack_each(nc, acks)
 
-    async def _ack_each(self, nc: KilnClient, acks: list[Msg]) -> None:
+    async def _ack_each(self, nc: object, acks: list[Msg]) -> None:
         """`KilnClient.ack_each` of `acks` (emptied), failures logged as `settle` does."""
         if not acks:
             return
+        assert isinstance(nc, KilnClient), "runs of acks are gathered for a KilnClient only"
         try:
             await nc.ack_each(acks)
         except (nats.errors.Error, nats.errors.MsgAlreadyAckdError) as exc:

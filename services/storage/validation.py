@@ -166,9 +166,10 @@ def _audit_body(data: bytes, event: AnyEvent) -> tuple[dict[str, Any] | msgspec.
     return body, digest
 
 
-AUDIT_COLUMNS = ("stream_seq", "generation_id", "project_id", "seq", "type", "at", "progress")
-"""The audit table's columns before `body` and `hash`, in the table's order."""
-assert tuple(c.name for c in events_table.columns) == (*AUDIT_COLUMNS, "body", "hash")
+# `sqlite_audit_values` gives the values in the table's column order.
+assert tuple(c.name for c in events_table.columns) == (
+    "stream_seq", "generation_id", "project_id", "seq", "type", "at", "progress", "body", "hash"
+)  # fmt: skip
 
 
 def sqlite_audit_values(data: bytes, seq: int, event: AnyEvent) -> tuple[Any, ...]:

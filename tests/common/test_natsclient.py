@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -22,6 +23,20 @@ from services.common.eventlog import stream_seq
 from services.common.natsclient import KilnClient, parse_header_lines
 from services.common.settings import load_settings
 from tests.support.waiting import eventually
+
+
+@pytest.fixture
+async def service_nc(
+    nats_server: EmbeddedNats, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[KilnClient]:
+    """A client of this test's nats-server connected as the services connect
+    (`broker.connect`)."""
+    monkeypatch.setenv("NATS_URL", nats_server.url)
+    nc = await connect(load_settings(), "test")
+    assert isinstance(nc, KilnClient)
+    yield nc
+    await nc.close()
+
 
 EVENT_HEADERS = (
     b"ce-specversion: 1.0\r\nce-id: 0b9f6a1e-4b8e-4d7b-9a41-6a3c2d1e0f11\r\n"
@@ -89,18 +104,13 @@ def test_random_well_formed_blocks_parse_as_nats_py_parses_them() -> None:
 
 
 async def test_services_connect_with_the_faster_parser_and_read_headers(
-    nats_server: EmbeddedNats, monkeypatch: pytest.MonkeyPatch
+    service_nc: KilnClient,
 ) -> None:
-    monkeypatch.setenv("NATS_URL", nats_server.url)
-    nc = await connect(load_settings(), "test")
-    try:
-        assert isinstance(nc, KilnClient)
-        sub = await nc.subscribe("test.headers")
-        await nc.publish("test.headers", b"x", headers={"ce-id": "1", "Nats-Msg-Id": "g:1"})
-        msg: Msg = await sub.next_msg(timeout=5)
-        assert msg.headers == {"ce-id": "1", "Nats-Msg-Id": "g:1"}
-    finally:
-        await nc.close()
+    assert isinstance(service_nc, KilnClient)
+    sub = await service_nc.subscribe("test.headers")
+    await service_nc.publish("test.headers", b"x", headers={"ce-id": "1", "Nats-Msg-Id": "g:1"})
+    msg: Msg = await sub.next_msg(timeout=5)
+    assert msg.headers == {"ce-id": "1", "Nats-Msg-Id": "g:1"}
 
 
 def test_the_private_method_it_overrides_is_there() -> None:
@@ -111,46 +121,41 @@ def test_the_private_method_it_overrides_is_there() -> None:
 
 
 async def test_a_subscription_skipping_headers_gets_none_but_still_sees_statuses(
-    nats_server: EmbeddedNats, monkeypatch: pytest.MonkeyPatch
+    service_nc: KilnClient,
 ) -> None:
     # Storage's pull of every event (`PullWorker(headers=False)`): no header block is
     # parsed but for those with an inline status, which end each pull request, so a batch
     # of what is pending returns at once instead of waiting out its deadline.
-    monkeypatch.setenv("NATS_URL", nats_server.url)
-    nc = await connect(load_settings(), "test")
-    try:
-        assert isinstance(nc, KilnClient)
-        skipping = await nc.subscribe("test.skip")
-        nc.skip_headers(skipping._id)
-        reading = await nc.subscribe("test.skip")
-        await nc.publish("test.skip", b"x", headers={"ce-id": "1", "Status": "404"})
-        assert (await skipping.next_msg(timeout=5)).headers is None
-        msg = await reading.next_msg(timeout=5)
-        assert (msg.data, msg.headers) == (b"x", {"ce-id": "1", "Status": "404"})
-        await nc.publish("test.skip", b"no headers at all")
-        msg = await skipping.next_msg(timeout=5)
-        assert (msg.data, msg.headers) == (b"no headers at all", None)
+    assert isinstance(service_nc, KilnClient)
+    skipping = await service_nc.subscribe("test.skip")
+    service_nc.skip_headers(skipping._id)
+    reading = await service_nc.subscribe("test.skip")
+    await service_nc.publish("test.skip", b"x", headers={"ce-id": "1", "Status": "404"})
+    assert (await skipping.next_msg(timeout=5)).headers is None
+    msg = await reading.next_msg(timeout=5)
+    assert (msg.data, msg.headers) == (b"x", {"ce-id": "1", "Status": "404"})
+    await service_nc.publish("test.skip", b"no headers at all")
+    msg = await skipping.next_msg(timeout=5)
+    assert (msg.data, msg.headers) == (b"no headers at all", None)
 
-        js = nc.jetstream()
-        await js.add_stream(name="SKIP", subjects=["skip.>"])
-        for i in range(3):
-            await js.publish(f"skip.{i}", str(i).encode(), headers={"ce-id": str(i)})
-        worker = PullWorker(
-            js,
-            service="test",
-            stream="SKIP",
-            config=ConsumerConfig(
-                durable_name="skip", filter_subject="skip.>", ack_policy=AckPolicy.EXPLICIT
-            ),
-            headers=False,
-        )
-        started = time.monotonic()
-        msgs = await worker.fetch(10, 5.0)
-        assert time.monotonic() - started < 2.0, "the 404 that ends the request was seen"
-        assert [(m.data, m.headers) for m in msgs] == [(b"0", None), (b"1", None), (b"2", None)]
-        assert [stream_seq(m) for m in msgs] == [1, 2, 3]
-    finally:
-        await nc.close()
+    js = service_nc.jetstream()
+    await js.add_stream(name="SKIP", subjects=["skip.>"])
+    for i in range(3):
+        await js.publish(f"skip.{i}", str(i).encode(), headers={"ce-id": str(i)})
+    worker = PullWorker(
+        js,
+        service="test",
+        stream="SKIP",
+        config=ConsumerConfig(
+            durable_name="skip", filter_subject="skip.>", ack_policy=AckPolicy.EXPLICIT
+        ),
+        headers=False,
+    )
+    started = time.monotonic()
+    msgs = await worker.fetch(10, 5.0)
+    assert time.monotonic() - started < 2.0, "the 404 that ends the request was seen"
+    assert [(m.data, m.headers) for m in msgs] == [(b"0", None), (b"1", None), (b"2", None)]
+    assert [stream_seq(m) for m in msgs] == [1, 2, 3]
 
 
 SENT_HEADERS: list[dict[str, Any] | None] = [
@@ -258,34 +263,29 @@ async def test_acks_of_a_batch_are_the_bytes_nats_py_sends_one_by_one() -> None:
 
 
 async def test_a_batch_acked_at_once_is_acked_on_the_broker(
-    nats_server: EmbeddedNats, monkeypatch: pytest.MonkeyPatch
+    service_nc: KilnClient,
 ) -> None:
-    monkeypatch.setenv("NATS_URL", nats_server.url)
-    nc = await connect(load_settings(), "test")
-    try:
-        js = nc.jetstream()
-        await js.add_stream(name="ACKS", subjects=["acks.>"])
-        for i in range(5):
-            await js.publish(f"acks.{i}", b"x")
-        worker = PullWorker(
-            js,
-            service="test",
-            stream="ACKS",
-            config=ConsumerConfig(
-                durable_name="acks", filter_subject="acks.>", ack_policy=AckPolicy.EXPLICIT
-            ),
-        )
-        msgs = await worker.fetch(10, 5.0)
-        # Acks around a retry: they go before and after it, in order.
-        await worker._settle_batch(msgs, [Ack(), Ack(), Retry("later", 30.0), Ack(), Ack()])
+    js = service_nc.jetstream()
+    await js.add_stream(name="ACKS", subjects=["acks.>"])
+    for i in range(5):
+        await js.publish(f"acks.{i}", b"x")
+    worker = PullWorker(
+        js,
+        service="test",
+        stream="ACKS",
+        config=ConsumerConfig(
+            durable_name="acks", filter_subject="acks.>", ack_policy=AckPolicy.EXPLICIT
+        ),
+    )
+    msgs = await worker.fetch(10, 5.0)
+    # Acks around a retry: they go before and after it, in order.
+    await worker._settle_batch(msgs, [Ack(), Ack(), Retry("later", 30.0), Ack(), Ack()])
 
-        async def settled() -> bool:
-            info = await js.consumer_info("ACKS", "acks")
-            return (info.num_ack_pending, info.ack_floor.stream_seq) == (1, 2)
+    async def settled() -> bool:
+        info = await js.consumer_info("ACKS", "acks")
+        return (info.num_ack_pending, info.ack_floor.stream_seq) == (1, 2)
 
-        await eventually(settled, 10, what="four acks and one retry on the broker")
-    finally:
-        await nc.close()
+    await eventually(settled, 10, what="four acks and one retry on the broker")
 
 
 def test_the_ack_internals_it_repeats_are_there() -> None:
