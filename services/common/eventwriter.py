@@ -35,6 +35,7 @@ from contracts.events import Event, event_tag, new_event_id, utc_now
 from services.common.broker import BrokerUnavailable, says_not_now
 from services.common.eventlog import StoredEvent
 from services.common.logs import get_logger
+from services.common.natsclient import KilnClient
 
 log = get_logger(__name__)
 
@@ -377,32 +378,37 @@ class GenerationWriter:
         batch's outcome (a lost message makes it refuse the batch as incomplete)."""
         nc = _client(self.js)
         batch_id = uuid.uuid4().hex
-        last = len(chunk)
         generation_id, source = self.generation_id, self.source
-        for number, (event, data) in enumerate(chunk, start=1):
-            headers = cloudevents_headers(
-                event,
-                source,
-                into={
-                    "Nats-Batch-Id": batch_id,
-                    "Nats-Batch-Sequence": str(number),
-                    "Nats-Msg-Id": f"{generation_id}:{event.seq}",
-                },
+        messages = [
+            (
+                data,
+                cloudevents_headers(
+                    event,
+                    source,
+                    into={
+                        "Nats-Batch-Id": batch_id,
+                        "Nats-Batch-Sequence": str(number),
+                        "Nats-Msg-Id": f"{generation_id}:{event.seq}",
+                    },
+                ),
             )
-            if number == 1:
-                headers["Nats-Expected-Last-Subject-Sequence"] = str(self.last_stream_seq)
-            if number < last:
+            for number, (event, data) in enumerate(chunk, start=1)
+        ]
+        messages[0][1]["Nats-Expected-Last-Subject-Sequence"] = str(self.last_stream_seq)
+        *leading, (commit_data, commit_headers) = messages
+        if isinstance(nc, KilnClient):
+            await nc.publish_each(self.subject, leading)
+        else:
+            for data, headers in leading:
                 await nc.publish(self.subject, data, headers=headers)
-                continue
-            headers["Nats-Batch-Commit"] = "1"
-            ack = await self.js.publish(self.subject, data, headers=headers, timeout=10.0)
-            if ack.batch_size is not None and ack.batch_size != last:
-                raise LogUnavailable(
-                    f"generation {self.generation_id}: a batch of {last} events was "
-                    f"acknowledged as {ack.batch_size}"
-                )
-            return int(ack.seq)
-        raise AssertionError("unreachable")
+        commit_headers["Nats-Batch-Commit"] = "1"
+        ack = await self.js.publish(self.subject, commit_data, headers=commit_headers, timeout=10.0)
+        if ack.batch_size is not None and ack.batch_size != len(chunk):
+            raise LogUnavailable(
+                f"generation {self.generation_id}: a batch of {len(chunk)} events was "
+                f"acknowledged as {ack.batch_size}"
+            )
+        return int(ack.seq)
 
     async def _publish(self, data: bytes, headers: dict[str, str], msg_id: str) -> int:
         loop = asyncio.get_running_loop()

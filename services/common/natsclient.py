@@ -24,17 +24,25 @@ of the orchestrator's samples in B6's 50 concurrent generations once its own wor
 cut. `KilnClient._send_publish` joins the block at once and checks it with one regular
 expression; a block it does not vouch for goes through nats-py's own code, so the bytes
 sent are nats-py's for every input (tests/common/test_natsclient.py compares the two).
+`KilnClient.publish_each` sends many messages (an atomic batch's) as one command: nats-py's
+per-message checks, buffer append and flush request were half of a batch's publishing.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from itertools import repeat
-from typing import Any
+from typing import Any, cast
 
-from nats.aio.client import Client
+from nats.aio.client import Client, _validate_subject
 from nats.aio.msg import Msg
-from nats.errors import ConnectionClosedError, ConnectionDrainingError, OutboundBufferLimitError
+from nats.errors import (
+    ConnectionClosedError,
+    ConnectionDrainingError,
+    MaxPayloadError,
+    OutboundBufferLimitError,
+)
 from nats.protocol.command import hpub_cmd, pub_cmd
 
 _TOKEN = re.compile(rb"[!-9;-~]+")
@@ -130,6 +138,49 @@ class KilnClient(Client):
         if self._flush_queue is not None and self._flush_queue.empty():
             await self._flush_pending()
 
+    async def publish_each(
+        self, subject: str, messages: Sequence[tuple[bytes, Mapping[str, str]]]
+    ) -> None:
+        """`publish(subject, data, headers=headers)` of each of `messages`, in order, as one
+        write; the bytes sent are the same. When every header block is one this client
+        vouches for (`_plain_block`), nothing is sent unless all can be (the connection's
+        and the payloads' checks come first); otherwise nats-py publishes them one by one."""
+        blocks = [_plain_block(headers) for _, headers in messages]
+        if not subject or None in blocks:
+            for data, headers in messages:
+                await self.publish(subject, data, headers=dict(headers))
+            return
+        if not self._skip_subject_validation:
+            _validate_subject(subject)
+        if self.is_closed:
+            raise ConnectionClosedError
+        if self.is_draining_pubs:
+            raise ConnectionDrainingError
+        sizes = [len(data) for data, _ in messages]
+        if not self.is_connected and (
+            self._max_pending_size <= 0
+            or sum(sizes) + self._pending_data_size > self._max_pending_size
+        ):
+            raise OutboundBufferLimitError
+        if any(size > self._max_payload for size in sizes):
+            raise MaxPayloadError
+        parts: list[bytes] = []
+        for (data, _), block in zip(messages, blocks, strict=True):
+            head = b"NATS/1.0\r\n" + cast(str, block).encode() + b"\r\n"
+            parts += (
+                f"HPUB {subject}  {len(head)} {len(head) + len(data)}\r\n".encode(),
+                head,
+                data,
+                b"\r\n",
+            )
+        if not parts:
+            return
+        self.stats["out_msgs"] += len(messages)
+        self.stats["out_bytes"] += sum(sizes)
+        await self._send_command(b"".join(parts))
+        if self._flush_queue is not None and self._flush_queue.empty():
+            await self._flush_pending()
+
     async def _send_publish(
         self,
         subject: str,
@@ -138,11 +189,8 @@ class KilnClient(Client):
         payload_size: int,
         headers: dict[str, Any] | None,
     ) -> None:
-        try:
-            block = "".join([k + ": " + v + "\r\n" for k, v in headers.items()]) if headers else ""
-        except TypeError:  # a name or value not a str: nats-py's code says what it makes of it
-            block = ""
-        if not block or not subject or not _PLAIN_OUT.fullmatch(block):
+        block = _plain_block(headers) if headers else None
+        if block is None or not subject:
             await super()._send_publish(subject, reply, payload, payload_size, headers)
             return
         # nats-py's own tail of `_send_publish`, with the block it would have built.
@@ -153,3 +201,13 @@ class KilnClient(Client):
         )
         if self._flush_queue is not None and self._flush_queue.empty():
             await self._flush_pending()
+
+
+def _plain_block(headers: Mapping[str, Any]) -> str | None:
+    """The header lines of `headers` as nats-py would send them, when it would send them as
+    they are (`_PLAIN_OUT`); None for any other (or no) headers."""
+    try:
+        block = "".join([k + ": " + v + "\r\n" for k, v in headers.items()])
+    except TypeError:  # a name or value not a str: nats-py's code says what it makes of it
+        return None
+    return block if block and _PLAIN_OUT.fullmatch(block) else None

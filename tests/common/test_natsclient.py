@@ -212,6 +212,66 @@ async def test_random_published_headers_are_the_ones_nats_py_sends() -> None:
         assert await _sent(KilnClient(), "s", headers) == await _sent(Client(), "s", headers)
 
 
+async def _each_sent(
+    client: Client, subject: str, messages: list[tuple[bytes, dict[str, Any]]], at_once: bool
+) -> bytes | str:
+    commands: list[bytes] = []
+
+    async def send_command(cmd: bytes, priority: bool = False) -> None:
+        commands.append(cmd)
+
+    client._send_command = send_command  # type: ignore[method-assign]
+    client._status = Client.CONNECTED  # as if connected: nats-py buffers nothing otherwise
+    client._max_payload = 1024
+    try:
+        if at_once:
+            assert isinstance(client, KilnClient)
+            await client.publish_each(subject, messages)
+        else:
+            for data, headers in messages:
+                await client.publish(subject, data, headers=headers)
+    except Exception as exc:
+        return type(exc).__name__ + (" after sending" if commands else "")
+    return b"".join(commands)
+
+
+PLAIN_HEADERS = [{"ce-id": "1", "Nats-Msg-Id": "g:1"}, {"Nats-Batch-Commit": "1"}]
+
+
+async def test_messages_published_at_once_are_the_bytes_nats_py_sends_one_by_one() -> None:
+    messages = [(f"{{{i}}}".encode(), h) for i, h in enumerate(PLAIN_HEADERS * 3)]
+    for subject in ("events.x", "kiln.events.p.g"):
+        mine = await _each_sent(KilnClient(), subject, messages, at_once=True)
+        assert isinstance(mine, bytes) and mine.count(b"HPUB ") == len(messages)
+        assert mine == await _each_sent(Client(), subject, messages, at_once=False)
+
+
+@pytest.mark.parametrize("odd", [h for h in SENT_HEADERS if h is not None])
+async def test_a_batch_with_any_other_header_is_what_nats_py_sends_one_by_one(
+    odd: dict[str, Any],
+) -> None:
+    messages = [(b"{1}", PLAIN_HEADERS[0]), (b"{2}", odd), (b"{3}", PLAIN_HEADERS[1])]
+    assert await _each_sent(KilnClient(), "e.x", messages, at_once=True) == await _each_sent(
+        Client(), "e.x", messages, at_once=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("subject", "payload", "error", "one_by_one"),
+    [
+        ("", b"{}", "BadSubjectError", "BadSubjectError"),
+        ("a b", b"{}", "BadSubjectError", "BadSubjectError"),
+        ("x", b"x" * 2000, "MaxPayloadError", "MaxPayloadError after sending"),
+    ],
+)
+async def test_a_batch_nats_py_would_refuse_is_refused_before_anything_is_sent(
+    subject: str, payload: bytes, error: str, one_by_one: str
+) -> None:
+    messages = [(b"{}", PLAIN_HEADERS[0]), (payload, PLAIN_HEADERS[1])]
+    assert await _each_sent(KilnClient(), subject, messages, at_once=True) == error
+    assert await _each_sent(Client(), subject, messages, at_once=False) == one_by_one
+
+
 def test_the_publish_internals_it_repeats_are_there() -> None:
     # `KilnClient._send_publish` repeats the tail of nats-py's; an upgrade that changes
     # what that tail does must fail here, not silently in production.
