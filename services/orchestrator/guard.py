@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 
 import msgspec
-from ahocorasick_rs import AhoCorasick, MatchKind
+from ahocorasick_rs import AhoCorasick, Implementation, MatchKind
 
 from contracts import limits
 from contracts.paths import PathRejected, safe_path
@@ -30,6 +30,27 @@ _LEAD_WORDS = ("rest of", "...", "unchanged", "no changes", "same as before", *_
 # ("same as beforexisting"), as ten `in` tests would (five times as slow: 15 % of an
 # orchestrator's CPU in B6).
 _LEAD_SEARCH = AhoCorasick(list(_LEAD_WORDS), matchkind=MatchKind.Standard)
+# A search without overlaps, as a DFA: ten times as fast again (a SIMD prefilter skips the
+# text between candidates), and exact unless a word it found may hide another.
+_LEAD_FIRST = AhoCorasick(
+    list(_LEAD_WORDS), matchkind=MatchKind.LeftmostFirst, implementation=Implementation.DFA
+)
+
+
+def _may_hide(found: str, other: str) -> bool:
+    """Whether a search without overlaps that reports `found` may skip an `other` there:
+    one starts where the other does, or `other` starts inside `found`."""
+    return found != other and (
+        other in found
+        or found.startswith(other)
+        or other.startswith(found)
+        or any(found.endswith(other[:k]) for k in range(1, len(other)))
+    )
+
+
+_MAY_HIDE = frozenset(a for a in _LEAD_WORDS for b in _LEAD_WORDS if _may_hide(a, b))
+"""The lead words after which the search without overlaps may have missed another
+("no changes" + "same as before" in "no changesame as before")."""
 
 
 def _lead_thing(lowered: str, present: set[str]) -> bool:
@@ -103,8 +124,14 @@ class Violation(msgspec.Struct, frozen=True):
 
 
 def lead_words_in(lowered: str) -> set[str]:
-    """The placeholder lead words (`_LEAD_WORDS`) a lower-cased text holds."""
-    return set(_LEAD_SEARCH.find_matches_as_strings(lowered, overlapping=True))
+    """The placeholder lead words (`_LEAD_WORDS`) a lower-cased text holds.
+
+    A search without overlaps finds every word a text holds unless a word it found may hide
+    another (`_MAY_HIDE`): only then is the text searched again with overlaps."""
+    found = set(_LEAD_FIRST.find_matches_as_strings(lowered))
+    if found & _MAY_HIDE:
+        return set(_LEAD_SEARCH.find_matches_as_strings(lowered, overlapping=True))
+    return found
 
 
 def find_elision(content: str, before: str | None) -> str | None:

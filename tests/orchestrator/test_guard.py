@@ -130,6 +130,13 @@ def test_overlapping_lead_words_are_all_found() -> None:
         "same as before",
         "existing",
     }
+    assert guard.lead_words_in("previousame as before") == {"previous", "same as before"}
+
+
+def test_only_words_that_may_overlap_another_search_the_text_again() -> None:
+    # The search without overlaps is exact after any other word: none of them can share
+    # characters with a word found after it.
+    assert {"no changes", "previous", "same as before"} == guard._MAY_HIDE
 
 
 def test_a_placeholder_already_in_the_parent_is_not_new() -> None:
