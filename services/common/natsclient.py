@@ -114,6 +114,11 @@ class KilnClient(Client):
                 headers = None
         await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
 
+    async def _process_headers(self, headers: bytes | None) -> dict[str, str] | None:
+        if headers is _CUT_BATCH_MARK:  # nearly every message of a pull of atomic batches
+            return {"Nats-Batch-Id": "-"}
+        return await super()._process_headers(headers)
+
     async def ack_each(self, msgs: list[Msg]) -> None:
         """Acknowledge each of `msgs` (JetStream messages), in order, as one write.
 

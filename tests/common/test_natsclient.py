@@ -137,6 +137,12 @@ async def test_a_subscription_skipping_headers_gets_none_but_still_sees_statuses
     await service_nc.publish("test.skip", b"no headers at all")
     msg = await skipping.next_msg(timeout=5)
     assert (msg.data, msg.headers) == (b"no headers at all", None)
+    # Of an atomic batch's messages, one fact is kept: which are not its commit.
+    part = {"Nats-Batch-Id": "b1", "Nats-Batch-Sequence": "1", "ce-id": "1"}
+    await service_nc.publish("test.skip", b"part", headers=part)
+    await service_nc.publish("test.skip", b"commit", headers={**part, "Nats-Batch-Commit": "1"})
+    assert (await skipping.next_msg(timeout=5)).headers == {"Nats-Batch-Id": "-"}
+    assert (await skipping.next_msg(timeout=5)).headers is None
 
     js = service_nc.jetstream()
     await js.add_stream(name="SKIP", subjects=["skip.>"])
