@@ -22,6 +22,7 @@ from sqlalchemy import Connection, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from services.storage import sqlite_driver
 from services.storage.checkpoint import WAL_SIZE_LIMIT_BYTES, WRITER_AUTOCHECKPOINT_PAGES
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -56,6 +57,8 @@ def create_engine(url: str, *, writer: bool = False, **options: Any) -> AsyncEng
     # The audit rows' JSON is written with msgspec: several times faster than json.dumps.
     options.setdefault("json_serializer", json_text)
     if parsed.get_backend_name() == "sqlite":
+        if parsed.get_driver_name() == "aiosqlite":
+            options.setdefault("module", sqlite_driver.DBAPI)
         engine = create_async_engine(parsed, **options)
         _configure_sqlite(engine, "BEGIN IMMEDIATE" if writer else "BEGIN", writer=writer)
         return engine
