@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from bench.loadgen.sse import Client
+from bench.loadgen.sse import Client, Seen
 
 
 def stream(seqs: list[int], terminal: bool = True, keepalive: bool = True) -> bytes:
@@ -66,3 +66,58 @@ async def test_reads_of_plain_blocks_are_taken_as_runs(seed: int) -> None:
 async def test_a_stream_cut_before_its_end_counts_what_arrived_and_is_not_complete() -> None:
     client = read(stream(list(range(1, 51)), terminal=False), decode=False, pieces=3, seed=1)
     assert (client.events, client.last_id, client.terminal) == (50, 50, False)
+
+
+def _results(client: Client) -> tuple[int, int, int, int, bool]:
+    return (client.events, client.last_id, client.disorder, client.keepalives, client.terminal)
+
+
+def _reads(body: bytes, pieces: int, rng: random.Random) -> list[bytes]:
+    cuts = sorted(rng.sample(range(1, len(body)), pieces - 1))
+    return [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
+
+
+@pytest.mark.parametrize("seed", range(12))
+async def test_clients_of_one_path_find_what_each_finds_alone(seed: int) -> None:
+    # As in B4's herd: many clients of one stream, their reads interleaved, split anywhere.
+    # Most get the same bytes; some differ (a keepalive, an event out of order or missing,
+    # CRLF line ends, a stream cut short) and must be checked as if read alone.
+    rng = random.Random(seed)
+    seqs = list(range(1, 301))
+    swapped = [*seqs[:150], seqs[151], seqs[150], *seqs[152:]]
+    bodies = [stream(seqs, keepalive=False)] * 6 + [
+        stream(seqs, keepalive=True),
+        stream(swapped, keepalive=False),
+        stream(seqs[:200] + seqs[201:], keepalive=False),
+        stream(seqs, keepalive=False).replace(b"\n", b"\r\n"),
+        stream(seqs, keepalive=False, terminal=False),
+    ]
+    rng.shuffle(bodies)
+    seen = Seen()
+    shared = [
+        Client(b"", ready_on_event=False, decode=False, latencies=[], seen=seen) for _ in bodies
+    ]
+    queues = [_reads(body, rng.randint(1, 12), rng) for body in bodies]
+    for client in shared:
+        client.chunked = False
+    while any(queues):
+        index = rng.choice([i for i, q in enumerate(queues) if q])
+        shared[index].data_received(queues[index].pop(0))
+
+    for index, client in enumerate(shared):
+        # The server closes each stream after its last read, or the client stops (B3).
+        if index % 2:
+            client.connection_lost(None)
+        else:
+            client.close()
+    for client, body in zip(shared, bodies, strict=True):
+        alone = read(body, decode=False, pieces=3, seed=seed)
+        assert _results(client) == _results(alone)
+    same = [
+        c for c, b in zip(shared, bodies, strict=True) if b == bodies[0] and b.endswith(b"\n\n")
+    ]
+    assert sum(c.replayed > 0 for c in shared) >= 1
+    assert all(
+        c.terminal == (b"generation.completed" in b) for c, b in zip(shared, bodies, strict=True)
+    )
+    assert same  # the identical streams were all checked, whichever read first
