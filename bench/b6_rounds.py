@@ -26,9 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import httpx
-
 from bench.env import Stack
+from bench.loadgen.posts import Posts
 from bench.procs import cpu_seconds
 from bench.scenarios.b6_end_to_end import RAW_STREAM, Users, generate, raw_publish
 from contracts import streams
@@ -62,7 +61,7 @@ async def measure(
         Stack(
             root, gateway=True, storage=True, orchestrator=True, settings={"KILN_VERIFY": "false"}
         ) as stack,
-        httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.port}", timeout=60) as client,
+        Posts("127.0.0.1", stack.port) as client,
     ):
         config = streams.events_stream(stack.replicas)
         await stack.js.add_stream(

@@ -13,9 +13,8 @@ import dataclasses
 import sqlite3
 import time
 
-import httpx
-
 from bench.env import Stack, api_keys
+from bench.loadgen.posts import Posts
 from bench.report import Measurements, Row
 from bench.scenarios import Context
 from contracts import streams, subjects
@@ -85,7 +84,7 @@ class ReadModel:
 
 
 async def generate(
-    stack: Stack, client: httpx.AsyncClient, users: Users, entities: int, count: int
+    stack: Stack, client: Posts, users: Users, entities: int, count: int
 ) -> tuple[float, list[str], float]:
     """POST `count` generations at once: seconds until all are completed in the read model,
     their ids, and seconds until the stream held the last event of them all."""
@@ -94,10 +93,10 @@ async def generate(
 
     async def post() -> str:
         response = await client.post(
-            "/generations", json=body, headers={"Authorization": f"Bearer {users.take()}"}
+            "/generations", body, {"Authorization": f"Bearer {users.take()}"}
         )
-        if response.status_code != 201:
-            raise RuntimeError(f"POST /generations: {response.status_code} {response.text}")
+        if response.status != 201:
+            raise RuntimeError(f"POST /generations: {response.status} {response.body!r}")
         return str(response.json()["generation_id"])
 
     wall = time.time()
@@ -182,9 +181,7 @@ async def run_on(ctx: Context, title: str, *, cluster: int) -> list[Row]:
                 config, name=RAW_STREAM, subjects=["bench.raw.>"], description="bench"
             )
         )
-        async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{stack.port}", timeout=60
-        ) as client:
+        async with Posts("127.0.0.1", stack.port) as client:
             await generate(stack, client, users, 1, 1)  # warm-up
             cases = [(f"{n} entit{'y' if n == 1 else 'ies'}", n, 1) for n in sizes]
             cases.append(
