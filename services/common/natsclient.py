@@ -148,8 +148,11 @@ class KilnClient(Client):
     ) -> None:
         """`publish(subject, data, headers=headers)` of each of `messages`, in order, as one
         write; the bytes sent are the same. When every header block is one this client
-        vouches for (`_plain_block`), nothing is sent unless all can be (the connection's
-        and the payloads' checks come first); otherwise nats-py publishes them one by one."""
+        vouches for (`_plain_block`), nothing is sent unless all can be: the error nats-py
+        would raise at the first message it refuses is raised before any is sent. Otherwise
+        nats-py publishes them one by one."""
+        if not messages:
+            return
         blocks = [_plain_block(headers) for _, headers in messages]
         if not subject or None in blocks:
             for data, headers in messages:
@@ -161,27 +164,23 @@ class KilnClient(Client):
             raise ConnectionClosedError
         if self.is_draining_pubs:
             raise ConnectionDrainingError
-        sizes = [len(data) for data, _ in messages]
-        if not self.is_connected and (
-            self._max_pending_size <= 0
-            or sum(sizes) + self._pending_data_size > self._max_pending_size
-        ):
-            raise OutboundBufferLimitError
-        if any(size > self._max_payload for size in sizes):
-            raise MaxPayloadError
         parts: list[bytes] = []
+        pending = self._pending_data_size  # as nats-py's checks would find it, message by message
+        payload_bytes = 0
         for (data, _), block in zip(messages, blocks, strict=True):
+            if not self.is_connected and (
+                self._max_pending_size <= 0 or len(data) + pending > self._max_pending_size
+            ):
+                raise OutboundBufferLimitError
+            if len(data) > self._max_payload:
+                raise MaxPayloadError
             head = b"NATS/1.0\r\n" + cast(str, block).encode() + b"\r\n"
-            parts += (
-                f"HPUB {subject}  {len(head)} {len(head) + len(data)}\r\n".encode(),
-                head,
-                data,
-                b"\r\n",
-            )
-        if not parts:
-            return
+            line = f"HPUB {subject}  {len(head)} {len(head) + len(data)}\r\n".encode()
+            parts += (line, head, data, b"\r\n")
+            pending += len(line) + len(head) + len(data) + 2
+            payload_bytes += len(data)
         self.stats["out_msgs"] += len(messages)
-        self.stats["out_bytes"] += sum(sizes)
+        self.stats["out_bytes"] += payload_bytes
         await self._send_command(b"".join(parts))
         if self._flush_queue is not None and self._flush_queue.empty():
             await self._flush_pending()
@@ -210,9 +209,32 @@ class KilnClient(Client):
 
 def _plain_block(headers: Mapping[str, Any]) -> str | None:
     """The header lines of `headers` as nats-py would send them, when it would send them as
-    they are (`_PLAIN_OUT`); None for any other (or no) headers."""
+    they are: every name one nats-py accepts as it is (`_NAME_OUT`), and the block one line
+    per header (so no value holds a line break) of `_PLAIN_OUT`'s form; None for any other
+    (or no) headers."""
+    if not _NAMES_OUT.issuperset(headers) and not _learn_names(headers):
+        return None
     try:
         block = "".join([k + ": " + v + "\r\n" for k, v in headers.items()])
-    except TypeError:  # a name or value not a str: nats-py's code says what it makes of it
+    except TypeError:  # a value not a str: nats-py's code says what it makes of it
         return None
-    return block if block and _PLAIN_OUT.fullmatch(block) else None
+    if block.count("\r\n") != len(headers) or not _PLAIN_OUT.fullmatch(block):
+        return None
+    return block
+
+
+_NAME_OUT = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+"""A header name nats-py sends as it is (its own check, and nothing its strip removes)."""
+_NAMES_OUT: set[str] = set()
+"""Names already found to be `_NAME_OUT`s (a service uses a few dozen)."""
+
+
+def _learn_names(headers: Mapping[str, Any]) -> bool:
+    """Whether every name of `headers` is a `_NAME_OUT`; those that are are remembered."""
+    for name in headers:
+        if name not in _NAMES_OUT:
+            if not (isinstance(name, str) and _NAME_OUT.fullmatch(name)):
+                return False
+            if len(_NAMES_OUT) < 1024:
+                _NAMES_OUT.add(name)
+    return True

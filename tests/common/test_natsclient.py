@@ -178,6 +178,9 @@ SENT_HEADERS: list[dict[str, Any] | None] = [
     {"Bad(Name)": "x"},
     {"Colon:Name": "x"},
     {"Number": 42},
+    {"ce-id": "a\r\nInjected: yes"},
+    {"A: x\r\nB": "y"},
+    {"A: x": "y"},
 ]
 
 
@@ -219,16 +222,22 @@ async def test_random_published_headers_are_the_ones_nats_py_sends() -> None:
 
 
 async def _each_sent(
-    client: Client, subject: str, messages: list[tuple[bytes, dict[str, Any]]], at_once: bool
+    client: Client,
+    subject: str,
+    messages: list[tuple[bytes, dict[str, Any]]],
+    at_once: bool,
+    status: int = Client.CONNECTED,
 ) -> bytes | str:
     commands: list[bytes] = []
 
     async def send_command(cmd: bytes, priority: bool = False) -> None:
         commands.append(cmd)
+        client._pending_data_size += len(cmd)  # what nats-py's own would count
 
     client._send_command = send_command  # type: ignore[method-assign]
-    client._status = Client.CONNECTED  # as if connected: nats-py buffers nothing otherwise
+    client._status = status  # CONNECTED by default: nats-py buffers nothing otherwise
     client._max_payload = 1024
+    client._max_pending_size = 1000
     try:
         if at_once:
             assert isinstance(client, KilnClient)
@@ -276,6 +285,21 @@ async def test_a_batch_nats_py_would_refuse_is_refused_before_anything_is_sent(
     messages = [(b"{}", PLAIN_HEADERS[0]), (payload, PLAIN_HEADERS[1])]
     assert await _each_sent(KilnClient(), subject, messages, at_once=True) == error
     assert await _each_sent(Client(), subject, messages, at_once=False) == one_by_one
+
+
+async def test_a_batch_past_the_reconnect_buffer_is_refused_before_anything_is_sent() -> None:
+    # While reconnecting nats-py buffers up to its limit, counting each whole command
+    # (headers too): the third message would pass it.
+    messages = [(b"x" * 300, {"ce-source": "s" * 200})] * 3
+    at_once = await _each_sent(KilnClient(), "e.x", messages, True, Client.RECONNECTING)
+    one_by_one = await _each_sent(Client(), "e.x", messages, False, Client.RECONNECTING)
+    assert (at_once, one_by_one) == (
+        "OutboundBufferLimitError",
+        "OutboundBufferLimitError after sending",
+    )
+    assert await _each_sent(KilnClient(), "e.x", messages[:1], True, Client.RECONNECTING) == (
+        await _each_sent(Client(), "e.x", messages[:1], False, Client.RECONNECTING)
+    )
 
 
 def test_the_publish_internals_it_repeats_are_there() -> None:
