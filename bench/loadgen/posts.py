@@ -34,17 +34,38 @@ class Posts:
         self.port = port
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
-    async def post(self, path: str, body: Any, headers: dict[str, str]) -> Response:
-        """POST `body` as JSON to `path` with `headers`; the response."""
+    async def post(
+        self, path: str, body: Any, headers: dict[str, str], timeout_s: float = 60.0
+    ) -> Response:
+        """POST `body` as JSON to `path` with `headers`; the response. A kept-alive
+        connection the server has closed since is replaced by a new one, once."""
         data = msgspec.json.encode(body)
         head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
         request = (
             f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n{head}\r\n"
         ).encode() + data
-        reader, writer = (
-            self._idle.pop() if self._idle else await asyncio.open_connection(self.host, self.port)
-        )
+        async with asyncio.timeout(timeout_s):
+            while True:
+                reused = bool(self._idle)
+                connection = (
+                    self._idle.pop()
+                    if reused
+                    else await asyncio.open_connection(self.host, self.port)
+                )
+                try:
+                    return await self._exchange(connection, path, request)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    if not reused:
+                        raise
+
+    async def _exchange(
+        self,
+        connection: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        path: str,
+        request: bytes,
+    ) -> Response:
+        reader, writer = connection
         try:
             writer.write(request)
             status_and_headers = await reader.readuntil(b"\r\n\r\n")
@@ -63,7 +84,7 @@ class Posts:
         if fields.get("connection", "").lower() == "close":
             writer.close()
         else:
-            self._idle.append((reader, writer))
+            self._idle.append(connection)
         return response
 
     async def __aenter__(self) -> Self:

@@ -77,8 +77,22 @@ def _reads(body: bytes, pieces: int, rng: random.Random) -> list[bytes]:
     return [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
 
 
+def _chunked(body: bytes, rng: random.Random) -> bytes:
+    """`body` in HTTP/1.1 chunked framing, in chunks of random sizes, with its last chunk."""
+    out, at = [], 0
+    while at < len(body):
+        size = rng.randint(1, 120)
+        out.append(
+            b"%x\r\n%s\r\n"
+            % (size if at + size <= len(body) else len(body) - at, body[at : at + size])
+        )
+        at += size
+    return b"".join(out) + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize("chunked", [False, True])
 @pytest.mark.parametrize("seed", range(12))
-async def test_clients_of_one_path_find_what_each_finds_alone(seed: int) -> None:
+async def test_clients_of_one_path_find_what_each_finds_alone(seed: int, chunked: bool) -> None:
     # As in B4's herd: many clients of one stream, their reads interleaved, split anywhere.
     # Most get the same bytes; some differ (a keepalive, an event out of order or missing,
     # CRLF line ends, a stream cut short) and must be checked as if read alone.
@@ -97,9 +111,11 @@ async def test_clients_of_one_path_find_what_each_finds_alone(seed: int) -> None
     shared = [
         Client(b"", ready_on_event=False, decode=False, latencies=[], seen=seen) for _ in bodies
     ]
-    queues = [_reads(body, rng.randint(1, 12), rng) for body in bodies]
+    # Chunked, a read may hold framing only (nothing of the stream).
+    sent = [_chunked(body, rng) if chunked else body for body in bodies]
+    queues = [_reads(body, rng.randint(1, 120 if chunked else 12), rng) for body in sent]
     for client in shared:
-        client.chunked = False
+        client.chunked = chunked
     while any(queues):
         index = rng.choice([i for i, q in enumerate(queues) if q])
         shared[index].data_received(queues[index].pop(0))
