@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -42,13 +43,22 @@ def kiln_streams() -> list[str]:
 
 class RouteProxy:
     """A TCP forwarder from a loopback port to one node's cluster port, in a thread of its
-    own (the test's event loop blocks while services start; routes must not)."""
+    own (the test's event loop blocks while services start; routes must not).
+
+    Its port is bound when it is made and held until `close`: a port picked now and bound
+    later could be taken meanwhile (CI saw "address already in use" when opening one).
+    Cut, it accepts connections and closes them at once."""
 
     def __init__(self, target_port: int) -> None:
-        self.port = free_port()
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind(("127.0.0.1", 0))
+        self._socket.listen(100)
+        self.port = int(self._socket.getsockname()[1])
         self.target_port = target_port
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
+        self._forwarding = False
         self._writers: set[asyncio.StreamWriter] = set()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
@@ -64,6 +74,9 @@ class RouteProxy:
         writer.close()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self._forwarding:
+            writer.close()
+            return
         try:
             upstream_reader, upstream = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:
@@ -77,16 +90,20 @@ class RouteProxy:
 
     async def _open(self) -> None:
         if self._server is None:
-            self._server = await asyncio.start_server(
-                self._accept, "127.0.0.1", self.port, reuse_address=True
-            )
+            self._server = await asyncio.start_server(self._accept, sock=self._socket)
+        self._forwarding = True
 
     async def _cut(self) -> None:
+        self._forwarding = False
+        for writer in list(self._writers):
+            writer.close()
+
+    async def _close(self) -> None:
+        await self._cut()
         if self._server is not None:
             self._server.close()
             self._server = None
-        for writer in list(self._writers):
-            writer.close()
+        self._socket.close()
 
     def open(self) -> None:
         """Accept and forward connections."""
@@ -97,8 +114,8 @@ class RouteProxy:
         self._call(self._cut())
 
     def close(self) -> None:
-        """Cut, and end the thread."""
-        self.cut()
+        """Cut, free the port, and end the thread."""
+        self._call(self._close())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
 
