@@ -107,8 +107,8 @@ class PullWorker:
         offline.
 
         A batch is one pull request (`pull.pull_batch`: one wait per burst of messages, not
-        one per message); a single message (`run_each`'s commands, where nothing per
-        message is worth saving) is nats-py's own `fetch`, as before.
+        one per message); a single message (`run_each` with one free slot) is nats-py's
+        own `fetch`, as before.
         """
         try:
             sub = await self._subscription()
@@ -331,6 +331,10 @@ class PullWorker:
     ) -> None:
         """Handle up to `concurrency` messages at once, each in its own task.
 
+        Messages are fetched as slots free up, as many in one request as there are free
+        slots (a burst of 50 generate commands was 50 requests, one at a time, each
+        waiting for the server's answer).
+
         While a message is being handled, its delivery is kept alive (`in_progress`) every
         `heartbeat_s`, so a long job is not handed to another worker. On stop, no message is
         fetched any more and in-flight handlers get `grace_s` (None: as long as they need) to
@@ -364,13 +368,18 @@ class PullWorker:
                 if stop.is_set():
                     slots.release()
                     break
-                msgs = await self.fetch(1, fetch_timeout_s)
-                if not msgs:
+                # One request for as many messages as there are free slots.
+                free = 1
+                while not slots.locked():
+                    await slots.acquire()
+                    free += 1
+                msgs = await self.fetch(free, fetch_timeout_s)
+                for _ in range(free - len(msgs)):
                     slots.release()
-                    continue
-                task = asyncio.create_task(one(msgs[0]))
-                running.add(task)
-                task.add_done_callback(running.discard)
+                for msg in msgs:
+                    task = asyncio.create_task(one(msg))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
         finally:
             if running:
                 _, unfinished = await asyncio.wait(set(running), timeout=grace_s)

@@ -142,3 +142,48 @@ async def test_a_batch_is_settled_after_its_handler_returned_in_order(plain_nc: 
         return info.num_ack_pending == 0 and info.num_pending == 0
 
     await eventually(all_acked, 10, what="every message acked")
+
+
+async def test_one_at_a_time_handling_takes_as_many_messages_as_it_has_free_slots_at_once(
+    plain_nc: Client,
+) -> None:
+    # A burst of commands costs one pull request per free slot count, not one per command
+    # (nats-py's one-message fetch was a tenth of an orchestrator's CPU in B6's rounds).
+    await publish_numbers(plain_nc, range(10))
+    worker = _worker(plain_nc)
+    asked: list[int] = []
+    fetch = worker.fetch
+
+    async def counted(batch: int, timeout_s: float) -> list[Msg]:
+        asked.append(batch)
+        return await fetch(batch, timeout_s)
+
+    worker.fetch = counted  # type: ignore[method-assign]
+    running: set[int] = set()
+    most = 0
+    handled: list[int] = []
+    release = asyncio.Event()
+    stop = asyncio.Event()
+
+    async def handle(msg: Msg) -> Outcome:
+        nonlocal most
+        number = numbers_of([msg])[0]
+        running.add(number)
+        most = max(most, len(running))
+        await release.wait()
+        running.discard(number)
+        handled.append(number)
+        if len(handled) == 10:
+            stop.set()
+        return Ack()
+
+    task = asyncio.create_task(worker.run_each(handle, stop, concurrency=4, heartbeat_s=5))
+    await eventually(lambda: len(running) == 4, 10)
+    assert asked == [4]  # every slot was free: one request for four
+    await asyncio.sleep(0.2)
+    assert asked == [4] and len(running) == 4  # no slot free: nothing more is asked for
+    release.set()
+    await asyncio.wait_for(task, 20)
+    assert sorted(handled) == list(range(10))
+    assert most == 4
+    assert sum(asked) >= 10 and len(asked) < 10
