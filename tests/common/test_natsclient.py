@@ -184,13 +184,22 @@ SENT_HEADERS: list[dict[str, Any] | None] = [
 ]
 
 
-async def _sent(client: Client, subject: str, headers: dict[str, Any] | None) -> bytes | str:
+def _capturing(client: Client, *, counted: bool = False) -> list[bytes]:
+    """The commands `client` sends from now on, kept instead of written; `counted`: each
+    is added to the client's pending bytes, as nats-py's own `_send_command` does."""
     commands: list[bytes] = []
 
     async def send_command(cmd: bytes, priority: bool = False) -> None:
         commands.append(cmd)
+        if counted:
+            client._pending_data_size += len(cmd)
 
     client._send_command = send_command  # type: ignore[method-assign]
+    return commands
+
+
+async def _sent(client: Client, subject: str, headers: dict[str, Any] | None) -> bytes | str:
+    commands = _capturing(client)
     try:
         await client._send_publish(subject, "_INBOX.r", b"{}", 2, headers)
     except Exception as exc:
@@ -228,13 +237,7 @@ async def _each_sent(
     at_once: bool,
     status: int = Client.CONNECTED,
 ) -> bytes | str:
-    commands: list[bytes] = []
-
-    async def send_command(cmd: bytes, priority: bool = False) -> None:
-        commands.append(cmd)
-        client._pending_data_size += len(cmd)  # what nats-py's own would count
-
-    client._send_command = send_command  # type: ignore[method-assign]
+    commands = _capturing(client, counted=True)
     client._status = status  # CONNECTED by default: nats-py buffers nothing otherwise
     client._max_payload = 1024
     client._max_pending_size = 1000
@@ -318,12 +321,7 @@ def test_the_publish_internals_it_repeats_are_there() -> None:
 
 
 async def _acks_sent(client: Client, msgs: list[Msg], each: bool) -> bytes:
-    commands: list[bytes] = []
-
-    async def send_command(cmd: bytes, priority: bool = False) -> None:
-        commands.append(cmd)
-
-    client._send_command = send_command  # type: ignore[method-assign]
+    commands = _capturing(client)
     client._status = Client.CONNECTED  # as if connected: nats-py buffers nothing otherwise
     for msg in msgs:
         msg._client = client
