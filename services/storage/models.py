@@ -137,7 +137,7 @@ class GenerationFile(Base):
         String(64), ForeignKey("generations.id"), primary_key=True
     )
     path: Mapped[str] = mapped_column(String(1024), primary_key=True)
-    sha256: Mapped[str] = mapped_column(String(64), ForeignKey("blobs.sha256"), index=True)
+    sha256: Mapped[str] = mapped_column(String(64), ForeignKey("blobs.sha256"))
     size: Mapped[int] = mapped_column(BigInteger)
     phase: Mapped[str] = mapped_column(String(255))
     origin: Mapped[str] = mapped_column(String(32))
