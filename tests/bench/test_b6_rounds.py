@@ -9,7 +9,9 @@ from bench.b6_rounds import PROCESSES, measure
 
 
 async def test_each_round_reports_its_times_and_every_process_cpu(tmp_path: Path) -> None:
-    rounds = await measure(tmp_path, rounds=2, entities=1, concurrent=2)
+    # 20 entities: CPU time is counted in clock ticks (10 ms), and two 1-entity generations
+    # can cost the orchestrator and storage less than one tick each.
+    rounds = await measure(tmp_path, rounds=2, entities=20, concurrent=2)
 
     assert len(rounds) == 2
     for figures in rounds:
@@ -17,4 +19,4 @@ async def test_each_round_reports_its_times_and_every_process_cpu(tmp_path: Path
         assert figures["wall"] > 0 and figures["raw"] > 0
         assert 0 < figures["last event"] <= figures["wall"] + 1
         assert all(figures[name] >= 0 for name in PROCESSES)
-        assert figures["orchestrator"] + figures["storage"] > 0
+    assert sum(figures["orchestrator"] + figures["storage"] for figures in rounds) > 0
