@@ -7,8 +7,10 @@ retried publish is stored once. Each event carries its CloudEvents attributes as
 
 Several events can go in as one atomic batch (nats-server >= 2.12, a stream with
 `allow_atomic`): all or none, one ack, the expected-sequence guard on the batch's first
-message. Where the stream lacks it, a batch is appended one event at a time, as before.
-Reading the log back is `services/common/eventlog.py`.
+message. Batches that several writers append at the same moment are committed together,
+as one (`services/common/groupcommit.py`). Where the stream lacks atomic batches, a batch
+is appended one event at a time, as before. Reading the log back is
+`services/common/eventlog.py`.
 
 It stays one module of about 450 lines: the single-event and the batch append share the
 expected-sequence guard, the Msg-Id dedup and the lost-ack check, and splitting the
@@ -18,7 +20,6 @@ server's batch answers from the writer that acts on them would split one protoco
 from __future__ import annotations
 
 import asyncio
-import uuid
 import weakref
 from collections.abc import Sequence
 from typing import Any, Self, TypeVar, cast
@@ -34,8 +35,15 @@ from contracts.codec import encode, encoded_event_hash, event_hash
 from contracts.events import Event, event_tag, new_event_id, utc_now
 from services.common.broker import BrokerUnavailable, says_not_now
 from services.common.eventlog import StoredEvent
+from services.common.groupcommit import (
+    ATOMIC_TOO_LARGE,
+    BatchMiscounted,
+    GroupRefused,
+    commit_groups,
+    limit_in,
+    publish_atomic,
+)
 from services.common.logs import get_logger
-from services.common.natsclient import KilnClient
 
 log = get_logger(__name__)
 
@@ -90,7 +98,6 @@ def _ce_type(event_type: type[Event]) -> str:
 # What nats-server answers about atomic batches (server/errors.json).
 ATOMIC_DISABLED = 10174  # the stream has no allow_atomic
 ATOMIC_INCOMPLETE = 10176  # a message of the batch never arrived, or it timed out (10 s)
-ATOMIC_TOO_LARGE = 10199  # more messages than the server's max_batch_size
 ATOMIC_DUPLICATE = 10201  # a Nats-Msg-Id of the batch is already stored
 ATOMIC_TOO_MANY_INFLIGHT = 10210  # 50 open batches per stream, 1,000 per server
 # nats-server's default max_batch_size (streamDefaultMaxAtomicBatchSize, server/stream.go);
@@ -320,10 +327,21 @@ class GenerationWriter:
         deadline = loop.time() + self.retry_for_s
         delay = 0.1
         last_event, last_data = chunk[-1]
+        alone = False
         while True:
             try:
-                last_stream_seq = await self._publish_batch(chunk)
+                last_stream_seq = await self._publish_batch(chunk, alone=alone)
                 break
+            except GroupRefused:
+                # The group's refusal may be another member's doing: this batch alone
+                # tells, at once.
+                alone = True
+                continue
+            except BatchMiscounted as exc:
+                raise LogUnavailable(
+                    f"generation {self.generation_id}: a batch of {exc.sent} events was "
+                    f"acknowledged as {exc.acknowledged}"
+                ) from None
             except APIError as exc:
                 if says_not_now(exc):  # JetStream's 503 (an election) is an APIError
                     error: Exception = exc
@@ -342,7 +360,7 @@ class GenerationWriter:
                     self.atomic = False
                     return []
                 elif exc.err_code == ATOMIC_TOO_LARGE:
-                    limit = _limit_in(exc.description)
+                    limit = limit_in(exc.description)
                     if limit is None or limit >= len(chunk):
                         raise
                     self.max_batch_events = max(limit, 1)
@@ -372,43 +390,26 @@ class GenerationWriter:
             self._stored(event, data, first + index) for index, (event, data) in enumerate(chunk)
         ]
 
-    async def _publish_batch(self, chunk: list[tuple[Event, bytes]]) -> int:
-        """Publish `chunk` as one atomic batch under a fresh id; the stream seq of its last
-        message. Only the commit asks for an ack: the server answers it with the whole
-        batch's outcome (a lost message makes it refuse the batch as incomplete)."""
-        nc = _client(self.js)
-        batch_id = uuid.uuid4().hex
+    async def _publish_batch(self, chunk: list[tuple[Event, bytes]], *, alone: bool) -> int:
+        """Commit `chunk` as one atomic batch, in a group with other writers' batches of
+        the moment unless `alone` (`groupcommit`); the stream seq of its last message."""
         generation_id, source = self.generation_id, self.source
         messages = [
             (
                 data,
                 cloudevents_headers(
-                    event,
-                    source,
-                    into={
-                        "Nats-Batch-Id": batch_id,
-                        "Nats-Batch-Sequence": str(number),
-                        "Nats-Msg-Id": f"{generation_id}:{event.seq}",
-                    },
+                    event, source, into={"Nats-Msg-Id": f"{generation_id}:{event.seq}"}
                 ),
             )
-            for number, (event, data) in enumerate(chunk, start=1)
+            for event, data in chunk
         ]
         messages[0][1]["Nats-Expected-Last-Subject-Sequence"] = str(self.last_stream_seq)
-        *leading, (commit_data, commit_headers) = messages
-        if isinstance(nc, KilnClient):
-            await nc.publish_each(self.subject, leading)
-        else:
-            for data, headers in leading:
-                await nc.publish(self.subject, data, headers=headers)
-        commit_headers["Nats-Batch-Commit"] = "1"
-        ack = await self.js.publish(self.subject, commit_data, headers=commit_headers, timeout=10.0)
-        if ack.batch_size is not None and ack.batch_size != len(chunk):
-            raise LogUnavailable(
-                f"generation {self.generation_id}: a batch of {len(chunk)} events was "
-                f"acknowledged as {ack.batch_size}"
-            )
-        return int(ack.seq)
+        if alone:
+            return await publish_atomic(self.js, [(self.subject, messages)])
+        groups = commit_groups(
+            self.js, max_messages=self.max_batch_events, max_bytes=self.max_batch_bytes
+        )
+        return await groups.commit(self.subject, messages)
 
     async def _publish(self, data: bytes, headers: dict[str, str], msg_id: str) -> int:
         loop = asyncio.get_running_loop()
@@ -497,9 +498,3 @@ class EventBatch:
     async def append(self) -> list[StoredEvent]:
         """Append the batch (see `GenerationWriter.append_batch`); the events as stored."""
         return await self.writer.append_batch(self.events)
-
-
-def _limit_in(description: str | None) -> int | None:
-    """The number in "atomic publish batch is too large: 1000"."""
-    tail = (description or "").rsplit(":", 1)[-1].strip()
-    return int(tail) if tail.isdigit() else None
