@@ -82,13 +82,16 @@ class GroupCommits:
     with the limit, which its writer learns).
     """
 
-    js: JetStreamContext
+    js: weakref.ref[JetStreamContext]
+    """Weak: the store is cached under its context (`commit_groups`), which it must not
+    keep alive."""
     max_messages: int
     max_bytes: int
     in_flight: int = IN_FLIGHT
     _waiting: list[_Member] = field(default_factory=list)
-    _sending: int = 0
+    _sending: set[asyncio.Task[None]] = field(default_factory=set)
     _scheduled: bool = False
+    _loop: asyncio.AbstractEventLoop | None = None
     groups: int = 0
     """How many groups were sent (a measurement's figure)."""
     members: int = 0
@@ -104,7 +107,12 @@ class GroupCommits:
         """
         if not messages:
             raise ValueError("a batch has at least one message")
-        result: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            # A context is used on one loop; should another take it, nothing of the last
+            # one's (members, groups in flight, a scheduled call) can go on there.
+            self._loop, self._waiting, self._sending, self._scheduled = loop, [], set(), False
+        result: asyncio.Future[int] = loop.create_future()
         self._waiting.append(_Member(subject, messages, result))
         self._schedule()
         return await result
@@ -119,10 +127,9 @@ class GroupCommits:
     def _form_groups(self) -> None:
         self._scheduled = False
         self._waiting = [m for m in self._waiting if not m.result.done()]  # cancelled writers
-        while self._waiting and self._sending < self.in_flight:
-            group = self._take_group()
-            self._sending += 1
-            task = asyncio.get_running_loop().create_task(self._send(group))
+        while self._waiting and len(self._sending) < self.in_flight:
+            task = asyncio.get_running_loop().create_task(self._send(self._take_group()))
+            self._sending.add(task)
             task.add_done_callback(self._sent)
 
     def _take_group(self) -> list[_Member]:
@@ -140,7 +147,7 @@ class GroupCommits:
         return group
 
     def _sent(self, task: asyncio.Task[None]) -> None:
-        self._sending -= 1
+        self._sending.discard(task)
         if self._waiting:
             self._schedule()
 
@@ -148,8 +155,15 @@ class GroupCommits:
         self.groups += 1
         self.members += len(group)
         try:
-            last = await publish_atomic(self.js, [(m.subject, m.messages) for m in group])
-        except BaseException as exc:
+            js = self.js()
+            if js is None:
+                raise asyncio.CancelledError  # the context is gone: so are its writers
+            last = await publish_atomic(js, [(m.subject, m.messages) for m in group])
+        except asyncio.CancelledError:
+            for member in group:
+                member.result.cancel()
+            raise
+        except Exception as exc:
             if isinstance(exc, APIError) and exc.err_code == ATOMIC_TOO_LARGE:
                 # The server's limit is lower than this store's: groups keep under it.
                 limit = limit_in(exc.description)
@@ -159,8 +173,6 @@ class GroupCommits:
             for member in group:
                 if not member.result.done():
                     member.result.set_exception(error)
-            if not isinstance(exc, Exception):
-                raise
             return
         # Stored contiguously, in the group's order: each member's last sequence follows.
         after = 0
@@ -214,7 +226,7 @@ def commit_groups(js: JetStreamContext, *, max_messages: int, max_bytes: int) ->
     `max_messages` and `max_bytes` when those are lower (a writer learnt the server's)."""
     groups = _groups.get(js)
     if groups is None:
-        groups = _groups[js] = GroupCommits(js, max_messages, max_bytes)
+        groups = _groups[js] = GroupCommits(weakref.ref(js), max_messages, max_bytes)
     groups.max_messages = min(groups.max_messages, max_messages)
     groups.max_bytes = min(groups.max_bytes, max_bytes)
     return groups

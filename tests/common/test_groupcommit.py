@@ -5,7 +5,9 @@ group the stream refuses is committed writer by writer, so only the writer at fa
 from __future__ import annotations
 
 import asyncio
+import gc
 import uuid
+import weakref
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -224,7 +226,9 @@ async def test_a_writer_cancelled_while_its_batch_waits_for_a_group_publishes_no
 ) -> None:
     js = nc.jetstream()
     first, cancelled = await _writer(js), await _writer(js)
-    groups = GroupCommits(js, max_messages=MAX_BATCH_EVENTS, max_bytes=MAX_BATCH_BYTES, in_flight=1)
+    groups = GroupCommits(
+        weakref.ref(js), max_messages=MAX_BATCH_EVENTS, max_bytes=MAX_BATCH_BYTES, in_flight=1
+    )
     release = asyncio.Event()
     publish = js.publish
 
@@ -258,6 +262,17 @@ async def test_a_writer_cancelled_while_its_batch_waits_for_a_group_publishes_no
     assert groups.groups == 1
     assert len(await read_generation(js, cancelled.generation_id)) == 1, "nothing of it stored"
     assert len(await read_generation(js, first.generation_id)) == 1 + len(ours)
+
+
+async def test_the_group_commits_of_a_context_do_not_keep_it_alive(nc: Client) -> None:
+    js = nc.jetstream()
+    writer = await _writer(js)
+    await _phase(writer, 2).append()
+    assert _groups(js).groups == 1
+    context = weakref.ref(js)
+    del js, writer
+    gc.collect()
+    assert context() is None
 
 
 async def test_on_a_3_node_cluster_a_group_is_atomic_and_a_stale_writer_fails_alone(
