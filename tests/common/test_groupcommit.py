@@ -36,6 +36,15 @@ from tests.common.test_eventlog import BATCH_LIMIT, _assert_whole_chain, _BatchL
 from tests.support.nats_cluster import NatsCluster, connect_cluster
 
 
+async def _context(client: Client, *, timeout: float = 5.0) -> JetStreamContext:
+    """A JetStream context of `client` that knows the events stream takes atomic batches,
+    as the orchestrator's does from its start: its writers' first batches go straight to a
+    group, none waits for that answer first."""
+    js = client.jetstream(timeout=timeout)
+    assert await atomic_batches(js)
+    return js
+
+
 async def _writer(js: JetStreamContext) -> GenerationWriter:
     """A new generation's writer, after its `generation.requested`."""
     writer = GenerationWriter(js, str(uuid.uuid4()), str(uuid.uuid4()), source="test")
@@ -90,8 +99,7 @@ async def _assert_logs(
 async def test_batches_appended_at_once_go_in_as_one_group_each_part_whole_and_guarded(
     nc: Client,
 ) -> None:
-    js = nc.jetstream()
-    assert await atomic_batches(js)
+    js = await _context(nc)
     writers = [await _writer(js) for _ in range(6)]
     expected = [w.last_stream_seq for w in writers]
     batches = [_phase(w, 4 + i) for i, w in enumerate(writers)]
@@ -125,7 +133,7 @@ async def test_batches_appended_at_once_go_in_as_one_group_each_part_whole_and_g
 
 
 async def test_a_stale_writer_in_a_group_fails_alone_and_the_others_go_in(nc: Client) -> None:
-    js = nc.jetstream()
+    js = await _context(nc)
     writers = [await _writer(js) for _ in range(4)]
     history = await read_generation(js, writers[0].generation_id)
     stale = GenerationWriter.after(js, history, source="test")
@@ -156,7 +164,7 @@ async def test_a_stale_writer_in_a_group_fails_alone_and_the_others_go_in(nc: Cl
 async def test_a_retried_batch_in_a_group_is_stored_once_and_the_others_go_in(
     nc: Client,
 ) -> None:
-    js = nc.jetstream()
+    js = await _context(nc)
     writers = [await _writer(js) for _ in range(3)]
     batches = [_phase(w, 3) for w in writers]
     # The first writer's batch reached the stream already (its ack was lost).
@@ -174,7 +182,7 @@ async def test_a_retried_batch_in_a_group_is_stored_once_and_the_others_go_in(
 
 
 async def test_a_group_holds_no_more_messages_than_the_writers_limit(nc: Client) -> None:
-    js = nc.jetstream()
+    js = await _context(nc)
     writers = [
         GenerationWriter(
             js, str(uuid.uuid4()), str(uuid.uuid4()), source="test", max_batch_events=7
@@ -198,8 +206,8 @@ async def test_a_group_over_the_servers_lower_limit_goes_in_writer_by_writer_and
     server = _BatchLimitedNats(tmp_path / "nats").start()
     try:
         client = await nats.connect(server.url)
-        js = client.jetstream()
-        await ensure_streams(js)
+        await ensure_streams(client.jetstream())
+        js = await _context(client)
         writers = [await _writer(js) for _ in range(3)]
         batches = [_phase(w, 2) for w in writers]  # 3 events each, 9 in all: over 4
 
@@ -224,7 +232,7 @@ async def test_a_group_over_the_servers_lower_limit_goes_in_writer_by_writer_and
 async def test_a_writer_cancelled_while_its_batch_waits_for_a_group_publishes_nothing(
     nc: Client,
 ) -> None:
-    js = nc.jetstream()
+    js = await _context(nc)
     first, cancelled = await _writer(js), await _writer(js)
     groups = GroupCommits(
         weakref.ref(js), max_messages=MAX_BATCH_EVENTS, max_bytes=MAX_BATCH_BYTES, in_flight=1
@@ -265,7 +273,7 @@ async def test_a_writer_cancelled_while_its_batch_waits_for_a_group_publishes_no
 
 
 async def test_the_group_commits_of_a_context_do_not_keep_it_alive(nc: Client) -> None:
-    js = nc.jetstream()
+    js = await _context(nc)
     writer = await _writer(js)
     await _phase(writer, 2).append()
     assert _groups(js).groups == 1
@@ -281,7 +289,7 @@ async def test_on_a_3_node_cluster_a_group_is_atomic_and_a_stale_writer_fails_al
     cluster = NatsCluster(tmp_path / "cluster").start()
     try:
         client = await connect_cluster(cluster)
-        js = client.jetstream(timeout=10)
+        js = await _context(client, timeout=10)
         assert (await js.stream_info(streams.EVENTS_STREAM)).config.num_replicas == 3
         writers = [await _writer(js) for _ in range(4)]
         batches = [_phase(w, 3) for w in writers]
