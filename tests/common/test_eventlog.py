@@ -453,8 +453,8 @@ from services.common.eventlog import read_generation
 from services.common.eventwriter import GenerationWriter
 
 async def main(url, generation_id, per_batch):
-    nc = await nats.connect(url)
-    js = nc.jetstream()
+    nc = await nats.connect(servers=url.split(","))
+    js = nc.jetstream(timeout=10)
     writer = GenerationWriter.after(js, await read_generation(js, generation_id), source="crash")
     while True:
         batch = writer.batch()
@@ -471,6 +471,27 @@ asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
 async def test_a_writer_killed_between_or_inside_batches_leaves_whole_batches_only(
     nats_server: EmbeddedNats, nc: Client, tmp_path: Path
 ) -> None:
+    await _kill_a_writer_between_or_inside_batches(nc, nats_server.url, tmp_path)
+
+
+async def test_on_a_3_node_cluster_a_writer_killed_mid_batches_leaves_whole_batches_only(
+    tmp_path: Path,
+) -> None:
+    cluster = NatsCluster(tmp_path / "cluster").start()
+    try:
+        client = await connect_cluster(cluster)
+        try:
+            await _kill_a_writer_between_or_inside_batches(client, cluster.url, tmp_path)
+        finally:
+            await client.close()
+    finally:
+        cluster.stop()
+
+
+async def _kill_a_writer_between_or_inside_batches(nc: Client, url: str, tmp_path: Path) -> None:
+    """SIGKILL a writer process appending batches of 25 large events (so that some kills
+    land while a batch is being sent), then check the log holds whole batches only and a
+    new writer resumes after them."""
     per_batch = 25
     writer = await _requested(nc)
     script = tmp_path / "crashing_writer.py"
@@ -478,15 +499,17 @@ async def test_a_writer_killed_between_or_inside_batches_leaves_whole_batches_on
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         str(script),
-        nats_server.url,
+        url,
         writer.generation_id,
         str(per_batch),
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
 
+    js = nc.jetstream(timeout=10)
+
     async def three_batches_stored() -> bool:
-        history = await read_generation(nc.jetstream(), writer.generation_id)
+        history = await read_generation(js, writer.generation_id)
         return len(history) >= 1 + 3 * per_batch
 
     try:
@@ -494,7 +517,6 @@ async def test_a_writer_killed_between_or_inside_batches_leaves_whole_batches_on
     finally:
         os.kill(process.pid, signal.SIGKILL)
         await process.wait()
-    js = nc.jetstream()
 
     # A batch the killed writer had sent whole may still be committing on the server: the
     # log is read once it stops moving (a new writer that read too early is refused, as
