@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import signal
 import sys
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -371,13 +373,26 @@ async def test_appends_jetstream_answers_503_to_while_electing_a_leader_are_retr
     assert len(history) == 1 + 1 + 3, "each event once"
 
 
-async def test_a_phase_over_the_servers_batch_limit_goes_in_as_several_batches(
-    tmp_path: Path,
-) -> None:
+@contextlib.asynccontextmanager
+async def batch_limited_client(tmp_path: Path) -> AsyncIterator[Client]:
+    """A client of a nats-server of its own whose atomic batches hold at most BATCH_LIMIT
+    messages, with Kiln's streams; both stopped after."""
     server = _BatchLimitedNats(tmp_path / "nats").start()
     try:
         client = await nats.connect(server.url)
-        await ensure_streams(client.jetstream())
+        try:
+            await ensure_streams(client.jetstream())
+            yield client
+        finally:
+            await client.close()
+    finally:
+        server.stop()
+
+
+async def test_a_phase_over_the_servers_batch_limit_goes_in_as_several_batches(
+    tmp_path: Path,
+) -> None:
+    async with batch_limited_client(tmp_path) as client:
         writer = await _requested(client)
         batch = writer.batch()
         _files(batch, 3 * BATCH_LIMIT + 1)
@@ -389,9 +404,6 @@ async def test_a_phase_over_the_servers_batch_limit_goes_in_as_several_batches(
         assert len(history) == 1 + 3 * BATCH_LIMIT + 1
         ids = [m.headers.get("Nats-Batch-Id") for m in await _stored(client, writer) if m.headers]
         assert [len(list(g)) for _, g in itertools.groupby(ids[1:])] == [4, 4, 4, 1]
-        await client.close()
-    finally:
-        server.stop()
 
 
 async def test_a_batch_over_the_default_limits_is_split_by_count_and_by_bytes(

@@ -12,15 +12,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from contracts import streams
-from contracts.codec import content_sha256, encode
-from contracts.events import FileWritten, GenerationRequested, PhaseCompleted
-from services.common.broker import ensure_streams
+from contracts.codec import encode
+from contracts.events import GenerationRequested, PhaseCompleted
 from services.common.eventlog import StoredEvent, read_generation
 from services.common.eventwriter import (
     MAX_BATCH_BYTES,
@@ -32,7 +30,12 @@ from services.common.eventwriter import (
     cloudevents_headers,
 )
 from services.common.groupcommit import GroupCommits, Message, commit_groups
-from tests.common.test_eventlog import BATCH_LIMIT, _assert_whole_chain, _BatchLimitedNats
+from tests.common.test_eventlog import (
+    BATCH_LIMIT,
+    _assert_whole_chain,
+    _files,
+    batch_limited_client,
+)
 from tests.support.nats_cluster import NatsCluster, connect_cluster
 
 
@@ -55,17 +58,7 @@ async def _writer(js: JetStreamContext) -> GenerationWriter:
 def _phase(writer: GenerationWriter, files: int, *, size: int = 10) -> EventBatch:
     """A phase's batch: `files` file.written events and the phase.completed."""
     batch = writer.batch()
-    for i in range(files):
-        content = f"{i:0{size}d}"
-        batch.add(
-            FileWritten,
-            path=f"src/f{i}.py",
-            content=content,
-            sha256=content_sha256(content),
-            size=len(content),
-            phase="model",
-            origin="generated",
-        )
+    _files(batch, files, size=size)
     batch.add(PhaseCompleted, phase="model", files=[f"src/f{i}.py" for i in range(files)])
     return batch
 
@@ -203,10 +196,7 @@ async def test_a_group_holds_no_more_messages_than_the_writers_limit(nc: Client)
 async def test_a_group_over_the_servers_lower_limit_goes_in_writer_by_writer_and_learns_it(
     tmp_path: Path,
 ) -> None:
-    server = _BatchLimitedNats(tmp_path / "nats").start()
-    try:
-        client = await nats.connect(server.url)
-        await ensure_streams(client.jetstream())
+    async with batch_limited_client(tmp_path) as client:
         js = await _context(client)
         writers = [await _writer(js) for _ in range(3)]
         batches = [_phase(w, 2) for w in writers]  # 3 events each, 9 in all: over 4
@@ -224,9 +214,6 @@ async def test_a_group_over_the_servers_lower_limit_goes_in_writer_by_writer_and
                 e.event_id for e in [*first.events, *second.events]
             ]
         assert max((await _batch_ids(js, writers)).values()) <= BATCH_LIMIT
-        await client.close()
-    finally:
-        server.stop()
 
 
 async def test_a_writer_cancelled_while_its_batch_waits_for_a_group_publishes_nothing(
