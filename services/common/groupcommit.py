@@ -3,10 +3,10 @@ the events stream as one atomic batch.
 
 nats-server stages every atomic batch before its commit (on a one-replica file stream, in
 a store of its own on disk, created and deleted per batch) and commits one batch of a
-stream at a time, during which the stream's consumers wait. So fifty generations that
-each append a phase at once cost the server fifty stagings and fifty commits in a row,
-and storage's consumer, starved meanwhile, receives the events only when the last one is
-done. Committed as a few groups instead, the same events cost the server less than half
+stream at a time. So fifty generations that each append a phase at once cost the server
+fifty stagings and fifty commits in a row, and while they follow one another a consumer
+of the stream gets few messages (storage's got 40 of ~4,000 in 0.2 s in B6 50 x 20) and
+receives the rest only when the last commit is done. Committed as a few groups instead, the same events cost the server less than half
 as much (a measurement with 50 writers of 133 events each, on the server Kiln runs: 0.15 s
 and 0.10 CPU-s as 50 batches, 0.07 s and 0.04 CPU-s as 7; bench/RESULTS.md).
 
