@@ -6,9 +6,10 @@ a store of its own on disk, created and deleted per batch) and commits one batch
 stream at a time. So fifty generations that each append a phase at once cost the server
 fifty stagings and fifty commits in a row, and while they follow one another a consumer
 of the stream gets few messages (storage's got 40 of ~4,000 in 0.2 s in B6 50 x 20) and
-receives the rest only when the last commit is done. Committed as a few groups instead, the same events cost the server less than half
-as much (a measurement with 50 writers of 133 events each, on the server Kiln runs: 0.15 s
-and 0.10 CPU-s as 50 batches, 0.07 s and 0.04 CPU-s as 7; bench/RESULTS.md).
+receives the rest only when the last commit is done. Committed as a few groups instead,
+the same events cost the server less than half as much (a measurement with 50 writers of
+133 events each, on the server Kiln runs: 0.15 s and 0.10 CPU-s as 50 batches, 0.07 s and
+0.04 CPU-s as 7; bench/RESULTS.md).
 
 A group is one atomic batch whose messages are each member's, in the order the members
 joined, each member's first message carrying its own
